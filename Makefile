@@ -1,0 +1,35 @@
+# make serve  - install what is missing, build the embedded model, serve it on :8000
+# make test   - install, build, run the test suite (real engine on the embedded model)
+# make bench  - our server vs `vllm serve` on the same model and load
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MODEL  ?=
+HOST   ?=
+PORT   ?=
+export HF_HUB_OFFLINE ?= 1
+
+SERVE_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+.PHONY: install model serve test unit bench clean
+
+install:
+	@VENV=$(VENV) scripts/install.sh
+
+# The embedded default model, built once into ~/.cache/llm-server (the script skips an up-to-date build).
+model: install
+	@$(PY) scripts/build_smollm2.py
+
+serve: model
+	$(PY) -m server serve $(SERVE_ARGS)
+
+test: model
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+unit: install
+	$(PY) -m pytest -ra -m "not engine" $(PYTEST_ARGS)
+
+bench: model
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench-results

@@ -1,0 +1,99 @@
+"""Command line: `python -m server serve --model NAME --host HOST --port PORT`.
+
+Import-safe on purpose: vLLM starts its engine core in a spawned process that
+re-imports this module, so nothing runs outside `main()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from pathlib import Path
+
+from server.config import ConfigError, Settings, load_settings
+
+logger = logging.getLogger("server")
+
+LOOPBACK = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_host(settings: Settings) -> str:
+    """Without API keys the server is open to anyone who can reach it: keep it on loopback."""
+    if settings.api_keys:
+        return settings.host
+    banner = "!" * 78
+    logger.warning(
+        "\n%s\n!! NO API KEY CONFIGURED: anyone who can connect may use this server.\n"
+        "!! Set LLM_SERVER_API_KEYS=key1,key2 (or api_keys in models.yaml) to require keys.\n"
+        "!! Binding to loopback (%s) only%s.\n%s",
+        banner,
+        LOOPBACK if not is_loopback(settings.host) else settings.host,
+        f", not {settings.host}" if not is_loopback(settings.host) else "",
+        banner,
+    )
+    return settings.host if is_loopback(settings.host) else LOOPBACK
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.app import build_app
+
+    try:
+        settings = load_settings(args.config, model=args.model, host=args.host, port=args.port)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    host = bind_host(settings)
+    app = build_app(settings)
+    logger.info("serving %s on http://%s:%d/v1", settings.served.name, host, settings.port)
+    uvicorn.run(app, host=host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+
+
+def check_config(args: argparse.Namespace) -> None:
+    try:
+        settings = load_settings(args.config, model=args.model)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+    for entry in settings.models:
+        marker = "*" if entry.name == settings.served.name else " "
+        print(f"{marker} {entry.name:<28} {entry.source}  aliases={list(entry.aliases)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Self-hosted OpenAI-compatible LLM server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="serve a model from models.yaml over the OpenAI API")
+    serve_parser.add_argument("--model", help="registry name or alias to serve (default: models.yaml default_model, or LLM_SERVER_MODEL)")
+    serve_parser.add_argument("--host", help="bind address (default 127.0.0.1, or LLM_SERVER_HOST)")
+    serve_parser.add_argument("--port", type=int, help="port (default 8000, or LLM_SERVER_PORT)")
+    serve_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml, or LLM_SERVER_CONFIG)")
+    serve_parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve_parser.set_defaults(run=serve)
+
+    models_parser = commands.add_parser("models", help="validate models.yaml and list its models")
+    models_parser.add_argument("--model", help="mark this model as the served one")
+    models_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
+    models_parser.set_defaults(run=check_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()

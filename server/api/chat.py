@@ -1,0 +1,108 @@
+"""`POST /v1/chat/completions`: wire format in, engine call, wire format out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.api.chat_stream import CompletionIdentity, collect_completion, stream_chunks
+from server.api.errors import invalid_request, model_not_found, read_json_object, to_api_error
+from server.api.protocol import ChatCompletionRequest, ChatMessage
+from server.config import ModelEntry, Settings
+from server.engine import ChatTurn, Engine, GenerationOptions
+from server.engine.errors import EngineError
+
+T = TypeVar("T")
+
+
+def to_turns(messages: list[ChatMessage]) -> list[ChatTurn]:
+    # OpenAI's newer `developer` role plays the part chat templates call `system`.
+    return [ChatTurn("system" if m.role == "developer" else m.role, m.text()) for m in messages]
+
+
+def to_options(body: ChatCompletionRequest) -> GenerationOptions:
+    return GenerationOptions(
+        max_tokens=body.completion_token_limit,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        stop=body.stop_sequences,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        min_tokens=body.min_tokens,
+        ignore_eos=body.ignore_eos,
+    )
+
+
+def resolve_model(settings: Settings, requested: str) -> ModelEntry:
+    entry = settings.find_model(requested)
+    if entry is None or entry.name != settings.served.name:
+        raise model_not_found(requested)
+    return entry
+
+
+async def error_events(deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
+    """SSE events for the chunks, `[DONE]` at the end, an error event if generation fails midway."""
+    try:
+        async for data in deltas:
+            yield {"data": data}
+    except EngineError as exc:
+        yield {"data": json.dumps(to_api_error(exc).body())}
+        return
+    yield {"data": "[DONE]"}
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """Run `work`, cancelling it (and so aborting its engine request) if the client goes away."""
+    task = asyncio.ensure_future(work)
+
+    async def wait_for_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_for_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if not task.cancelled() else None
+
+
+async def chat_completions(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    engine: Engine = request.app.state.engine
+
+    # Strict: JSON types must match (no "yes" for true, no "0.5" for 0.5), as OpenAI's API checks.
+    body = ChatCompletionRequest.model_validate(await read_json_object(request), strict=True)
+    if body.stream_options is not None and not body.stream:
+        raise invalid_request("stream_options is only allowed when stream is true.", param="stream_options")
+    entry = resolve_model(settings, body.model)
+    prepared = engine.prepare_chat(to_turns(body.messages), to_options(body), stream=body.stream)
+
+    identity = CompletionIdentity(
+        id=f"chatcmpl-{uuid.uuid4().hex}",
+        model=entry.name,
+        system_fingerprint=settings.system_fingerprint,
+        prompt_tokens=prepared.prompt_tokens,
+    )
+    deltas = engine.generate(prepared, identity.id)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = stream_chunks(deltas, identity, include_usage=include_usage)
+        return EventSourceResponse(error_events(chunks), sep="\n", ping=15)
+
+    completion = await until_disconnected(request, collect_completion(deltas, identity))
+    if completion is None:  # the client left; nobody reads this
+        return Response(status_code=499)
+    return Response(completion.model_dump_json(), media_type="application/json")

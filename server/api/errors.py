@@ -1,0 +1,129 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}`.
+
+Capability packages raise their own typed errors and know nothing of HTTP;
+this module is the one place that maps them to a status code and error body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidPrompt
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def invalid_api_key() -> APIError:
+    return APIError(
+        401,
+        "Incorrect or missing API key. Send it as `Authorization: Bearer <key>`.",
+        type="authentication_error",
+        code="invalid_api_key",
+    )
+
+
+def _param_path(loc: tuple) -> str:
+    """Pydantic's ('messages', 0, 'role') -> OpenAI's 'messages[0].role'."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not path:
+            path = str(part)
+        elif part in ("str", "list[TextContentPart]", "list[str]", "int", "float", "bool"):
+            continue  # union branch names pydantic adds; not part of the client's path
+        else:
+            path += f".{part}"
+    return path
+
+
+def from_validation_error(error: ValidationError) -> APIError:
+    first = error.errors()[0]
+    param = _param_path(first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = f"Missing required parameter: '{param}'."
+    else:
+        message = f"Invalid value for '{param}': {message}."
+    return invalid_request(message, param=param, code="missing_required_parameter" if first["type"] == "missing" else "invalid_value")
+
+
+def to_api_error(exc: Exception) -> APIError:
+    """Translate any error raised under a handler into its OpenAI form."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return from_validation_error(exc)
+    if isinstance(exc, ContextLengthExceeded):
+        return invalid_request(str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, InvalidPrompt):
+        return invalid_request(str(exc), param="messages", code="invalid_prompt")
+    if isinstance(exc, EngineUnavailable):
+        return APIError(503, str(exc), type="service_unavailable", code="engine_unavailable")
+    if isinstance(exc, HTTPException):
+        return APIError(exc.status_code, exc.detail, type="invalid_request_error", code=None)
+    logger.exception("unhandled error", exc_info=exc)
+    return APIError(500, "The server had an error while processing your request.", type="server_error")
+
+
+def error_response(exc: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
+    error = to_api_error(exc)
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    # The 500 handler runs outside the request-id middleware: set its header here.
+    request_id = request.scope.get("state", {}).get("request_id")
+    return error_response(exc, headers={"x-request-id": request_id} if request_id else None)
+
+
+async def read_json_object(request: Request) -> dict:
+    """The request body as a JSON object, or a 400 saying why not."""
+    body = await request.body()
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
+    if not isinstance(payload, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_json")
+    return payload

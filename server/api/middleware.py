@@ -1,0 +1,69 @@
+"""Pure ASGI middleware: request ids and API-key authentication.
+
+Pure ASGI (not `BaseHTTPMiddleware`) so streamed responses pass through
+untouched and cost nothing per chunk.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+from collections.abc import Iterable
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.api.errors import error_response, invalid_api_key
+
+REQUEST_ID_HEADER = "x-request-id"
+_CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def request_id_of(scope: Scope) -> str:
+    return scope["state"]["request_id"]
+
+
+class RequestIdMiddleware:
+    """Every response carries `X-Request-Id`: the client's own if it sent a sane one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = Headers(scope=scope).get(REQUEST_ID_HEADER, "")
+        request_id = sent if _CLIENT_REQUEST_ID.match(sent) else f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+class APIKeyMiddleware:
+    """`Authorization: Bearer <key>` must match a configured key (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, keys: Iterable[str], public_paths: Iterable[str] = ()) -> None:
+        self.app = app
+        self.keys = tuple(key.encode() for key in keys)
+        self.public_paths = frozenset(public_paths)
+
+    def _authorized(self, scope: Scope) -> bool:
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return False
+        offered = token.strip().encode()
+        # Compare against every key so timing does not reveal which one matched.
+        return sum(hmac.compare_digest(offered, key) for key in self.keys) > 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.public_paths or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        await error_response(invalid_api_key(), headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)

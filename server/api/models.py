@@ -1,0 +1,26 @@
+"""`GET /v1/models`: the served model and its aliases, in OpenAI's list shape."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.api.protocol import ModelCard, ModelList
+from server.config import Settings
+from server.engine import Engine
+
+
+async def list_models(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    engine: Engine = request.app.state.engine
+    served = settings.served
+    cards = [
+        ModelCard(
+            id=name,
+            created=request.app.state.started_at,
+            root=served.source,
+            max_model_len=engine.max_model_len,
+        )
+        for name in served.names
+    ]
+    return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")

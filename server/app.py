@@ -1,0 +1,64 @@
+"""`build_app(settings)`: the route list, the lifespan (engine start/stop) and the middleware."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from server.api.chat import chat_completions
+from server.api.errors import APIError, handle_exception
+from server.api.health import health
+from server.api.metrics import metrics
+from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
+from server.api.models import list_models
+from server.config import ModelEntry, Settings
+from server.engine import Engine
+from server.engine.errors import EngineError
+
+PUBLIC_PATHS = ("/health", "/metrics")
+
+EngineFactory = Callable[[ModelEntry], Engine]
+
+
+def build_app(settings: Settings, start_engine: EngineFactory = Engine.start) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = start_engine(settings.served)
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.started_at = int(time.time())
+        try:
+            yield
+        finally:
+            engine.shutdown()
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(RequestIdMiddleware),
+        Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS),
+    ]
+    exception_handlers = {
+        APIError: handle_exception,
+        ValidationError: handle_exception,
+        EngineError: handle_exception,
+        HTTPException: handle_exception,
+        Exception: handle_exception,
+    }
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers=exception_handlers,
+        lifespan=lifespan,
+    )

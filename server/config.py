@@ -1,0 +1,184 @@
+"""One typed settings object, loaded from `models.yaml` plus the environment.
+
+Every model the server can serve is one `ModelEntry`; `Settings` adds the
+server-wide values (bind address, API keys, limits). Loading validates the whole
+file up front so a wrong or missing entry fails at start with the field's path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "models.yaml"
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the offending field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoraLimits(_Strict):
+    enabled: bool = True
+    max_loras: int = Field(4, ge=1)
+    max_lora_rank: int = Field(16, ge=1, le=512)
+    max_cpu_loras: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _cpu_cache_holds_gpu_set(self) -> LoraLimits:
+        if self.max_cpu_loras < self.max_loras:
+            raise ValueError("max_cpu_loras must be >= max_loras")
+        return self
+
+
+class SamplingDefaults(_Strict):
+    """Values used when a request leaves the field out."""
+
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class ModelEntry(_Strict):
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    aliases: tuple[str, ...] = ()
+    source: str = Field(min_length=1, description="Hugging Face repo id or local directory")
+    tokenizer: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: int = Field(ge=16)
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    cpu_kv_cache_gib: int = Field(4, ge=1, description="KV cache size on vLLM's CPU backend")
+    enforce_eager: bool = False
+    lora: LoraLimits = LoraLimits()
+    sampling: SamplingDefaults = SamplingDefaults()
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_are_names(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
+        for alias in aliases:
+            if not re.match(MODEL_NAME_PATTERN, alias):
+                raise ValueError(f"alias {alias!r} is not a valid model name")
+        return aliases
+
+    @property
+    def is_local(self) -> bool:
+        return self.source.startswith(("/", "~", "."))
+
+    @property
+    def source_path(self) -> Path:
+        return Path(os.path.expandvars(self.source)).expanduser()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+class Settings(_Strict):
+    models: tuple[ModelEntry, ...] = Field(min_length=1)
+    default_model: str
+    served_model: str = Field(description="the registry entry this process serves")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: tuple[str, ...] = ()
+    system_fingerprint: str = "fp_llm_server"
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> Settings:
+        seen: dict[str, str] = {}
+        for entry in self.models:
+            for name in entry.names:
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is used by both {seen[name]!r} and {entry.name!r}")
+                seen[name] = entry.name
+        for field in ("default_model", "served_model"):
+            if getattr(self, field) not in seen:
+                raise ValueError(f"{field}: {getattr(self, field)!r} is not a model in the registry")
+        return self
+
+    def find_model(self, name: str) -> ModelEntry | None:
+        for entry in self.models:
+            if name in entry.names:
+                return entry
+        return None
+
+    @property
+    def served(self) -> ModelEntry:
+        entry = self.find_model(self.served_model)
+        assert entry is not None  # guaranteed by _names_resolve
+        return entry
+
+
+def _format_validation_error(error: ValidationError, raw: dict) -> str:
+    lines = []
+    for item in error.errors():
+        path = _describe_location(item["loc"], raw)
+        lines.append(f"  {path}: {item['msg']}")
+    return "invalid models.yaml:\n" + "\n".join(lines)
+
+
+def _describe_location(loc: tuple, raw: dict) -> str:
+    """Render `('models', 2, 'dtype')` as `models[mistral-7b-instruct].dtype`."""
+    parts: list[str] = []
+    node: object = raw
+    for key in loc:
+        if isinstance(key, int) and isinstance(node, list) and key < len(node):
+            entry = node[key]
+            label = entry.get("name") if isinstance(entry, dict) else None
+            parts[-1] += f"[{label or key}]"
+            node = entry
+        else:
+            parts.append(str(key))
+            node = node.get(key) if isinstance(node, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    model: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Read the registry and overlay the environment and explicit overrides.
+
+    Precedence: explicit argument (CLI flag) > environment > models.yaml.
+    Environment: LLM_SERVER_CONFIG, LLM_SERVER_MODEL, LLM_SERVER_HOST,
+    LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated).
+    """
+    env = os.environ if environ is None else environ
+    config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
+    try:
+        raw = yaml.safe_load(config_path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"model registry not found: {config_path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: top level must be a mapping with a 'models' list")
+
+    merged = dict(raw)
+    merged.setdefault("served_model", raw.get("default_model"))
+    overrides = {
+        "served_model": model or env.get("LLM_SERVER_MODEL"),
+        "host": host or env.get("LLM_SERVER_HOST"),
+        "port": port if port is not None else env.get("LLM_SERVER_PORT"),
+    }
+    merged.update({key: value for key, value in overrides.items() if value is not None})
+    if env.get("LLM_SERVER_API_KEYS"):
+        merged["api_keys"] = [key.strip() for key in env["LLM_SERVER_API_KEYS"].split(",") if key.strip()]
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, merged)) from None

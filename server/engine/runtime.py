@@ -1,0 +1,150 @@
+"""Our face of vLLM: one `AsyncLLM` in this process, started and stopped with the app.
+
+Callers hand in a conversation and options; they get back a `PreparedChat`
+(prompt rendered, limits checked, so errors come before any streaming) and
+then an async stream of `CompletionDelta`s. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from vllm import AsyncEngineArgs, SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.platforms import current_platform
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+from server.config import ModelEntry
+from server.engine.errors import EngineUnavailable, InvalidPrompt
+from server.engine.prompt import ChatTurn, render_prompt
+from server.engine.sampling import GenerationOptions, build_sampling_params
+
+logger = logging.getLogger(__name__)
+
+GiB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedChat:
+    prompt_token_ids: list[int]
+    sampling_params: SamplingParams
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionDelta:
+    """New text since the previous delta; `finish_reason` is set on the last one."""
+
+    text: str
+    new_tokens: int  # tokens generated since the previous delta
+    finish_reason: str | None
+
+
+def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
+    """The vLLM engine arguments a registry entry stands for."""
+    if entry.is_local and not entry.source_path.is_dir():
+        raise FileNotFoundError(
+            f"models.yaml: models[{entry.name}].source: {entry.source_path} does not exist"
+            + (" (build it with `make model`)" if entry.name.startswith("smollm2") else "")
+        )
+    source = str(entry.source_path) if entry.is_local else entry.source
+    return AsyncEngineArgs(
+        model=source,
+        tokenizer=entry.tokenizer,
+        served_model_name=[entry.name],
+        dtype=entry.dtype,
+        max_model_len=entry.max_model_len,
+        tensor_parallel_size=entry.tensor_parallel_size,
+        pipeline_parallel_size=entry.pipeline_parallel_size,
+        gpu_memory_utilization=entry.gpu_memory_utilization,
+        # vLLM's CPU backend does not profile memory: the KV cache size is given.
+        kv_cache_memory_bytes=entry.cpu_kv_cache_gib * GiB if current_platform.is_cpu() else None,
+        enforce_eager=entry.enforce_eager,
+        enable_lora=entry.lora.enabled,
+        max_loras=entry.lora.max_loras,
+        max_lora_rank=entry.lora.max_lora_rank,
+        max_cpu_loras=entry.lora.max_cpu_loras,
+        disable_log_stats=False,
+    )
+
+
+class Engine:
+    """The served model: vLLM's async engine plus the model's registry entry."""
+
+    def __init__(self, entry: ModelEntry, llm: AsyncLLM) -> None:
+        self.entry = entry
+        self._llm = llm
+        self._tokenizer = llm.get_tokenizer()
+        self._death_logged = False
+
+    @classmethod
+    def start(cls, entry: ModelEntry) -> Engine:
+        logger.info("starting vLLM engine for %s from %s", entry.name, entry.source)
+        llm = AsyncLLM.from_engine_args(engine_args_for(entry))
+        return cls(entry, llm)
+
+    def shutdown(self) -> None:
+        self._llm.shutdown()
+
+    @property
+    def max_model_len(self) -> int:
+        return self._llm.model_config.max_model_len
+
+    @property
+    def is_dead(self) -> bool:
+        return self._llm.errored
+
+    @property
+    def running_requests(self) -> int:
+        """Requests the engine holds (queued or generating)."""
+        return self._llm.get_num_unfinished_requests()
+
+    def prepare_chat(self, turns: Sequence[ChatTurn], options: GenerationOptions, *, stream: bool) -> PreparedChat:
+        self._raise_if_dead()
+        _, token_ids = render_prompt(self._tokenizer, turns)
+        try:
+            params = build_sampling_params(
+                options,
+                self.entry.sampling,
+                prompt_tokens=len(token_ids),
+                max_model_len=self.max_model_len,
+                stream=stream,
+            )
+        except ValueError as exc:  # vLLM's own checks on combinations of values
+            raise InvalidPrompt(str(exc)) from exc
+        return PreparedChat(token_ids, params)
+
+    async def generate(self, prepared: PreparedChat, request_id: str) -> AsyncIterator[CompletionDelta]:
+        """Run the request; cancelling the iteration aborts it in the engine."""
+        self._raise_if_dead()
+        prompt = TokensPrompt(prompt_token_ids=prepared.prompt_token_ids)
+        try:
+            async for output in self._llm.generate(prompt, prepared.sampling_params, request_id):
+                completion = output.outputs[0]
+                yield CompletionDelta(
+                    text=completion.text,
+                    new_tokens=len(completion.token_ids),
+                    finish_reason=completion.finish_reason,
+                )
+        except (EngineDeadError, EngineGenerateError) as exc:
+            self._log_death_once()
+            raise EngineUnavailable("The model engine is not available; please retry later.") from exc
+
+    def _raise_if_dead(self) -> None:
+        if self._llm.errored:
+            self._log_death_once()
+            raise EngineUnavailable("The model engine is not available; please retry later.")
+
+    def _log_death_once(self) -> None:
+        if self._llm.errored and not self._death_logged:
+            self._death_logged = True
+            logger.error(
+                "vLLM engine for %s is dead: answering 503 to every generation request until the server is restarted",
+                self.entry.name,
+            )

@@ -1,0 +1,76 @@
+"""Turn request options into vLLM sampling parameters, enforcing the context limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vllm import SamplingParams
+from vllm.sampling_params import RequestOutputKind
+
+from server.config import SamplingDefaults
+from server.engine.errors import ContextLengthExceeded
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOptions:
+    """Sampling choices of one request; None means "use the model's default"."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+
+
+def completion_budget(requested: int | None, default: int | None, prompt_tokens: int, max_model_len: int) -> int:
+    """How many tokens the completion may use.
+
+    An explicit request that does not fit is an error; a model default is
+    clamped to what the context leaves.
+    """
+    room = max_model_len - prompt_tokens
+    if requested is not None:
+        if requested > room:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in the "
+                "completion). Please reduce the length of the messages or completion."
+            )
+        return requested
+    if room < 1:
+        raise ContextLengthExceeded(
+            f"This model's maximum context length is {max_model_len} tokens. However, your messages resulted in "
+            f"{prompt_tokens} tokens, leaving no room for a completion. Please reduce the length of the messages."
+        )
+    return min(default, room) if default is not None else room
+
+
+def build_sampling_params(
+    options: GenerationOptions,
+    defaults: SamplingDefaults,
+    *,
+    prompt_tokens: int,
+    max_model_len: int,
+    stream: bool,
+) -> SamplingParams:
+    return SamplingParams(
+        n=1,
+        temperature=defaults.temperature if options.temperature is None else options.temperature,
+        top_p=defaults.top_p if options.top_p is None else options.top_p,
+        top_k=0 if options.top_k is None else options.top_k,
+        seed=options.seed,
+        presence_penalty=options.presence_penalty or 0.0,
+        frequency_penalty=options.frequency_penalty or 0.0,
+        repetition_penalty=options.repetition_penalty or 1.0,
+        stop=list(options.stop),
+        max_tokens=completion_budget(options.max_tokens, defaults.max_tokens, prompt_tokens, max_model_len),
+        min_tokens=options.min_tokens,
+        ignore_eos=options.ignore_eos,
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+    )

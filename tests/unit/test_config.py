@@ -1,0 +1,100 @@
+"""models.yaml loading: a wrong or missing entry fails with a message naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from server.config import DEFAULT_CONFIG_PATH, ConfigError, load_settings
+
+GOOD = {
+    "default_model": "tiny",
+    "models": [
+        {"name": "tiny", "aliases": ["t"], "source": "/models/tiny", "max_model_len": 512},
+        {"name": "big", "source": "org/big", "max_model_len": 4096, "dtype": "bfloat16"},
+    ],
+}
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def load(tmp_path: Path, data: object, **kwargs) -> object:
+    return load_settings(write(tmp_path, data), environ=kwargs.pop("environ", {}), **kwargs)
+
+
+def test_shipped_registry_is_valid() -> None:
+    settings = load_settings(DEFAULT_CONFIG_PATH, environ={})
+    names = {entry.name for entry in settings.models}
+    assert {"smollm2-135m-instruct", "llama-3.1-8b-instruct", "mistral-7b-instruct"} <= names
+    assert settings.served.name == "smollm2-135m-instruct"
+    llama = settings.find_model("llama-3.1-8b-instruct")
+    assert llama.source == "meta-llama/Llama-3.1-8B-Instruct"
+    assert settings.find_model("mistral-7b-instruct").source == "mistralai/Mistral-7B-Instruct-v0.3"
+    for entry in settings.models:
+        assert entry.lora.max_loras >= 1 and entry.lora.max_lora_rank >= 1 and entry.lora.max_cpu_loras >= 1
+
+
+def test_defaults_and_aliases(tmp_path: Path) -> None:
+    settings = load(tmp_path, GOOD)
+    assert settings.served.name == "tiny"
+    assert settings.find_model("t").name == "tiny"
+    assert settings.find_model("nope") is None
+    assert settings.served.is_local and not settings.find_model("big").is_local
+    assert (settings.host, settings.port, settings.api_keys) == ("127.0.0.1", 8000, ())
+
+
+def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
+    env = {"LLM_SERVER_MODEL": "big", "LLM_SERVER_PORT": "9000", "LLM_SERVER_API_KEYS": "a, b,,"}
+    settings = load(tmp_path, GOOD, environ=env)
+    assert settings.served.name == "big" and settings.port == 9000 and settings.api_keys == ("a", "b")
+    settings = load(tmp_path, GOOD, environ=env, model="t", port=7000)
+    assert settings.served.name == "tiny" and settings.port == 7000
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["models"][1].pop("max_model_len"), "models[big].max_model_len: Field required"),
+        (lambda d: d["models"][1].pop("source"), "models[big].source: Field required"),
+        (lambda d: d["models"][1].update(dtype="int3"), "models[big].dtype"),
+        (lambda d: d["models"][0].update(max_model_len="lots"), "models[tiny].max_model_len"),
+        (lambda d: d["models"][0].update(gpu_memory_utilization=1.5), "models[tiny].gpu_memory_utilization"),
+        (lambda d: d["models"][0].update(lora={"max_loras": 0}), "models[tiny].lora.max_loras"),
+        (lambda d: d["models"][0].update(lora={"max_loras": 8, "max_cpu_loras": 2}), "models[tiny].lora"),
+        (lambda d: d["models"][0].update(sampling={"temperature": 9}), "models[tiny].sampling.temperature"),
+        (lambda d: d["models"][0].update(tensor_paralel_size=2), "models[tiny].tensor_paralel_size: Extra inputs"),
+        (lambda d: d["models"][0].update(name="bad name"), "models[bad name].name"),
+        (lambda d: d["models"][1].update(aliases=["t"]), "'t' is used by both"),
+        (lambda d: d.update(default_model="ghost"), "'ghost' is not a model"),
+        (lambda d: d.update(models=[]), "models: Tuple should have at least 1 item"),
+        (lambda d: d.pop("default_model"), "default_model"),
+    ],
+)
+def test_bad_entries_name_the_field(tmp_path: Path, mutate, expected: str) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    mutate(data)
+    with pytest.raises(ConfigError) as raised:
+        load(tmp_path, data)
+    assert expected in str(raised.value)
+
+
+def test_unknown_served_model_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="served_model: 'ghost' is not a model"):
+        load(tmp_path, GOOD, model="ghost")
+
+
+@pytest.mark.parametrize("text", ["models: [", "- just\n- a list\n"])
+def test_unreadable_file(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ConfigError):
+        load(tmp_path, text)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.yaml", environ={})
