@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 
 import httpx
@@ -56,9 +57,12 @@ def test_client_disconnect_aborts_engine_request(server: RunningServer, stream: 
                 assert engine_running_requests(server) == 1
             # leaving the block closes the connection mid-stream
         else:
-            with pytest.raises(httpx.ReadTimeout):
-                session.post("/v1/chat/completions", json=LONG_STORY, timeout=3)
-            assert engine_running_requests(server) == 1
+            with ThreadPoolExecutor(1) as pool:
+                # the client gives up after 4 s and closes its connection
+                waiting = pool.submit(session.post, "/v1/chat/completions", json=LONG_STORY, timeout=4)
+                assert wait_until(lambda: engine_running_requests(server) == 1, timeout_s=4)
+                with pytest.raises(httpx.ReadTimeout):
+                    waiting.result()
     # 1500 tokens would take well over a minute on this machine: a quick drop means the abort worked.
     assert wait_until(lambda: engine_running_requests(server) == 0, timeout_s=15)
     assert wait_until(lambda: metric_value(server, "vllm:num_requests_running") == 0, timeout_s=15)

