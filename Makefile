@@ -6,7 +6,6 @@ PY     := $(VENV)/bin/python
 MODEL  ?=
 HOST   ?=
 PORT   ?=
-export HF_HUB_OFFLINE ?= 1
 
 SERVE_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
@@ -17,19 +16,19 @@ install:
 
 # The embedded default model, built once into ~/.cache/llm-server (the script skips an up-to-date build).
 model: install
-	@$(PY) scripts/build_smollm2.py
+	@HF_HUB_OFFLINE=1 $(PY) scripts/build_smollm2.py
 
 serve: model
 	$(PY) -m server serve $(SERVE_ARGS)
 
 test: model
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -ra $(PYTEST_ARGS)
 
 unit: install
-	$(PY) -m pytest -ra -m "not engine" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -ra -m "not engine" $(PYTEST_ARGS)
 
 bench: model
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench-results

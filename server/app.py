@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
@@ -18,26 +18,22 @@ from server.api.health import health
 from server.api.metrics import metrics
 from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
-from server.config import ModelEntry, Settings
+from server.config import Settings
 from server.engine import Engine
 from server.engine.errors import EngineError
 
 PUBLIC_PATHS = ("/health", "/metrics")
 
-EngineFactory = Callable[[ModelEntry], Engine]
 
 
-def build_app(settings: Settings, start_engine: EngineFactory = Engine.start) -> Starlette:
+def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = start_engine(settings.served)
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.started_at = int(time.time())
-        try:
+        async with Engine.running(settings.served) as engine:
+            app.state.settings = settings
+            app.state.engine = engine
+            app.state.started_at = int(time.time())
             yield
-        finally:
-            engine.shutdown()
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

@@ -7,8 +7,10 @@ then an async stream of `CompletionDelta`s. Nothing here knows about HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from vllm import AsyncEngineArgs, SamplingParams
@@ -25,6 +27,7 @@ from server.engine.sampling import GenerationOptions, build_sampling_params
 logger = logging.getLogger(__name__)
 
 GiB = 1 << 30
+WATCHDOG_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,13 +87,30 @@ class Engine:
         self._death_logged = False
 
     @classmethod
-    def start(cls, entry: ModelEntry) -> Engine:
+    @asynccontextmanager
+    async def running(cls, entry: ModelEntry) -> AsyncIterator[Engine]:
+        """Start the engine (blocking: nothing is served before it is up), watch it, shut it down."""
         logger.info("starting vLLM engine for %s from %s", entry.name, entry.source)
-        llm = AsyncLLM.from_engine_args(engine_args_for(entry))
-        return cls(entry, llm)
+        engine = cls(entry, AsyncLLM.from_engine_args(engine_args_for(entry)))
+        watchdog = asyncio.create_task(engine._watch_for_death())
+        try:
+            yield engine
+        finally:
+            watchdog.cancel()
+            engine._llm.shutdown()
 
-    def shutdown(self) -> None:
-        self._llm.shutdown()
+    async def _watch_for_death(self) -> None:
+        """Wake every request still waiting on a dead engine.
+
+        vLLM fails the requests it knows of when its engine core dies, but one
+        added while the core was dying can wait forever for output: so, while
+        the engine is dead, fail whatever is still waiting.
+        """
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_S)
+            if self._llm.errored:
+                self._log_death_once()
+                self._llm.output_processor.propagate_error(EngineDeadError())
 
     @property
     def max_model_len(self) -> int:
