@@ -41,6 +41,7 @@ API_KEY = "bench-key"
 class RequestResult:
     ttft_s: float
     itl_s: list[float]
+    prompt_tokens: int
     completion_tokens: int
     latency_s: float
 
@@ -52,6 +53,7 @@ class LevelResult:
     wall_s: float
     output_tokens: int
     errors: int
+    prompt_tokens: int
     ttft_s: list[float]
     itl_s: list[float]
 
@@ -60,6 +62,7 @@ class LevelResult:
             "concurrency": self.concurrency,
             "requests": self.requests,
             "errors": self.errors,
+            "prompt_tokens": self.prompt_tokens,
             "output_tokens": self.output_tokens,
             "wall_s": round(self.wall_s, 3),
             "output_tok_per_s": round(self.output_tokens / self.wall_s, 2),
@@ -167,7 +170,7 @@ async def one_request(client: httpx.AsyncClient, model: str, output_tokens: int)
     first: float | None = None
     last = start
     gaps: list[float] = []
-    tokens = 0
+    usage: dict = {}
     async with client.stream("POST", "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
@@ -175,7 +178,7 @@ async def one_request(client: httpx.AsyncClient, model: str, output_tokens: int)
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+                usage = chunk["usage"]
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 now = time.perf_counter()
                 if first is None:
@@ -184,7 +187,13 @@ async def one_request(client: httpx.AsyncClient, model: str, output_tokens: int)
                     gaps.append(now - last)
                 last = now
     end = time.perf_counter()
-    return RequestResult(ttft_s=(first or end) - start, itl_s=gaps, completion_tokens=tokens, latency_s=end - start)
+    return RequestResult(
+        ttft_s=(first or end) - start,
+        itl_s=gaps,
+        prompt_tokens=usage.get("prompt_tokens", 0),
+        completion_tokens=usage.get("completion_tokens", 0),
+        latency_s=end - start,
+    )
 
 
 async def run_level(base_url: str, model: str, concurrency: int, requests: int, output_tokens: int) -> LevelResult:
@@ -216,6 +225,7 @@ async def run_level(base_url: str, model: str, concurrency: int, requests: int, 
         wall_s=wall,
         output_tokens=sum(r.completion_tokens for r in results),
         errors=errors,
+        prompt_tokens=max((r.prompt_tokens for r in results), default=0),
         ttft_s=[r.ttft_s for r in results],
         itl_s=[gap for r in results for gap in r.itl_s],
     )
@@ -228,7 +238,7 @@ def bench_server(kind: str, entry: ModelEntry, levels: list[int], output_tokens:
         print(f"[{kind}] ready in {startup:.1f}s: {' '.join(server.command)}", flush=True)
         results = []
         for concurrency in levels:
-            requests = max(2 * concurrency, 4)
+            requests = max(3 * concurrency, 8)
             level = asyncio.run(run_level(server.base_url, entry.name, concurrency, requests, output_tokens))
             results.append(level.summary())
             print(f"[{kind}] c={concurrency}: {results[-1]}", flush=True)
@@ -243,6 +253,7 @@ def comparison_rows(ours: dict, vllm: dict) -> list[dict]:
         rows.append(
             {
                 "concurrency": mine["concurrency"],
+                "prompt_tokens_ours_vllm": [mine["prompt_tokens"], theirs["prompt_tokens"]],
                 "ours_tok_s": mine["output_tok_per_s"],
                 "vllm_tok_s": theirs["output_tok_per_s"],
                 "throughput_ratio": round(mine["output_tok_per_s"] / theirs["output_tok_per_s"], 3),
