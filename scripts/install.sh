@@ -14,7 +14,7 @@ else
   flavor=cpu
 fi
 constraints=requirements/constraints-$flavor.txt
-inputs_hash=$(cat pyproject.toml scripts/install.sh "$constraints" 2>/dev/null | sha256sum | cut -c1-16)
+inputs_hash=$(cat pyproject.toml scripts/install.sh "$constraints" tests/node/package-lock.json 2>/dev/null | sha256sum | cut -c1-16)
 stamp="$VENV/.installed-$flavor-$inputs_hash"
 if [ -f "$stamp" ]; then
   exit 0
@@ -44,6 +44,13 @@ if [ "$flavor" = cpu ]; then
   # PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers`
   # on CPU torch ("operator torchvision::nms does not exist"); vLLM runs without them.
   "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec || true
+fi
+
+# The Node SDK smoke test's one dependency (the official `openai` package), pinned by its lock file.
+if command -v npm >/dev/null 2>&1; then
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+else
+  echo "warning: npm not found; tests/test_node_sdk.py needs Node.js 20+ and npm" >&2
 fi
 
 rm -f "$VENV"/.installed-*

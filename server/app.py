@@ -18,6 +18,7 @@ from server.api.health import health
 from server.api.metrics import metrics
 from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
+from server.api.protocol import InvalidParam
 from server.config import Settings
 from server.engine import Engine
 from server.engine.errors import EngineError
@@ -47,6 +48,7 @@ def build_app(settings: Settings) -> Starlette:
     ]
     exception_handlers = {
         APIError: handle_exception,
+        InvalidParam: handle_exception,
         ValidationError: handle_exception,
         EngineError: handle_exception,
         HTTPException: handle_exception,

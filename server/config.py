@@ -60,6 +60,9 @@ class ModelEntry(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     cpu_kv_cache_gib: int = Field(4, ge=1, description="KV cache size on vLLM's CPU backend")
     enforce_eager: bool = False
+    tool_format: Literal["hermes", "llama3_json", "mistral"] = Field(
+        "hermes", description="how the model writes tool calls (Hermes tags also serve templates without tools)"
+    )
     lora: LoraLimits = LoraLimits()
     sampling: SamplingDefaults = SamplingDefaults()
 
@@ -92,6 +95,7 @@ class Settings(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     api_keys: tuple[str, ...] = ()
     system_fingerprint: str = "fp_llm_server"
+    max_n: int = Field(8, ge=1, le=128, description="most choices one chat request may ask for")
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:

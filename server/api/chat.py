@@ -8,27 +8,79 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api.chat_stream import CompletionIdentity, collect_completion, stream_chunks
 from server.api.errors import invalid_request, model_not_found, read_json_object, to_api_error
-from server.api.protocol import ChatCompletionRequest, ChatMessage
+from server.api.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    NamedToolChoice,
+)
 from server.config import ModelEntry, Settings
-from server.engine import ChatTurn, Engine, GenerationOptions
+from server.engine import ChatTurn, Engine, GenerationOptions, JsonConstraint, ToolCall, ToolSpec, ToolUse
 from server.engine.errors import EngineError
 
 T = TypeVar("T")
 
 
 def to_turns(messages: list[ChatMessage]) -> list[ChatTurn]:
-    # OpenAI's newer `developer` role plays the part chat templates call `system`.
-    return [ChatTurn("system" if m.role == "developer" else m.role, m.text()) for m in messages]
+    return [
+        ChatTurn(
+            # OpenAI's newer `developer` role plays the part chat templates call `system`.
+            role="system" if message.role == "developer" else message.role,
+            content=message.text(),
+            tool_calls=tuple(
+                ToolCall(call.id, call.function.name, call.function.arguments) for call in message.tool_calls or ()
+            ),
+            tool_call_id=message.tool_call_id,
+        )
+        for message in messages
+    ]
+
+
+def to_tool_use(body: ChatCompletionRequest) -> ToolUse | None:
+    if not body.tools:
+        return None
+    choice = body.tool_choice or "auto"
+    return ToolUse(
+        tools=tuple(
+            ToolSpec(tool.function.name, tool.function.description, tool.function.parameters) for tool in body.tools
+        ),
+        mode="named" if isinstance(choice, NamedToolChoice) else choice,
+        named=choice.function.name if isinstance(choice, NamedToolChoice) else None,
+        parallel=body.parallel_tool_calls,
+    )
+
+
+def to_json_constraint(body: ChatCompletionRequest) -> JsonConstraint | None:
+    response_format = body.response_format
+    if isinstance(response_format, JsonObjectFormat):
+        return JsonConstraint()
+    if isinstance(response_format, JsonSchemaFormat):
+        schema = response_format.json_schema.schema_ or {}
+        try:
+            validator_for(schema).check_schema(schema)
+        except SchemaError as exc:
+            raise invalid_request(
+                f"Invalid JSON schema in response_format: {exc.message}", param="response_format.json_schema.schema"
+            ) from None
+        return JsonConstraint(schema)
+    return None
 
 
 def to_options(body: ChatCompletionRequest) -> GenerationOptions:
     return GenerationOptions(
+        n=body.n,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
+        json=to_json_constraint(body),
         max_tokens=body.completion_token_limit,
         temperature=body.temperature,
         top_p=body.top_p,
@@ -48,6 +100,18 @@ def resolve_model(settings: Settings, requested: str) -> ModelEntry:
     if entry is None or entry.name != settings.served.name:
         raise model_not_found(requested)
     return entry
+
+
+async def started(deltas: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`deltas` with its first item already produced (so its errors are raised here)."""
+    first = await anext(deltas)
+
+    async def replay() -> AsyncIterator[T]:
+        yield first
+        async for item in deltas:
+            yield item
+
+    return replay()
 
 
 async def error_events(deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
@@ -85,19 +149,26 @@ async def chat_completions(request: Request) -> Response:
 
     # Strict: JSON types must match (no "yes" for true, no "0.5" for 0.5), as OpenAI's API checks.
     body = ChatCompletionRequest.model_validate(await read_json_object(request), strict=True)
-    if body.stream_options is not None and not body.stream:
-        raise invalid_request("stream_options is only allowed when stream is true.", param="stream_options")
+    if body.n > settings.max_n:
+        raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
     entry = resolve_model(settings, body.model)
-    prepared = engine.prepare_chat(to_turns(body.messages), to_options(body), stream=body.stream)
+    prepared = engine.prepare_chat(
+        to_turns(body.messages), to_options(body), stream=body.stream, tool_use=to_tool_use(body)
+    )
 
     identity = CompletionIdentity(
         id=f"chatcmpl-{uuid.uuid4().hex}",
         model=entry.name,
         system_fingerprint=settings.system_fingerprint,
         prompt_tokens=prepared.prompt_tokens,
+        n=body.n,
+        logprobs=body.logprobs,
     )
     deltas = engine.generate(prepared, identity.id)
     if body.stream:
+        # Wait for the first output before answering 200: a request the engine
+        # refuses (or a dead engine) still gets a proper HTTP error.
+        deltas = await started(deltas)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = stream_chunks(deltas, identity, include_usage=include_usage)
         return EventSourceResponse(error_events(chunks), sep="\n", ping=15)

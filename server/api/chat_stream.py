@@ -1,8 +1,9 @@
 """Pure translation of engine deltas into OpenAI chat completion objects.
 
 `stream_chunks` turns the engine's deltas into `chat.completion.chunk` JSON
-strings (role first, content deltas, a finish chunk with an empty delta, the
-optional usage chunk); `collect_completion` folds them into one
+strings: a role chunk per choice, content / tool-call / logprob deltas carrying
+their choice's index, a finish chunk with an empty delta per choice, then the
+optional usage chunk. `collect_completion` folds the same deltas into one
 `chat.completion`. Neither touches HTTP or vLLM, so both are unit-tested directly.
 """
 
@@ -17,17 +18,28 @@ from server.api.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
     Choice,
+    ChoiceLogprobs,
     ChunkChoice,
     Delta,
     FinishReason,
+    FunctionCall,
+    FunctionCallDelta,
+    ToolCall,
+    ToolCallDelta,
+    TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from server.engine import CompletionDelta
+from server.engine import TokenLogprob as EngineTokenLogprob
+from server.engine import ToolCallChunk
 
 
 def finish_reason_of(engine_reason: str | None) -> FinishReason:
-    """vLLM says stop/length (or abort/error, which only a cut-off request sees)."""
-    return "length" if engine_reason == "length" else "stop"
+    """vLLM says stop/length, we add tool_calls; abort/error only reach a cut-off request."""
+    if engine_reason in ("length", "tool_calls"):
+        return engine_reason  # type: ignore[return-value]
+    return "stop"
 
 
 @dataclass(slots=True)
@@ -36,6 +48,8 @@ class CompletionIdentity:
     model: str
     system_fingerprint: str
     prompt_tokens: int
+    n: int = 1
+    logprobs: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -45,6 +59,30 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
     )
+
+
+def _wire_logprobs(entries: list[EngineTokenLogprob]) -> list[TokenLogprob]:
+    return [
+        TokenLogprob(
+            token=entry.token,
+            logprob=entry.logprob,
+            bytes=entry.bytes,
+            top_logprobs=[TopLogprob(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in entry.top_logprobs],
+        )
+        for entry in entries
+    ]
+
+
+def _wire_tool_call_deltas(chunks: list[ToolCallChunk]) -> list[ToolCallDelta]:
+    return [
+        ToolCallDelta(
+            index=chunk.index,
+            id=chunk.id,
+            type="function" if chunk.id else None,
+            function=FunctionCallDelta(name=chunk.name, arguments=chunk.arguments),
+        )
+        for chunk in chunks
+    ]
 
 
 async def stream_chunks(
@@ -67,27 +105,55 @@ async def stream_chunks(
             usage=usage,
         ).model_dump_json(exclude=exclude)
 
-    yield chunk([ChunkChoice(index=0, delta=Delta(role="assistant", content=""))])
+    for index in range(identity.n):
+        yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
     completion_tokens = 0
-    reason: str | None = None
     async for delta in deltas:
         completion_tokens += delta.new_tokens
-        if delta.text:
-            yield chunk([ChunkChoice(index=0, delta=Delta(content=delta.text))])
-        reason = delta.finish_reason or reason
-    yield chunk([ChunkChoice(index=0, delta=Delta(), finish_reason=finish_reason_of(reason))])
+        if delta.text or delta.tool_calls or delta.logprobs:
+            yield chunk(
+                [
+                    ChunkChoice(
+                        index=delta.index,
+                        delta=Delta(
+                            content=delta.text or None,
+                            tool_calls=_wire_tool_call_deltas(delta.tool_calls) if delta.tool_calls else None,
+                        ),
+                        logprobs=ChoiceLogprobs(content=_wire_logprobs(delta.logprobs)) if delta.logprobs else None,
+                    )
+                ]
+            )
+        if delta.finish_reason is not None:
+            yield chunk([ChunkChoice(index=delta.index, delta=Delta(), finish_reason=finish_reason_of(delta.finish_reason))])
     if include_usage:
         yield chunk([], _usage(identity.prompt_tokens, completion_tokens))
 
 
+@dataclass(slots=True)
+class _ChoiceState:
+    text: list[str] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    def add_tool_chunk(self, piece: ToolCallChunk) -> None:
+        if piece.index >= len(self.calls):
+            self.calls.append(ToolCall(id=piece.id or "", function=FunctionCall(name=piece.name or "", arguments="")))
+        self.calls[piece.index].function.arguments += piece.arguments
+
+
 async def collect_completion(deltas: AsyncIterator[CompletionDelta], identity: CompletionIdentity) -> ChatCompletion:
-    parts: list[str] = []
+    states = [_ChoiceState() for _ in range(identity.n)]
     completion_tokens = 0
-    reason: str | None = None
     async for delta in deltas:
-        parts.append(delta.text)
+        state = states[delta.index]
         completion_tokens += delta.new_tokens
-        reason = delta.finish_reason or reason
+        state.text.append(delta.text)
+        for piece in delta.tool_calls:
+            state.add_tool_chunk(piece)
+        if delta.logprobs:
+            state.logprobs.extend(_wire_logprobs(delta.logprobs))
+        state.finish_reason = delta.finish_reason or state.finish_reason
     return ChatCompletion(
         id=identity.id,
         created=identity.created,
@@ -95,10 +161,15 @@ async def collect_completion(deltas: AsyncIterator[CompletionDelta], identity: C
         system_fingerprint=identity.system_fingerprint,
         choices=[
             Choice(
-                index=0,
-                message=AssistantMessage(content="".join(parts)),
-                finish_reason=finish_reason_of(reason),
+                index=index,
+                message=AssistantMessage(
+                    content="".join(state.text) or (None if state.calls else ""),
+                    tool_calls=state.calls or None,
+                ),
+                finish_reason=finish_reason_of(state.finish_reason),
+                logprobs=ChoiceLogprobs(content=state.logprobs) if identity.logprobs else None,
             )
+            for index, state in enumerate(states)
         ],
         usage=_usage(identity.prompt_tokens, completion_tokens),
     )

@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidPrompt
+from server.api.protocol import InvalidParam
+from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidOption, InvalidPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,24 @@ def invalid_api_key() -> APIError:
     )
 
 
+_TYPE_NAMES = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
+def _is_union_branch(part: str) -> bool:
+    """Pydantic names the union member it tried (`str`, `literal[...]`, `NamedToolChoice`); clients never do."""
+    return not part.isidentifier() or part[0].isupper() or part in _TYPE_NAMES
+
+
 def _param_path(loc: tuple) -> str:
     """Pydantic's ('messages', 0, 'role') -> OpenAI's 'messages[0].role'."""
     path = ""
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif not path:
-            path = str(part)
-        elif part in ("str", "list[TextContentPart]", "list[str]", "int", "float", "bool"):
-            continue  # union branch names pydantic adds; not part of the client's path
+        elif _is_union_branch(part):
+            continue
         else:
-            path += f".{part}"
+            path += f".{part}" if path else part
     return path
 
 
@@ -94,8 +101,12 @@ def to_api_error(exc: Exception) -> APIError:
         return exc
     if isinstance(exc, ValidationError):
         return from_validation_error(exc)
+    if isinstance(exc, InvalidParam):
+        return invalid_request(str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, ContextLengthExceeded):
         return invalid_request(str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, InvalidOption):
+        return invalid_request(str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, InvalidPrompt):
         return invalid_request(str(exc), param="messages", code="invalid_prompt")
     if isinstance(exc, EngineUnavailable):

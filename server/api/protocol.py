@@ -10,7 +10,23 @@ from __future__ import annotations
 import time
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+
+class InvalidParam(Exception):
+    """A request whose fields contradict each other; raised through pydantic as is, naming the param."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class _Wire(BaseModel):
@@ -22,10 +38,31 @@ class TextContentPart(_Wire):
     text: str
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Wire):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_role(self) -> ChatMessage:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("messages with role 'tool' must have a 'tool_call_id'")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages may carry 'tool_calls'")
+        return self
 
     def text(self) -> str:
         if self.content is None:
@@ -39,7 +76,60 @@ class StreamOptions(_Wire):
     include_usage: bool = False
 
 
+class FunctionDefinition(_Wire):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(_Wire):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ToolChoiceFunction(_Wire):
+    name: str
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: ToolChoiceFunction
+
+
+class TextFormat(_Wire):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Wire):
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Wire):
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    description: str | None = None
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Wire):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+# OpenAI request fields this server cannot honour; silently ignoring them would
+# change what the caller gets, so they are refused.
+REFUSED_FIELDS = {
+    "audio": "Audio output is not supported by this server's models.",
+    "functions": "`functions` is deprecated and not supported; use `tools`.",
+    "function_call": "`function_call` is deprecated and not supported; use `tool_choice`.",
+    "web_search_options": "Web search is not available on this server.",
+}
 
 
 class ChatCompletionRequest(BaseModel):
@@ -57,8 +147,15 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=128)
     user: str | None = Field(None, max_length=256)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    logit_bias: dict[str, float] | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     # vLLM's extensions, kept for clients (and benchmarks) written against `vllm serve`.
     top_k: int | None = Field(None, ge=-1)
     min_tokens: int = Field(0, ge=0)
@@ -76,6 +173,39 @@ class ChatCompletionRequest(BaseModel):
         if any(not item for item in stops):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids_and_bias_range(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key, value in (bias or {}).items():
+            if not key.isdigit():
+                raise ValueError(f"keys must be token ids, got {key!r}")
+            if not -100 <= value <= 100:
+                raise ValueError(f"bias values must be between -100 and 100, got {value} for token {key}")
+        return bias
+
+    @model_validator(mode="after")
+    def _consistent_options(self) -> ChatCompletionRequest:
+        extra = self.model_extra or {}
+        for name, reason in REFUSED_FIELDS.items():
+            if extra.get(name) is not None:
+                raise InvalidParam(name, reason)
+        modalities = extra.get("modalities")
+        if isinstance(modalities, list) and any(modality != "text" for modality in modalities):
+            raise InvalidParam("modalities", "Only the `text` modality is supported.")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidParam("top_logprobs", "`logprobs` must be true when `top_logprobs` is set.")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidParam("stream_options", "`stream_options` is only allowed when `stream` is true.")
+        if self.tool_choice is not None and not self.tools:
+            raise InvalidParam("tool_choice", "`tool_choice` is only allowed when `tools` are specified.")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {tool.function.name for tool in self.tools or ()}
+            if self.tool_choice.function.name not in names:
+                raise InvalidParam(
+                    "tool_choice", f"`tool_choice` names function {self.tool_choice.function.name!r}, which is not in `tools`."
+                )
+        return self
 
     @property
     def stop_sequences(self) -> list[str]:
@@ -96,16 +226,39 @@ class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        if data.get("tool_calls") is None:
+            data.pop("tool_calls", None)
+        return data
 
 
-FinishReason = Literal["stop", "length", "content_filter"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -118,9 +271,30 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:
@@ -132,7 +306,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -15,3 +15,11 @@ class ContextLengthExceeded(EngineError):
 
 class InvalidPrompt(EngineError):
     """The conversation cannot be rendered with the model's chat template."""
+
+
+class InvalidOption(EngineError):
+    """vLLM refused a request option (e.g. a logit_bias token outside the vocabulary)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param

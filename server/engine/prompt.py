@@ -1,18 +1,34 @@
-"""Render a conversation into prompt tokens with the model's own chat template."""
+"""Render a conversation into prompt tokens with the model's own chat template.
+
+Templates that know about tools (Llama 3.1, Mistral v0.3) get the tools and the
+tool-call history in their own terms. Templates that do not (the embedded
+ChatML model) get the Hermes convention: tools described in the system prompt,
+earlier calls and results written back as `<tool_call>` / `<tool_response>` text.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from server.engine.errors import InvalidPrompt
+from server.engine.tools import (
+    ToolCall,
+    ToolUse,
+    hermes_system_prompt,
+    hermes_tool_call_text,
+    hermes_tool_response_text,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ChatTurn:
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 class ChatTokenizer(Protocol):
@@ -25,7 +41,55 @@ class ChatTokenizer(Protocol):
     def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
 
 
-def render_prompt(tokenizer: ChatTokenizer, turns: Sequence[ChatTurn]) -> tuple[str, list[int]]:
+def template_supports_tools(template: str) -> bool:
+    return "tools" in template and "tool_calls" in template
+
+
+def _native_turn(turn: ChatTurn) -> dict:
+    message: dict = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                # templates serialise the arguments themselves (`| tojson`)
+                "function": {"name": call.name, "arguments": json.loads(call.arguments or "{}")},
+            }
+            for call in turn.tool_calls
+        ]
+    if turn.tool_call_id is not None:
+        message["tool_call_id"] = turn.tool_call_id
+    return message
+
+
+def _hermes_turn(turn: ChatTurn) -> dict:
+    if turn.role == "tool":
+        return {"role": "tool", "content": hermes_tool_response_text(turn.content)}
+    if turn.tool_calls:
+        calls = "\n".join(hermes_tool_call_text(call.name, call.arguments) for call in turn.tool_calls)
+        return {"role": turn.role, "content": f"{turn.content}\n{calls}".strip()}
+    return {"role": turn.role, "content": turn.content}
+
+
+def build_conversation(template: str, turns: Sequence[ChatTurn], tool_use: ToolUse | None) -> tuple[list[dict], dict]:
+    """The messages and extra template arguments for `apply_chat_template`."""
+    offers_tools = tool_use is not None and tool_use.offers_tools
+    if template_supports_tools(template):
+        extra = {"tools": [tool.as_openai() for tool in tool_use.tools]} if offers_tools else {}
+        return [_native_turn(turn) for turn in turns], extra
+    conversation = [_hermes_turn(turn) for turn in turns]
+    if offers_tools:
+        tools_prompt = hermes_system_prompt(tool_use.tools)
+        if conversation and conversation[0]["role"] == "system":
+            conversation[0] = {"role": "system", "content": f"{conversation[0]['content']}\n\n{tools_prompt}"}
+        else:
+            conversation.insert(0, {"role": "system", "content": tools_prompt})
+    return conversation, {}
+
+
+def render_prompt(
+    tokenizer: ChatTokenizer, turns: Sequence[ChatTurn], tool_use: ToolUse | None = None
+) -> tuple[str, list[int]]:
     """The prompt text and its token ids, ready for the assistant's reply.
 
     The template adds the special tokens (BOS, role headers) itself, so the
@@ -33,9 +97,9 @@ def render_prompt(tokenizer: ChatTokenizer, turns: Sequence[ChatTurn]) -> tuple[
     """
     if not tokenizer.chat_template:
         raise InvalidPrompt("this model has no chat template")
-    conversation = [{"role": turn.role, "content": turn.content} for turn in turns]
+    conversation, extra = build_conversation(tokenizer.chat_template, turns, tool_use)
     try:
-        text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **extra)
     except Exception as exc:  # templates raise their own errors (e.g. roles must alternate)
         raise InvalidPrompt(f"the conversation does not fit this model's chat template: {exc}") from exc
     return text, tokenizer.encode(text, add_special_tokens=False)

@@ -11,18 +11,22 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from vllm import AsyncEngineArgs, SamplingParams
+from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
+from vllm.outputs import CompletionOutput
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from server.config import ModelEntry
-from server.engine.errors import EngineUnavailable, InvalidPrompt
+from server.engine.errors import EngineUnavailable, InvalidOption
+from server.engine.logprobs import TokenLogprob, token_logprobs
 from server.engine.prompt import ChatTurn, render_prompt
-from server.engine.sampling import GenerationOptions, build_sampling_params
+from server.engine.sampling import GenerationOptions, JsonConstraint, build_sampling_params
+from server.engine.tools import ChoiceToolReader, ToolCallChunk, ToolUse, forced_call_schema
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,7 @@ WATCHDOG_INTERVAL_S = 0.5
 class PreparedChat:
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
+    tool_use: ToolUse | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -42,11 +47,14 @@ class PreparedChat:
 
 @dataclass(frozen=True, slots=True)
 class CompletionDelta:
-    """New text since the previous delta; `finish_reason` is set on the last one."""
+    """What one choice produced since its previous delta; `finish_reason` is set on its last one."""
 
+    index: int
     text: str
     new_tokens: int  # tokens generated since the previous delta
-    finish_reason: str | None
+    finish_reason: str | None  # stop, length, tool_calls (or abort)
+    tool_calls: list[ToolCallChunk] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
 
 
 def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
@@ -125,9 +133,19 @@ class Engine:
         """Requests the engine holds (queued or generating)."""
         return self._llm.get_num_unfinished_requests()
 
-    def prepare_chat(self, turns: Sequence[ChatTurn], options: GenerationOptions, *, stream: bool) -> PreparedChat:
+    def prepare_chat(
+        self,
+        turns: Sequence[ChatTurn],
+        options: GenerationOptions,
+        *,
+        stream: bool,
+        tool_use: ToolUse | None = None,
+    ) -> PreparedChat:
         self._raise_if_dead()
-        _, token_ids = render_prompt(self._tokenizer, turns)
+        _, token_ids = render_prompt(self._tokenizer, turns, tool_use)
+        if tool_use is not None and tool_use.offers_tools and tool_use.forced:
+            # A required or named call is enforced by structured output, like vLLM's own server.
+            options = replace(options, json=JsonConstraint(forced_call_schema(tool_use)))
         try:
             params = build_sampling_params(
                 options,
@@ -135,26 +153,55 @@ class Engine:
                 prompt_tokens=len(token_ids),
                 max_model_len=self.max_model_len,
                 stream=stream,
+                # Llama's <|python_tag|> and Mistral's [TOOL_CALLS] are special tokens the parser must see.
+                skip_special_tokens=not (tool_use and tool_use.offers_tools and self.entry.tool_format != "hermes"),
             )
-        except ValueError as exc:  # vLLM's own checks on combinations of values
-            raise InvalidPrompt(str(exc)) from exc
-        return PreparedChat(token_ids, params)
+        except (ValueError, VLLMValidationError) as exc:  # vLLM's own checks on combinations of values
+            raise InvalidOption(str(exc), getattr(exc, "parameter", None)) from exc
+        return PreparedChat(token_ids, params, tool_use)
 
     async def generate(self, prepared: PreparedChat, request_id: str) -> AsyncIterator[CompletionDelta]:
         """Run the request; cancelling the iteration aborts it in the engine."""
         self._raise_if_dead()
         prompt = TokensPrompt(prompt_token_ids=prepared.prompt_token_ids)
+        top_logprobs = prepared.sampling_params.logprobs
+        readers: dict[int, ChoiceToolReader] = {}
         try:
             async for output in self._llm.generate(prompt, prepared.sampling_params, request_id):
-                completion = output.outputs[0]
-                yield CompletionDelta(
-                    text=completion.text,
-                    new_tokens=len(completion.token_ids),
-                    finish_reason=completion.finish_reason,
-                )
+                for completion in output.outputs:
+                    reader = readers.get(completion.index)
+                    if reader is None:
+                        reader = readers[completion.index] = ChoiceToolReader(prepared.tool_use, self.entry.tool_format)
+                    text, calls = reader.feed(completion.text)
+                    reason = completion.finish_reason
+                    if reason is not None:
+                        tail, more_calls = reader.finish()
+                        text, calls = text + tail, calls + more_calls
+                        if reason == "stop" and reader.called:
+                            reason = "tool_calls"
+                    yield CompletionDelta(
+                        index=completion.index,
+                        text=text,
+                        new_tokens=len(completion.token_ids),
+                        finish_reason=reason,
+                        tool_calls=calls,
+                        logprobs=self._content_logprobs(completion, top_logprobs),
+                    )
+        except VLLMValidationError as exc:
+            raise InvalidOption(str(exc), exc.parameter) from exc
         except (EngineDeadError, EngineGenerateError) as exc:
             self._log_death_once()
             raise EngineUnavailable("The model engine is not available; please retry later.") from exc
+
+    @staticmethod
+    def _content_logprobs(completion: CompletionOutput, top_logprobs: int | None) -> list[TokenLogprob] | None:
+        if top_logprobs is None or not completion.logprobs:
+            return None
+        entries = token_logprobs(completion.token_ids, completion.logprobs, top_logprobs)
+        if completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str):
+            # The end-of-turn token that stopped generation is not part of the content.
+            entries = entries[:-1]
+        return entries or None
 
     def _raise_if_dead(self) -> None:
         if self._llm.errored:

@@ -5,16 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vllm import SamplingParams
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from server.config import SamplingDefaults
 from server.engine.errors import ContextLengthExceeded
 
 
 @dataclass(frozen=True, slots=True)
+class JsonConstraint:
+    """Output must be JSON: any object (`schema` None) or valid against `schema`."""
+
+    schema: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationOptions:
     """Sampling choices of one request; None means "use the model's default"."""
 
+    n: int = 1
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -26,6 +34,9 @@ class GenerationOptions:
     repetition_penalty: float | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; k: the sampled token plus the top k
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    json: JsonConstraint | None = None
 
 
 def completion_budget(requested: int | None, default: int | None, prompt_tokens: int, max_model_len: int) -> int:
@@ -51,6 +62,14 @@ def completion_budget(requested: int | None, default: int | None, prompt_tokens:
     return min(default, room) if default is not None else room
 
 
+def structured_outputs(constraint: JsonConstraint | None) -> StructuredOutputsParams | None:
+    if constraint is None:
+        return None
+    if constraint.schema is None:
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=constraint.schema)
+
+
 def build_sampling_params(
     options: GenerationOptions,
     defaults: SamplingDefaults,
@@ -58,9 +77,10 @@ def build_sampling_params(
     prompt_tokens: int,
     max_model_len: int,
     stream: bool,
+    skip_special_tokens: bool = True,
 ) -> SamplingParams:
     return SamplingParams(
-        n=1,
+        n=options.n,
         temperature=defaults.temperature if options.temperature is None else options.temperature,
         top_p=defaults.top_p if options.top_p is None else options.top_p,
         top_k=0 if options.top_k is None else options.top_k,
@@ -72,5 +92,9 @@ def build_sampling_params(
         max_tokens=completion_budget(options.max_tokens, defaults.max_tokens, prompt_tokens, max_model_len),
         min_tokens=options.min_tokens,
         ignore_eos=options.ignore_eos,
+        logprobs=options.logprobs,
+        logit_bias=options.logit_bias or None,
+        structured_outputs=structured_outputs(options.json),
+        skip_special_tokens=skip_special_tokens,
         output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
     )
