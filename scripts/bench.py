@@ -110,7 +110,7 @@ def vllm_serve_flags(entry: ModelEntry) -> list[str]:
 
 
 def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
-    if kind == "ours":
+    if kind.startswith("ours"):
         return [sys.executable, "-m", "server", "serve", "--model", entry.name, "--port", str(port), "--log-level", "warning"]
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", *vllm_serve_flags(entry),
@@ -119,11 +119,11 @@ def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
 
 
 class Server:
-    def __init__(self, kind: str, entry: ModelEntry, log_dir: Path) -> None:
+    def __init__(self, kind: str, entry: ModelEntry, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
         self.kind = kind
         self.port = free_port()
         self.log_path = log_dir / f"{kind}.log"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", LLM_SERVER_API_KEYS=API_KEY)
+        env = dict(os.environ, HF_HUB_OFFLINE="1", LLM_SERVER_API_KEYS=API_KEY, **(extra_env or {}))
         self.command = server_command(kind, entry, self.port)
         self.started = time.monotonic()
         self.process = subprocess.Popen(
@@ -196,11 +196,14 @@ async def one_request(client: httpx.AsyncClient, model: str, output_tokens: int)
     )
 
 
-async def run_level(base_url: str, model: str, concurrency: int, requests: int, output_tokens: int) -> LevelResult:
+async def run_level(
+    base_url: str, models: list[str], concurrency: int, requests: int, output_tokens: int
+) -> LevelResult:
+    """`requests` streaming requests from `concurrency` clients, spread round-robin over `models`."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=600) as client:
-        await asyncio.gather(*(one_request(client, model, 8) for _ in range(min(concurrency, 4))))  # warm-up
+        await asyncio.gather(*(one_request(client, model, 8) for model in models))  # warm-up (loads adapters)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for index in range(requests):
             queue.put_nowait(index)
@@ -210,9 +213,9 @@ async def run_level(base_url: str, model: str, concurrency: int, requests: int, 
         async def worker() -> None:
             nonlocal errors
             while not queue.empty():
-                queue.get_nowait()
+                index = queue.get_nowait()
                 try:
-                    results.append(await one_request(client, model, output_tokens))
+                    results.append(await one_request(client, models[index % len(models)], output_tokens))
                 except httpx.HTTPError:
                     errors += 1
 
@@ -239,12 +242,67 @@ def bench_server(kind: str, entry: ModelEntry, levels: list[int], output_tokens:
         results = []
         for concurrency in levels:
             requests = max(3 * concurrency, 8)
-            level = asyncio.run(run_level(server.base_url, entry.name, concurrency, requests, output_tokens))
+            level = asyncio.run(run_level(server.base_url, [entry.name], concurrency, requests, output_tokens))
             results.append(level.summary())
             print(f"[{kind}] c={concurrency}: {results[-1]}", flush=True)
         return {"startup_s": round(startup, 1), "command": server.command, "levels": results}
     finally:
         server.stop()
+
+
+def bench_lora(entry: ModelEntry, output_tokens: int, log_dir: Path, concurrency: int = 8) -> dict:
+    """Our server alone: adapter load and swap latency, throughput spread over 1/4/8 adapters vs base."""
+    sources, adapters = log_dir / "adapter-sources", log_dir / "adapters"
+    names = [f"bench{i}" for i in range(8)]
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_adapters.py"), "--out", str(sources),
+         "--names", ",".join(names), "--steps", "0"],
+        check=True, capture_output=True, cwd=ROOT,
+    )
+    env = {"LLM_SERVER_ADAPTERS_DIR": str(adapters), "LLM_SERVER_ADAPTER_SOURCE_ROOTS": str(sources)}
+    server = Server("ours-lora", entry, log_dir, env)
+    try:
+        server.wait_ready()
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+
+        def post_adapter(name: str) -> float:
+            start = time.perf_counter()
+            response = httpx.post(f"{server.base_url}/v1/adapters", json={"name": name, "path": str(sources / name)},
+                                  headers=headers, timeout=120)
+            response.raise_for_status()
+            return (time.perf_counter() - start) * 1000
+
+        load_ms = [post_adapter(name) for name in names]
+        swap_ms = [post_adapter("bench0") for _ in range(3)]  # same name, new version each time
+        requests = 3 * concurrency
+        spreads = {"base": [entry.name], "1 adapter": names[:1], "4 adapters": names[:4], "8 adapters": names}
+        levels = {}
+        for label, models in spreads.items():
+            result = asyncio.run(run_level(server.base_url, models, concurrency, requests, output_tokens)).summary()
+            levels[label] = result
+            print(f"[lora] {label}: {result}", flush=True)
+    finally:
+        server.stop()
+    base = levels["base"]["output_tok_per_s"]
+    return {
+        "concurrency": concurrency,
+        "adapter_load_ms": {"p50": round(percentile(load_ms, 50), 1), "max": round(max(load_ms), 1)},
+        "adapter_swap_ms": {"p50": round(percentile(swap_ms, 50), 1), "max": round(max(swap_ms), 1)},
+        "levels": levels,
+        "throughput_ratio_vs_base": {label: round(r["output_tok_per_s"] / base, 3) for label, r in levels.items()},
+    }
+
+
+def print_lora_table(lora: dict) -> None:
+    print(f"\nmulti-LoRA on our server, {lora['concurrency']} concurrent streams, requests spread round-robin")
+    print(f"{'spread':<11} | {'tok/s':>7} {'vs base':>7} | {'TTFT p50 ms':>11} | {'ITL p50 ms':>10}")
+    for label, result in lora["levels"].items():
+        print(
+            f"{label:<11} | {result['output_tok_per_s']:>7.1f} {lora['throughput_ratio_vs_base'][label]:>7.3f} | "
+            f"{result['ttft_p50_ms']:>11.1f} | {result['itl_p50_ms']:>10.1f}"
+        )
+    print(f"adapter load (POST /v1/adapters): p50 {lora['adapter_load_ms']['p50']} ms, max {lora['adapter_load_ms']['max']} ms")
+    print(f"adapter swap (new version, same name): p50 {lora['adapter_swap_ms']['p50']} ms, max {lora['adapter_swap_ms']['max']} ms")
 
 
 def comparison_rows(ours: dict, vllm: dict) -> list[dict]:
@@ -292,6 +350,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrent client counts")
     parser.add_argument("--output-tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
+    parser.add_argument("--sections", default="compare,lora", help="compare (vs vllm serve), lora (multi-LoRA)")
     args = parser.parse_args()
 
     entry = load_settings(model=args.model).served
@@ -301,21 +360,24 @@ def main() -> None:
     log_dir = args.out / f"logs-{stamp}"
     log_dir.mkdir()
 
-    vllm = bench_server("vllm", entry, levels, args.output_tokens, log_dir)
-    ours = bench_server("ours", entry, levels, args.output_tokens, log_dir)
-    rows = comparison_rows(ours, vllm)
-    print()
-    print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
-    print_table(rows)
-    report = {
-        "suite": "chat-completions-vs-vllm-serve",
+    sections = set(args.sections.split(","))
+    report: dict = {
         "model": entry.name,
         "output_tokens": args.output_tokens,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        "ours": ours,
-        "vllm_serve": vllm,
-        "comparison": rows,
     }
+    if "compare" in sections:
+        vllm = bench_server("vllm", entry, levels, args.output_tokens, log_dir)
+        ours = bench_server("ours", entry, levels, args.output_tokens, log_dir)
+        report.update(ours=ours, vllm_serve=vllm, comparison=comparison_rows(ours, vllm))
+    if "lora" in sections:
+        report["lora"] = bench_lora(entry, args.output_tokens, log_dir)
+    print()
+    print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
+    if "comparison" in report:
+        print_table(report["comparison"])
+    if "lora" in report:
+        print_lora_table(report["lora"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

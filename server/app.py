@@ -12,6 +12,13 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from server.api.adapters import (
+    create_adapter,
+    delete_adapter,
+    list_adapters,
+    vllm_load_lora_adapter,
+    vllm_unload_lora_adapter,
+)
 from server.api.chat import chat_completions
 from server.api.errors import APIError, handle_exception
 from server.api.health import health
@@ -21,6 +28,7 @@ from server.api.models import list_models
 from server.api.protocol import InvalidParam
 from server.config import Settings
 from server.engine import Engine
+from server.engine.adapters import AdapterError
 from server.engine.errors import EngineError
 
 PUBLIC_PATHS = ("/health", "/metrics")
@@ -30,7 +38,7 @@ PUBLIC_PATHS = ("/health", "/metrics")
 def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Engine.running(settings.served) as engine:
+        async with Engine.running(settings.served, settings.adapters_dir) as engine:
             app.state.settings = settings
             app.state.engine = engine
             app.state.started_at = int(time.time())
@@ -39,6 +47,11 @@ def build_app(settings: Settings) -> Starlette:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/adapters", create_adapter, methods=["POST"]),
+        Route("/v1/adapters", list_adapters, methods=["GET"]),
+        Route("/v1/adapters/{name}", delete_adapter, methods=["DELETE"]),
+        Route("/v1/load_lora_adapter", vllm_load_lora_adapter, methods=["POST"]),
+        Route("/v1/unload_lora_adapter", vllm_unload_lora_adapter, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
@@ -51,6 +64,7 @@ def build_app(settings: Settings) -> Starlette:
         InvalidParam: handle_exception,
         ValidationError: handle_exception,
         EngineError: handle_exception,
+        AdapterError: handle_exception,
         HTTPException: handle_exception,
         Exception: handle_exception,
     }

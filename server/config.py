@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "models.yaml"
+DEFAULT_ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
 
 
@@ -96,6 +97,10 @@ class Settings(_Strict):
     api_keys: tuple[str, ...] = ()
     system_fingerprint: str = "fp_llm_server"
     max_n: int = Field(8, ge=1, le=128, description="most choices one chat request may ask for")
+    adapters_dir: Path = Field(DEFAULT_ADAPTERS_DIR, description="where LoRA adapters live, one folder per name")
+    adapter_source_roots: tuple[Path, ...] = Field(
+        (), description="folders `POST /v1/adapters` may copy from, besides adapters_dir"
+    )
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -159,7 +164,8 @@ def load_settings(
 
     Precedence: explicit argument (CLI flag) > environment > models.yaml.
     Environment: LLM_SERVER_CONFIG, LLM_SERVER_MODEL, LLM_SERVER_HOST,
-    LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated).
+    LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated), LLM_SERVER_ADAPTERS_DIR,
+    LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated).
     """
     env = os.environ if environ is None else environ
     config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
@@ -180,6 +186,10 @@ def load_settings(
         "port": port if port is not None else env.get("LLM_SERVER_PORT"),
     }
     merged.update({key: value for key, value in overrides.items() if value is not None})
+    if env.get("LLM_SERVER_ADAPTERS_DIR"):
+        merged["adapters_dir"] = env["LLM_SERVER_ADAPTERS_DIR"]
+    if env.get("LLM_SERVER_ADAPTER_SOURCE_ROOTS"):
+        merged["adapter_source_roots"] = [root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root]
     if env.get("LLM_SERVER_API_KEYS"):
         merged["api_keys"] = [key.strip() for key in env["LLM_SERVER_API_KEYS"].split(",") if key.strip()]
     try:

@@ -89,11 +89,45 @@ def start_server(log_path: Path, *args: str, env: dict[str, str] | None = None) 
     raise RuntimeError(f"server did not become healthy in {START_TIMEOUT_S}s:\n{server.log()[-4000:]}")
 
 
+@dataclass(frozen=True)
+class StateDirs:
+    adapters: Path  # the servers' adapters folder (not the repo's)
+    sources: Path  # where tests put adapters to load; an allowed source root
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("server") / "server.log")
+def state_dirs(tmp_path_factory: pytest.TempPathFactory) -> StateDirs:
+    return StateDirs(tmp_path_factory.mktemp("adapters"), tmp_path_factory.mktemp("adapter-sources"))
+
+
+@pytest.fixture(scope="session")
+def test_server_env(state_dirs: StateDirs) -> dict[str, str]:
+    return server_env(
+        LLM_SERVER_API_KEYS=API_KEY,
+        LLM_SERVER_ADAPTERS_DIR=str(state_dirs.adapters),
+        LLM_SERVER_ADAPTER_SOURCE_ROOTS=str(state_dirs.sources),
+    )
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, test_server_env: dict[str, str]) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("server") / "server.log", env=test_server_env)
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def adapter_sources(state_dirs: StateDirs) -> Path:
+    """Real LoRA adapters `alpha` and `bravo`, trained with peft by scripts/make_adapters.py."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_adapters.py"), "--out", str(state_dirs.sources)],
+        cwd=ROOT,
+        env=server_env(),
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    return state_dirs.sources
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +150,7 @@ def http(server: RunningServer) -> Iterator[httpx.Client]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use a server fixture are marked `engine` (`make unit` leaves them out)."""
-    engine_fixtures = {"server", "client", "async_client", "http", "dying_server"}
+    engine_fixtures = {"server", "client", "async_client", "http", "dying_server", "adapter_sources"}
     for item in items:
         if engine_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)

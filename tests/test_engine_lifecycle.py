@@ -69,9 +69,9 @@ def test_client_disconnect_aborts_engine_request(server: RunningServer, stream: 
 
 
 @pytest.fixture
-def dying_server(tmp_path) -> Iterator[RunningServer]:
+def dying_server(tmp_path, test_server_env) -> Iterator[RunningServer]:
     """A server of its own, since this test kills its engine."""
-    running = start_server(tmp_path / "dying.log")
+    running = start_server(tmp_path / "dying.log", env=test_server_env)
     yield running
     running.stop()
 

@@ -95,11 +95,16 @@ def to_options(body: ChatCompletionRequest) -> GenerationOptions:
     )
 
 
-def resolve_model(settings: Settings, requested: str) -> ModelEntry:
-    entry = settings.find_model(requested)
+def resolve_model(settings: Settings, engine: Engine, body: ChatCompletionRequest) -> tuple[ModelEntry, str | None, str]:
+    """(base model entry, adapter name or None, the param that named the adapter)."""
+    if body.model in engine.adapters:  # vLLM's convention: the adapter's name as `model`
+        if body.lora_name is not None and body.lora_name != body.model:
+            raise invalid_request("`model` names one adapter and `lora_name` another.", param="lora_name")
+        return settings.served, body.model, "model"
+    entry = settings.find_model(body.model)
     if entry is None or entry.name != settings.served.name:
-        raise model_not_found(requested)
-    return entry
+        raise model_not_found(body.model)
+    return entry, body.lora_name, "lora_name"
 
 
 async def started(deltas: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -151,14 +156,19 @@ async def chat_completions(request: Request) -> Response:
     body = ChatCompletionRequest.model_validate(await read_json_object(request), strict=True)
     if body.n > settings.max_n:
         raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
-    entry = resolve_model(settings, body.model)
+    entry, adapter, adapter_param = resolve_model(settings, engine, body)
     prepared = engine.prepare_chat(
-        to_turns(body.messages), to_options(body), stream=body.stream, tool_use=to_tool_use(body)
+        to_turns(body.messages),
+        to_options(body),
+        stream=body.stream,
+        tool_use=to_tool_use(body),
+        adapter=adapter,
+        adapter_param=adapter_param,
     )
 
     identity = CompletionIdentity(
         id=f"chatcmpl-{uuid.uuid4().hex}",
-        model=entry.name,
+        model=adapter or entry.name,
         system_fingerprint=settings.system_fingerprint,
         prompt_tokens=prepared.prompt_tokens,
         n=body.n,

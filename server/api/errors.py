@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from server.api.protocol import InvalidParam
+from server.engine.adapters import AdapterNotFound, InvalidAdapter
 from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidOption, InvalidPrompt
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ def to_api_error(exc: Exception) -> APIError:
         return invalid_request(str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, ContextLengthExceeded):
         return invalid_request(str(exc), param="messages", code="context_length_exceeded")
+    if isinstance(exc, AdapterNotFound):
+        return APIError(404, str(exc), param=exc.param, code="adapter_not_found")
+    if isinstance(exc, InvalidAdapter):
+        return invalid_request(str(exc), param=exc.param, code="invalid_adapter")
     if isinstance(exc, InvalidOption):
         return invalid_request(str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, InvalidPrompt):

@@ -1,4 +1,4 @@
-"""`GET /v1/models`: the served model and its aliases, in OpenAI's list shape."""
+"""`GET /v1/models`: the served model, its aliases and its LoRA adapters (`parent`: the base), in OpenAI's list shape."""
 
 from __future__ import annotations
 
@@ -22,5 +22,14 @@ async def list_models(request: Request) -> Response:
             max_model_len=engine.max_model_len,
         )
         for name in served.names
+    ] + [
+        ModelCard(
+            id=version.name,
+            created=request.app.state.started_at,
+            root=str(version.path),
+            parent=served.name,
+            max_model_len=engine.max_model_len,
+        )
+        for version in engine.adapters.list()
     ]
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")

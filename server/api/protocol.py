@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from server.engine.adapters import ADAPTER_NAME
+
 
 class InvalidParam(Exception):
     """A request whose fields contradict each other; raised through pydantic as is, naming the param."""
@@ -156,6 +158,8 @@ class ChatCompletionRequest(BaseModel):
     tools: list[ToolDefinition] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    # Extensions (../shared/seeds/000): the LoRA adapter to run on; vLLM's way is to name it as `model`.
+    lora_name: str | None = Field(None, pattern=ADAPTER_NAME.pattern)
     # vLLM's extensions, kept for clients (and benchmarks) written against `vllm serve`.
     top_k: int | None = Field(None, ge=-1)
     min_tokens: int = Field(0, ge=0)

@@ -8,14 +8,16 @@ earlier calls and results written back as `<tool_call>` / `<tool_response>` text
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from server.engine.errors import InvalidPrompt
 from server.engine.tools import (
     ToolCall,
+    ToolFormat,
     ToolUse,
     hermes_system_prompt,
     hermes_tool_call_text,
@@ -45,12 +47,12 @@ def template_supports_tools(template: str) -> bool:
     return "tools" in template and "tool_calls" in template
 
 
-def _native_turn(turn: ChatTurn) -> dict:
+def _native_turn(turn: ChatTurn, call_id: Callable[[str], str]) -> dict:
     message: dict = {"role": turn.role, "content": turn.content}
     if turn.tool_calls:
         message["tool_calls"] = [
             {
-                "id": call.id,
+                "id": call_id(call.id),
                 "type": "function",
                 # templates serialise the arguments themselves (`| tojson`)
                 "function": {"name": call.name, "arguments": json.loads(call.arguments or "{}")},
@@ -58,8 +60,15 @@ def _native_turn(turn: ChatTurn) -> dict:
             for call in turn.tool_calls
         ]
     if turn.tool_call_id is not None:
-        message["tool_call_id"] = turn.tool_call_id
+        message["tool_call_id"] = call_id(turn.tool_call_id)
     return message
+
+
+def mistral_call_id(call_id: str) -> str:
+    """Mistral's template insists on 9 alphanumerics; map other ids (e.g. OpenAI's) onto that, consistently."""
+    if len(call_id) == 9 and call_id.isalnum():
+        return call_id
+    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
 
 
 def _hermes_turn(turn: ChatTurn) -> dict:
@@ -71,12 +80,15 @@ def _hermes_turn(turn: ChatTurn) -> dict:
     return {"role": turn.role, "content": turn.content}
 
 
-def build_conversation(template: str, turns: Sequence[ChatTurn], tool_use: ToolUse | None) -> tuple[list[dict], dict]:
+def build_conversation(
+    template: str, turns: Sequence[ChatTurn], tool_use: ToolUse | None, tool_format: ToolFormat = "hermes"
+) -> tuple[list[dict], dict]:
     """The messages and extra template arguments for `apply_chat_template`."""
     offers_tools = tool_use is not None and tool_use.offers_tools
     if template_supports_tools(template):
         extra = {"tools": [tool.as_openai() for tool in tool_use.tools]} if offers_tools else {}
-        return [_native_turn(turn) for turn in turns], extra
+        call_id = mistral_call_id if tool_format == "mistral" else str
+        return [_native_turn(turn, call_id) for turn in turns], extra
     conversation = [_hermes_turn(turn) for turn in turns]
     if offers_tools:
         tools_prompt = hermes_system_prompt(tool_use.tools)
@@ -88,7 +100,10 @@ def build_conversation(template: str, turns: Sequence[ChatTurn], tool_use: ToolU
 
 
 def render_prompt(
-    tokenizer: ChatTokenizer, turns: Sequence[ChatTurn], tool_use: ToolUse | None = None
+    tokenizer: ChatTokenizer,
+    turns: Sequence[ChatTurn],
+    tool_use: ToolUse | None = None,
+    tool_format: ToolFormat = "hermes",
 ) -> tuple[str, list[int]]:
     """The prompt text and its token ids, ready for the assistant's reply.
 
@@ -97,7 +112,7 @@ def render_prompt(
     """
     if not tokenizer.chat_template:
         raise InvalidPrompt("this model has no chat template")
-    conversation, extra = build_conversation(tokenizer.chat_template, turns, tool_use)
+    conversation, extra = build_conversation(tokenizer.chat_template, turns, tool_use, tool_format)
     try:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True, **extra)
     except Exception as exc:  # templates raise their own errors (e.g. roles must alternate)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from vllm import AsyncEngineArgs, SamplingParams
 from vllm.exceptions import VLLMValidationError
@@ -22,6 +23,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from server.config import ModelEntry
+from server.engine.adapters import AdapterStore, AdapterVersion
 from server.engine.errors import EngineUnavailable, InvalidOption
 from server.engine.logprobs import TokenLogprob, token_logprobs
 from server.engine.prompt import ChatTurn, render_prompt
@@ -39,6 +41,7 @@ class PreparedChat:
     prompt_token_ids: list[int]
     sampling_params: SamplingParams
     tool_use: ToolUse | None = None
+    adapter: AdapterVersion | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -88,18 +91,20 @@ def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
 class Engine:
     """The served model: vLLM's async engine plus the model's registry entry."""
 
-    def __init__(self, entry: ModelEntry, llm: AsyncLLM) -> None:
+    def __init__(self, entry: ModelEntry, llm: AsyncLLM, adapters_dir: Path) -> None:
         self.entry = entry
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self._death_logged = False
+        self.adapters = AdapterStore(adapters_dir, entry, llm.model_config.hf_config.to_dict(), llm)
+        self.adapters.load_existing()
 
     @classmethod
     @asynccontextmanager
-    async def running(cls, entry: ModelEntry) -> AsyncIterator[Engine]:
+    async def running(cls, entry: ModelEntry, adapters_dir: Path) -> AsyncIterator[Engine]:
         """Start the engine (blocking: nothing is served before it is up), watch it, shut it down."""
         logger.info("starting vLLM engine for %s from %s", entry.name, entry.source)
-        engine = cls(entry, AsyncLLM.from_engine_args(engine_args_for(entry)))
+        engine = cls(entry, AsyncLLM.from_engine_args(engine_args_for(entry)), adapters_dir)
         watchdog = asyncio.create_task(engine._watch_for_death())
         try:
             yield engine
@@ -140,9 +145,12 @@ class Engine:
         *,
         stream: bool,
         tool_use: ToolUse | None = None,
+        adapter: str | None = None,
+        adapter_param: str = "lora_name",
     ) -> PreparedChat:
         self._raise_if_dead()
-        _, token_ids = render_prompt(self._tokenizer, turns, tool_use)
+        version = self.adapters.get(adapter, adapter_param) if adapter is not None else None
+        _, token_ids = render_prompt(self._tokenizer, turns, tool_use, self.entry.tool_format)
         if tool_use is not None and tool_use.offers_tools and tool_use.forced:
             # A required or named call is enforced by structured output, like vLLM's own server.
             options = replace(options, json=JsonConstraint(forced_call_schema(tool_use)))
@@ -158,7 +166,7 @@ class Engine:
             )
         except (ValueError, VLLMValidationError) as exc:  # vLLM's own checks on combinations of values
             raise InvalidOption(str(exc), getattr(exc, "parameter", None)) from exc
-        return PreparedChat(token_ids, params, tool_use)
+        return PreparedChat(token_ids, params, tool_use, version)
 
     async def generate(self, prepared: PreparedChat, request_id: str) -> AsyncIterator[CompletionDelta]:
         """Run the request; cancelling the iteration aborts it in the engine."""
@@ -166,32 +174,41 @@ class Engine:
         prompt = TokensPrompt(prompt_token_ids=prepared.prompt_token_ids)
         top_logprobs = prepared.sampling_params.logprobs
         readers: dict[int, ChoiceToolReader] = {}
+        adapter = prepared.adapter
         try:
-            async for output in self._llm.generate(prompt, prepared.sampling_params, request_id):
-                for completion in output.outputs:
-                    reader = readers.get(completion.index)
-                    if reader is None:
-                        reader = readers[completion.index] = ChoiceToolReader(prepared.tool_use, self.entry.tool_format)
-                    text, calls = reader.feed(completion.text)
-                    reason = completion.finish_reason
-                    if reason is not None:
-                        tail, more_calls = reader.finish()
-                        text, calls = text + tail, calls + more_calls
-                        if reason == "stop" and reader.called:
-                            reason = "tool_calls"
-                    yield CompletionDelta(
-                        index=completion.index,
-                        text=text,
-                        new_tokens=len(completion.token_ids),
-                        finish_reason=reason,
-                        tool_calls=calls,
-                        logprobs=self._content_logprobs(completion, top_logprobs),
-                    )
+            async with AdapterStore.lease(adapter) if adapter is not None else nullcontext():
+                lora_request = adapter.lora_request if adapter is not None else None
+                async for output in self._llm.generate(
+                    prompt, prepared.sampling_params, request_id, lora_request=lora_request
+                ):
+                    for completion in output.outputs:
+                        reader = readers.get(completion.index)
+                        if reader is None:
+                            reader = ChoiceToolReader(prepared.tool_use, self.entry.tool_format)
+                            readers[completion.index] = reader
+                        yield self._delta(completion, reader, top_logprobs)
         except VLLMValidationError as exc:
             raise InvalidOption(str(exc), exc.parameter) from exc
         except (EngineDeadError, EngineGenerateError) as exc:
             self._log_death_once()
             raise EngineUnavailable("The model engine is not available; please retry later.") from exc
+
+    def _delta(self, completion: CompletionOutput, reader: ChoiceToolReader, top_logprobs: int | None) -> CompletionDelta:
+        text, calls = reader.feed(completion.text)
+        reason = completion.finish_reason
+        if reason is not None:
+            tail, more_calls = reader.finish()
+            text, calls = text + tail, calls + more_calls
+            if reason == "stop" and reader.called:
+                reason = "tool_calls"
+        return CompletionDelta(
+            index=completion.index,
+            text=text,
+            new_tokens=len(completion.token_ids),
+            finish_reason=reason,
+            tool_calls=calls,
+            logprobs=self._content_logprobs(completion, top_logprobs),
+        )
 
     @staticmethod
     def _content_logprobs(completion: CompletionOutput, top_logprobs: int | None) -> list[TokenLogprob] | None:

@@ -164,3 +164,17 @@ def test_native_conversation_passes_tools_to_the_template() -> None:
     assert conversation[2]["tool_call_id"] == "abcdefghi"
     _, no_tools = build_conversation(NATIVE, turns, ToolUse((WEATHER,), mode="none"))
     assert no_tools == {}
+
+
+def test_mistral_gets_nine_character_call_ids_consistently() -> None:
+    turns = [
+        ChatTurn("assistant", "", tool_calls=(ToolCall("call_0123456789abcdef", "get_time", "{}"),)),
+        ChatTurn("tool", "noon", tool_call_id="call_0123456789abcdef"),
+        ChatTurn("tool", "kept", tool_call_id="abcDEF123"),
+    ]
+    conversation, _ = build_conversation(NATIVE, turns, None, "mistral")
+    mapped = conversation[0]["tool_calls"][0]["id"]
+    assert len(mapped) == 9 and mapped.isalnum() and conversation[1]["tool_call_id"] == mapped
+    assert conversation[2]["tool_call_id"] == "abcDEF123"
+    llama, _ = build_conversation(NATIVE, turns, None, "llama3_json")
+    assert llama[0]["tool_calls"][0]["id"] == "call_0123456789abcdef"

@@ -1,0 +1,318 @@
+"""LoRA adapters on the served base model: validation, the on-disk store, engine registration.
+
+Layout: `<root>/<name>/v<N>/` holds one version (peft's adapter_config.json and
+adapter_model.safetensors, plus our manifest.json); `<root>/<name>/active` names
+the version new requests use. The directory is the registry, so a restart finds
+every adapter again.
+
+Every version gets its own engine LoRA id and name (`name@vN`): vLLM keys its
+caches (adapter slots, prefix-cache blocks) on those, so a replaced version can
+never serve stale state. Requests hold a lease on the version they started
+with; a replaced or deleted version leaves the engine when its last request ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import safe_open
+from vllm.lora.request import LoRARequest
+
+from server.config import ModelEntry
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+MANIFEST_FILE = "manifest.json"
+ACTIVE_FILE = "active"
+# Linear layers vLLM can put LoRA on for Llama/Mistral-style models.
+SUPPORTED_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
+DRAIN_TIMEOUT_S = 300
+
+
+class AdapterError(Exception):
+    """Base of the adapter errors; each names the request field at fault."""
+
+    param: str | None = None
+
+
+class InvalidAdapter(AdapterError):
+    """The adapter cannot serve on this base model (400)."""
+
+    def __init__(self, message: str, param: str | None = "path") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class AdapterNotFound(AdapterError):
+    """No adapter of that name (404)."""
+
+    def __init__(self, name: str, param: str | None = "lora_name") -> None:
+        super().__init__(f"The adapter `{name}` does not exist.")
+        self.param = param
+
+
+def check_name(name: object, param: str = "name") -> str:
+    if not isinstance(name, str) or not ADAPTER_NAME.match(name):
+        raise InvalidAdapter(
+            f"Adapter names are identifiers (a letter, then letters, digits, '_' or '-', at most 64): got {name!r}.",
+            param,
+        )
+    return name
+
+
+def module_shapes(model_config: dict) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of each LoRA-able linear layer of a Llama-style model."""
+    hidden = model_config["hidden_size"]
+    heads = model_config["num_attention_heads"]
+    head_dim = model_config.get("head_dim") or hidden // heads
+    kv = model_config.get("num_key_value_heads", heads) * head_dim
+    inner = model_config["intermediate_size"]
+    return {
+        "q_proj": (hidden, heads * head_dim),
+        "k_proj": (hidden, kv),
+        "v_proj": (hidden, kv),
+        "o_proj": (heads * head_dim, hidden),
+        "gate_proj": (hidden, inner),
+        "up_proj": (hidden, inner),
+        "down_proj": (inner, hidden),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterFacts:
+    rank: int
+    target_modules: tuple[str, ...]
+    base_model: str | None
+
+
+def inspect_adapter(path: Path, entry: ModelEntry, model_config: dict) -> AdapterFacts:
+    """Everything that would make vLLM refuse (or misuse) the adapter, checked before it gets near the engine."""
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise InvalidAdapter(f"An adapter directory needs {CONFIG_FILE} and {WEIGHTS_FILE}.")
+    try:
+        config = json.loads(config_path.read_text())
+        assert isinstance(config, dict)
+    except (ValueError, AssertionError):
+        raise InvalidAdapter(f"{CONFIG_FILE} is not a JSON object.") from None
+    if config.get("peft_type", "LORA") != "LORA":
+        raise InvalidAdapter(f"Only LoRA adapters are supported, not {config.get('peft_type')}.")
+    rank = config.get("r")
+    if not isinstance(rank, int) or rank < 1:
+        raise InvalidAdapter(f"{CONFIG_FILE} has no valid rank `r`.")
+    if rank > entry.lora.max_lora_rank:
+        raise InvalidAdapter(f"Adapter rank {rank} is above this server's max_lora_rank {entry.lora.max_lora_rank}.")
+    targets = config.get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    unsupported = sorted(set(targets) - SUPPORTED_TARGET_MODULES)
+    if not targets or unsupported:
+        raise InvalidAdapter(
+            f"Unsupported target modules {unsupported or targets}; supported: {sorted(SUPPORTED_TARGET_MODULES)}."
+        )
+    manifest = read_manifest(path)
+    base = manifest.get("base_model") or config.get("base_model_name_or_path")
+    known = {*entry.names, entry.source, str(entry.source_path), entry.source_path.name}
+    if base and base not in known:
+        raise InvalidAdapter(f"The adapter was trained for `{base}`, not for the served model `{entry.name}`.")
+    _check_weights(weights_path, rank, module_shapes(model_config))
+    return AdapterFacts(rank=rank, target_modules=tuple(sorted(targets)), base_model=base)
+
+
+def _check_weights(weights_path: Path, rank: int, shapes: dict[str, tuple[int, int]]) -> None:
+    try:
+        with safe_open(str(weights_path), framework="pt") as weights:
+            items = [(key, weights.get_slice(key).get_shape()) for key in weights.keys()]
+    except Exception as exc:  # safetensors raises its own error types for a broken header
+        raise InvalidAdapter(f"{WEIGHTS_FILE} is not a readable safetensors file: {exc}") from None
+    if not items:
+        raise InvalidAdapter(f"{WEIGHTS_FILE} holds no tensors.")
+    for key, shape in items:
+        module = next((name for name in shapes if f".{name}." in key), None)
+        if module is None or len(shape) != 2:
+            continue
+        in_features, out_features = shapes[module]
+        expected = (rank, in_features) if "lora_A" in key else (out_features, rank) if "lora_B" in key else None
+        if expected is not None and tuple(shape) != expected:
+            raise InvalidAdapter(
+                f"Tensor {key} has shape {list(shape)}, the served model needs {list(expected)}: "
+                "the adapter was trained for a different base model."
+            )
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+@dataclass(slots=True)
+class AdapterVersion:
+    name: str
+    version: int
+    path: Path
+    engine_id: int
+    manifest: dict
+    in_flight: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def lora_request(self) -> LoRARequest:
+        return LoRARequest(lora_name=f"{self.name}@v{self.version}", lora_int_id=self.engine_id, lora_path=str(self.path))
+
+
+class AdapterStore:
+    """The adapters of the served model, on disk and in the engine."""
+
+    def __init__(self, root: Path, entry: ModelEntry, model_config: dict, engine_client) -> None:
+        self.root = root
+        self.entry = entry
+        self.model_config = model_config
+        self._engine = engine_client  # vLLM AsyncLLM: add_lora / remove_lora
+        self._active: dict[str, AdapterVersion] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+
+    def load_existing(self) -> None:
+        """Register the active version of every adapter on disk (vLLM loads weights on first use)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and ADAPTER_NAME.match(p.name)):
+            version = self._active_version_number(directory)
+            if version is not None:
+                path = directory / f"v{version}"
+                self._active[directory.name] = AdapterVersion(
+                    directory.name, version, path, next(self._ids), read_manifest(path)
+                )
+
+    @staticmethod
+    def _versions(directory: Path) -> list[int]:
+        return sorted(int(p.name[1:]) for p in directory.glob("v*") if p.name[1:].isdigit() and p.is_dir())
+
+    def _active_version_number(self, directory: Path) -> int | None:
+        versions = self._versions(directory)
+        try:
+            chosen = int((directory / ACTIVE_FILE).read_text().strip().removeprefix("v"))
+        except (OSError, ValueError):
+            chosen = None
+        return chosen if chosen in versions else (versions[-1] if versions else None)
+
+    def list(self) -> list[AdapterVersion]:
+        return [self._active[name] for name in sorted(self._active)]
+
+    def get(self, name: str, param: str = "lora_name") -> AdapterVersion:
+        version = self._active.get(name)
+        if version is None:
+            raise AdapterNotFound(name, param)
+        return version
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._active
+
+    @staticmethod
+    @asynccontextmanager
+    async def lease(version: AdapterVersion) -> AsyncIterator[AdapterVersion]:
+        """Keep `version` in the engine until the caller is done with it."""
+        version.in_flight += 1
+        version.drained.clear()
+        try:
+            yield version
+        finally:
+            version.in_flight -= 1
+            if version.in_flight == 0:
+                version.drained.set()
+
+    async def add(self, name: str, source: Path, *, source_label: str) -> AdapterVersion:
+        """Copy `source` in as the next version of `name`, load it, then switch new requests to it."""
+        check_name(name)
+        if name in self.entry.names:
+            raise InvalidAdapter(f"`{name}` is the base model's own name; choose another adapter name.", "name")
+        facts = inspect_adapter(source, self.entry, self.model_config)
+        async with self._lock:
+            directory = self.root / name
+            directory.mkdir(parents=True, exist_ok=True)
+            number = (self._versions(directory) or [0])[-1] + 1
+            target = directory / f"v{number}"
+            manifest = {
+                **read_manifest(source),
+                "name": name,
+                "version": number,
+                "base_model": self.entry.name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "source": source_label,
+                "rank": facts.rank,
+                "target_modules": list(facts.target_modules),
+            }
+            _copy_version(source, target, manifest)
+            version = AdapterVersion(name, number, target, next(self._ids), manifest)
+            try:
+                await self._engine.add_lora(version.lora_request)
+            except Exception as exc:
+                shutil.rmtree(target, ignore_errors=True)
+                raise InvalidAdapter(f"The engine could not load the adapter: {exc}") from exc
+            _write_atomically(directory / ACTIVE_FILE, f"v{number}\n")
+            previous = self._active.get(name)
+            self._active[name] = version
+        if previous is not None:
+            asyncio.create_task(self._retire(previous))
+        return version
+
+    async def remove(self, name: str, *, param: str = "name", delete_files: bool = True) -> AdapterVersion:
+        """Stop new requests for `name` now; the engine drops it once its running requests finish."""
+        async with self._lock:
+            version = self._active.pop(name, None)
+            if version is None:
+                raise AdapterNotFound(name, param)
+            if delete_files:
+                shutil.rmtree(self.root / name, ignore_errors=True)
+        await self._retire(version)
+        return version
+
+    async def _retire(self, version: AdapterVersion) -> None:
+        if version.in_flight:
+            try:
+                await asyncio.wait_for(version.drained.wait(), DRAIN_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                pass  # still-running requests keep the weights they hold; vLLM unloads them after
+        await self._engine.remove_lora(version.engine_id)
+
+
+def _copy_version(source: Path, target: Path, manifest: dict) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copyfile(source / name, staging / name)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def path_under(roots: tuple[Path, ...], candidate: str, param: str = "path") -> Path:
+    """`candidate` resolved, if it lies under one of `roots` (no `..` or links leading out)."""
+    resolved = Path(candidate).expanduser().resolve()
+    for root in roots:
+        root = root.resolve()
+        if resolved == root or root in resolved.parents:
+            return resolved
+    raise InvalidAdapter(
+        f"Adapter paths must lie under {', '.join(str(root) for root in roots)}; got {candidate!r}.", param
+    )
