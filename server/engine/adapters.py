@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -29,6 +30,8 @@ from safetensors import safe_open
 from vllm.lora.request import LoRARequest
 
 from server.config import ModelEntry
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 CONFIG_FILE = "adapter_config.json"
@@ -184,6 +187,7 @@ class AdapterStore:
         self._active: dict[str, AdapterVersion] = {}
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task] = set()  # holds the tasks so they are not garbage-collected
 
     def load_existing(self) -> None:
         """Register the active version of every adapter on disk (vLLM loads weights on first use)."""
@@ -265,7 +269,9 @@ class AdapterStore:
             previous = self._active.get(name)
             self._active[name] = version
         if previous is not None:
-            asyncio.create_task(self._retire(previous))
+            task = asyncio.create_task(self._retire(previous))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
         return version
 
     async def remove(self, name: str, *, param: str = "name", delete_files: bool = True) -> AdapterVersion:
@@ -284,7 +290,10 @@ class AdapterStore:
             try:
                 await asyncio.wait_for(version.drained.wait(), DRAIN_TIMEOUT_S)
             except asyncio.TimeoutError:
-                pass  # still-running requests keep the weights they hold; vLLM unloads them after
+                # Never pull weights from under running requests: leave this version to
+                # vLLM's LRU adapter cache, which evicts it once nothing uses it.
+                logger.warning("adapter %s v%d still busy after %ss; left to vLLM's cache", version.name, version.version, DRAIN_TIMEOUT_S)
+                return
         await self._engine.remove_lora(version.engine_id)
 
 
