@@ -242,7 +242,8 @@ class AdapterStore:
         check_name(name)
         if name in self.entry.names:
             raise InvalidAdapter(f"`{name}` is the base model's own name; choose another adapter name.", "name")
-        facts = inspect_adapter(source, self.entry, self.model_config)
+        # File work runs in a thread: an 8B model's adapter is hundreds of MB, and streams must not stall.
+        facts = await asyncio.to_thread(inspect_adapter, source, self.entry, self.model_config)
         async with self._lock:
             directory = self.root / name
             directory.mkdir(parents=True, exist_ok=True)
@@ -258,7 +259,7 @@ class AdapterStore:
                 "rank": facts.rank,
                 "target_modules": list(facts.target_modules),
             }
-            _copy_version(source, target, manifest)
+            await asyncio.to_thread(_copy_version, source, target, manifest)
             version = AdapterVersion(name, number, target, next(self._ids), manifest)
             try:
                 await self._engine.add_lora(version.lora_request)
@@ -281,7 +282,7 @@ class AdapterStore:
             if version is None:
                 raise AdapterNotFound(name, param)
             if delete_files:
-                shutil.rmtree(self.root / name, ignore_errors=True)
+                await asyncio.to_thread(shutil.rmtree, self.root / name, True)
         await self._retire(version)
         return version
 
