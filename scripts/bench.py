@@ -250,59 +250,77 @@ def bench_server(kind: str, entry: ModelEntry, levels: list[int], output_tokens:
         server.stop()
 
 
-def bench_lora(entry: ModelEntry, output_tokens: int, log_dir: Path, concurrency: int = 8) -> dict:
-    """Our server alone: adapter load and swap latency, throughput spread over 1/4/8 adapters vs base."""
-    sources, adapters = log_dir / "adapter-sources", log_dir / "adapters"
-    names = [f"bench{i}" for i in range(8)]
+def make_bench_adapters(log_dir: Path, count: int = 8) -> tuple[Path, list[str]]:
+    """Untrained rank-8 adapters (full LoRA compute, no-op update): all a throughput run needs."""
+    sources, names = log_dir / "adapter-sources", [f"bench{i}" for i in range(count)]
     subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "make_adapters.py"), "--out", str(sources),
          "--names", ",".join(names), "--steps", "0"],
         check=True, capture_output=True, cwd=ROOT,
     )
-    env = {"LLM_SERVER_ADAPTERS_DIR": str(adapters), "LLM_SERVER_ADAPTER_SOURCE_ROOTS": str(sources)}
-    server = Server("ours-lora", entry, log_dir, env)
+    return sources, names
+
+
+def bench_lora(kind: str, entry: ModelEntry, output_tokens: int, log_dir: Path, sources: Path, names: list[str],
+               concurrency: int = 8) -> dict:
+    """Adapter load (and, ours, swap) latency; throughput spread over 1/4/8 adapters vs base only."""
+    if kind == "ours":
+        env = {"LLM_SERVER_ADAPTERS_DIR": str(log_dir / "adapters"), "LLM_SERVER_ADAPTER_SOURCE_ROOTS": str(sources)}
+        load_path, fields = "/v1/adapters", ("name", "path")
+    else:  # vLLM loads adapters at runtime only with this switch
+        env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+        load_path, fields = "/v1/load_lora_adapter", ("lora_name", "lora_path")
+    server = Server(f"{kind}-lora", entry, log_dir, env)
     try:
         server.wait_ready()
         headers = {"Authorization": f"Bearer {API_KEY}"}
 
-        def post_adapter(name: str) -> float:
+        def load(name: str) -> float:
             start = time.perf_counter()
-            response = httpx.post(f"{server.base_url}/v1/adapters", json={"name": name, "path": str(sources / name)},
+            response = httpx.post(f"{server.base_url}{load_path}", json=dict(zip(fields, (name, str(sources / name)))),
                                   headers=headers, timeout=120)
             response.raise_for_status()
             return (time.perf_counter() - start) * 1000
 
-        load_ms = [post_adapter(name) for name in names]
-        swap_ms = [post_adapter("bench0") for _ in range(3)]  # same name, new version each time
+        load_ms = [load(name) for name in names]
+        swap_ms = [load("bench0") for _ in range(3)] if kind == "ours" else []  # same name, new version
         requests = 3 * concurrency
         spreads = {"base": [entry.name], "1 adapter": names[:1], "4 adapters": names[:4], "8 adapters": names}
         levels = {}
         for label, models in spreads.items():
             result = asyncio.run(run_level(server.base_url, models, concurrency, requests, output_tokens)).summary()
             levels[label] = result
-            print(f"[lora] {label}: {result}", flush=True)
+            print(f"[{kind}-lora] {label}: {result}", flush=True)
     finally:
         server.stop()
     base = levels["base"]["output_tok_per_s"]
-    return {
+    report = {
         "concurrency": concurrency,
         "adapter_load_ms": {"p50": round(percentile(load_ms, 50), 1), "max": round(max(load_ms), 1)},
-        "adapter_swap_ms": {"p50": round(percentile(swap_ms, 50), 1), "max": round(max(swap_ms), 1)},
         "levels": levels,
         "throughput_ratio_vs_base": {label: round(r["output_tok_per_s"] / base, 3) for label, r in levels.items()},
     }
+    if swap_ms:
+        report["adapter_swap_ms"] = {"p50": round(percentile(swap_ms, 50), 1), "max": round(max(swap_ms), 1)}
+    return report
 
 
-def print_lora_table(lora: dict) -> None:
-    print(f"\nmulti-LoRA on our server, {lora['concurrency']} concurrent streams, requests spread round-robin")
-    print(f"{'spread':<11} | {'tok/s':>7} {'vs base':>7} | {'TTFT p50 ms':>11} | {'ITL p50 ms':>10}")
-    for label, result in lora["levels"].items():
+def print_lora_table(ours: dict, vllm: dict) -> None:
+    print(f"\nmulti-LoRA, {ours['concurrency']} concurrent streams, requests spread round-robin over the adapters")
+    print(f"{'spread':<11} | {'ours tok/s':>10} {'vs base':>7} | {'vllm tok/s':>10} {'vs base':>7} | {'ours/vllm':>9} | "
+          f"{'TTFT p50 ours/vllm ms':>22}")
+    for label, mine in ours["levels"].items():
+        theirs = vllm["levels"][label]
         print(
-            f"{label:<11} | {result['output_tok_per_s']:>7.1f} {lora['throughput_ratio_vs_base'][label]:>7.3f} | "
-            f"{result['ttft_p50_ms']:>11.1f} | {result['itl_p50_ms']:>10.1f}"
+            f"{label:<11} | {mine['output_tok_per_s']:>10.1f} {ours['throughput_ratio_vs_base'][label]:>7.3f} | "
+            f"{theirs['output_tok_per_s']:>10.1f} {vllm['throughput_ratio_vs_base'][label]:>7.3f} | "
+            f"{mine['output_tok_per_s'] / theirs['output_tok_per_s']:>9.3f} | "
+            f"{mine['ttft_p50_ms']:>10.1f} / {theirs['ttft_p50_ms']:>9.1f}"
         )
-    print(f"adapter load (POST /v1/adapters): p50 {lora['adapter_load_ms']['p50']} ms, max {lora['adapter_load_ms']['max']} ms")
-    print(f"adapter swap (new version, same name): p50 {lora['adapter_swap_ms']['p50']} ms, max {lora['adapter_swap_ms']['max']} ms")
+    print(f"adapter load: ours (POST /v1/adapters) p50 {ours['adapter_load_ms']['p50']} ms; "
+          f"vllm (POST /v1/load_lora_adapter) p50 {vllm['adapter_load_ms']['p50']} ms")
+    print(f"adapter swap, ours (new version under the same name): p50 {ours['adapter_swap_ms']['p50']} ms, "
+          f"max {ours['adapter_swap_ms']['max']} ms")
 
 
 def comparison_rows(ours: dict, vllm: dict) -> list[dict]:
@@ -371,13 +389,17 @@ def main() -> None:
         ours = bench_server("ours", entry, levels, args.output_tokens, log_dir)
         report.update(ours=ours, vllm_serve=vllm, comparison=comparison_rows(ours, vllm))
     if "lora" in sections:
-        report["lora"] = bench_lora(entry, args.output_tokens, log_dir)
+        sources, names = make_bench_adapters(log_dir)
+        report["lora"] = {
+            "vllm_serve": bench_lora("vllm", entry, args.output_tokens, log_dir, sources, names),
+            "ours": bench_lora("ours", entry, args.output_tokens, log_dir, sources, names),
+        }
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
         print_table(report["comparison"])
     if "lora" in report:
-        print_lora_table(report["lora"])
+        print_lora_table(report["lora"]["ours"], report["lora"]["vllm_serve"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

@@ -190,15 +190,21 @@ class AdapterStore:
         self._retiring: set[asyncio.Task] = set()  # holds the tasks so they are not garbage-collected
 
     def load_existing(self) -> None:
-        """Register the active version of every adapter on disk (vLLM loads weights on first use)."""
+        """Register the active version of every valid adapter on disk (vLLM loads weights on first use)."""
         self.root.mkdir(parents=True, exist_ok=True)
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and ADAPTER_NAME.match(p.name)):
             version = self._active_version_number(directory)
-            if version is not None:
-                path = directory / f"v{version}"
-                self._active[directory.name] = AdapterVersion(
-                    directory.name, version, path, next(self._ids), read_manifest(path)
-                )
+            if version is None:
+                continue
+            path = directory / f"v{version}"
+            try:  # the folder may hold adapters of another base model, or damaged files
+                inspect_adapter(path, self.entry, self.model_config)
+            except InvalidAdapter as exc:
+                logger.warning("not serving adapter %s v%d: %s", directory.name, version, exc)
+                continue
+            self._active[directory.name] = AdapterVersion(
+                directory.name, version, path, next(self._ids), read_manifest(path)
+            )
 
     @staticmethod
     def _versions(directory: Path) -> list[int]:
@@ -275,14 +281,13 @@ class AdapterStore:
             task.add_done_callback(self._retiring.discard)
         return version
 
-    async def remove(self, name: str, *, param: str = "name", delete_files: bool = True) -> AdapterVersion:
-        """Stop new requests for `name` now; the engine drops it once its running requests finish."""
+    async def remove(self, name: str, *, param: str = "name") -> AdapterVersion:
+        """Stop new requests for `name` now and delete its files; the engine drops it once its running requests finish."""
         async with self._lock:
             version = self._active.pop(name, None)
             if version is None:
                 raise AdapterNotFound(name, param)
-            if delete_files:
-                await asyncio.to_thread(shutil.rmtree, self.root / name, True)
+            await asyncio.to_thread(shutil.rmtree, self.root / name, True)
         await self._retire(version)
         return version
 

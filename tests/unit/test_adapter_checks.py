@@ -39,3 +39,21 @@ def test_module_shapes_follow_the_model_config() -> None:
     assert shapes["q_proj"] == (576, 576)
     assert shapes["k_proj"] == (576, 192) and shapes["v_proj"] == (576, 192)
     assert shapes["down_proj"] == (1536, 576)
+
+
+def test_store_skips_adapters_that_do_not_fit_the_served_model(tmp_path: Path) -> None:
+    import json
+
+    from server.config import load_settings
+    from server.engine.adapters import AdapterStore
+
+    entry = load_settings(environ={}).served
+    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    broken = tmp_path / "broken" / "v1"
+    broken.mkdir(parents=True)
+    (broken / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": ["q_proj"]}))
+    (broken / "adapter_model.safetensors").write_bytes(b"junk")
+    (tmp_path / "empty").mkdir()
+    store = AdapterStore(tmp_path, entry, config, engine_client=None)
+    store.load_existing()
+    assert store.list() == []
