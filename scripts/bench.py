@@ -19,7 +19,6 @@ import os
 import platform
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -277,7 +276,7 @@ def bench_lora(kind: str, entry: ModelEntry, output_tokens: int, log_dir: Path, 
 
         def load(name: str) -> float:
             start = time.perf_counter()
-            response = httpx.post(f"{server.base_url}{load_path}", json=dict(zip(fields, (name, str(sources / name)))),
+            response = httpx.post(f"{server.base_url}{load_path}", json=dict(zip(fields, (name, str(sources / name)), strict=True)),
                                   headers=headers, timeout=120)
             response.raise_for_status()
             return (time.perf_counter() - start) * 1000
@@ -325,7 +324,7 @@ def print_lora_table(ours: dict, vllm: dict) -> None:
 
 def comparison_rows(ours: dict, vllm: dict) -> list[dict]:
     rows = []
-    for mine, theirs in zip(ours["levels"], vllm["levels"]):
+    for mine, theirs in zip(ours["levels"], vllm["levels"], strict=True):
         rows.append(
             {
                 "concurrency": mine["concurrency"],

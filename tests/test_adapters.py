@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 
 from tests.conftest import API_KEY, MODEL, RunningServer, start_server
 

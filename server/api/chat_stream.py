@@ -24,15 +24,14 @@ from server.api.protocol import (
     FinishReason,
     FunctionCall,
     FunctionCallDelta,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
-    TokenLogprob,
     TopLogprob,
     Usage,
 )
-from server.engine import CompletionDelta
+from server.engine import CompletionDelta, ToolCallChunk
 from server.engine import TokenLogprob as EngineTokenLogprob
-from server.engine import ToolCallChunk
 
 
 def finish_reason_of(engine_reason: str | None) -> FinishReason:

@@ -36,7 +36,7 @@ def token_logprobs(
 ) -> list[TokenLogprob]:
     """One entry per sampled token; each position's map holds the sampled token and the top-ranked ones."""
     entries = []
-    for token_id, position in zip(token_ids, positions):
+    for token_id, position in zip(token_ids, positions, strict=False):
         sampled = _entry(token_id, position[token_id])
         ranked = sorted(
             (item for item in position.items() if item[1].rank is not None),
