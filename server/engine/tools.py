@@ -16,7 +16,7 @@ import json
 import re
 import secrets
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 ToolFormat = Literal["hermes", "llama3_json", "mistral"]
@@ -216,7 +216,7 @@ class ToolCallStream:
     tool_format: ToolFormat
     _held: str = ""
     _in_call: bool = False
-    _seen_text: bool = field(default=False)
+    _seen_text: bool = False
 
     def feed(self, text: str) -> str:
         self._held += text
