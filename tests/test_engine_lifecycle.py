@@ -54,7 +54,10 @@ def test_client_disconnect_aborts_engine_request(server: RunningServer, stream: 
                 lines = response.iter_lines()
                 received = [next(lines) for _ in range(6)]
                 assert any(line.startswith("data: ") for line in received)
-                assert engine_running_requests(server) == 1
+                assert wait_until(lambda: engine_running_requests(server) == 1, timeout_s=5), (
+                    received,
+                    server.log()[-3000:],
+                )
             # leaving the block closes the connection mid-stream
         else:
             with ThreadPoolExecutor(1) as pool:
