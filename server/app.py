@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
@@ -22,27 +24,80 @@ from server.api.adapters import (
 from server.api.chat import chat_completions
 from server.api.errors import APIError, handle_exception
 from server.api.health import health
+from server.api.memory import (
+    add_memories,
+    curate_group,
+    delete_group,
+    delete_memory,
+    get_group,
+    get_memory,
+    list_memories,
+    memory_audit,
+    search_memories,
+    update_memory,
+)
 from server.api.metrics import metrics
 from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.protocol import InvalidParam
 from server.config import Settings
-from server.engine import Engine
+from server.engine import ChatTurn, Engine, GenerationOptions
 from server.engine.adapters import AdapterError
 from server.engine.errors import EngineError
+from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
+from server.memory.embedder import Embedder
+from server.memory.errors import MemoryServiceError
+from server.memory.schedule import curate_nightly
+from server.memory.service import MemoryService
+from server.memory.store import SQLiteMemoryStore
 
 PUBLIC_PATHS = ("/health", "/metrics")
+MEMORY_DATABASE = "memory.sqlite3"
 
+
+def consolidate_with(engine: Engine) -> Consolidate:
+    """Memory curation's consolidation step, answered by the served model (greedy, short)."""
+
+    async def consolidate(texts: Sequence[str]) -> str:
+        turns = [ChatTurn("system", CONSOLIDATE_SYSTEM), ChatTurn("user", consolidation_prompt(texts))]
+        options = GenerationOptions(max_tokens=96, temperature=0.0, stop=["\n"])
+        return await engine.complete(turns, options, f"curate-{uuid.uuid4().hex}")
+
+    return consolidate
+
+
+@asynccontextmanager
+async def memory_service(settings: Settings) -> AsyncIterator[MemoryService]:
+    embedder = await asyncio.to_thread(Embedder, settings.memory.embedding_model)
+    store = SQLiteMemoryStore(settings.data_dir / MEMORY_DATABASE, embedder.dimensions)
+    await store.open()
+    service = MemoryService(store, embedder, settings.memory)
+    try:
+        yield service
+    finally:
+        await service.drain()
+        await store.close()
+        await embedder.close()
 
 
 def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Engine.running(settings.served, settings.adapters_dir) as engine:
+        async with Engine.running(settings.served, settings.adapters_dir) as engine, memory_service(settings) as memory:
             app.state.settings = settings
             app.state.engine = engine
+            app.state.memory = memory
+            app.state.consolidate = consolidate_with(engine)
             app.state.started_at = int(time.time())
-            yield
+            nightly = None
+            if settings.memory.curation_time is not None:
+                nightly = asyncio.create_task(curate_nightly(memory, app.state.consolidate, settings.memory.curation_time))
+            try:
+                yield
+            finally:
+                if nightly is not None:
+                    nightly.cancel()
+                    await asyncio.gather(nightly, return_exceptions=True)
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -52,6 +107,16 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/adapters/{name}", delete_adapter, methods=["DELETE"]),
         Route("/v1/load_lora_adapter", vllm_load_lora_adapter, methods=["POST"]),
         Route("/v1/unload_lora_adapter", vllm_unload_lora_adapter, methods=["POST"]),
+        Route("/v1/memory/{memory_group}", get_group, methods=["GET"]),
+        Route("/v1/memory/{memory_group}", delete_group, methods=["DELETE"]),
+        Route("/v1/memory/{memory_group}/memories", list_memories, methods=["GET"]),
+        Route("/v1/memory/{memory_group}/memories", add_memories, methods=["POST"]),
+        Route("/v1/memory/{memory_group}/memories/{memory_id:int}", get_memory, methods=["GET"]),
+        Route("/v1/memory/{memory_group}/memories/{memory_id:int}", update_memory, methods=["PATCH"]),
+        Route("/v1/memory/{memory_group}/memories/{memory_id:int}", delete_memory, methods=["DELETE"]),
+        Route("/v1/memory/{memory_group}/search", search_memories, methods=["POST"]),
+        Route("/v1/memory/{memory_group}/curate", curate_group, methods=["POST"]),
+        Route("/v1/memory/{memory_group}/audit", memory_audit, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
@@ -65,6 +130,7 @@ def build_app(settings: Settings) -> Starlette:
         ValidationError: handle_exception,
         EngineError: handle_exception,
         AdapterError: handle_exception,
+        MemoryServiceError: handle_exception,
         HTTPException: handle_exception,
         Exception: handle_exception,
     }

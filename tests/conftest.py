@@ -23,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
 API_KEY = "test-key-0123456789"
+OTHER_API_KEY = "test-key-other-9876543210"  # a second caller, for ownership tests
 START_TIMEOUT_S = 420
 
 
@@ -93,19 +94,23 @@ def start_server(log_path: Path, *args: str, env: dict[str, str] | None = None) 
 class StateDirs:
     adapters: Path  # the servers' adapters folder (not the repo's)
     sources: Path  # where tests put adapters to load; an allowed source root
+    data: Path  # the servers' databases (memory)
 
 
 @pytest.fixture(scope="session")
 def state_dirs(tmp_path_factory: pytest.TempPathFactory) -> StateDirs:
-    return StateDirs(tmp_path_factory.mktemp("adapters"), tmp_path_factory.mktemp("adapter-sources"))
+    return StateDirs(
+        tmp_path_factory.mktemp("adapters"), tmp_path_factory.mktemp("adapter-sources"), tmp_path_factory.mktemp("data")
+    )
 
 
 @pytest.fixture(scope="session")
 def test_server_env(state_dirs: StateDirs) -> dict[str, str]:
     return server_env(
-        LLM_SERVER_API_KEYS=API_KEY,
+        LLM_SERVER_API_KEYS=f"{API_KEY},{OTHER_API_KEY}",
         LLM_SERVER_ADAPTERS_DIR=str(state_dirs.adapters),
         LLM_SERVER_ADAPTER_SOURCE_ROOTS=str(state_dirs.sources),
+        LLM_SERVER_DATA_DIR=str(state_dirs.data),
     )
 
 
@@ -148,9 +153,18 @@ def http(server: RunningServer) -> Iterator[httpx.Client]:
         yield session
 
 
+@pytest.fixture(scope="session")
+def other_http(server: RunningServer) -> Iterator[httpx.Client]:
+    """The same server, called with another API key."""
+    with httpx.Client(
+        base_url=server.base_url, headers={"Authorization": f"Bearer {OTHER_API_KEY}"}, timeout=120
+    ) as session:
+        yield session
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use a server fixture are marked `engine` (`make unit` leaves them out)."""
-    engine_fixtures = {"server", "client", "async_client", "http", "dying_server", "adapter_sources"}
+    engine_fixtures = {"server", "client", "async_client", "http", "other_http", "dying_server", "adapter_sources"}
     for item in items:
         if engine_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)

@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api.chat_stream import CompletionIdentity, collect_completion, stream_chunks
+from server.api.chat_stream import CompletionIdentity, collect_completion, on_first_choice_text, stream_chunks
 from server.api.errors import invalid_request, model_not_found, read_json_object, to_api_error
 from server.api.protocol import (
     ChatCompletionRequest,
@@ -22,10 +22,14 @@ from server.api.protocol import (
     JsonObjectFormat,
     JsonSchemaFormat,
     NamedToolChoice,
+    NightlyInfo,
 )
+from server.api.middleware import caller_of, request_id_of
 from server.config import ModelEntry, Settings
 from server.engine import ChatTurn, Engine, GenerationOptions, JsonConstraint, ToolCall, ToolSpec, ToolUse
 from server.engine.errors import EngineError
+from server.engine.prompt import latest_user_text, with_system_block
+from server.memory.service import MemoryService
 
 T = TypeVar("T")
 
@@ -148,17 +152,30 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     return task.result() if not task.cancelled() else None
 
 
+MEMORIES_USED_HEADER = "x-nightly-memories-used"
+
+
 async def chat_completions(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
+    memory: MemoryService = request.app.state.memory
 
     # Strict: JSON types must match (no "yes" for true, no "0.5" for 0.5), as OpenAI's API checks.
     body = ChatCompletionRequest.model_validate(await read_json_object(request), strict=True)
     if body.n > settings.max_n:
         raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
     entry, adapter, adapter_param = resolve_model(settings, engine, body)
+    turns = to_turns(body.messages)
+    nightly = body.nightly
+    caller = caller_of(request.scope)
+    recalled = None
+    if nightly is not None:
+        query = latest_user_text(turns)
+        recalled = await memory.recall(caller, nightly.memory_group, query, engine.count_tokens)
+        if recalled.block:
+            turns = with_system_block(turns, recalled.block)
     prepared = engine.prepare_chat(
-        to_turns(body.messages),
+        turns,
         to_options(body),
         stream=body.stream,
         tool_use=to_tool_use(body),
@@ -173,17 +190,27 @@ async def chat_completions(request: Request) -> Response:
         prompt_tokens=prepared.prompt_tokens,
         n=body.n,
         logprobs=body.logprobs,
+        nightly=NightlyInfo(memory_group=nightly.memory_group, memories_used=len(recalled.memories))
+        if nightly is not None and recalled is not None
+        else None,
     )
+    headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else None
     deltas = engine.generate(prepared, identity.id)
+    if nightly is not None:
+        # Remember the exchange once it is complete (not if the client left midway).
+        def write_back(answer: str) -> None:
+            memory.remember_later(caller, nightly.memory_group, nightly.user_goal, request_id_of(request.scope), query, answer)
+
+        deltas = on_first_choice_text(deltas, write_back)
     if body.stream:
         # Wait for the first output before answering 200: a request the engine
         # refuses (or a dead engine) still gets a proper HTTP error.
         deltas = await started(deltas)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = stream_chunks(deltas, identity, include_usage=include_usage)
-        return EventSourceResponse(error_events(chunks), sep="\n", ping=15)
+        return EventSourceResponse(error_events(chunks), sep="\n", ping=15, headers=headers)
 
     completion = await until_disconnected(request, collect_completion(deltas, identity))
     if completion is None:  # the client left; nobody reads this
         return Response(status_code=499)
-    return Response(completion.model_dump_json(), media_type="application/json")
+    return Response(completion.model_dump_json(), media_type="application/json", headers=headers)

@@ -10,7 +10,7 @@ optional usage chunk. `collect_completion` folds the same deltas into one
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from server.api.protocol import (
@@ -24,6 +24,7 @@ from server.api.protocol import (
     FinishReason,
     FunctionCall,
     FunctionCallDelta,
+    NightlyInfo,
     TokenLogprob,
     ToolCall,
     ToolCallDelta,
@@ -49,6 +50,7 @@ class CompletionIdentity:
     prompt_tokens: int
     n: int = 1
     logprobs: bool = False
+    nightly: NightlyInfo | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -84,6 +86,18 @@ def _wire_tool_call_deltas(chunks: list[ToolCallChunk]) -> list[ToolCallDelta]:
     ]
 
 
+async def on_first_choice_text(
+    deltas: AsyncIterator[CompletionDelta], finished: Callable[[str], None]
+) -> AsyncIterator[CompletionDelta]:
+    """`deltas` unchanged; once they are exhausted, `finished` gets the whole text of choice 0."""
+    text: list[str] = []
+    async for delta in deltas:
+        if delta.index == 0:
+            text.append(delta.text)
+        yield delta
+    finished("".join(text))
+
+
 async def stream_chunks(
     deltas: AsyncIterator[CompletionDelta],
     identity: CompletionIdentity,
@@ -102,6 +116,7 @@ async def stream_chunks(
             system_fingerprint=identity.system_fingerprint,
             choices=choices,
             usage=usage,
+            nightly=identity.nightly,
         ).model_dump_json(exclude=exclude)
 
     for index in range(identity.n):
@@ -171,4 +186,5 @@ async def collect_completion(deltas: AsyncIterator[CompletionDelta], identity: C
             for index, state in enumerate(states)
         ],
         usage=_usage(identity.prompt_tokens, completion_tokens),
+        nightly=identity.nightly,
     )

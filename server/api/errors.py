@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from server.api.protocol import InvalidParam
 from server.engine.adapters import AdapterNotFound, InvalidAdapter
 from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidOption, InvalidPrompt
+from server.memory.errors import GroupNotFound, MemoryNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ def to_api_error(exc: Exception) -> APIError:
         return invalid_request(str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, InvalidPrompt):
         return invalid_request(str(exc), param="messages", code="invalid_prompt")
+    if isinstance(exc, GroupNotFound):
+        return APIError(404, str(exc), param="memory_group", code="memory_group_not_found")
+    if isinstance(exc, MemoryNotFound):
+        return APIError(404, str(exc), param="memory_id", code="memory_not_found")
     if isinstance(exc, EngineUnavailable):
         return APIError(503, str(exc), type="service_unavailable", code="engine_unavailable")
     if isinstance(exc, HTTPException):

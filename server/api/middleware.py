@@ -6,6 +6,7 @@ untouched and cost nothing per chunk.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import uuid
@@ -20,8 +21,20 @@ REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+LOCAL_CALLER = "local"  # who calls a server that has no API keys
+
+
 def request_id_of(scope: Scope) -> str:
     return scope["state"]["request_id"]
+
+
+def caller_of(scope: Scope) -> str:
+    """Who is calling: a fingerprint of their API key (never the key), the owner of what they create."""
+    return scope["state"].get("caller", LOCAL_CALLER)
+
+
+def key_fingerprint(key: bytes) -> str:
+    return "key_" + hashlib.sha256(key).hexdigest()[:24]
 
 
 class RequestIdMiddleware:
@@ -54,16 +67,22 @@ class APIKeyMiddleware:
         self.keys = tuple(key.encode() for key in keys)
         self.public_paths = frozenset(public_paths)
 
-    def _authorized(self, scope: Scope) -> bool:
+    def _matching_key(self, scope: Scope) -> bytes | None:
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
-            return False
+            return None
         offered = token.strip().encode()
         # Compare against every key so timing does not reveal which one matched.
-        return sum(hmac.compare_digest(offered, key) for key in self.keys) > 0
+        matches = [key for key in self.keys if hmac.compare_digest(offered, key)]
+        return matches[0] if matches else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.public_paths or self._authorized(scope):
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        key = self._matching_key(scope)
+        if key is not None:
+            scope.setdefault("state", {})["caller"] = key_fingerprint(key)
             await self.app(scope, receive, send)
             return
         await error_response(invalid_api_key(), headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)

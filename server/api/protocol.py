@@ -7,6 +7,7 @@ servers do; known fields are range-checked so a bad value is a 400 naming it.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Annotated, Literal
 
@@ -124,6 +125,42 @@ ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Fie
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 
+MEMORY_GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
+MEMORY_GROUP_MAX = 128
+USER_GOAL_MAX = 2000
+
+
+class Nightly(BaseModel):
+    """The `nightly` extension, `[memory_group, user_goal]` on the wire."""
+
+    memory_group: str
+    user_goal: str
+
+
+def parse_nightly(value: object) -> Nightly | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2 or not all(isinstance(item, str) for item in value):
+        raise InvalidParam("nightly", "`nightly` must be a list of two strings: [memory_group, user_goal].")
+    group, goal = (item.strip() for item in value)
+    if not group or not goal:
+        raise InvalidParam("nightly", "`nightly` needs a non-empty memory_group and a non-empty user_goal.")
+    if len(group) > MEMORY_GROUP_MAX or not re.match(MEMORY_GROUP_PATTERN, group):
+        raise InvalidParam(
+            "nightly",
+            f"`nightly` memory_group must be at most {MEMORY_GROUP_MAX} letters, digits or . _ : - (starting with a letter or digit).",
+        )
+    if len(goal) > USER_GOAL_MAX:
+        raise InvalidParam("nightly", f"`nightly` user_goal must be at most {USER_GOAL_MAX} characters.")
+    return Nightly(memory_group=group, user_goal=goal)
+
+
+class NightlyInfo(BaseModel):
+    """Reported back on completions that used memory."""
+
+    memory_group: str
+    memories_used: int
+
 # OpenAI request fields this server cannot honour; silently ignoring them would
 # change what the caller gets, so they are refused.
 REFUSED_FIELDS = {
@@ -160,6 +197,8 @@ class ChatCompletionRequest(BaseModel):
     parallel_tool_calls: bool = True
     # Extensions (../shared/seeds/000): the LoRA adapter to run on; vLLM's way is to name it as `model`.
     lora_name: str | None = Field(None, pattern=ADAPTER_NAME.pattern)
+    # Extension (../shared/seeds/000): long-term memory, `[memory_group, user_goal]`.
+    nightly: Nightly | None = None
     # vLLM's extensions, kept for clients (and benchmarks) written against `vllm serve`.
     top_k: int | None = Field(None, ge=-1)
     min_tokens: int = Field(0, ge=0)
@@ -177,6 +216,11 @@ class ChatCompletionRequest(BaseModel):
         if any(not item for item in stops):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
+
+    @field_validator("nightly", mode="before")
+    @classmethod
+    def _nightly_pair(cls, value: object) -> Nightly | None:
+        return parse_nightly(value)
 
     @field_validator("logit_bias")
     @classmethod
@@ -273,6 +317,14 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Usage
     system_fingerprint: str
+    nightly: NightlyInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_extensions(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        if data.get("nightly") is None:
+            data.pop("nightly", None)
+        return data
 
 
 class FunctionCallDelta(BaseModel):
@@ -321,6 +373,14 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     system_fingerprint: str
     usage: Usage | None = None
+    nightly: NightlyInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_extensions(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        if data.get("nightly") is None:
+            data.pop("nightly", None)
+        return data
 
 
 class ModelCard(BaseModel):

@@ -33,6 +33,21 @@ class ChatTurn:
     tool_call_id: str | None = None
 
 
+def with_system_block(turns: Sequence[ChatTurn], block: str) -> list[ChatTurn]:
+    """`turns` with `block` added to the system prompt: appended to a leading system turn, else one put first.
+
+    One system turn at the start is what every chat template accepts (Mistral's rejects others).
+    """
+    if turns and turns[0].role == "system":
+        first = turns[0]
+        return [ChatTurn("system", f"{first.content}\n\n{block}" if first.content else block), *turns[1:]]
+    return [ChatTurn("system", block), *turns]
+
+
+def latest_user_text(turns: Sequence[ChatTurn]) -> str:
+    return next((turn.content for turn in reversed(turns) if turn.role == "user"), "")
+
+
 class ChatTokenizer(Protocol):
     """The part of a Hugging Face tokenizer prompt rendering needs."""
 

@@ -138,6 +138,14 @@ class Engine:
         """Requests the engine holds (queued or generating)."""
         return self._llm.get_num_unfinished_requests()
 
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def complete(self, turns: Sequence[ChatTurn], options: GenerationOptions, request_id: str) -> str:
+        """The whole text of one choice: for the server's own uses of its model (memory curation)."""
+        prepared = self.prepare_chat(turns, options, stream=False)
+        return "".join([delta.text async for delta in self.generate(prepared, request_id)])
+
     def prepare_chat(
         self,
         turns: Sequence[ChatTurn],

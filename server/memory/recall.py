@@ -1,0 +1,186 @@
+"""Pure pieces of retrieval and write-back: lexical queries, rank fusion, the prompt block, fact extraction."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9']*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|me|my|mine|we|we're|our|ours)\b", re.IGNORECASE)
+# Sentences that ask the assistant for something are requests, not facts about the user.
+_REQUEST = re.compile(
+    r"^(please|can you|could you|would you|will you|tell me|give me|show me|help me|let me know|write|explain|"
+    r"list|summari[sz]e|translate|what|who|where|when|why|how|which|do you|are you|is there)\b",
+    re.IGNORECASE,
+)
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below between
+    both but by can could did do does doing down during each few for from further had has have having he her here
+    hers herself him himself his how i i'm if in into is it it's its itself just me more most my myself no nor not
+    now of off on once only or other our ours ourselves out over own same she should so some such than that the
+    their theirs them themselves then there these they this those through to too under until up very was we were
+    what when where which while who whom why will with would you your yours yourself yourselves call called name
+    named remember tell know""".split()
+)
+
+MEMORY_BLOCK_HEADER = "Long-term memory: facts remembered from earlier conversations with this user."
+TURN_USER_PREFIX = "User: "
+TURN_ASSISTANT_PREFIX = "\nAssistant: "
+
+_BE_HAVE = {"am": "is", "'m": "is", "have": "has", "'ve": "has", "was": "was", "'d": "would", "'ll": "will"}
+_UNCHANGED_VERBS = frozenset(
+    "was can could will would should shall might may must did had used never always often also still just "
+    "went got made took came saw bought left met gave found lost grew began drove flew wrote ate felt kept sold "
+    "spent told thought won broke chose became ran swam taught heard paid sent built".split()
+)
+_PRONOUNS = {"my": "the user's", "mine": "the user's", "me": "the user", "myself": "the user"}
+_FIRST_PERSON_TOKEN = re.compile(r"\b(I(?:'m|'ve|'d|'ll)?|my|mine|me|myself)\b(\s+([A-Za-z]+))?", re.IGNORECASE)
+
+
+def _third_person_verb(verb: str) -> str:
+    lower = verb.lower()
+    if lower in _BE_HAVE:
+        return _BE_HAVE[lower]
+    if lower in _UNCHANGED_VERBS or lower.endswith("ed"):
+        return verb
+    if lower.endswith("y") and lower[-2:-1] not in set("aeiou"):
+        return verb[:-1] + "ies"
+    if lower.endswith(("s", "sh", "ch", "x", "o", "z")):
+        return verb + "es"
+    return verb + "s"
+
+
+def third_person(text: str) -> str:
+    """Rewrite a user's first-person memory about "the user" ("My dog is Rex." -> "The user's dog is Rex.").
+
+    Small models read first-person lines in a system prompt as their own
+    persona; stated about "the user", they answer from them.
+    """
+
+    def rewrite(match: re.Match[str]) -> str:
+        pronoun, gap, following = match.group(1), match.group(2) or "", match.group(3)
+        lower = pronoun.lower()
+        if lower in _PRONOUNS:
+            replaced = _PRONOUNS[lower] + gap
+        elif lower == "i" and following is not None:
+            replaced = f"the user {_third_person_verb(following)}"
+        elif lower == "i":
+            replaced = "the user" + gap
+        else:  # I'm, I've, I'd, I'll
+            replaced = f"the user {_BE_HAVE[lower[1:]]}{gap}"
+        if match.start() == 0 or text[: match.start()].rstrip().endswith((".", "!", "?")):
+            replaced = replaced[0].upper() + replaced[1:]
+        return replaced
+
+    return _FIRST_PERSON_TOKEN.sub(rewrite, text)
+
+
+def memory_line(text: str, kind: str) -> str:
+    """How one memory reads in the prompt: in third person; a stored turn by what the user said."""
+    if kind == "turn" and text.startswith(TURN_USER_PREFIX):
+        said = text.removeprefix(TURN_USER_PREFIX).split(TURN_ASSISTANT_PREFIX, 1)[0]
+        return f"Earlier the user said: {third_person(said)}"
+    return third_person(text)
+
+
+def lexical_query(text: str) -> str:
+    """An FTS5 query matching any content word of `text` (quoted, so user text cannot inject syntax)."""
+    words = dict.fromkeys(word.lower() for word in _WORD.findall(text))
+    return " OR ".join(f'"{word}"' for word in words if word not in STOPWORDS and len(word) > 1)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    text: str
+    similarity: float  # cosine to the query
+    lexical: float  # BM25 relevance, 0 when no word matched
+
+
+# People a memory can be about other than the user.
+RELATIONS = frozenset(
+    """aunt boss boyfriend brother brother-in-law children classmate colleague co-worker coworker cousin dad
+    daughter daughter-in-law ex father father-in-law fiance fiancee flatmate friend girlfriend godfather godmother
+    grandad granddad granddaughter grandfather grandma grandmother grandson housemate husband in-laws kids landlady
+    landlord manager mentor mom mother mother-in-law mum nan neighbor neighbour nephew niece partner roommate sister
+    sister-in-law son son-in-law stepdad stepmum teammate uncle wife""".split()
+)
+_SAME_PERSON = {
+    "mum": "mother", "mom": "mother", "dad": "father", "roommate": "flatmate", "housemate": "flatmate",
+    "neighbor": "neighbour", "coworker": "colleague", "co-worker": "colleague", "grandad": "grandfather",
+    "granddad": "grandfather", "grandma": "grandmother", "nan": "grandmother", "boss": "manager",
+}  # fmt: skip
+_SUBJECT = re.compile(
+    r"^(?:my|our)\s+(?:(?:old|best|new|former|little|big|older|younger|eldest|youngest|school|work)\s+)*"
+    r"([a-z]+(?:-[a-z]+)*)",
+    re.IGNORECASE,
+)
+_RELATION_WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
+
+
+def _person(word: str) -> str:
+    return _SAME_PERSON.get(word, word)
+
+
+def third_party(text: str) -> str | None:
+    """Whom a memory is about when it is someone else ("My uncle James ..." -> "uncle"), else None."""
+    match = _SUBJECT.match(text.strip())
+    word = match.group(1).lower() if match else None
+    return _person(word) if word in RELATIONS else None
+
+
+def people_asked_about(query: str) -> set[str]:
+    return {_person(word) for word in _RELATION_WORD.findall(query.lower().replace("'s", " ")) if word in RELATIONS}
+
+
+def rerank(
+    query: str, candidates: Sequence[Candidate], *, lexical_weight: float, third_party_penalty: float
+) -> list[tuple[Candidate, float]]:
+    """Score = cosine + lexical_weight * normalised BM25 - penalty if the memory is about someone not asked about.
+
+    The penalty is what dense similarity misses: "What is my dog called?" is
+    as close to "My uncle's dog is called Max" as to "My dog is called Rex".
+    """
+    best_lexical = max((candidate.lexical for candidate in candidates), default=0.0) or 1.0
+    asked = people_asked_about(query)
+    scored = []
+    for candidate in candidates:
+        score = candidate.similarity + lexical_weight * candidate.lexical / best_lexical
+        about = third_party(candidate.text)
+        if about is not None and about not in asked:
+            score -= third_party_penalty
+        scored.append((candidate, score))
+    return sorted(scored, key=lambda item: item[1], reverse=True)
+
+
+def memory_block(texts: Sequence[str], budget_tokens: int, count_tokens: Callable[[str], int]) -> tuple[str, int]:
+    """The system block listing `texts` (best first) within `budget_tokens`; (block, how many it holds)."""
+    block = MEMORY_BLOCK_HEADER
+    used = 0
+    for text in texts:
+        candidate = f"{block}\n- {' '.join(text.split())}"
+        if count_tokens(candidate) > budget_tokens:
+            break
+        block, used = candidate, used + 1
+    return (block, used) if used else ("", 0)
+
+
+def extract_facts(user_text: str, max_words: int = 40) -> list[str]:
+    """Statements the user made about themselves: first-person sentences that are neither questions nor requests."""
+    facts = []
+    for sentence in _SENTENCE_END.split(user_text):
+        sentence = " ".join(sentence.split())
+        words = sentence.split()
+        if not 3 <= len(words) <= max_words or sentence.endswith("?") or _REQUEST.match(sentence):
+            continue
+        if _FIRST_PERSON.search(sentence):
+            facts.append(sentence if sentence[-1] in ".!" else sentence + ".")
+    return facts
+
+
+def turn_text(user_text: str, answer: str, max_chars: int = 1000) -> str:
+    """How an exchange is stored: both sides, clipped so one long answer cannot flood the group."""
+    user_side = " ".join(user_text.split())[:max_chars]
+    return f"{TURN_USER_PREFIX}{user_side}{TURN_ASSISTANT_PREFIX}{' '.join(answer.split())[:max_chars]}"

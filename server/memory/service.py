@@ -1,0 +1,209 @@
+"""The memory service: the one interface the rest of the server uses for `nightly` memory.
+
+Groups are owned by the API key that created them: every call names the owner,
+and a group of another owner is simply not found (its name is not even revealed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from server.config import MemorySettings
+from server.memory.curation import Consolidate, plan_curation
+from server.memory.embedder import Embedder
+from server.memory.errors import GroupNotFound, MemoryNotFound
+from server.memory.recall import (
+    Candidate,
+    extract_facts,
+    lexical_query,
+    memory_block,
+    memory_line,
+    rerank,
+    turn_text,
+)
+from server.memory.store import AuditEntry, CurationChange, Memory, MemoryGroup, MemoryStore, NewMemory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoredMemory:
+    memory: Memory
+    score: float
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """What retrieval placed into a prompt: the block of text and the memories it lists."""
+
+    block: str
+    memories: tuple[Memory, ...]
+
+
+@dataclass(frozen=True)
+class CurationReport:
+    run_id: str
+    group: str
+    examined: int
+    applied: tuple[CurationChange, ...]
+    skipped: int
+
+
+class MemoryService:
+    def __init__(self, store: MemoryStore, embedder: Embedder, settings: MemorySettings) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self._background: set[asyncio.Task[None]] = set()
+        self._curating: dict[int, asyncio.Lock] = {}
+
+    async def _group(self, owner: str, name: str) -> MemoryGroup:
+        group = await self.store.get_group(owner, name)
+        if group is None:
+            raise GroupNotFound(name)
+        return group
+
+    # retrieval
+
+    async def search(self, owner: str, name: str, query: str, limit: int) -> list[ScoredMemory]:
+        return await self._search(await self._group(owner, name), query, limit)
+
+    async def _search(self, group: MemoryGroup, query: str, limit: int) -> list[ScoredMemory]:
+        """Dense (HNSW) and lexical (BM25) candidates, re-ranked; weak dense-only matches left out."""
+        settings = self.settings
+        [vector] = await self.embedder.embed([query])
+        dense, lexical = await self.store.search(group, vector, lexical_query(query), settings.candidates)
+        similarity = dict(dense)
+        relevance = dict(lexical)
+        lexical_only = [memory_id for memory_id in relevance if memory_id not in similarity]
+        for memory_id, embedding in (await self.store.fetch_embeddings(group, lexical_only)).items():
+            similarity[memory_id] = float(embedding @ vector)
+        memories = await self.store.fetch(group, list(similarity))
+        candidates = [
+            Candidate(memory_id, memories[memory_id].text, score, relevance.get(memory_id, 0.0))
+            for memory_id, score in similarity.items()
+            if memory_id in memories and (score >= settings.min_similarity or memory_id in relevance)
+        ]
+        ranked = rerank(
+            query, candidates, lexical_weight=settings.lexical_weight, third_party_penalty=settings.third_party_penalty
+        )
+        return [ScoredMemory(memories[candidate.id], score) for candidate, score in ranked[:limit]]
+
+    async def recall(
+        self, owner: str, name: str, query: str, count_tokens: Callable[[str], int]
+    ) -> Recalled:
+        """The group's memories most relevant to `query`, as a system block within the token budget."""
+        group = await self.store.get_group(owner, name)
+        if group is None or group.memory_count == 0 or not query.strip():
+            return Recalled("", ())
+        hits = await self._search(group, query, self.settings.top_k)
+        lines = [memory_line(hit.memory.text, hit.memory.kind) for hit in hits]
+        block, used = memory_block(lines, self.settings.prompt_token_budget, count_tokens)
+        return Recalled(block, tuple(hit.memory for hit in hits[:used]))
+
+    # write-back
+
+    def remember_later(self, owner: str, name: str, user_goal: str, request_id: str, user_text: str, answer: str) -> None:
+        """Store the exchange after the response, off its path; failures are logged, never raised to the client."""
+        task = asyncio.create_task(self.remember(owner, name, user_goal, request_id, user_text, answer))
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("memory write-back failed", exc_info=task.exception())
+
+    async def remember(self, owner: str, name: str, user_goal: str, request_id: str, user_text: str, answer: str) -> None:
+        group = await self.store.ensure_group(owner, name, user_goal)
+        texts = [*extract_facts(user_text)]
+        kinds: list = ["fact"] * len(texts)
+        if user_text.strip():
+            texts.append(turn_text(user_text, answer))
+            kinds.append("turn")
+        vectors = await self.embedder.embed(texts)
+        await self.store.add(
+            group,
+            [NewMemory(text, kind, vector, request_id) for text, kind, vector in zip(texts, kinds, vectors, strict=True)],
+        )
+        await self.store.count_call(group)
+
+    async def drain(self) -> None:
+        """Wait for pending write-backs (at shutdown, so none is lost)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # management API
+
+    async def group(self, owner: str, name: str) -> MemoryGroup:
+        return await self._group(owner, name)
+
+    async def delete_group(self, owner: str, name: str) -> None:
+        await self.store.delete_group(await self._group(owner, name))
+
+    async def add(
+        self, owner: str, name: str, texts: Sequence[str], user_goal: str | None, request_id: str
+    ) -> list[Memory]:
+        group = await self.store.ensure_group(owner, name, user_goal)
+        vectors = await self.embedder.embed(texts)
+        return await self.store.add(
+            group, [NewMemory(text, "note", vector, request_id) for text, vector in zip(texts, vectors, strict=True)]
+        )
+
+    async def list_memories(self, owner: str, name: str, limit: int, after: int | None) -> list[Memory]:
+        return await self.store.list_memories(await self._group(owner, name), limit, after)
+
+    async def get(self, owner: str, name: str, memory_id: int) -> Memory:
+        memory = await self.store.get(await self._group(owner, name), memory_id)
+        if memory is None:
+            raise MemoryNotFound(name, memory_id)
+        return memory
+
+    async def update(self, owner: str, name: str, memory_id: int, text: str) -> Memory:
+        group = await self._group(owner, name)
+        [vector] = await self.embedder.embed([text])
+        memory = await self.store.update(group, memory_id, text, vector)
+        if memory is None:
+            raise MemoryNotFound(name, memory_id)
+        return memory
+
+    async def delete(self, owner: str, name: str, memory_id: int) -> None:
+        if not await self.store.delete(await self._group(owner, name), memory_id):
+            raise MemoryNotFound(name, memory_id)
+
+    async def audit(self, owner: str, name: str, limit: int) -> list[AuditEntry]:
+        return await self.store.audit(await self._group(owner, name), limit)
+
+    # curation
+
+    async def curate(self, owner: str, name: str, consolidate: Consolidate) -> CurationReport:
+        return await self._curate(await self._group(owner, name), consolidate)
+
+    async def curate_all(self, consolidate: Consolidate) -> list[CurationReport]:
+        reports = []
+        for group in await self.store.list_groups():
+            try:
+                reports.append(await self._curate(group, consolidate))
+            except Exception:  # one group's failure must not stop the others
+                logger.exception("curation of memory group %s failed", group.id)
+        return reports
+
+    async def _curate(self, group: MemoryGroup, consolidate: Consolidate) -> CurationReport:
+        async with self._curating.setdefault(group.id, asyncio.Lock()):
+            run_id = f"cur_{uuid.uuid4().hex[:16]}"
+            snapshot = await self.store.snapshot(group)
+            goal_vector = (await self.embedder.embed([group.user_goal]))[0] if group.user_goal else None
+            plan = await plan_curation(
+                snapshot, goal_vector, self.settings, consolidate, self.embedder.embed, asyncio.to_thread
+            )
+            applied = await self.store.apply(group, run_id, plan.changes)
+            logger.info(
+                "curated memory group %s: %d memories examined, %d changes applied, %d skipped",
+                group.id, plan.examined, len(applied), len(plan.changes) - len(applied),
+            )
+            return CurationReport(run_id, group.name, plan.examined, tuple(applied), len(plan.changes) - len(applied))
+

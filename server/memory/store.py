@@ -1,0 +1,529 @@
+"""Where memories live: the `MemoryStore` interface and its SQLite implementation.
+
+SQLite holds the truth (memories with their embeddings, groups, the audit log)
+and an FTS5 table for lexical search; a usearch HNSW index per group serves
+dense search. The index is a cache: rebuilt from SQLite when its saved copy is
+missing or older than the group's `revision`, so a crash can never lose data.
+All SQLite and index work runs on the store's own thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, TypeVar
+
+import numpy as np
+from usearch.index import Index
+
+from server.storage import migrate, open_database
+
+T = TypeVar("T")
+MemoryKind = Literal["fact", "turn", "note", "consolidated"]
+
+MIGRATIONS = (
+    """
+    CREATE TABLE memory_groups (
+        id INTEGER PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        user_goal TEXT NOT NULL DEFAULT '',
+        call_count INTEGER NOT NULL DEFAULT 0,
+        revision INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        curated_at REAL,
+        UNIQUE (owner, name)
+    );
+    CREATE TABLE memories (
+        id INTEGER PRIMARY KEY,
+        group_id INTEGER NOT NULL REFERENCES memory_groups(id) ON DELETE CASCADE,
+        text TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        source_request_id TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        embedding BLOB NOT NULL
+    );
+    CREATE INDEX memories_by_group ON memories (group_id, id);
+    CREATE VIRTUAL TABLE memories_fts USING fts5 (
+        text, content='memories', content_rowid='id', tokenize='porter unicode61'
+    );
+    CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts (rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END;
+    CREATE TRIGGER memories_fts_update AFTER UPDATE OF text ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO memories_fts (rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TABLE memory_audit (
+        id INTEGER PRIMARY KEY,
+        group_id INTEGER NOT NULL REFERENCES memory_groups(id) ON DELETE CASCADE,
+        run_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        removed TEXT NOT NULL,
+        added TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
+)
+
+
+@dataclass(frozen=True)
+class MemoryGroup:
+    id: int
+    owner: str
+    name: str
+    user_goal: str
+    call_count: int
+    memory_count: int
+    created_at: float
+    curated_at: float | None
+
+
+@dataclass(frozen=True)
+class Memory:
+    id: int
+    text: str
+    kind: MemoryKind
+    source_request_id: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class NewMemory:
+    text: str
+    kind: MemoryKind
+    embedding: np.ndarray
+    source_request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A group's memories with their embeddings (rows of `embeddings`), for curation."""
+
+    memories: tuple[Memory, ...]
+    embeddings: np.ndarray
+
+
+@dataclass(frozen=True)
+class CurationChange:
+    """Remove `removed` (if all are still unchanged since `seen_at`) and add `added`, as one step."""
+
+    action: str
+    removed: tuple[Memory, ...]
+    added: tuple[NewMemory, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    run_id: str
+    action: str
+    removed: list[dict]
+    added: list[dict]
+    reason: str
+    at: float
+
+
+class MemoryStore(Protocol):
+    """What the memory service needs from storage (SQLite here; PostgreSQL can follow)."""
+
+    async def get_group(self, owner: str, name: str) -> MemoryGroup | None: ...
+    async def ensure_group(self, owner: str, name: str, user_goal: str | None) -> MemoryGroup: ...
+    async def list_groups(self) -> list[MemoryGroup]: ...
+    async def delete_group(self, group: MemoryGroup) -> None: ...
+    async def count_call(self, group: MemoryGroup) -> int: ...
+    async def add(self, group: MemoryGroup, items: Sequence[NewMemory]) -> list[Memory]: ...
+    async def get(self, group: MemoryGroup, memory_id: int) -> Memory | None: ...
+    async def list_memories(self, group: MemoryGroup, limit: int, after: int | None) -> list[Memory]: ...
+    async def update(self, group: MemoryGroup, memory_id: int, text: str, embedding: np.ndarray) -> Memory | None: ...
+    async def delete(self, group: MemoryGroup, memory_id: int) -> bool: ...
+    async def search(
+        self, group: MemoryGroup, vector: np.ndarray, lexical_query: str, k: int
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]: ...
+    async def fetch(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, Memory]: ...
+    async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
+    async def snapshot(self, group: MemoryGroup) -> Snapshot: ...
+    async def apply(self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange]) -> list[CurationChange]: ...
+    async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]: ...
+    async def close(self) -> None: ...
+
+
+def _memory(row: sqlite3.Row) -> Memory:
+    return Memory(row["id"], row["text"], row["kind"], row["source_request_id"], row["created_at"], row["updated_at"])
+
+
+def _memory_json(memory: Memory | NewMemory) -> dict:
+    data = {"text": memory.text, "kind": memory.kind}
+    if isinstance(memory, Memory):
+        data |= {"id": memory.id, "created_at": memory.created_at}
+    return data
+
+
+_GROUP_COLUMNS = """
+    g.id, g.owner, g.name, g.user_goal, g.call_count, g.created_at, g.curated_at,
+    (SELECT count(*) FROM memories m WHERE m.group_id = g.id) AS memory_count
+"""
+_MEMORY_COLUMNS = "id, text, kind, source_request_id, created_at, updated_at"
+
+
+class SQLiteMemoryStore:
+    """`MemoryStore` on one SQLite file (WAL), with per-group HNSW indexes saved next to it."""
+
+    def __init__(self, path: Path, dimensions: int) -> None:
+        self._path = path
+        self._index_dir = path.with_name(path.name + ".indexes")
+        self._dimensions = dimensions
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="memory-store")
+        self._db: sqlite3.Connection | None = None
+        self._indexes: dict[int, tuple[Index, int]] = {}  # group id -> (index, revision it reflects)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._db = open_database(self._path)
+        migrate(self._db, MIGRATIONS)
+        self._index_dir.mkdir(parents=True, exist_ok=True)
+
+    async def _run(self, work: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not opened"
+        return self._db
+
+    # groups
+
+    async def get_group(self, owner: str, name: str) -> MemoryGroup | None:
+        return await self._run(self._get_group, owner, name)
+
+    def _get_group(self, owner: str, name: str) -> MemoryGroup | None:
+        row = self.db.execute(
+            f"SELECT {_GROUP_COLUMNS} FROM memory_groups g WHERE g.owner = ? AND g.name = ?", (owner, name)
+        ).fetchone()
+        return MemoryGroup(**dict(row)) if row else None
+
+    async def ensure_group(self, owner: str, name: str, user_goal: str | None) -> MemoryGroup:
+        return await self._run(self._ensure_group, owner, name, user_goal)
+
+    def _ensure_group(self, owner: str, name: str, user_goal: str | None) -> MemoryGroup:
+        # The latest goal given wins: it is what curation and retrieval steer by.
+        self.db.execute(
+            "INSERT INTO memory_groups (owner, name, user_goal, created_at) VALUES (?, ?, coalesce(?, ''), ?)"
+            " ON CONFLICT (owner, name) DO UPDATE SET user_goal = coalesce(excluded.user_goal, user_goal)"
+            if user_goal is not None
+            else "INSERT INTO memory_groups (owner, name, user_goal, created_at) VALUES (?, ?, coalesce(?, ''), ?)"
+            " ON CONFLICT (owner, name) DO NOTHING",
+            (owner, name, user_goal, time.time()),
+        )
+        group = self._get_group(owner, name)
+        assert group is not None
+        return group
+
+    async def list_groups(self) -> list[MemoryGroup]:
+        return await self._run(
+            lambda: [MemoryGroup(**dict(row)) for row in self.db.execute(f"SELECT {_GROUP_COLUMNS} FROM memory_groups g")]
+        )
+
+    async def delete_group(self, group: MemoryGroup) -> None:
+        await self._run(self._delete_group, group.id)
+
+    def _delete_group(self, group_id: int) -> None:
+        self.db.execute("DELETE FROM memory_groups WHERE id = ?", (group_id,))
+        self._indexes.pop(group_id, None)
+        for saved in self._index_dir.glob(f"{group_id}-*.usearch"):
+            saved.unlink(missing_ok=True)
+
+    async def count_call(self, group: MemoryGroup) -> int:
+        return await self._run(
+            lambda: self.db.execute(
+                "UPDATE memory_groups SET call_count = call_count + 1 WHERE id = ? RETURNING call_count", (group.id,)
+            ).fetchone()[0]
+        )
+
+    # memories
+
+    async def add(self, group: MemoryGroup, items: Sequence[NewMemory]) -> list[Memory]:
+        return await self._run(self._add, group.id, items)
+
+    def _add(self, group_id: int, items: Sequence[NewMemory]) -> list[Memory]:
+        with self._transaction():
+            added = self._insert(group_id, items)
+            revision = self._bump(group_id)
+        self._index_changed(group_id, revision, added=[(m.id, item.embedding) for m, item in zip(added, items, strict=True)])
+        return added
+
+    def _insert(self, group_id: int, items: Sequence[NewMemory]) -> list[Memory]:
+        now = time.time()
+        added = []
+        for item in items:
+            row = self.db.execute(
+                "INSERT INTO memories (group_id, text, kind, source_request_id, created_at, updated_at, embedding)"
+                f" VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_MEMORY_COLUMNS}",
+                (group_id, item.text, item.kind, item.source_request_id, now, now, _blob(item.embedding)),
+            ).fetchone()
+            added.append(_memory(row))
+        return added
+
+    async def get(self, group: MemoryGroup, memory_id: int) -> Memory | None:
+        found = await self.fetch(group, [memory_id])
+        return found.get(memory_id)
+
+    async def fetch(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, Memory]:
+        return await self._run(self._fetch, group.id, list(ids))
+
+    def _fetch(self, group_id: int, ids: list[int]) -> dict[int, Memory]:
+        rows = self.db.execute(
+            f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE group_id = ? AND id IN (SELECT value FROM json_each(?))",
+            (group_id, json.dumps(ids)),
+        )
+        return {row["id"]: _memory(row) for row in rows}
+
+    async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        return await self._run(
+            lambda: {
+                row[0]: np.frombuffer(row[1], dtype=np.float32)
+                for row in self.db.execute(
+                    "SELECT id, embedding FROM memories WHERE group_id = ? AND id IN (SELECT value FROM json_each(?))",
+                    (group.id, json.dumps(list(ids))),
+                )
+            }
+        )
+
+    async def list_memories(self, group: MemoryGroup, limit: int, after: int | None) -> list[Memory]:
+        return await self._run(
+            lambda: [
+                _memory(row)
+                for row in self.db.execute(
+                    f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE group_id = ? AND id > ? ORDER BY id LIMIT ?",
+                    (group.id, after or 0, limit),
+                )
+            ]
+        )
+
+    async def update(self, group: MemoryGroup, memory_id: int, text: str, embedding: np.ndarray) -> Memory | None:
+        return await self._run(self._update, group.id, memory_id, text, embedding)
+
+    def _update(self, group_id: int, memory_id: int, text: str, embedding: np.ndarray) -> Memory | None:
+        with self._transaction():
+            row = self.db.execute(
+                "UPDATE memories SET text = ?, embedding = ?, updated_at = ? WHERE group_id = ? AND id = ?"
+                f" RETURNING {_MEMORY_COLUMNS}",
+                (text, _blob(embedding), time.time(), group_id, memory_id),
+            ).fetchone()
+            if row is None:
+                return None
+            revision = self._bump(group_id)
+        self._index_changed(group_id, revision, removed=[memory_id], added=[(memory_id, embedding)])
+        return _memory(row)
+
+    async def delete(self, group: MemoryGroup, memory_id: int) -> bool:
+        return await self._run(self._delete, group.id, memory_id)
+
+    def _delete(self, group_id: int, memory_id: int) -> bool:
+        with self._transaction():
+            deleted = self.db.execute("DELETE FROM memories WHERE group_id = ? AND id = ?", (group_id, memory_id)).rowcount
+            if not deleted:
+                return False
+            revision = self._bump(group_id)
+        self._index_changed(group_id, revision, removed=[memory_id])
+        return True
+
+    # search
+
+    async def search(
+        self, group: MemoryGroup, vector: np.ndarray, lexical_query: str, k: int
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """(dense hits as (id, cosine similarity), lexical hits as (id, BM25 relevance)), best first, `k` of each."""
+        return await self._run(self._search, group.id, vector, lexical_query, k)
+
+    def _search(
+        self, group_id: int, vector: np.ndarray, lexical_query: str, k: int
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        index = self._index(group_id)
+        dense: list[tuple[int, float]] = []
+        if len(index):
+            matches = index.search(vector, min(k, len(index)))
+            dense = [(int(key), 1.0 - float(distance)) for key, distance in zip(matches.keys, matches.distances, strict=True)]
+        lexical: list[tuple[int, float]] = []
+        if lexical_query:
+            # FTS5's bm25() is negative, lower is better: negated, it is a relevance.
+            lexical = [
+                (row[0], -row[1])
+                for row in self.db.execute(
+                    "SELECT m.id, bm25(memories_fts) FROM memories_fts f JOIN memories m ON m.id = f.rowid"
+                    " WHERE memories_fts MATCH ? AND m.group_id = ? ORDER BY bm25(memories_fts) LIMIT ?",
+                    (lexical_query, group_id, k),
+                )
+            ]
+        return dense, lexical
+
+    # curation
+
+    async def snapshot(self, group: MemoryGroup) -> Snapshot:
+        return await self._run(self._snapshot, group.id)
+
+    def _snapshot(self, group_id: int) -> Snapshot:
+        rows = self.db.execute(f"SELECT {_MEMORY_COLUMNS}, embedding FROM memories WHERE group_id = ? ORDER BY id", (group_id,)).fetchall()
+        embeddings = np.frombuffer(b"".join(row["embedding"] for row in rows), dtype=np.float32).reshape(len(rows), self._dimensions)
+        return Snapshot(tuple(_memory(row) for row in rows), embeddings)
+
+    async def apply(self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange]) -> list[CurationChange]:
+        return await self._run(self._apply, group.id, run_id, changes)
+
+    def _apply(self, group_id: int, run_id: str, changes: Sequence[CurationChange]) -> list[CurationChange]:
+        """All changes in one transaction, each skipped if a memory it removes changed since the snapshot."""
+        applied: list[CurationChange] = []
+        removed_ids: list[int] = []
+        added: list[tuple[int, np.ndarray]] = []
+        now = time.time()
+        with self._transaction():
+            for change in changes:
+                current = self._fetch(group_id, [memory.id for memory in change.removed])
+                if any(current.get(memory.id) != memory for memory in change.removed):
+                    continue  # edited or deleted meanwhile: the plan no longer holds
+                for memory in change.removed:
+                    self.db.execute("DELETE FROM memories WHERE id = ?", (memory.id,))
+                inserted = self._insert(group_id, change.added)
+                self.db.execute(
+                    "INSERT INTO memory_audit (group_id, run_id, action, removed, added, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        group_id,
+                        run_id,
+                        change.action,
+                        json.dumps([_memory_json(memory) for memory in change.removed]),
+                        json.dumps([_memory_json(memory) for memory in inserted]),
+                        change.reason,
+                        now,
+                    ),
+                )
+                removed_ids += [memory.id for memory in change.removed]
+                added += [(memory.id, item.embedding) for memory, item in zip(inserted, change.added, strict=True)]
+                applied.append(change)
+            self.db.execute("UPDATE memory_groups SET curated_at = ? WHERE id = ?", (now, group_id))
+            revision = self._bump(group_id)
+        self._index_changed(group_id, revision, removed=removed_ids, added=added)
+        self._save_index(group_id)
+        return applied
+
+    async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]:
+        return await self._run(
+            lambda: [
+                AuditEntry(row["id"], row["run_id"], row["action"], json.loads(row["removed"]), json.loads(row["added"]), row["reason"], row["at"])
+                for row in self.db.execute(
+                    "SELECT * FROM memory_audit WHERE group_id = ? ORDER BY id DESC LIMIT ?", (group.id, limit)
+                )
+            ]
+        )
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._thread.shutdown()
+
+    def _close(self) -> None:
+        for group_id in list(self._indexes):
+            self._save_index(group_id)
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # internals
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def _bump(self, group_id: int) -> int:
+        return self.db.execute(
+            "UPDATE memory_groups SET revision = revision + 1 WHERE id = ? RETURNING revision", (group_id,)
+        ).fetchone()[0]
+
+    def _revision(self, group_id: int) -> int:
+        row = self.db.execute("SELECT revision FROM memory_groups WHERE id = ?", (group_id,)).fetchone()
+        return row[0] if row else 0
+
+    def _new_index(self) -> Index:
+        return Index(ndim=self._dimensions, metric="cos", dtype="f32", connectivity=16, expansion_add=128, expansion_search=128)
+
+    def _index(self, group_id: int) -> Index:
+        """The group's index, loaded from its saved copy if current, else rebuilt from SQLite."""
+        revision = self._revision(group_id)
+        cached = self._indexes.get(group_id)
+        if cached is not None and cached[1] == revision:
+            return cached[0]
+        index = self._new_index()
+        saved = self._index_dir / f"{group_id}-{revision}.usearch"
+        if saved.exists():
+            index.load(str(saved))
+        else:
+            rows = self.db.execute("SELECT id, embedding FROM memories WHERE group_id = ?", (group_id,)).fetchall()
+            if rows:
+                keys = np.fromiter((row[0] for row in rows), dtype=np.uint64, count=len(rows))
+                vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self._dimensions)
+                index.add(keys, vectors)
+        self._indexes[group_id] = (index, revision)
+        return index
+
+    def _index_changed(
+        self,
+        group_id: int,
+        revision: int,
+        removed: Sequence[int] = (),
+        added: Sequence[tuple[int, np.ndarray]] = (),
+    ) -> None:
+        """Keep a cached index in step with a committed change (revision - 1 -> revision)."""
+        cached = self._indexes.get(group_id)
+        if cached is None or cached[1] != revision - 1:
+            self._indexes.pop(group_id, None)  # stale: rebuilt on next use
+            return
+        index = cached[0]
+        for key in removed:
+            index.remove(key)
+        if added:
+            index.add(np.array([key for key, _ in added], dtype=np.uint64), np.stack([vector for _, vector in added]))
+        self._indexes[group_id] = (index, revision)
+
+    def _save_index(self, group_id: int) -> None:
+        cached = self._indexes.get(group_id)
+        if cached is None:
+            return
+        index, revision = cached
+        target = self._index_dir / f"{group_id}-{revision}.usearch"
+        if not target.exists():
+            partial = target.with_suffix(".partial")
+            index.save(str(partial))
+            partial.replace(target)
+        for stale in self._index_dir.glob(f"{group_id}-*.usearch"):
+            if stale != target:
+                stale.unlink(missing_ok=True)
+
+
+class _Transaction:
+    """`with`: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.db.execute("ROLLBACK" if kind else "COMMIT")
+
+
+def _blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
