@@ -29,6 +29,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_memory import bench_memory_retrieval, chat_latency_with_memory, print_memory_table  # noqa: E402
+
 from server.config import ModelEntry, load_settings  # noqa: E402
 from server.engine.runtime import engine_args_for  # noqa: E402
 
@@ -367,7 +369,10 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrent client counts")
     parser.add_argument("--output-tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
-    parser.add_argument("--sections", default="compare,lora", help="compare (vs vllm serve), lora (multi-LoRA)")
+    parser.add_argument(
+        "--sections", default="compare,lora,memory", help="compare (vs vllm serve), lora (multi-LoRA), memory"
+    )
+    parser.add_argument("--memory-sizes", default="10000,100000", help="memory group sizes to time retrieval at")
     args = parser.parse_args()
 
     entry = load_settings(model=args.model).served
@@ -393,12 +398,23 @@ def main() -> None:
             "vllm_serve": bench_lora("vllm", entry, args.output_tokens, log_dir, sources, names),
             "ours": bench_lora("ours", entry, args.output_tokens, log_dir, sources, names),
         }
+    if "memory" in sections:
+        sizes = [int(part) for part in args.memory_sizes.split(",")]
+        report["memory"] = {"retrieval": bench_memory_retrieval(sizes, args.out / "cache")}
+        server = Server("ours-memory", entry, log_dir, {"LLM_SERVER_DATA_DIR": str(log_dir / "data")})
+        try:
+            server.wait_ready()
+            report["memory"]["chat"] = chat_latency_with_memory(server.base_url, API_KEY, entry.name)
+        finally:
+            server.stop()
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
         print_table(report["comparison"])
     if "lora" in report:
         print_lora_table(report["lora"]["ours"], report["lora"]["vllm_serve"])
+    if "memory" in report:
+        print_memory_table(report["memory"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

@@ -89,7 +89,10 @@ def test_memory_api_add_list_search_update_delete(http: httpx.Client) -> None:
     group = new_group("crud")
     added = http.post(
         f"/v1/memory/{group}/memories",
-        json={"text": ["I play the cello on Sundays.", "My car is a red Volvo.", "I am allergic to peanuts."], "user_goal": GOAL},
+        json={
+            "text": ["I play the cello on Sundays.", "My car is a red Volvo.", "I am allergic to peanuts."],
+            "user_goal": GOAL,
+        },
     )
     assert added.status_code == 200, added.text
     ids = [memory["id"] for memory in added.json()["data"]]
@@ -100,7 +103,9 @@ def test_memory_api_add_list_search_update_delete(http: httpx.Client) -> None:
     second_page = http.get(f"/v1/memory/{group}/memories", params={"limit": 2, "after": ids[1]}).json()
     assert [m["id"] for m in second_page["data"]] == ids[2:] and second_page["has_more"] is False
 
-    hits = http.post(f"/v1/memory/{group}/search", json={"query": "Which food must I avoid?", "limit": 1}).json()["data"]
+    hits = http.post(f"/v1/memory/{group}/search", json={"query": "Which food must I avoid?", "limit": 1}).json()[
+        "data"
+    ]
     assert hits[0]["memory"]["id"] == ids[2] and hits[0]["score"] > 0
 
     updated = http.patch(f"/v1/memory/{group}/memories/{ids[1]}", json={"text": "My car is a blue Tesla."})
@@ -109,7 +114,11 @@ def test_memory_api_add_list_search_update_delete(http: httpx.Client) -> None:
     hits = http.post(f"/v1/memory/{group}/search", json={"query": "What car do I drive?", "limit": 1}).json()["data"]
     assert hits[0]["memory"]["text"] == "My car is a blue Tesla."
 
-    assert http.delete(f"/v1/memory/{group}/memories/{ids[0]}").json() == {"object": "memory.deleted", "id": ids[0], "deleted": True}
+    assert http.delete(f"/v1/memory/{group}/memories/{ids[0]}").json() == {
+        "object": "memory.deleted",
+        "id": ids[0],
+        "deleted": True,
+    }
     assert http.get(f"/v1/memory/{group}/memories/{ids[0]}").status_code == 404
     assert http.get(f"/v1/memory/{group}").json()["memory_count"] == 2
 
@@ -122,7 +131,9 @@ def test_groups_belong_to_the_key_that_created_them(
     client: openai.OpenAI, http: httpx.Client, other_http: httpx.Client
 ) -> None:
     group = new_group("owned")
-    http.post(f"/v1/memory/{group}/memories", json={"text": "My bank PIN hint is the year Napoleon died.", "user_goal": GOAL})
+    http.post(
+        f"/v1/memory/{group}/memories", json={"text": "My bank PIN hint is the year Napoleon died.", "user_goal": GOAL}
+    )
     for method, path, body in [
         ("GET", f"/v1/memory/{group}", None),
         ("GET", f"/v1/memory/{group}/memories", None),
@@ -156,7 +167,10 @@ def test_groups_belong_to_the_key_that_created_them(
 def test_curation_merges_near_duplicates_and_keeps_an_audit(http: httpx.Client) -> None:
     group = new_group("curate")
     texts = ["My dog is called Rex.", "My dog is named Rex.", "I work night shifts at the hospital."]
-    ids = [m["id"] for m in http.post(f"/v1/memory/{group}/memories", json={"text": texts, "user_goal": GOAL}).json()["data"]]
+    ids = [
+        m["id"]
+        for m in http.post(f"/v1/memory/{group}/memories", json={"text": texts, "user_goal": GOAL}).json()["data"]
+    ]
     report = http.post(f"/v1/memory/{group}/curate")
     assert report.status_code == 200, report.text
     merges = [change for change in report.json()["changes"] if change["action"] == "merge_duplicates"]
@@ -240,7 +254,9 @@ def test_memory_api_bad_input(http: httpx.Client) -> None:
         response = http.request(method, path, json=body)
         assert response.status_code == 400, (method, path, body, response.text)
         assert response.json()["error"]["param"] == param, (method, path, body, response.json())
-    not_json = http.post(f"/v1/memory/{group}/memories", content=b"{not json", headers={"content-type": "application/json"})
+    not_json = http.post(
+        f"/v1/memory/{group}/memories", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert not_json.status_code == 400 and not_json.json()["error"]["code"] == "invalid_json"
     missing = http.patch(f"/v1/memory/{group}/memories/999999999", json={"text": "new"})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "memory_not_found"

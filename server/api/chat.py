@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from server.api.chat_stream import CompletionIdentity, collect_completion, on_first_choice_text, stream_chunks
 from server.api.errors import invalid_request, model_not_found, read_json_object, to_api_error
+from server.api.middleware import caller_of, request_id_of
 from server.api.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -24,7 +25,6 @@ from server.api.protocol import (
     NamedToolChoice,
     NightlyInfo,
 )
-from server.api.middleware import caller_of, request_id_of
 from server.config import ModelEntry, Settings
 from server.engine import ChatTurn, Engine, GenerationOptions, JsonConstraint, ToolCall, ToolSpec, ToolUse
 from server.engine.errors import EngineError

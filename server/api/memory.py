@@ -205,7 +205,12 @@ async def search_memories(request: Request) -> JSONResponse:
     name = _group_name(request)
     body = SearchMemories.model_validate(await read_json_object(request))
     hits = await _service(request).search(caller_of(request.scope), name, body.query, body.limit)
-    return _list([{"object": "memory.search_result", "score": hit.score, "memory": memory_json(hit.memory, name)} for hit in hits])
+    return _list(
+        [
+            {"object": "memory.search_result", "score": hit.score, "memory": memory_json(hit.memory, name)}
+            for hit in hits
+        ]
+    )
 
 
 async def curate_group(request: Request) -> JSONResponse:
@@ -221,5 +226,3 @@ async def memory_audit(request: Request) -> JSONResponse:
     assert limit is not None
     entries = await _service(request).audit(caller_of(request.scope), name, limit)
     return _list([audit_json(entry) for entry in entries])
-
-

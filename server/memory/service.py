@@ -93,9 +93,7 @@ class MemoryService:
         )
         return [ScoredMemory(memories[candidate.id], score) for candidate, score in ranked[:limit]]
 
-    async def recall(
-        self, owner: str, name: str, query: str, count_tokens: Callable[[str], int]
-    ) -> Recalled:
+    async def recall(self, owner: str, name: str, query: str, count_tokens: Callable[[str], int]) -> Recalled:
         """The group's memories most relevant to `query`, as a system block within the token budget."""
         group = await self.store.get_group(owner, name)
         if group is None or group.memory_count == 0 or not query.strip():
@@ -107,7 +105,9 @@ class MemoryService:
 
     # write-back
 
-    def remember_later(self, owner: str, name: str, user_goal: str, request_id: str, user_text: str, answer: str) -> None:
+    def remember_later(
+        self, owner: str, name: str, user_goal: str, request_id: str, user_text: str, answer: str
+    ) -> None:
         """Store the exchange after the response, off its path; failures are logged, never raised to the client."""
         task = asyncio.create_task(self.remember(owner, name, user_goal, request_id, user_text, answer))
         self._background.add(task)
@@ -118,7 +118,9 @@ class MemoryService:
         if not task.cancelled() and task.exception() is not None:
             logger.error("memory write-back failed", exc_info=task.exception())
 
-    async def remember(self, owner: str, name: str, user_goal: str, request_id: str, user_text: str, answer: str) -> None:
+    async def remember(
+        self, owner: str, name: str, user_goal: str, request_id: str, user_text: str, answer: str
+    ) -> None:
         group = await self.store.ensure_group(owner, name, user_goal)
         texts = [*extract_facts(user_text)]
         kinds: list = ["fact"] * len(texts)
@@ -128,7 +130,10 @@ class MemoryService:
         vectors = await self.embedder.embed(texts)
         await self.store.add(
             group,
-            [NewMemory(text, kind, vector, request_id) for text, kind, vector in zip(texts, kinds, vectors, strict=True)],
+            [
+                NewMemory(text, kind, vector, request_id)
+                for text, kind, vector in zip(texts, kinds, vectors, strict=True)
+            ],
         )
         await self.store.count_call(group)
 
@@ -203,7 +208,9 @@ class MemoryService:
             applied = await self.store.apply(group, run_id, plan.changes)
             logger.info(
                 "curated memory group %s: %d memories examined, %d changes applied, %d skipped",
-                group.id, plan.examined, len(applied), len(plan.changes) - len(applied),
+                group.id,
+                plan.examined,
+                len(applied),
+                len(plan.changes) - len(applied),
             )
             return CurationReport(run_id, group.name, plan.examined, tuple(applied), len(plan.changes) - len(applied))
-

@@ -156,7 +156,9 @@ class MemoryStore(Protocol):
     async def fetch(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, Memory]: ...
     async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     async def snapshot(self, group: MemoryGroup) -> Snapshot: ...
-    async def apply(self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange]) -> list[CurationChange]: ...
+    async def apply(
+        self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange]
+    ) -> list[CurationChange]: ...
     async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]: ...
     async def close(self) -> None: ...
 
@@ -236,7 +238,9 @@ class SQLiteMemoryStore:
 
     async def list_groups(self) -> list[MemoryGroup]:
         return await self._run(
-            lambda: [MemoryGroup(**dict(row)) for row in self.db.execute(f"SELECT {_GROUP_COLUMNS} FROM memory_groups g")]
+            lambda: [
+                MemoryGroup(**dict(row)) for row in self.db.execute(f"SELECT {_GROUP_COLUMNS} FROM memory_groups g")
+            ]
         )
 
     async def delete_group(self, group: MemoryGroup) -> None:
@@ -264,7 +268,9 @@ class SQLiteMemoryStore:
         with self._transaction():
             added = self._insert(group_id, items)
             revision = self._bump(group_id)
-        self._index_changed(group_id, revision, added=[(m.id, item.embedding) for m, item in zip(added, items, strict=True)])
+        self._index_changed(
+            group_id, revision, added=[(m.id, item.embedding) for m, item in zip(added, items, strict=True)]
+        )
         return added
 
     def _insert(self, group_id: int, items: Sequence[NewMemory]) -> list[Memory]:
@@ -336,7 +342,9 @@ class SQLiteMemoryStore:
 
     def _delete(self, group_id: int, memory_id: int) -> bool:
         with self._transaction():
-            deleted = self.db.execute("DELETE FROM memories WHERE group_id = ? AND id = ?", (group_id, memory_id)).rowcount
+            deleted = self.db.execute(
+                "DELETE FROM memories WHERE group_id = ? AND id = ?", (group_id, memory_id)
+            ).rowcount
             if not deleted:
                 return False
             revision = self._bump(group_id)
@@ -358,7 +366,9 @@ class SQLiteMemoryStore:
         dense: list[tuple[int, float]] = []
         if len(index):
             matches = index.search(vector, min(k, len(index)))
-            dense = [(int(key), 1.0 - float(distance)) for key, distance in zip(matches.keys, matches.distances, strict=True)]
+            dense = [
+                (int(key), 1.0 - float(distance)) for key, distance in zip(matches.keys, matches.distances, strict=True)
+            ]
         lexical: list[tuple[int, float]] = []
         if lexical_query:
             # FTS5's bm25() is negative, lower is better: negated, it is a relevance.
@@ -378,8 +388,12 @@ class SQLiteMemoryStore:
         return await self._run(self._snapshot, group.id)
 
     def _snapshot(self, group_id: int) -> Snapshot:
-        rows = self.db.execute(f"SELECT {_MEMORY_COLUMNS}, embedding FROM memories WHERE group_id = ? ORDER BY id", (group_id,)).fetchall()
-        embeddings = np.frombuffer(b"".join(row["embedding"] for row in rows), dtype=np.float32).reshape(len(rows), self._dimensions)
+        rows = self.db.execute(
+            f"SELECT {_MEMORY_COLUMNS}, embedding FROM memories WHERE group_id = ? ORDER BY id", (group_id,)
+        ).fetchall()
+        embeddings = np.frombuffer(b"".join(row["embedding"] for row in rows), dtype=np.float32).reshape(
+            len(rows), self._dimensions
+        )
         return Snapshot(tuple(_memory(row) for row in rows), embeddings)
 
     async def apply(self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange]) -> list[CurationChange]:
@@ -423,7 +437,15 @@ class SQLiteMemoryStore:
     async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]:
         return await self._run(
             lambda: [
-                AuditEntry(row["id"], row["run_id"], row["action"], json.loads(row["removed"]), json.loads(row["added"]), row["reason"], row["at"])
+                AuditEntry(
+                    row["id"],
+                    row["run_id"],
+                    row["action"],
+                    json.loads(row["removed"]),
+                    json.loads(row["added"]),
+                    row["reason"],
+                    row["at"],
+                )
                 for row in self.db.execute(
                     "SELECT * FROM memory_audit WHERE group_id = ? ORDER BY id DESC LIMIT ?", (group.id, limit)
                 )
@@ -456,7 +478,9 @@ class SQLiteMemoryStore:
         return row[0] if row else 0
 
     def _new_index(self) -> Index:
-        return Index(ndim=self._dimensions, metric="cos", dtype="f32", connectivity=16, expansion_add=128, expansion_search=128)
+        return Index(
+            ndim=self._dimensions, metric="cos", dtype="f32", connectivity=16, expansion_add=128, expansion_search=128
+        )
 
     def _index(self, group_id: int) -> Index:
         """The group's index, loaded from its saved copy if current, else rebuilt from SQLite."""
@@ -472,7 +496,9 @@ class SQLiteMemoryStore:
             rows = self.db.execute("SELECT id, embedding FROM memories WHERE group_id = ?", (group_id,)).fetchall()
             if rows:
                 keys = np.fromiter((row[0] for row in rows), dtype=np.uint64, count=len(rows))
-                vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(len(rows), self._dimensions)
+                vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(
+                    len(rows), self._dimensions
+                )
                 index.add(keys, vectors)
         self._indexes[group_id] = (index, revision)
         return index

@@ -98,3 +98,22 @@ def test_unreadable_file(tmp_path: Path, text: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "absent.yaml", environ={})
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [
+        ({"curation_time": "25:00"}, "memory.curation_time"),
+        ({"top_k": 0}, "memory.top_k"),
+        ({"related_similarity": 0.95, "duplicate_similarity": 0.9}, "related_similarity must be <= duplicate_similarity"),
+        ({"embeding_model": "x"}, "memory.embeding_model"),
+    ],
+)
+def test_bad_memory_settings_name_the_field(tmp_path: Path, memory: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        load(tmp_path, {**yaml.safe_load(DEFAULT_CONFIG_PATH.read_text()), "memory": memory})
+
+
+def test_data_dir_from_environment(tmp_path: Path) -> None:
+    settings = load_settings(environ={"LLM_SERVER_DATA_DIR": str(tmp_path / "data")})
+    assert settings.data_dir == tmp_path / "data" and settings.memory.curation_time == "03:00"

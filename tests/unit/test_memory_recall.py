@@ -36,7 +36,10 @@ def test_extract_facts_keeps_first_person_statements() -> None:
 
 def test_third_person_rewrites_the_user_as_subject() -> None:
     assert third_person("My dog is called Rex.") == "The user's dog is called Rex."
-    assert third_person("I live in Berlin and I work as a nurse.") == "The user lives in Berlin and the user works as a nurse."
+    assert (
+        third_person("I live in Berlin and I work as a nurse.")
+        == "The user lives in Berlin and the user works as a nurse."
+    )
     assert third_person("I'm allergic to penicillin.") == "The user is allergic to penicillin."
     assert third_person("I went to Paris. I studied law.") == "The user went to Paris. The user studied law."
     assert third_person("I carry my bag.") == "The user carries the user's bag."
@@ -79,7 +82,10 @@ def test_memory_block_goes_into_the_one_leading_system_turn() -> None:
     assert with_system_block([user], "BLOCK") == [ChatTurn("system", "BLOCK"), user]
     system = ChatTurn("system", "Be brief.")
     assert with_system_block([system, user], "BLOCK") == [ChatTurn("system", "Be brief.\n\nBLOCK"), user]
-    assert latest_user_text([ChatTurn("user", "first"), ChatTurn("assistant", "ok"), ChatTurn("user", "second")]) == "second"
+    assert (
+        latest_user_text([ChatTurn("user", "first"), ChatTurn("assistant", "ok"), ChatTurn("user", "second")])
+        == "second"
+    )
 
 
 def test_curation_time_is_the_next_occurrence() -> None:

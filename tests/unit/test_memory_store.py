@@ -49,7 +49,7 @@ async def test_add_search_update_delete(tmp_path: Path) -> None:
 async def test_curation_apply_skips_changes_made_stale(tmp_path: Path) -> None:
     store = await opened(tmp_path / "m.sqlite3")
     group = await store.ensure_group("owner", "g", "goal")
-    first, second, third = await store.add(group, [NewMemory(f"m{i}", "note", unit(i)) for i in range(3)])
+    first, second, _ = await store.add(group, [NewMemory(f"m{i}", "note", unit(i)) for i in range(3)])
     await store.update(group, second.id, "edited after the snapshot", unit(5))
     applied = await store.apply(
         group,
