@@ -185,6 +185,24 @@ def test_curation_merges_near_duplicates_and_keeps_an_audit(http: httpx.Client) 
     assert http.get(f"/v1/memory/{group}").json()["curated_at"] is not None
 
 
+def test_curation_consolidates_related_facts_with_the_served_model(http: httpx.Client) -> None:
+    group = new_group("consolidate")
+    older, newer = "My sister Laura lives in Porto.", "My sister Laura now lives in Lisbon."
+    http.post(f"/v1/memory/{group}/memories", json={"text": [older], "user_goal": GOAL})
+    http.post(f"/v1/memory/{group}/memories", json={"text": [newer]})
+    report = http.post(f"/v1/memory/{group}/curate").json()
+    texts = [m["text"] for m in http.get(f"/v1/memory/{group}/memories").json()["data"]]
+    consolidations = [change for change in report["changes"] if change["action"] == "consolidate"]
+    if consolidations:  # the model's sentence passed the guard: it replaced both and kept the newer details
+        [change] = consolidations
+        assert len(change["removed"]) == 2 and texts == change["added"]
+        assert "Laura" in texts[0] and "Lisbon" in texts[0]
+        audit = http.get(f"/v1/memory/{group}/audit").json()["data"]
+        assert {m["text"] for m in audit[0]["removed"]} == {older, newer}
+    else:  # the guard refused what the model wrote: both facts are untouched
+        assert texts == [older, newer]
+
+
 def test_memories_survive_a_restart(
     http: httpx.Client, test_server_env: dict[str, str], state_dirs: StateDirs, tmp_path
 ) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.config import MemorySettings
+from server.memory.recall import RELATIONS, STOPWORDS
 from server.memory.store import CurationChange, Memory, NewMemory, Snapshot
 
 Consolidate = Callable[[Sequence[str]], Awaitable[str]]
@@ -24,6 +25,7 @@ Embed = Callable[[Sequence[str]], Awaitable[np.ndarray]]
 MAX_CLUSTER = 6
 MAX_CONSOLIDATIONS_PER_RUN = 32
 ROW_BLOCK = 1024
+_META = re.compile(r"[\"“”]|\b(note|notes|sentence)\b", re.IGNORECASE)  # talk about the task, not a fact
 _SALIENT = re.compile(r"\b(?:\d[\d.,:/-]*|[A-Z][a-z]+(?:[A-Z][a-z]+)*)\b")
 
 CONSOLIDATE_SYSTEM = (
@@ -33,8 +35,9 @@ CONSOLIDATE_SYSTEM = (
 
 
 def consolidation_prompt(texts: Sequence[str]) -> str:
-    notes = "\n".join(f"{number}. {text}" for number, text in enumerate(texts, start=1))
-    return f"Notes, oldest first:\n{notes}\n\nOne sentence that keeps every detail of the latest notes:"
+    # Measured on SmolLM2-135M: a numbered list made it echo the list; bullets and a short cue give one sentence.
+    notes = "\n".join(f"- {text}" for text in texts)
+    return f"Notes:\n{notes}\nOne sentence:"
 
 
 def similar_pairs(embeddings: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
@@ -67,9 +70,23 @@ def clusters(count: int, pairs: Sequence[tuple[int, int, float]]) -> list[list[i
     return [members for members in groups.values() if len(members) >= 2]
 
 
-def keeps_details(source: str, merged: str) -> bool:
-    """A consolidation may reword but must keep the names and numbers of the note it supersedes with."""
-    return all(token in merged for token in _SALIENT.findall(source))
+def salient_tokens(text: str) -> list[str]:
+    """Numbers, names (capitalised words but a sentence's first) and the people a note is about."""
+    names = [
+        match.group(0)
+        for match in _SALIENT.finditer(text)
+        if match.group(0)[0].isdigit() or not re.search(r"(^|[.!?]\s+)$", text[: match.start()])
+    ]
+    return names + [word for word in re.findall(r"[a-z]+(?:-[a-z]+)*", text) if word in RELATIONS]
+
+
+def keeps_details(source: str, merged: str, share: float = 0.8) -> bool:
+    """A consolidation may reword, but must keep the newest note's names, numbers and people, and most of its words."""
+    if not all(token in merged for token in salient_tokens(source)):
+        return False
+    content = {word for word in re.findall(r"[a-z0-9']+", source.lower()) if word not in STOPWORDS and len(word) > 2}
+    kept = set(re.findall(r"[a-z0-9']+", merged.lower()))
+    return len(content & kept) >= share * len(content)
 
 
 def acceptable_consolidation(texts: Sequence[str], merged: str) -> bool:
@@ -77,6 +94,7 @@ def acceptable_consolidation(texts: Sequence[str], merged: str) -> bool:
     return (
         0 < len(merged) <= 2 * max(len(text) for text in texts) + 40
         and not merged.endswith("?")
+        and not _META.search(merged)
         and keeps_details(texts[-1], merged)
     )
 
