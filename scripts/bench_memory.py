@@ -22,6 +22,7 @@ import numpy as np
 
 from server.config import MemorySettings
 from server.memory.embedder import Embedder
+from server.memory.recall import lexical_query
 from server.memory.service import MemoryService
 from server.memory.store import NewMemory, SQLiteMemoryStore
 from tests.memory_corpus import distractors, labelled_facts
@@ -79,7 +80,7 @@ async def bench_group(embedder: Embedder, texts: list[str], vectors: np.ndarray,
         store_ms, service_ms = [], []
         for query, vector in zip(queries, query_vectors, strict=True):
             started = time.perf_counter()
-            await reopened.search(group, vector, query, settings.candidates)
+            await reopened.search(group, vector, lexical_query(query), settings.candidates)
             store_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             await service.search(OWNER, GROUP, query, settings.top_k)
