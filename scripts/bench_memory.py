@@ -110,9 +110,8 @@ async def end_to_end_ingest(embedder: Embedder, texts: list[str]) -> float:
         return rate
 
 
-def bench_memory_retrieval(sizes: list[int], cache_dir: Path) -> dict:
-    settings = MemorySettings()
-    embedder = Embedder(settings.embedding_model)
+async def retrieval_report(sizes: list[int], cache_dir: Path) -> dict:
+    embedder = Embedder(MemorySettings().embedding_model)
     facts = labelled_facts()
     texts = [fact.fact for fact in facts] + distractors(max(sizes) - len(facts))
     vectors = corpus_embeddings(embedder, texts, cache_dir)
@@ -120,11 +119,14 @@ def bench_memory_retrieval(sizes: list[int], cache_dir: Path) -> dict:
     report: dict = {"groups": []}
     for size in sizes:
         print(f"memory retrieval: group of {size} memories", flush=True)
-        report["groups"].append(asyncio.run(bench_group(embedder, texts[:size], vectors[:size], queries)))
-    report["end_to_end_ingest_per_s"] = round(
-        asyncio.run(end_to_end_ingest(Embedder(settings.embedding_model), texts[:2048])), 1
-    )
+        report["groups"].append(await bench_group(embedder, texts[:size], vectors[:size], queries))
+    report["end_to_end_ingest_per_s"] = round(await end_to_end_ingest(embedder, texts[:2048]), 1)
     return report
+
+
+def bench_memory_retrieval(sizes: list[int], cache_dir: Path) -> dict:
+    """One event loop for everything: the embedder's batching task belongs to the loop that started it."""
+    return asyncio.run(retrieval_report(sizes, cache_dir))
 
 
 def chat_latency_with_memory(base_url: str, api_key: str, model: str, requests: int = 12) -> dict:

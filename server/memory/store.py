@@ -35,6 +35,7 @@ MIGRATIONS = (
         name TEXT NOT NULL,
         user_goal TEXT NOT NULL DEFAULT '',
         call_count INTEGER NOT NULL DEFAULT 0,
+        memory_count INTEGER NOT NULL DEFAULT 0,
         revision INTEGER NOT NULL DEFAULT 0,
         created_at REAL NOT NULL,
         curated_at REAL,
@@ -54,11 +55,14 @@ MIGRATIONS = (
     CREATE VIRTUAL TABLE memories_fts USING fts5 (
         text, content='memories', content_rowid='id', tokenize='porter unicode61'
     );
+    -- memory_count is kept by triggers: counting 100k rows on every search costs milliseconds.
     CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN
         INSERT INTO memories_fts (rowid, text) VALUES (new.id, new.text);
+        UPDATE memory_groups SET memory_count = memory_count + 1 WHERE id = new.group_id;
     END;
     CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
         INSERT INTO memories_fts (memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        UPDATE memory_groups SET memory_count = memory_count - 1 WHERE id = old.group_id;
     END;
     CREATE TRIGGER memories_fts_update AFTER UPDATE OF text ON memories BEGIN
         INSERT INTO memories_fts (memories_fts, rowid, text) VALUES ('delete', old.id, old.text);
@@ -174,10 +178,7 @@ def _memory_json(memory: Memory | NewMemory) -> dict:
     return data
 
 
-_GROUP_COLUMNS = """
-    g.id, g.owner, g.name, g.user_goal, g.call_count, g.created_at, g.curated_at,
-    (SELECT count(*) FROM memories m WHERE m.group_id = g.id) AS memory_count
-"""
+_GROUP_COLUMNS = "g.id, g.owner, g.name, g.user_goal, g.call_count, g.memory_count, g.created_at, g.curated_at"
 _MEMORY_COLUMNS = "id, text, kind, source_request_id, created_at, updated_at"
 
 
