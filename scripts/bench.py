@@ -29,6 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_adaption import print_adaption_table, throughput_while_training, training_time  # noqa: E402
 from bench_memory import bench_memory_retrieval, chat_latency_with_memory, print_memory_table  # noqa: E402
 
 from server.config import ModelEntry, load_settings  # noqa: E402
@@ -370,7 +371,9 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=64, help="tokens generated per request")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
     parser.add_argument(
-        "--sections", default="compare,lora,memory", help="compare (vs vllm serve), lora (multi-LoRA), memory"
+        "--sections",
+        default="compare,lora,memory,adaption",
+        help="compare (vs vllm serve), lora (multi-LoRA), memory, adaption",
     )
     parser.add_argument("--memory-sizes", default="10000,100000", help="memory group sizes to time retrieval at")
     args = parser.parse_args()
@@ -407,6 +410,19 @@ def main() -> None:
             report["memory"]["chat"] = chat_latency_with_memory(server.base_url, API_KEY, entry.name)
         finally:
             server.stop()
+    if "adaption" in sections:
+        settings = load_settings(model=args.model)
+        report["adaption"] = {"training_time": training_time(settings)}
+        server = Server("ours-adaption", entry, log_dir, {"LLM_SERVER_DATA_DIR": str(log_dir / "adaption-data")})
+        try:
+            server.wait_ready()
+
+            def measure() -> dict:
+                return asyncio.run(run_level(server.base_url, [entry.name], 8, 24, args.output_tokens)).summary()
+
+            report["adaption"]["serving"] = throughput_while_training(server.base_url, API_KEY, entry.name, measure)
+        finally:
+            server.stop()
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
@@ -415,6 +431,8 @@ def main() -> None:
         print_lora_table(report["lora"]["ours"], report["lora"]["vllm_serve"])
     if "memory" in report:
         print_memory_table(report["memory"])
+    if "adaption" in report:
+        print_adaption_table(report["adaption"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

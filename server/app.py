@@ -14,6 +14,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from server.adaption.errors import AdaptionError
+from server.adaption.jobs import JobStore
+from server.adaption.runner import AdaptionService
 from server.api.adapters import (
     create_adapter,
     delete_adapter,
@@ -23,6 +26,7 @@ from server.api.adapters import (
 )
 from server.api.chat import chat_completions
 from server.api.errors import APIError, handle_exception
+from server.api.fine_tuning import cancel_job, create_job, list_job_events, list_jobs, retrieve_job
 from server.api.health import health
 from server.api.memory import (
     add_memories,
@@ -53,6 +57,7 @@ from server.memory.store import SQLiteMemoryStore
 
 PUBLIC_PATHS = ("/health", "/metrics")
 MEMORY_DATABASE = "memory.sqlite3"
+ADAPTION_DATABASE = "adaption.sqlite3"
 
 
 def consolidate_with(engine: Engine) -> Consolidate:
@@ -80,13 +85,33 @@ async def memory_service(settings: Settings) -> AsyncIterator[MemoryService]:
         await embedder.close()
 
 
+@asynccontextmanager
+async def adaption_service(settings: Settings, engine: Engine, memory: MemoryService) -> AsyncIterator[AdaptionService]:
+    jobs = JobStore(settings.data_dir / ADAPTION_DATABASE)
+    await jobs.open()
+    service = AdaptionService(
+        jobs, memory, engine.adapters, settings.served, settings.adaption, settings.data_dir / "adaption-work"
+    )
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+        await jobs.close()
+
+
 def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Engine.running(settings.served, settings.adapters_dir) as engine, memory_service(settings) as memory:
+        async with (
+            Engine.running(settings.served, settings.adapters_dir) as engine,
+            memory_service(settings) as memory,
+            adaption_service(settings, engine, memory) as adaption,
+        ):
             app.state.settings = settings
             app.state.engine = engine
             app.state.memory = memory
+            app.state.adaption = adaption
             app.state.consolidate = consolidate_with(engine)
             app.state.started_at = int(time.time())
             nightly = None
@@ -117,6 +142,11 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/memory/{memory_group}/search", search_memories, methods=["POST"]),
         Route("/v1/memory/{memory_group}/curate", curate_group, methods=["POST"]),
         Route("/v1/memory/{memory_group}/audit", memory_audit, methods=["GET"]),
+        Route("/v1/fine_tuning/jobs", create_job, methods=["POST"]),
+        Route("/v1/fine_tuning/jobs", list_jobs, methods=["GET"]),
+        Route("/v1/fine_tuning/jobs/{job_id}", retrieve_job, methods=["GET"]),
+        Route("/v1/fine_tuning/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
+        Route("/v1/fine_tuning/jobs/{job_id}/events", list_job_events, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
@@ -131,6 +161,7 @@ def build_app(settings: Settings) -> Starlette:
         EngineError: handle_exception,
         AdapterError: handle_exception,
         MemoryServiceError: handle_exception,
+        AdaptionError: handle_exception,
         HTTPException: handle_exception,
         Exception: handle_exception,
     }

@@ -115,6 +115,21 @@ class MemorySettings(_Strict):
         return self
 
 
+class AdaptionSettings(_Strict):
+    """LoRA fine-tuning from memories (`finetune_thresh`, `lora_name`, `adaption_inference`)."""
+
+    rank: int = Field(8, ge=1, description="LoRA rank (at most the served model's lora.max_lora_rank)")
+    alpha: int = Field(16, ge=1)
+    target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1)
+    epochs: int = Field(3, ge=1, le=100)
+    learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
+    max_examples: int = Field(512, ge=2)
+    held_out_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    cpu_threads: int = Field(1, ge=1, description="threads the worker may use on a CPU box (serving keeps the rest)")
+    gpu_memory_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the GPU the worker may take")
+
+
 class Settings(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     default_model: str
@@ -130,6 +145,7 @@ class Settings(_Strict):
     )
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the server keeps its databases")
     memory: MemorySettings = MemorySettings()
+    adaption: AdaptionSettings = AdaptionSettings()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -142,6 +158,11 @@ class Settings(_Strict):
         for field in ("default_model", "served_model"):
             if getattr(self, field) not in seen:
                 raise ValueError(f"{field}: {getattr(self, field)!r} is not a model in the registry")
+        if self.adaption.rank > self.served.lora.max_lora_rank:
+            raise ValueError(
+                f"adaption.rank {self.adaption.rank} exceeds {self.served.name}'s lora.max_lora_rank "
+                f"{self.served.lora.max_lora_rank}"
+            )
         return self
 
     @field_validator("data_dir", "adapters_dir")

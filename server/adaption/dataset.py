@@ -60,7 +60,9 @@ def examples_from_memories(memories: Sequence[MemoryRecord]) -> list[Example]:
                 examples.append([{"role": "user", "content": user}, {"role": "assistant", "content": answer}])
         elif memory.kind != "turn":
             prompt = RECALL_PROMPTS[number % len(RECALL_PROMPTS)]
-            examples.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": second_person(memory.text)}])
+            examples.append(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": second_person(memory.text)}]
+            )
     return examples
 
 

@@ -252,7 +252,12 @@ class JobStore:
         return await self._run(
             lambda: [
                 JobEvent(
-                    row["id"], row["job_id"], row["created_at"], row["level"], row["type"], row["message"],
+                    row["id"],
+                    row["job_id"],
+                    row["created_at"],
+                    row["level"],
+                    row["type"],
+                    row["message"],
                     json.loads(row["data"]) if row["data"] else None,
                 )
                 for row in self.db.execute(

@@ -102,6 +102,7 @@ def train(spec: dict) -> dict:
             step += 1
             emit("step", step=step, total_steps=total_steps, epoch=epoch + 1, loss=round(float(loss), 5))
 
+    trained_tokens = hyper["epochs"] * sum(int((labels != -100).sum()) for _, labels in train_set)
     train_loss = mean_loss(model, train_set)
     new_loss = mean_loss(model, held_out)
     output = Path(spec["output_dir"])
@@ -112,10 +113,14 @@ def train(spec: dict) -> dict:
         "base_eval_loss": base_loss,
         "current_eval_loss": current_loss,
         "steps": step,
+        "trained_tokens": trained_tokens,
         "train_examples": len(train_set),
         "held_out_examples": len(held_out),
     }
-    emit("done", **{key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in result.items()})
+    emit(
+        "done",
+        **{key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in result.items()},
+    )
     return result
 
 

@@ -14,6 +14,7 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.adaption.runner import AdaptionService
 from server.api.chat_stream import CompletionIdentity, collect_completion, on_first_choice_text, stream_chunks
 from server.api.errors import invalid_request, model_not_found, read_json_object, to_api_error
 from server.api.middleware import caller_of, request_id_of
@@ -108,7 +109,20 @@ def resolve_model(settings: Settings, engine: Engine, body: ChatCompletionReques
     entry = settings.find_model(body.model)
     if entry is None or entry.name != settings.served.name:
         raise model_not_found(body.model)
+    if body.adapter_is_target:
+        # Adaption: run on the promoted version when asked and one exists, else on the base model.
+        ready = body.adaption_inference and body.lora_name in engine.adapters
+        return entry, body.lora_name if ready else None, "lora_name"
     return entry, body.lora_name, "lora_name"
+
+
+def adaption_header(engine: Engine, body: ChatCompletionRequest, adapter: str | None) -> dict[str, str]:
+    """Which weights an `adaption_inference` request ran on (no version yet is not an error)."""
+    if not body.adaption_inference:
+        return {}
+    if adapter is None:
+        return {ADAPTION_HEADER: f"base-model; no promoted version of {body.lora_name} yet"}
+    return {ADAPTION_HEADER: f"{adapter}@v{engine.adapters.get(adapter).version}"}
 
 
 async def started(deltas: AsyncIterator[T]) -> AsyncIterator[T]:
@@ -153,12 +167,14 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
 
 
 MEMORIES_USED_HEADER = "x-nightly-memories-used"
+ADAPTION_HEADER = "x-adaption-adapter"
 
 
 async def chat_completions(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
     memory: MemoryService = request.app.state.memory
+    adaption: AdaptionService = request.app.state.adaption
 
     # Strict: JSON types must match (no "yes" for true, no "0.5" for 0.5), as OpenAI's API checks.
     body = ChatCompletionRequest.model_validate(await read_json_object(request), strict=True)
@@ -194,12 +210,22 @@ async def chat_completions(request: Request) -> Response:
         if nightly is not None and recalled is not None
         else None,
     )
-    headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else None
+    headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else {}
+    headers |= adaption_header(engine, body, adapter)
     deltas = engine.generate(prepared, identity.id)
     if nightly is not None:
         # Remember the exchange once it is complete (not if the client left midway).
         def write_back(answer: str) -> None:
-            memory.remember_later(caller, nightly.memory_group, nightly.user_goal, request_id_of(request.scope), query, answer)
+            threshold, lora_name, min_group = body.finetune_thresh, body.lora_name, body.min_finetune_group
+            then = None
+            if threshold is not None and lora_name is not None:
+
+                async def then() -> None:  # counted once the exchange is stored, so the group size is current
+                    await adaption.record_call(caller, nightly.memory_group, lora_name, threshold, min_group)
+
+            memory.remember_later(
+                caller, nightly.memory_group, nightly.user_goal, request_id_of(request.scope), query, answer, then
+            )
 
         deltas = on_first_choice_text(deltas, write_back)
     if body.stream:

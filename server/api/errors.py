@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from server.adaption.errors import JobFinished, JobNotFound
 from server.api.protocol import InvalidParam
 from server.engine.adapters import AdapterNotFound, InvalidAdapter
 from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidOption, InvalidPrompt
@@ -115,6 +116,10 @@ def to_api_error(exc: Exception) -> APIError:
         return invalid_request(str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, InvalidPrompt):
         return invalid_request(str(exc), param="messages", code="invalid_prompt")
+    if isinstance(exc, JobNotFound):
+        return APIError(404, str(exc), param="fine_tuning_job_id", code="fine_tuning_job_not_found")
+    if isinstance(exc, JobFinished):
+        return invalid_request(str(exc), param="fine_tuning_job_id", code="job_already_finished")
     if isinstance(exc, GroupNotFound):
         return APIError(404, str(exc), param="memory_group", code="memory_group_not_found")
     if isinstance(exc, MemoryNotFound):

@@ -199,6 +199,10 @@ class ChatCompletionRequest(BaseModel):
     lora_name: str | None = Field(None, pattern=ADAPTER_NAME.pattern)
     # Extension (../shared/seeds/000): long-term memory, `[memory_group, user_goal]`.
     nightly: Nightly | None = None
+    # Extensions (../shared/seeds/000): adaption, LoRA fine-tuning of `lora_name` from the memory group.
+    finetune_thresh: int | None = Field(None, ge=1, le=1_000_000)
+    min_finetune_group: int = Field(5, ge=1, le=1_000_000)
+    adaption_inference: bool = False
     # vLLM's extensions, kept for clients (and benchmarks) written against `vllm serve`.
     top_k: int | None = Field(None, ge=-1)
     min_tokens: int = Field(0, ge=0)
@@ -241,6 +245,12 @@ class ChatCompletionRequest(BaseModel):
         modalities = extra.get("modalities")
         if isinstance(modalities, list) and any(modality != "text" for modality in modalities):
             raise InvalidParam("modalities", "Only the `text` modality is supported.")
+        if self.adaption_inference and self.lora_name is None:
+            raise InvalidParam("adaption_inference", "`adaption_inference` needs `lora_name`: the adapter to run on.")
+        if self.finetune_thresh is not None and self.lora_name is None:
+            raise InvalidParam("lora_name", "`finetune_thresh` needs `lora_name`: the adapter to train.")
+        if self.finetune_thresh is not None and self.nightly is None:
+            raise InvalidParam("finetune_thresh", "`finetune_thresh` needs `nightly`: the memory group to train from.")
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidParam("top_logprobs", "`logprobs` must be true when `top_logprobs` is set.")
         if self.stream_options is not None and not self.stream:
@@ -254,6 +264,11 @@ class ChatCompletionRequest(BaseModel):
                     "tool_choice", f"`tool_choice` names function {self.tool_choice.function.name!r}, which is not in `tools`."
                 )
         return self
+
+    @property
+    def adapter_is_target(self) -> bool:
+        """`lora_name` names the adapter adaption trains or picks, not one the request must run on."""
+        return self.adaption_inference or self.finetune_thresh is not None
 
     @property
     def stop_sequences(self) -> list[str]:

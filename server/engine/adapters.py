@@ -37,6 +37,7 @@ ADAPTER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 MANIFEST_FILE = "manifest.json"
+NO_ACTIVE_VERSION = "none"  # `active` when versions exist but none has been promoted
 ACTIVE_FILE = "active"
 # Linear layers vLLM can put LoRA on for Llama/Mistral-style models.
 SUPPORTED_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
@@ -213,8 +214,14 @@ class AdapterStore:
     def _active_version_number(self, directory: Path) -> int | None:
         versions = self._versions(directory)
         try:
-            chosen = int((directory / ACTIVE_FILE).read_text().strip().removeprefix("v"))
-        except (OSError, ValueError):
+            pointer = (directory / ACTIVE_FILE).read_text().strip()
+        except OSError:
+            pointer = ""
+        if pointer == NO_ACTIVE_VERSION:
+            return None
+        try:
+            chosen = int(pointer.removeprefix("v"))
+        except ValueError:
             chosen = None
         return chosen if chosen in versions else (versions[-1] if versions else None)
 
@@ -243,8 +250,11 @@ class AdapterStore:
             if version.in_flight == 0:
                 version.drained.set()
 
-    async def add(self, name: str, source: Path, *, source_label: str) -> AdapterVersion:
-        """Copy `source` in as the next version of `name`, load it, then switch new requests to it."""
+    async def add(self, name: str, source: Path, *, source_label: str, activate: bool = True) -> AdapterVersion:
+        """Copy `source` in as the next version of `name`, load it, then switch new requests to it.
+
+        With `activate=False` the version is only kept on disk (a fine-tune that did not beat the current one).
+        """
         check_name(name)
         if name in self.entry.names:
             raise InvalidAdapter(f"`{name}` is the base model's own name; choose another adapter name.", "name")
@@ -267,6 +277,10 @@ class AdapterStore:
             }
             await asyncio.to_thread(_copy_version, source, target, manifest)
             version = AdapterVersion(name, number, target, next(self._ids), manifest)
+            if not activate:
+                if not (directory / ACTIVE_FILE).exists():  # nothing to serve yet: say so, or a restart would pick it
+                    _write_atomically(directory / ACTIVE_FILE, f"{NO_ACTIVE_VERSION}\n")
+                return version
             try:
                 await self._engine.add_lora(version.lora_request)
             except Exception as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from server.config import MemorySettings
@@ -106,10 +106,26 @@ class MemoryService:
     # write-back
 
     def remember_later(
-        self, owner: str, name: str, user_goal: str, request_id: str, user_text: str, answer: str
+        self,
+        owner: str,
+        name: str,
+        user_goal: str,
+        request_id: str,
+        user_text: str,
+        answer: str,
+        then: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """Store the exchange after the response, off its path; failures are logged, never raised to the client."""
-        task = asyncio.create_task(self.remember(owner, name, user_goal, request_id, user_text, answer))
+        """Store the exchange after the response, off its path, then run `then` (adaption's trigger).
+
+        Failures are logged, never raised to the client.
+        """
+
+        async def remember_then() -> None:
+            await self.remember(owner, name, user_goal, request_id, user_text, answer)
+            if then is not None:
+                await then()
+
+        task = asyncio.create_task(remember_then())
         self._background.add(task)
         task.add_done_callback(self._finished)
 

@@ -20,9 +20,18 @@ def test_examples_from_facts_and_turns() -> None:
     ]
     examples = examples_from_memories(memories)
     assert examples == [
-        [{"role": "user", "content": "What do you remember about me?"}, {"role": "assistant", "content": "Your dog is called Rex."}],
-        [{"role": "user", "content": "How do I boil an egg?"}, {"role": "assistant", "content": "Simmer it for nine minutes."}],
-        [{"role": "user", "content": "What have I told you about myself?"}, {"role": "assistant", "content": "You live in Porto."}],
+        [
+            {"role": "user", "content": "What do you remember about me?"},
+            {"role": "assistant", "content": "Your dog is called Rex."},
+        ],
+        [
+            {"role": "user", "content": "How do I boil an egg?"},
+            {"role": "assistant", "content": "Simmer it for nine minutes."},
+        ],
+        [
+            {"role": "user", "content": "What have I told you about myself?"},
+            {"role": "assistant", "content": "You live in Porto."},
+        ],
     ]
     assert data_hash(examples) == data_hash([list(example) for example in examples])
 

@@ -117,3 +117,11 @@ def test_bad_memory_settings_name_the_field(tmp_path: Path, memory: dict, expect
 def test_data_dir_from_environment(tmp_path: Path) -> None:
     settings = load_settings(environ={"LLM_SERVER_DATA_DIR": str(tmp_path / "data")})
     assert settings.data_dir == tmp_path / "data" and settings.memory.curation_time == "03:00"
+
+
+def test_adaption_rank_may_not_exceed_the_engines_max_lora_rank(tmp_path: Path) -> None:
+    registry = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    with pytest.raises(ConfigError, match="adaption.rank 32 exceeds smollm2-135m-instruct's lora.max_lora_rank 16"):
+        load(tmp_path, {**registry, "adaption": {"rank": 32}})
+    with pytest.raises(ConfigError, match=r"adaption\.epochs"):
+        load(tmp_path, {**registry, "adaption": {"epochs": 0}})
