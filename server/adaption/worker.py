@@ -90,9 +90,11 @@ def train(spec: dict) -> dict:
     order = list(range(len(train_set)))
     total_steps = hyper["epochs"] * len(order)
     step = 0
+    epoch_losses: list[float] = []
     for epoch in range(hyper["epochs"]):
         random.shuffle(order)
         model.train()
+        epoch_losses = []
         for index in order:
             ids, labels = train_set[index]
             loss = model(input_ids=ids, labels=labels).loss
@@ -100,10 +102,11 @@ def train(spec: dict) -> dict:
             optimizer.step()
             optimizer.zero_grad()
             step += 1
+            epoch_losses.append(float(loss))
             emit("step", step=step, total_steps=total_steps, epoch=epoch + 1, loss=round(float(loss), 5))
 
     trained_tokens = hyper["epochs"] * sum(int((labels != -100).sum()) for _, labels in train_set)
-    train_loss = mean_loss(model, train_set)
+    train_loss = sum(epoch_losses) / len(epoch_losses)  # the last epoch's mean: no second pass over the data
     new_loss = mean_loss(model, held_out)
     output = Path(spec["output_dir"])
     model.save_pretrained(output)
