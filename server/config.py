@@ -102,6 +102,7 @@ class MemorySettings(_Strict):
     min_similarity: float = Field(0.25, ge=-1.0, le=1.0, description="dense hits below this are not injected")
     lexical_weight: float = Field(0.05, ge=0.0, description="weight of normalised BM25 next to cosine similarity")
     third_party_penalty: float = Field(0.1, ge=0.0, description="demotes memories about someone the query does not name")
+    goal_weight: float = Field(0.02, ge=0.0, description="nudges toward memories close to user_goal (ties)")
     curation_time: str | None = Field("03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="local HH:MM, or null")
     duplicate_similarity: float = Field(0.92, gt=0.0, le=1.0, description="at or above: near-duplicates, merged")
     related_similarity: float = Field(0.75, gt=0.0, le=1.0, description="at or above: related, consolidated by the model")

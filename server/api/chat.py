@@ -187,7 +187,7 @@ async def chat_completions(request: Request) -> Response:
     recalled = None
     if nightly is not None:
         query = latest_user_text(turns)
-        recalled = await memory.recall(caller, nightly.memory_group, query, engine.count_tokens)
+        recalled = await memory.recall(caller, nightly.memory_group, nightly.user_goal, query, engine.count_tokens)
         if recalled.block:
             turns = with_system_block(turns, recalled.block)
     prepared = engine.prepare_chat(

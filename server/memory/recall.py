@@ -97,6 +97,7 @@ class Candidate:
     text: str
     similarity: float  # cosine to the query
     lexical: float  # BM25 relevance, 0 when no word matched
+    goal_similarity: float = 0.0  # cosine to the agent's user_goal
 
 
 # People a memory can be about other than the user.
@@ -136,9 +137,15 @@ def people_asked_about(query: str) -> set[str]:
 
 
 def rerank(
-    query: str, candidates: Sequence[Candidate], *, lexical_weight: float, third_party_penalty: float
+    query: str,
+    candidates: Sequence[Candidate],
+    *,
+    lexical_weight: float,
+    third_party_penalty: float,
+    goal_weight: float = 0.0,
 ) -> list[tuple[Candidate, float]]:
-    """Score = cosine + lexical_weight * normalised BM25 - penalty if the memory is about someone not asked about.
+    """Score = cosine + lexical_weight * normalised BM25 + goal_weight * cosine to user_goal
+    - penalty if the memory is about someone not asked about.
 
     The penalty is what dense similarity misses: "What is my dog called?" is
     as close to "My uncle's dog is called Max" as to "My dog is called Rex".
@@ -147,7 +154,11 @@ def rerank(
     asked = people_asked_about(query)
     scored = []
     for candidate in candidates:
-        score = candidate.similarity + lexical_weight * candidate.lexical / best_lexical
+        score = (
+            candidate.similarity
+            + lexical_weight * candidate.lexical / best_lexical
+            + goal_weight * candidate.goal_similarity
+        )
         about = third_party(candidate.text)
         if about is not None and about not in asked:
             score -= third_party_penalty

@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from server.config import MemorySettings
 from server.memory.curation import Consolidate, plan_curation
 from server.memory.embedder import Embedder
@@ -28,6 +30,8 @@ from server.memory.recall import (
 from server.memory.store import AuditEntry, CurationChange, Memory, MemoryGroup, MemoryStore, NewMemory
 
 logger = logging.getLogger(__name__)
+
+GOAL_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class MemoryService:
         self.settings = settings
         self._background: set[asyncio.Task[None]] = set()
         self._curating: dict[int, asyncio.Lock] = {}
+        self._goal_vectors: dict[str, np.ndarray] = {}  # insertion order = recency
 
     async def _group(self, owner: str, name: str) -> MemoryGroup:
         group = await self.store.get_group(owner, name)
@@ -70,35 +75,60 @@ class MemoryService:
     # retrieval
 
     async def search(self, owner: str, name: str, query: str, limit: int) -> list[ScoredMemory]:
-        return await self._search(await self._group(owner, name), query, limit)
+        group = await self._group(owner, name)
+        return await self._search(group, query, limit, group.user_goal)
 
-    async def _search(self, group: MemoryGroup, query: str, limit: int) -> list[ScoredMemory]:
+    async def _vectors(self, query: str, user_goal: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query's embedding, and the goal's (cached: an agent sends the same goal on every request)."""
+        if not user_goal:
+            return (await self.embedder.embed([query]))[0], None
+        goal = self._goal_vectors.pop(user_goal, None)
+        if goal is None:
+            vector, goal = await self.embedder.embed([query, user_goal])
+        else:
+            [vector] = await self.embedder.embed([query])
+        self._goal_vectors[user_goal] = goal
+        while len(self._goal_vectors) > GOAL_CACHE_SIZE:
+            self._goal_vectors.pop(next(iter(self._goal_vectors)))
+        return vector, goal
+
+    async def _search(self, group: MemoryGroup, query: str, limit: int, user_goal: str) -> list[ScoredMemory]:
         """Dense (HNSW) and lexical (BM25) candidates, re-ranked; weak dense-only matches left out."""
         settings = self.settings
-        [vector] = await self.embedder.embed([query])
+        vector, goal = await self._vectors(query, user_goal)
         dense, lexical = await self.store.search(group, vector, lexical_query(query), settings.candidates)
-        similarity = dict(dense)
         relevance = dict(lexical)
-        lexical_only = [memory_id for memory_id in relevance if memory_id not in similarity]
-        for memory_id, embedding in (await self.store.fetch_embeddings(group, lexical_only)).items():
-            similarity[memory_id] = float(embedding @ vector)
-        memories = await self.store.fetch(group, list(similarity))
+        embeddings = await self.store.fetch_embeddings(group, list({**dict(dense), **relevance}))
+        memories = await self.store.fetch(group, list(embeddings))
         candidates = [
-            Candidate(memory_id, memories[memory_id].text, score, relevance.get(memory_id, 0.0))
-            for memory_id, score in similarity.items()
-            if memory_id in memories and (score >= settings.min_similarity or memory_id in relevance)
+            Candidate(
+                memory_id,
+                memories[memory_id].text,
+                float(embedding @ vector),
+                relevance.get(memory_id, 0.0),
+                float(embedding @ goal) if goal is not None else 0.0,
+            )
+            for memory_id, embedding in embeddings.items()
+            if memory_id in memories
+            and (float(embedding @ vector) >= settings.min_similarity or memory_id in relevance)
         ]
         ranked = rerank(
-            query, candidates, lexical_weight=settings.lexical_weight, third_party_penalty=settings.third_party_penalty
+            query,
+            candidates,
+            lexical_weight=settings.lexical_weight,
+            goal_weight=settings.goal_weight,
+            third_party_penalty=settings.third_party_penalty,
         )
         return [ScoredMemory(memories[candidate.id], score) for candidate, score in ranked[:limit]]
 
-    async def recall(self, owner: str, name: str, query: str, count_tokens: Callable[[str], int]) -> Recalled:
+    async def recall(
+        self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
+    ) -> Recalled:
         """The group's memories most relevant to `query`, as a system block within the token budget."""
         group = await self.store.get_group(owner, name)
         if group is None or group.memory_count == 0 or not query.strip():
             return Recalled("", ())
-        hits = await self._search(group, query, self.settings.top_k)
+        hits = await self._search(group, query, self.settings.top_k, user_goal)
         lines = [memory_line(hit.memory.text, hit.memory.kind) for hit in hits]
         block, used = memory_block(lines, self.settings.prompt_token_budget, count_tokens)
         return Recalled(block, tuple(hit.memory for hit in hits[:used]))

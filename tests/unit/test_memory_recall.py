@@ -92,3 +92,14 @@ def test_curation_time_is_the_next_occurrence() -> None:
     assert seconds_until("03:00", datetime(2026, 11, 22, 2, 59)) == 60
     assert seconds_until("03:00", datetime(2026, 11, 22, 3, 0)) == 24 * 3600
     assert seconds_until("00:00", datetime(2026, 11, 22, 23, 30)) == 1800
+
+
+def test_user_goal_breaks_near_ties() -> None:
+    cooking = Candidate(1, "I love making risotto.", similarity=0.50, lexical=0.0, goal_similarity=0.6)
+    running = Candidate(2, "I love running marathons.", similarity=0.505, lexical=0.0, goal_similarity=0.0)
+    plain = rerank("What do I love?", [cooking, running], lexical_weight=0.05, third_party_penalty=0.1)
+    assert [candidate.id for candidate, _ in plain] == [2, 1]
+    steered = rerank(
+        "What do I love?", [cooking, running], lexical_weight=0.05, third_party_penalty=0.1, goal_weight=0.02
+    )
+    assert [candidate.id for candidate, _ in steered] == [1, 2]
