@@ -100,7 +100,9 @@ def to_options(body: ChatCompletionRequest) -> GenerationOptions:
     )
 
 
-def resolve_model(settings: Settings, engine: Engine, body: ChatCompletionRequest) -> tuple[ModelEntry, str | None, str]:
+def resolve_model(
+    settings: Settings, engine: Engine, body: ChatCompletionRequest
+) -> tuple[ModelEntry, str | None, str]:
     """(base model entry, adapter name or None, the param that named the adapter)."""
     if body.model in engine.adapters:  # vLLM's convention: the adapter's name as `model`
         if body.lora_name is not None and body.lora_name != body.model:
