@@ -7,9 +7,14 @@ connections (curation's planner) run while the store writes.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar, TypeVar
+
+T = TypeVar("T")
 
 
 def open_database(path: Path) -> sqlite3.Connection:
@@ -28,3 +33,38 @@ def migrate(connection: sqlite3.Connection, migrations: Sequence[str]) -> None:
     applied = connection.execute("PRAGMA user_version").fetchone()[0]
     for version, script in enumerate(migrations[applied:], start=applied + 1):
         connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+
+
+class ThreadedDatabase:
+    """A store's one connection and the one thread that uses it; subclasses set MIGRATIONS."""
+
+    MIGRATIONS: ClassVar[Sequence[str]] = ()
+
+    def __init__(self, path: Path, thread_name: str) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+        self._db: sqlite3.Connection | None = None
+
+    async def _run(self, work: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not opened"
+        return self._db
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._db = open_database(self._path)
+        migrate(self._db, self.MIGRATIONS)
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._thread.shutdown()
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None

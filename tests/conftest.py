@@ -145,20 +145,20 @@ def async_client(server: RunningServer) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
+def keyed_http(server: RunningServer, key: str) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
 @pytest.fixture(scope="session")
 def http(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(
-        base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
-    ) as session:
+    with keyed_http(server, API_KEY) as session:
         yield session
 
 
 @pytest.fixture(scope="session")
 def other_http(server: RunningServer) -> Iterator[httpx.Client]:
     """The same server, called with another API key."""
-    with httpx.Client(
-        base_url=server.base_url, headers={"Authorization": f"Bearer {OTHER_API_KEY}"}, timeout=120
-    ) as session:
+    with keyed_http(server, OTHER_API_KEY) as session:
         yield session
 
 

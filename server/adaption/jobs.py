@@ -8,20 +8,16 @@ since the last training: the trigger's state.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-from server.storage import migrate, open_database
+from server.storage import ThreadedDatabase
 
-T = TypeVar("T")
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATUSES = ("queued", "running")
 
@@ -117,35 +113,11 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-class JobStore:
+class JobStore(ThreadedDatabase):
+    MIGRATIONS = MIGRATIONS
+
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="job-store")
-        self._db: sqlite3.Connection | None = None
-
-    async def _run(self, work: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "store not opened"
-        return self._db
-
-    async def open(self) -> None:
-        def opening() -> None:
-            self._db = open_database(self._path)
-            migrate(self._db, MIGRATIONS)
-
-        await self._run(opening)
-
-    async def close(self) -> None:
-        def closing() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await self._run(closing)
-        self._thread.shutdown()
+        super().__init__(path, "job-store")
 
     # jobs
 

@@ -161,6 +161,7 @@ class NightlyInfo(BaseModel):
     memory_group: str
     memories_used: int
 
+
 # OpenAI request fields this server cannot honour; silently ignoring them would
 # change what the caller gets, so they are refused.
 REFUSED_FIELDS = {
@@ -261,7 +262,8 @@ class ChatCompletionRequest(BaseModel):
             names = {tool.function.name for tool in self.tools or ()}
             if self.tool_choice.function.name not in names:
                 raise InvalidParam(
-                    "tool_choice", f"`tool_choice` names function {self.tool_choice.function.name!r}, which is not in `tools`."
+                    "tool_choice",
+                    f"`tool_choice` names function {self.tool_choice.function.name!r}, which is not in `tools`.",
                 )
         return self
 
@@ -324,7 +326,18 @@ class Choice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletion(BaseModel):
+class _OmitsAbsentNightly(BaseModel):
+    """Responses carry the `nightly` extension only when the request used memory."""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_nightly(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        if data.get("nightly") is None:
+            data.pop("nightly", None)
+        return data
+
+
+class ChatCompletion(_OmitsAbsentNightly):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -333,13 +346,6 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str
     nightly: NightlyInfo | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_extensions(self, handler: SerializerFunctionWrapHandler) -> dict:
-        data = handler(self)
-        if data.get("nightly") is None:
-            data.pop("nightly", None)
-        return data
 
 
 class FunctionCallDelta(BaseModel):
@@ -380,7 +386,7 @@ class ChunkChoice(BaseModel):
     logprobs: ChoiceLogprobs | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(_OmitsAbsentNightly):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -389,13 +395,6 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str
     usage: Usage | None = None
     nightly: NightlyInfo | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_extensions(self, handler: SerializerFunctionWrapHandler) -> dict:
-        data = handler(self)
-        if data.get("nightly") is None:
-            data.pop("nightly", None)
-        return data
 
 
 class ModelCard(BaseModel):

@@ -100,17 +100,17 @@ class MemoryService:
         relevance = dict(lexical)
         embeddings = await self.store.fetch_embeddings(group, list({**dict(dense), **relevance}))
         memories = await self.store.fetch(group, list(embeddings))
+        similarity = {memory_id: float(embedding @ vector) for memory_id, embedding in embeddings.items()}
         candidates = [
             Candidate(
                 memory_id,
                 memories[memory_id].text,
-                float(embedding @ vector),
+                similarity[memory_id],
                 relevance.get(memory_id, 0.0),
                 float(embedding @ goal) if goal is not None else 0.0,
             )
             for memory_id, embedding in embeddings.items()
-            if memory_id in memories
-            and (float(embedding @ vector) >= settings.min_similarity or memory_id in relevance)
+            if memory_id in memories and (similarity[memory_id] >= settings.min_similarity or memory_id in relevance)
         ]
         ranked = rerank(
             query,

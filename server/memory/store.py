@@ -9,22 +9,19 @@ All SQLite and index work runs on the store's own thread, off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 import numpy as np
 from usearch.index import Index
 
-from server.storage import migrate, open_database
+from server.storage import ThreadedDatabase
 
-T = TypeVar("T")
 MemoryKind = Literal["fact", "turn", "note", "consolidated"]
 
 MIGRATIONS = (
@@ -182,32 +179,20 @@ _GROUP_COLUMNS = "g.id, g.owner, g.name, g.user_goal, g.call_count, g.memory_cou
 _MEMORY_COLUMNS = "id, text, kind, source_request_id, created_at, updated_at"
 
 
-class SQLiteMemoryStore:
+class SQLiteMemoryStore(ThreadedDatabase):
     """`MemoryStore` on one SQLite file (WAL), with per-group HNSW indexes saved next to it."""
 
+    MIGRATIONS = MIGRATIONS
+
     def __init__(self, path: Path, dimensions: int) -> None:
-        self._path = path
+        super().__init__(path, "memory-store")
         self._index_dir = path.with_name(path.name + ".indexes")
         self._dimensions = dimensions
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="memory-store")
-        self._db: sqlite3.Connection | None = None
         self._indexes: dict[int, tuple[Index, int]] = {}  # group id -> (index, revision it reflects)
 
-    async def open(self) -> None:
-        await self._run(self._open)
-
     def _open(self) -> None:
-        self._db = open_database(self._path)
-        migrate(self._db, MIGRATIONS)
+        super()._open()
         self._index_dir.mkdir(parents=True, exist_ok=True)
-
-    async def _run(self, work: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "store not opened"
-        return self._db
 
     # groups
 
@@ -453,16 +438,10 @@ class SQLiteMemoryStore:
             ]
         )
 
-    async def close(self) -> None:
-        await self._run(self._close)
-        self._thread.shutdown()
-
     def _close(self) -> None:
         for group_id in list(self._indexes):
             self._save_index(group_id)
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        super()._close()
 
     # internals
 
