@@ -1,6 +1,7 @@
 # make serve  - install what is missing, build the embedded model, serve it on :8000
 # make test   - install, build, run the test suite (real engine on the embedded model)
 # make bench  - our server vs `vllm serve` on the same model and load
+# make eval-guardrails - precision/recall/F1 and check latency of the guardrail checker
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MODEL  ?=
@@ -9,14 +10,16 @@ PORT   ?=
 
 SERVE_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-.PHONY: install model serve test unit bench clean
+.PHONY: install model serve test unit bench eval-guardrails clean
 
 install:
 	@VENV=$(VENV) scripts/install.sh
 
-# The embedded default model, built once into ~/.cache/llm-server (the script skips an up-to-date build).
+# The embedded default model and guardrail checker, built once into ~/.cache/llm-server
+# (the scripts skip an up-to-date build).
 model: install
 	@HF_HUB_OFFLINE=1 $(PY) scripts/build_smollm2.py
+	@HF_HUB_OFFLINE=1 $(PY) scripts/build_guard.py
 
 serve: model
 	$(PY) -m server serve $(SERVE_ARGS)
@@ -29,6 +32,9 @@ unit: install
 
 bench: model
 	HF_HUB_OFFLINE=1 $(PY) scripts/bench.py $(BENCH_ARGS)
+
+eval-guardrails: model
+	HF_HUB_OFFLINE=1 $(PY) scripts/eval_guardrails.py $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench-results

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_adaption import print_adaption_table, throughput_while_training, training_time  # noqa: E402
+from bench_guardrails import GUARDRAIL, print_guardrails_table  # noqa: E402
 from bench_memory import bench_memory_retrieval, chat_latency_with_memory, print_memory_table  # noqa: E402
 
 from server.config import ModelEntry, load_settings  # noqa: E402
@@ -157,8 +158,10 @@ class Server:
                 self.process.wait()
 
 
-async def one_request(client: httpx.AsyncClient, model: str, output_tokens: int) -> RequestResult:
-    body = {
+async def one_request(
+    client: httpx.AsyncClient, model: str, output_tokens: int, extra: dict | None = None
+) -> RequestResult:
+    body = (extra or {}) | {
         "model": model,
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": output_tokens,
@@ -199,13 +202,16 @@ async def one_request(client: httpx.AsyncClient, model: str, output_tokens: int)
 
 
 async def run_level(
-    base_url: str, models: list[str], concurrency: int, requests: int, output_tokens: int
+    base_url: str, models: list[str], concurrency: int, requests: int, output_tokens: int, extra: dict | None = None
 ) -> LevelResult:
-    """`requests` streaming requests from `concurrency` clients, spread round-robin over `models`."""
+    """`requests` streaming requests from `concurrency` clients, spread round-robin over `models`.
+
+    `extra`: request fields added to every request (e.g. a guardrail policy).
+    """
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits, timeout=600) as client:
-        await asyncio.gather(*(one_request(client, model, 8) for model in models))  # warm-up (loads adapters)
+        await asyncio.gather(*(one_request(client, model, 8, extra) for model in models))  # warm-up (loads adapters)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for index in range(requests):
             queue.put_nowait(index)
@@ -217,7 +223,7 @@ async def run_level(
             while not queue.empty():
                 index = queue.get_nowait()
                 try:
-                    results.append(await one_request(client, models[index % len(models)], output_tokens))
+                    results.append(await one_request(client, models[index % len(models)], output_tokens, extra))
                 except httpx.HTTPError:
                     errors += 1
 
@@ -248,6 +254,26 @@ def bench_server(kind: str, entry: ModelEntry, levels: list[int], output_tokens:
             results.append(level.summary())
             print(f"[{kind}] c={concurrency}: {results[-1]}", flush=True)
         return {"startup_s": round(startup, 1), "command": server.command, "levels": results}
+    finally:
+        server.stop()
+
+
+def bench_guardrails(entry: ModelEntry, levels: list[int], output_tokens: int, log_dir: Path) -> dict:
+    """Streaming with a guardrail policy vs without, on one server, in alternating rounds (noise hits both)."""
+    server = Server("ours-guardrails", entry, log_dir)
+    rounds: dict[str, list[dict]] = {}
+    try:
+        server.wait_ready()
+        for concurrency in [level for level in levels if level <= 8]:
+            requests = max(3 * concurrency, 8)
+            for _ in range(2):
+                for mode, extra in (("off", None), ("on", GUARDRAIL)):
+                    level = asyncio.run(
+                        run_level(server.base_url, [entry.name], concurrency, requests, output_tokens, extra)
+                    )
+                    rounds.setdefault(f"{mode}-c{concurrency}", []).append(level.summary())
+                    print(f"[guardrails {mode}] c={concurrency}: {rounds[f'{mode}-c{concurrency}'][-1]}", flush=True)
+        return rounds
     finally:
         server.stop()
 
@@ -372,8 +398,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
     parser.add_argument(
         "--sections",
-        default="compare,lora,memory,adaption",
-        help="compare (vs vllm serve), lora (multi-LoRA), memory, adaption",
+        default="compare,lora,memory,adaption,guardrails",
+        help="compare (vs vllm serve), lora (multi-LoRA), memory, adaption, guardrails",
     )
     parser.add_argument("--memory-sizes", default="10000,100000", help="memory group sizes to time retrieval at")
     args = parser.parse_args()
@@ -423,6 +449,8 @@ def main() -> None:
             report["adaption"]["serving"] = throughput_while_training(server.base_url, API_KEY, entry.name, measure)
         finally:
             server.stop()
+    if "guardrails" in sections:
+        report["guardrails"] = bench_guardrails(entry, levels, args.output_tokens, log_dir)
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
@@ -433,6 +461,8 @@ def main() -> None:
         print_memory_table(report["memory"])
     if "adaption" in report:
         print_adaption_table(report["adaption"])
+    if "guardrails" in report:
+        print_guardrails_table(report["guardrails"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

@@ -43,11 +43,14 @@ from server.api.memory import (
 from server.api.metrics import metrics
 from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
+from server.api.moderations import create_moderation
 from server.api.protocol import InvalidParam
-from server.config import Settings
+from server.config import GuardrailSettings, Settings
 from server.engine import ChatTurn, Engine, GenerationOptions
 from server.engine.adapters import AdapterError
 from server.engine.errors import EngineError
+from server.guardrails.checker import Checker, checker_model_path, open_checker
+from server.guardrails.errors import GuardrailViolation
 from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
 from server.memory.embedder import Embedder
 from server.memory.errors import MemoryServiceError
@@ -100,6 +103,16 @@ async def adaption_service(settings: Settings, engine: Engine, memory: MemorySer
         await jobs.close()
 
 
+@asynccontextmanager
+async def guardrail_checker(settings: GuardrailSettings) -> AsyncIterator[Checker]:
+    path = await asyncio.to_thread(checker_model_path, settings.model)  # the builtin one trains on first use
+    checker = await asyncio.to_thread(open_checker, settings, path)
+    try:
+        yield checker
+    finally:
+        await checker.close()
+
+
 def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -107,16 +120,20 @@ def build_app(settings: Settings) -> Starlette:
             Engine.running(settings.served, settings.adapters_dir) as engine,
             memory_service(settings) as memory,
             adaption_service(settings, engine, memory) as adaption,
+            guardrail_checker(settings.guardrails) as checker,
         ):
             app.state.settings = settings
             app.state.engine = engine
             app.state.memory = memory
             app.state.adaption = adaption
+            app.state.checker = checker
             app.state.consolidate = consolidate_with(engine)
             app.state.started_at = int(time.time())
             nightly = None
             if settings.memory.curation_time is not None:
-                nightly = asyncio.create_task(curate_nightly(memory, app.state.consolidate, settings.memory.curation_time))
+                nightly = asyncio.create_task(
+                    curate_nightly(memory, app.state.consolidate, settings.memory.curation_time)
+                )
             try:
                 yield
             finally:
@@ -127,6 +144,7 @@ def build_app(settings: Settings) -> Starlette:
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/moderations", create_moderation, methods=["POST"]),
         Route("/v1/adapters", create_adapter, methods=["POST"]),
         Route("/v1/adapters", list_adapters, methods=["GET"]),
         Route("/v1/adapters/{name}", delete_adapter, methods=["DELETE"]),
@@ -162,6 +180,7 @@ def build_app(settings: Settings) -> Starlette:
         AdapterError: handle_exception,
         MemoryServiceError: handle_exception,
         AdaptionError: handle_exception,
+        GuardrailViolation: handle_exception,
         HTTPException: handle_exception,
         Exception: handle_exception,
     }

@@ -101,11 +101,15 @@ class MemorySettings(_Strict):
     prompt_token_budget: int = Field(384, ge=16, description="most tokens the memory block may take")
     min_similarity: float = Field(0.25, ge=-1.0, le=1.0, description="dense hits below this are not injected")
     lexical_weight: float = Field(0.05, ge=0.0, description="weight of normalised BM25 next to cosine similarity")
-    third_party_penalty: float = Field(0.1, ge=0.0, description="demotes memories about someone the query does not name")
+    third_party_penalty: float = Field(
+        0.1, ge=0.0, description="demotes memories about someone the query does not name"
+    )
     goal_weight: float = Field(0.02, ge=0.0, description="nudges toward memories close to user_goal (ties)")
     curation_time: str | None = Field("03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="local HH:MM, or null")
     duplicate_similarity: float = Field(0.92, gt=0.0, le=1.0, description="at or above: near-duplicates, merged")
-    related_similarity: float = Field(0.75, gt=0.0, le=1.0, description="at or above: related, consolidated by the model")
+    related_similarity: float = Field(
+        0.75, gt=0.0, le=1.0, description="at or above: related, consolidated by the model"
+    )
     goal_relevance_floor: float = Field(0.0, ge=-1.0, le=1.0, description="turns this far from user_goal are dropped")
     turn_max_age_days: float = Field(30.0, gt=0.0, description="turns older than this may be dropped as irrelevant")
 
@@ -131,6 +135,28 @@ class AdaptionSettings(_Strict):
     gpu_memory_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the GPU the worker may take")
 
 
+class GuardrailSettings(_Strict):
+    """Output policies (`guardrail_policy`) and `/v1/moderations`: the checker model and request limits."""
+
+    backend: Literal["classifier", "llama-guard"] = Field(
+        "classifier", description="classifier: a (policy, text) cross-encoder; llama-guard: the policy as a category"
+    )
+    model: str = Field(
+        "builtin:policy-guard",
+        description="builtin:policy-guard (trained by `make model` from server/guardrails/data), a local dir or repo id",
+    )
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="scores at or above it violate the policy")
+    max_batch: int = Field(32, ge=1, le=1024, description="most (policy, text) pairs one forward pass checks")
+    max_policy_chars: int = Field(2000, ge=16, description="longer policies are refused")
+    max_chunk_size: int = Field(1000, ge=1, description="largest chunk_size a request may ask for")
+    max_sliding_window: int = Field(100, ge=1, description="largest sliding_window a request may ask for")
+    moderation_policy: str = Field(
+        "Flag any inappropriate content.", min_length=1, description="/v1/moderations' policy when none is given"
+    )
+    max_moderation_inputs: int = Field(64, ge=1, description="most inputs one /v1/moderations request may check")
+    max_moderation_chars: int = Field(32_000, ge=1, description="longest input /v1/moderations accepts")
+
+
 class Settings(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     default_model: str
@@ -147,6 +173,7 @@ class Settings(_Strict):
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the server keeps its databases")
     memory: MemorySettings = MemorySettings()
     adaption: AdaptionSettings = AdaptionSettings()
+    guardrails: GuardrailSettings = GuardrailSettings()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -247,7 +274,9 @@ def load_settings(
     if env.get("LLM_SERVER_DATA_DIR"):
         merged["data_dir"] = env["LLM_SERVER_DATA_DIR"]
     if env.get("LLM_SERVER_ADAPTER_SOURCE_ROOTS"):
-        merged["adapter_source_roots"] = [root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root]
+        merged["adapter_source_roots"] = [
+            root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root
+        ]
     if env.get("LLM_SERVER_API_KEYS"):
         merged["api_keys"] = [key.strip() for key in env["LLM_SERVER_API_KEYS"].split(",") if key.strip()]
     try:

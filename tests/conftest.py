@@ -63,6 +63,19 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def engine_running_requests(server: RunningServer) -> int:
+    return httpx.get(f"{server.base_url}/health", timeout=10).json()["running_requests"]
+
+
+def wait_until(predicate, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def start_server(log_path: Path, *args: str, env: dict[str, str] | None = None) -> RunningServer:
     """Start `python -m server serve` and wait until /health answers 200."""
     port = free_port()

@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import API_KEY, MODEL, RunningServer, start_server
+from tests.conftest import API_KEY, MODEL, RunningServer, engine_running_requests, start_server, wait_until
 
 LONG_STORY = {
     "model": MODEL,
@@ -24,24 +24,11 @@ LONG_STORY = {
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def engine_running_requests(server: RunningServer) -> int:
-    return httpx.get(f"{server.base_url}/health", timeout=10).json()["running_requests"]
-
-
 def metric_value(server: RunningServer, name: str) -> float:
     for line in httpx.get(f"{server.base_url}/metrics", timeout=10).text.splitlines():
         if line.startswith(name + "{") or line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"metric {name} not exported")
-
-
-def wait_until(predicate, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "non-streaming"])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from typing import TypeVar
 
 from jsonschema.exceptions import SchemaError
@@ -18,6 +19,7 @@ from server.adaption.runner import AdaptionService
 from server.api.chat_stream import CompletionIdentity, collect_completion, on_first_choice_text, stream_chunks
 from server.api.errors import invalid_request, model_not_found, read_json_object, to_api_error
 from server.api.middleware import caller_of, request_id_of
+from server.api.moderations import checked_policy
 from server.api.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -26,10 +28,22 @@ from server.api.protocol import (
     NamedToolChoice,
     NightlyInfo,
 )
-from server.config import ModelEntry, Settings
-from server.engine import ChatTurn, Engine, GenerationOptions, JsonConstraint, ToolCall, ToolSpec, ToolUse
+from server.config import GuardrailSettings, ModelEntry, Settings
+from server.engine import (
+    ChatTurn,
+    CompletionDelta,
+    Engine,
+    GenerationOptions,
+    JsonConstraint,
+    ToolCall,
+    ToolSpec,
+    ToolUse,
+)
 from server.engine.errors import EngineError
 from server.engine.prompt import latest_user_text, with_system_block
+from server.guardrails.checker import Checker
+from server.guardrails.errors import GuardrailViolation
+from server.guardrails.stream import checked_whole, guarded
 from server.memory.service import MemoryService
 
 T = TypeVar("T")
@@ -140,13 +154,18 @@ async def started(deltas: AsyncIterator[T]) -> AsyncIterator[T]:
 
 
 async def error_events(deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
-    """SSE events for the chunks, `[DONE]` at the end, an error event if generation fails midway."""
+    """SSE events for the chunks and `[DONE]`; an error event if generation fails midway.
+
+    A policy violation still ends with `[DONE]`: the stream was closed on purpose.
+    """
     try:
         async for data in deltas:
             yield {"data": data}
     except EngineError as exc:
         yield {"data": json.dumps(to_api_error(exc).body())}
         return
+    except GuardrailViolation as exc:
+        yield {"data": json.dumps(to_api_error(exc).body())}
     yield {"data": "[DONE]"}
 
 
@@ -168,6 +187,27 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     return task.result() if not task.cancelled() else None
 
 
+def checked_stream_units(body: ChatCompletionRequest, limits: GuardrailSettings) -> None:
+    for param, value, most in (
+        ("chunk_size", body.chunk_size, limits.max_chunk_size),
+        ("sliding_window", body.sliding_window, limits.max_sliding_window),
+    ):
+        if value > most:
+            raise invalid_request(
+                f"`{param}` must be at most {most} on this server.", param=param, code="invalid_value"
+            )
+
+
+def with_guardrail(
+    deltas: AsyncGenerator[CompletionDelta], checker: Checker, policy: str, body: ChatCompletionRequest
+) -> AsyncIterator[CompletionDelta]:
+    """Streams release output only after a check covers it; whole answers are checked before any is sent."""
+    check = functools.partial(checker.check, policy)
+    if body.stream:
+        return guarded(deltas, check, body.chunk_size, body.sliding_window)
+    return checked_whole(deltas, check)
+
+
 MEMORIES_USED_HEADER = "x-nightly-memories-used"
 ADAPTION_HEADER = "x-adaption-adapter"
 
@@ -177,11 +217,14 @@ async def chat_completions(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     memory: MemoryService = request.app.state.memory
     adaption: AdaptionService = request.app.state.adaption
+    checker: Checker = request.app.state.checker
 
     # Strict: JSON types must match (no "yes" for true, no "0.5" for 0.5), as OpenAI's API checks.
     body = ChatCompletionRequest.model_validate(await read_json_object(request), strict=True)
     if body.n > settings.max_n:
         raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
+    policy = checked_policy(body.guardrail_policy, settings.guardrails, "guardrail_policy")
+    checked_stream_units(body, settings.guardrails)
     entry, adapter, adapter_param = resolve_model(settings, engine, body)
     turns = to_turns(body.messages)
     nightly = body.nightly
@@ -215,6 +258,8 @@ async def chat_completions(request: Request) -> Response:
     headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else {}
     headers |= adaption_header(engine, body, adapter)
     deltas = engine.generate(prepared, identity.id)
+    if policy is not None:
+        deltas = with_guardrail(deltas, checker, policy, body)
     if nightly is not None:
         # Remember the exchange once it is complete (not if the client left midway).
         def write_back(answer: str) -> None:

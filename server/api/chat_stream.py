@@ -36,8 +36,8 @@ from server.engine import TokenLogprob as EngineTokenLogprob
 
 
 def finish_reason_of(engine_reason: str | None) -> FinishReason:
-    """vLLM says stop/length, we add tool_calls; abort/error only reach a cut-off request."""
-    if engine_reason in ("length", "tool_calls"):
+    """vLLM says stop/length, we add tool_calls and content_filter; abort/error only reach a cut-off request."""
+    if engine_reason in ("length", "tool_calls", "content_filter"):
         return engine_reason  # type: ignore[return-value]
     return "stop"
 
@@ -138,7 +138,9 @@ async def stream_chunks(
                 ]
             )
         if delta.finish_reason is not None:
-            yield chunk([ChunkChoice(index=delta.index, delta=Delta(), finish_reason=finish_reason_of(delta.finish_reason))])
+            yield chunk(
+                [ChunkChoice(index=delta.index, delta=Delta(), finish_reason=finish_reason_of(delta.finish_reason))]
+            )
     if include_usage:
         yield chunk([], _usage(identity.prompt_tokens, completion_tokens))
 

@@ -18,6 +18,7 @@ from server.adaption.errors import JobFinished, JobNotFound
 from server.api.protocol import InvalidParam
 from server.engine.adapters import AdapterNotFound, InvalidAdapter
 from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidOption, InvalidPrompt
+from server.guardrails.errors import GuardrailViolation
 from server.memory.errors import GroupNotFound, MemoryNotFound
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,10 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
-    return APIError(400, message, param=param, code=code)
+def invalid_request(
+    message: str, param: str | None = None, code: str | None = None, type: str = "invalid_request_error"
+) -> APIError:
+    return APIError(400, message, type=type, param=param, code=code)
 
 
 def model_not_found(model: str) -> APIError:
@@ -95,7 +98,9 @@ def from_validation_error(error: ValidationError) -> APIError:
         message = f"Missing required parameter: '{param}'."
     else:
         message = f"Invalid value for '{param}': {message}."
-    return invalid_request(message, param=param, code="missing_required_parameter" if first["type"] == "missing" else "invalid_value")
+    return invalid_request(
+        message, param=param, code="missing_required_parameter" if first["type"] == "missing" else "invalid_value"
+    )
 
 
 def to_api_error(exc: Exception) -> APIError:
@@ -124,6 +129,10 @@ def to_api_error(exc: Exception) -> APIError:
         return APIError(404, str(exc), param="memory_group", code="memory_group_not_found")
     if isinstance(exc, MemoryNotFound):
         return APIError(404, str(exc), param="memory_id", code="memory_not_found")
+    if isinstance(exc, GuardrailViolation):
+        return invalid_request(
+            exc.reason, param="guardrail_policy", code="guardrail_violation", type="guardrail_violation"
+        )
     if isinstance(exc, EngineUnavailable):
         return APIError(503, str(exc), type="service_unavailable", code="engine_unavailable")
     if isinstance(exc, HTTPException):

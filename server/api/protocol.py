@@ -204,6 +204,11 @@ class ChatCompletionRequest(BaseModel):
     finetune_thresh: int | None = Field(None, ge=1, le=1_000_000)
     min_finetune_group: int = Field(5, ge=1, le=1_000_000)
     adaption_inference: bool = False
+    # Extensions (../shared/seeds/000): policies, an output guardrail checked by a local classifier;
+    # streamed output is checked every `chunk_size` chunks over the latest `sliding_window` units.
+    guardrail_policy: str | None = None
+    chunk_size: int = Field(10, ge=1)
+    sliding_window: int = Field(5, ge=1)
     # vLLM's extensions, kept for clients (and benchmarks) written against `vllm serve`.
     top_k: int | None = Field(None, ge=-1)
     min_tokens: int = Field(0, ge=0)
@@ -410,3 +415,34 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ModerationRequest(BaseModel):
+    """OpenAI's `POST /v1/moderations`, plus `policy` (the natural-language rule to check against)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str]
+    model: str | None = None  # accepted for OpenAI clients; the configured checker answers
+    policy: str | None = None  # extension: defaults to the server's `guardrails.moderation_policy`
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else self.input
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    # OpenAI's per-category maps, with the one category this server checks: the policy.
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
+    # Extensions: the policy's score and a short reason.
+    score: float
+    reason: str
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]

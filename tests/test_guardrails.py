@@ -1,0 +1,183 @@
+"""Guardrails end to end: the real engine's output checked by the embedded checker, streamed and not.
+
+The model's output is pinned with structured output (a JSON schema whose field
+must be one given sentence), so each test knows exactly what the engine writes
+and whether it breaks the policy; the verdict itself comes from the real checker.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MODEL, RunningServer, engine_running_requests, wait_until
+
+COMPETITORS = "Never mention or recommend competitor products. Our competitors are Globex and Initech."
+VIOLATING = "For a cheaper option, skip our blender and buy the Globex HomeBlend 300 instead."
+CLEAN = "Our AcmeBlend has five speeds, a glass jar and a two-year warranty."
+LEAK_MARKERS = ("Globex", "HomeBlend")
+
+
+def pinned(sentence: str, *, notes_chars: int = 0) -> dict:
+    """A request whose answer is `{"answer": sentence}` (then free `notes`, to keep it generating)."""
+    properties: dict = {"answer": {"type": "string", "enum": [sentence]}}
+    if notes_chars:
+        properties["notes"] = {"type": "string", "minLength": notes_chars}
+    schema = {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Which blender should I buy?"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+        "temperature": 0.0,
+        "max_tokens": 400,
+    }
+
+
+def sse_events(raw: bytes) -> list[str]:
+    return [line.removeprefix(b"data: ").decode() for line in raw.splitlines() if line.startswith(b"data: ")]
+
+
+def stream_raw(http: httpx.Client, body: dict) -> bytes:
+    with http.stream("POST", "/v1/chat/completions", json=body | {"stream": True}) as response:
+        assert response.status_code == 200, response.read()
+        return response.read()
+
+
+def test_clean_answer_passes(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(**pinned(CLEAN), extra_body={"guardrail_policy": COMPETITORS})
+    assert json.loads(completion.choices[0].message.content) == {"answer": CLEAN}
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_violating_answer_is_a_400_without_its_text(http: httpx.Client) -> None:
+    response = http.post("/v1/chat/completions", json=pinned(VIOLATING) | {"guardrail_policy": COMPETITORS})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "guardrail_violation" and error["code"] == "guardrail_violation"
+    assert error["param"] == "guardrail_policy"
+    assert "violates the policy" in error["message"]
+    assert not any(marker in response.text for marker in LEAK_MARKERS)
+
+
+def test_violating_answer_raises_in_the_sdk(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(**pinned(VIOLATING), extra_body={"guardrail_policy": COMPETITORS})
+    assert caught.value.code == "guardrail_violation"
+
+
+def test_same_answer_without_a_policy_is_not_checked(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(**pinned(VIOLATING))
+    assert json.loads(completion.choices[0].message.content) == {"answer": VIOLATING}
+
+
+def test_clean_stream_arrives_whole(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        **pinned(CLEAN), stream=True, extra_body={"guardrail_policy": COMPETITORS, "chunk_size": 3}
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert json.loads(text) == {"answer": CLEAN}
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(("chunk_size", "sliding_window"), [(10, 5), (1, 8), (3, 2)])
+def test_violating_stream_never_leaks(http: httpx.Client, chunk_size: int, sliding_window: int) -> None:
+    """chunk_size 1: the brand's tokens are split across units; only the window sees the name whole."""
+    body = pinned(VIOLATING) | {
+        "guardrail_policy": COMPETITORS,
+        "chunk_size": chunk_size,
+        "sliding_window": sliding_window,
+    }
+    raw = stream_raw(http, body)
+    assert not any(marker.encode() in raw for marker in LEAK_MARKERS), raw
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "guardrail_violation" and error["param"] == "guardrail_policy"
+    last_chunk = json.loads(events[-3])
+    assert last_chunk["choices"] == [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}]
+    released = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
+    assert released.startswith('{"answer') or released == ""  # held-back text stops before the violation
+
+
+def test_violating_stream_aborts_the_engine_request(server: RunningServer, http: httpx.Client) -> None:
+    """The answer is followed by long free notes: only an abort ends the request early."""
+    body = pinned(VIOLATING, notes_chars=1200) | {"guardrail_policy": COMPETITORS, "max_tokens": 1500}
+    raw = stream_raw(http, body)
+    assert b"content_filter" in raw
+    assert wait_until(lambda: engine_running_requests(server) == 0, timeout_s=5)
+
+
+def test_moderations_with_a_policy(client: openai.OpenAI) -> None:
+    result = client.moderations.create(input=[CLEAN, VIOLATING], extra_body={"policy": COMPETITORS})
+    assert [r.flagged for r in result.results] == [False, True]
+    clean, violating = (r.model_dump() for r in result.results)
+    assert violating["category_scores"]["policy"] > clean["category_scores"]["policy"]
+    assert violating["categories"] == {"policy": True}
+    assert "violates the policy" in violating["reason"] and "complies" in clean["reason"]
+    assert result.id.startswith("modr-") and result.model == "policy-guard"
+
+
+def test_moderations_single_string_and_default_policy(http: httpx.Client) -> None:
+    response = http.post("/v1/moderations", json={"input": "You are a worthless idiot and I hate you."})
+    assert response.status_code == 200
+    (result,) = response.json()["results"]
+    assert result["flagged"] is True and 0.5 <= result["score"] <= 1.0
+
+
+LONG = "x" * 2001
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"guardrail_policy": ""}, "guardrail_policy"),
+        ({"guardrail_policy": "   "}, "guardrail_policy"),
+        ({"guardrail_policy": LONG}, "guardrail_policy"),
+        ({"guardrail_policy": 42}, "guardrail_policy"),
+        ({"guardrail_policy": ["no"]}, "guardrail_policy"),
+        ({"guardrail_policy": "Be nice.", "chunk_size": 0}, "chunk_size"),
+        ({"guardrail_policy": "Be nice.", "chunk_size": -3}, "chunk_size"),
+        ({"guardrail_policy": "Be nice.", "chunk_size": 2.5}, "chunk_size"),
+        ({"guardrail_policy": "Be nice.", "chunk_size": "10"}, "chunk_size"),
+        ({"guardrail_policy": "Be nice.", "chunk_size": True}, "chunk_size"),
+        ({"guardrail_policy": "Be nice.", "chunk_size": 10**9}, "chunk_size"),
+        ({"guardrail_policy": "Be nice.", "sliding_window": 0}, "sliding_window"),
+        ({"guardrail_policy": "Be nice.", "sliding_window": None}, "sliding_window"),
+        ({"guardrail_policy": "Be nice.", "sliding_window": 10**6}, "sliding_window"),
+    ],
+)
+def test_bad_guardrail_fields_are_400_naming_the_field(http: httpx.Client, extra: dict, param: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2} | extra
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({}, "input"),
+        ({"input": []}, "input"),
+        ({"input": 7}, "input"),
+        ({"input": [1, 2]}, "input[0]"),
+        ({"input": ["ok"] * 65}, "input"),
+        ({"input": "x" * 32_001}, "input[0]"),
+        ({"input": "ok", "policy": ""}, "policy"),
+        ({"input": "ok", "policy": LONG}, "policy"),
+        ({"input": "ok", "policy": 3}, "policy"),
+        ({"input": "ok", "extra_field": 1}, "extra_field"),
+    ],
+)
+def test_bad_moderation_requests_are_400_naming_the_field(http: httpx.Client, body: dict, param: str) -> None:
+    response = http.post("/v1/moderations", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_moderations_need_a_key(server: RunningServer) -> None:
+    response = httpx.post(f"{server.base_url}/v1/moderations", json={"input": "hi"}, timeout=10)
+    assert response.status_code == 401
