@@ -70,15 +70,63 @@ def check_config(args: argparse.Namespace) -> None:
         print(f"{marker} {entry.name:<28} {entry.source}  aliases={list(entry.aliases)}")
 
 
+def manage_keys(args: argparse.Namespace) -> None:
+    """`keys create|list|revoke` on the key database in data_dir (the running server sees changes at once)."""
+    import asyncio
+    import json
+
+    from server.gateway.errors import KeyNotFound
+    from server.gateway.keys import KEYS_DATABASE, KeySpec, KeyStore
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+
+    async def run() -> None:
+        store = KeyStore(settings.data_dir / KEYS_DATABASE)
+        await store.open()
+        try:
+            if args.keys_command == "create":
+                spec = KeySpec(
+                    name=args.name,
+                    admin=args.admin,
+                    allowed_models=tuple(args.allow_model) if args.allow_model else None,
+                    allowed_adapters=tuple(args.allow_adapter) if args.allow_adapter is not None else None,
+                    default_model=args.default_model,
+                    credits=args.credits,
+                    requests_per_minute=args.rpm,
+                    tokens_per_minute=args.tpm,
+                )
+                key, secret = await store.create(spec)
+                print(json.dumps({**key.public_view(), "key": secret}))
+                print("store the key now: it is not shown again", file=sys.stderr)
+            elif args.keys_command == "list":
+                for key in await store.list():
+                    print(json.dumps(key.public_view()))
+            else:
+                print(json.dumps((await store.revoke(args.key_id)).public_view()))
+        except KeyNotFound as exc:
+            sys.exit(f"error: {exc}")
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m server", description="Self-hosted OpenAI-compatible LLM server.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help="serve a model from models.yaml over the OpenAI API")
-    serve_parser.add_argument("--model", help="registry name or alias to serve (default: models.yaml default_model, or LLM_SERVER_MODEL)")
+    serve_parser.add_argument(
+        "--model", help="registry name or alias to serve (default: models.yaml default_model, or LLM_SERVER_MODEL)"
+    )
     serve_parser.add_argument("--host", help="bind address (default 127.0.0.1, or LLM_SERVER_HOST)")
     serve_parser.add_argument("--port", type=int, help="port (default 8000, or LLM_SERVER_PORT)")
-    serve_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml, or LLM_SERVER_CONFIG)")
+    serve_parser.add_argument(
+        "--config", type=Path, help="model registry (default ./models.yaml, or LLM_SERVER_CONFIG)"
+    )
     serve_parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve_parser.set_defaults(run=serve)
 
@@ -86,12 +134,33 @@ def build_parser() -> argparse.ArgumentParser:
     models_parser.add_argument("--model", help="mark this model as the served one")
     models_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
     models_parser.set_defaults(run=check_config)
+
+    keys_parser = commands.add_parser("keys", help="create, list or revoke API keys (stored hashed in data_dir)")
+    keys_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
+    keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create_parser = keys_commands.add_parser("create", help="create a key and print it (once)")
+    create_parser.add_argument("--name", required=True)
+    create_parser.add_argument("--admin", action="store_true", help="may manage keys and see all usage")
+    create_parser.add_argument("--allow-model", action="append", help="a model the key may use (repeat; default: any)")
+    create_parser.add_argument(
+        "--allow-adapter", action="append", help="an adapter the key may use (repeat; default: any)"
+    )
+    create_parser.add_argument("--default-model", help="used when a request names no model")
+    create_parser.add_argument("--credits", type=int, help="tokens the key may use (default: unlimited)")
+    create_parser.add_argument("--rpm", type=int, help="requests per minute")
+    create_parser.add_argument("--tpm", type=int, help="tokens per minute")
+    keys_commands.add_parser("list", help="list keys (never the keys themselves)")
+    revoke_parser = keys_commands.add_parser("revoke", help="revoke a key by id")
+    revoke_parser.add_argument("key_id")
+    keys_parser.set_defaults(run=manage_keys)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args.run(args)
 
 

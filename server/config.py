@@ -101,11 +101,15 @@ class MemorySettings(_Strict):
     prompt_token_budget: int = Field(384, ge=16, description="most tokens the memory block may take")
     min_similarity: float = Field(0.25, ge=-1.0, le=1.0, description="dense hits below this are not injected")
     lexical_weight: float = Field(0.05, ge=0.0, description="weight of normalised BM25 next to cosine similarity")
-    third_party_penalty: float = Field(0.1, ge=0.0, description="demotes memories about someone the query does not name")
+    third_party_penalty: float = Field(
+        0.1, ge=0.0, description="demotes memories about someone the query does not name"
+    )
     goal_weight: float = Field(0.02, ge=0.0, description="nudges toward memories close to user_goal (ties)")
     curation_time: str | None = Field("03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="local HH:MM, or null")
     duplicate_similarity: float = Field(0.92, gt=0.0, le=1.0, description="at or above: near-duplicates, merged")
-    related_similarity: float = Field(0.75, gt=0.0, le=1.0, description="at or above: related, consolidated by the model")
+    related_similarity: float = Field(
+        0.75, gt=0.0, le=1.0, description="at or above: related, consolidated by the model"
+    )
     goal_relevance_floor: float = Field(0.0, ge=-1.0, le=1.0, description="turns this far from user_goal are dropped")
     turn_max_age_days: float = Field(30.0, gt=0.0, description="turns older than this may be dropped as irrelevant")
 
@@ -131,6 +135,32 @@ class AdaptionSettings(_Strict):
     gpu_memory_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the GPU the worker may take")
 
 
+class ProviderEntry(_Strict):
+    """An upstream OpenAI-compatible server (another of ours, or any provider): `model@name` reaches it."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    base_url: str = Field(pattern=r"^https?://", description="up to and including /v1")
+    api_key: str | None = Field(None, description="sent as the Bearer key; prefer api_key_env")
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    models: tuple[str, ...] = Field(min_length=1, description="the provider's model names this server may route to")
+    timeout_s: float = Field(60.0, gt=0.0, description="connect and per-read timeout; a timeout falls back")
+
+    @property
+    def key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else self.api_key
+
+
+class GatewaySettings(_Strict):
+    """API keys, usage and routing (see docs/architecture.md)."""
+
+    log_bodies: bool = Field(
+        True, description="false: request and response bodies are never stored, whatever a request asks"
+    )
+    middle_out_reserve_tokens: int = Field(
+        256, ge=1, description="room middle-out leaves for the completion when the request sets no max_tokens"
+    )
+
+
 class Settings(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     default_model: str
@@ -147,6 +177,8 @@ class Settings(_Strict):
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="where the server keeps its databases")
     memory: MemorySettings = MemorySettings()
     adaption: AdaptionSettings = AdaptionSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    providers: tuple[ProviderEntry, ...] = ()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -159,6 +191,9 @@ class Settings(_Strict):
         for field in ("default_model", "served_model"):
             if getattr(self, field) not in seen:
                 raise ValueError(f"{field}: {getattr(self, field)!r} is not a model in the registry")
+        providers = [provider.name for provider in self.providers]
+        if len(set(providers)) != len(providers):
+            raise ValueError("providers: two providers share a name")
         if self.adaption.rank > self.served.lora.max_lora_rank:
             raise ValueError(
                 f"adaption.rank {self.adaption.rank} exceeds {self.served.name}'s lora.max_lora_rank "
@@ -221,7 +256,8 @@ def load_settings(
     Precedence: explicit argument (CLI flag) > environment > models.yaml.
     Environment: LLM_SERVER_CONFIG, LLM_SERVER_MODEL, LLM_SERVER_HOST,
     LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated), LLM_SERVER_ADAPTERS_DIR,
-    LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR.
+    LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR,
+    LLM_SERVER_LOG_BODIES (false/0: never store request and response bodies).
     """
     env = os.environ if environ is None else environ
     config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
@@ -247,9 +283,16 @@ def load_settings(
     if env.get("LLM_SERVER_DATA_DIR"):
         merged["data_dir"] = env["LLM_SERVER_DATA_DIR"]
     if env.get("LLM_SERVER_ADAPTER_SOURCE_ROOTS"):
-        merged["adapter_source_roots"] = [root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root]
+        merged["adapter_source_roots"] = [
+            root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root
+        ]
     if env.get("LLM_SERVER_API_KEYS"):
         merged["api_keys"] = [key.strip() for key in env["LLM_SERVER_API_KEYS"].split(",") if key.strip()]
+    if env.get("LLM_SERVER_LOG_BODIES"):
+        merged["gateway"] = {
+            **merged.get("gateway", {}),
+            "log_bodies": env["LLM_SERVER_LOG_BODIES"].lower() in ("1", "true", "yes"),
+        }
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
