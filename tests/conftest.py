@@ -19,11 +19,15 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
 API_KEY = "test-key-0123456789"
 OTHER_API_KEY = "test-key-other-9876543210"  # a second caller, for ownership tests
+UPSTREAM_API_KEY = "test-key-upstream-5555"  # the upstream provider's own key (tests/test_gateway_routing.py)
+UPSTREAM_PROVIDER = "upstream"
+UNREACHABLE_PROVIDER = "nowhere"  # a provider nothing listens for
 START_TIMEOUT_S = 420
 
 
@@ -63,9 +67,11 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_server(log_path: Path, *args: str, env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    log_path: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> RunningServer:
     """Start `python -m server serve` and wait until /health answers 200."""
-    port = free_port()
+    port = port or free_port()
     log = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "serve", "--port", str(port), *args],
@@ -105,8 +111,34 @@ def state_dirs(tmp_path_factory: pytest.TempPathFactory) -> StateDirs:
 
 
 @pytest.fixture(scope="session")
-def test_server_env(state_dirs: StateDirs) -> dict[str, str]:
+def upstream_port() -> int:
+    """Where the upstream provider (a second server of ours, started only by the routing tests) listens."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def gateway_config(tmp_path_factory: pytest.TempPathFactory, upstream_port: int) -> Path:
+    """models.yaml plus two providers: `upstream` (a second server of ours) and `nowhere` (refuses connections)."""
+    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    raw["providers"] = [
+        {
+            "name": UPSTREAM_PROVIDER,
+            "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+            "api_key": UPSTREAM_API_KEY,
+            "models": [MODEL],
+            "timeout_s": 60,
+        },
+        {"name": UNREACHABLE_PROVIDER, "base_url": f"http://127.0.0.1:{free_port()}/v1", "models": [MODEL]},
+    ]
+    path = tmp_path_factory.mktemp("config") / "models.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_server_env(state_dirs: StateDirs, gateway_config: Path) -> dict[str, str]:
     return server_env(
+        LLM_SERVER_CONFIG=str(gateway_config),
         LLM_SERVER_API_KEYS=f"{API_KEY},{OTHER_API_KEY}",
         LLM_SERVER_ADAPTERS_DIR=str(state_dirs.adapters),
         LLM_SERVER_ADAPTER_SOURCE_ROOTS=str(state_dirs.sources),
@@ -162,9 +194,37 @@ def other_http(server: RunningServer) -> Iterator[httpx.Client]:
         yield session
 
 
+def new_key(admin: httpx.Client, **fields: object) -> dict:
+    """A stored API key created through the admin endpoint; its `key` is the secret."""
+    response = admin.post("/v1/keys", json={"name": "test", **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None, param: str | None) -> dict:
+    """An OpenAI-shaped error with this status, code and param."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["code"] == code
+    assert error["param"] == param
+    assert response.headers["x-request-id"]
+    return error
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use a server fixture are marked `engine` (`make unit` leaves them out)."""
-    engine_fixtures = {"server", "client", "async_client", "http", "other_http", "dying_server", "adapter_sources"}
+    engine_fixtures = {
+        "server",
+        "client",
+        "async_client",
+        "http",
+        "other_http",
+        "dying_server",
+        "adapter_sources",
+        "upstream",
+    }
     for item in items:
         if engine_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)

@@ -289,7 +289,7 @@ async def serve_here(request: Request, body: ChatCompletionRequest, route: Route
     gateway: Gateway = request.app.state.gateway
 
     entry, adapter, adapter_param = resolve_model(settings, engine, route.model, body)
-    account.served_by(route, adapter)
+    account.served_by(route, entry.name, adapter)
     turns = to_turns(body.messages)
     nightly = body.nightly
     caller = caller_of(request.scope)
@@ -397,14 +397,16 @@ async def relayed(
 async def serve_upstream(
     gateway: Gateway, body: ChatCompletionRequest, payload: dict, route: Route, account: RequestAccount
 ) -> Response:
-    account.served_by(route)
+    account.served_by(route, route.model)
     forwarded = upstream_payload(payload, route, body.stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = relayed(await gateway.router.stream(route, forwarded), route, account, include_usage)
+        chunks = relayed(
+            await gateway.router.stream(route, forwarded, account.request_id), route, account, include_usage
+        )
         events = error_events(chunks, lambda status, code: gateway.settle(account, status, code))
         return EventSourceResponse(events, sep="\n", ping=15)
-    completion = await gateway.router.complete(route, forwarded)
+    completion = await gateway.router.complete(route, forwarded, account.request_id)
     completion["model"] = route.label
     usage = completion.get("usage") or {}
     account.respond(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), completion)

@@ -23,6 +23,7 @@ from server.gateway.errors import GatewayError, ModelUnavailable, ProviderNotFou
 
 T = TypeVar("T")
 LOCAL_PROVIDER = "local"
+REQUEST_ID_HEADER = "x-request-id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +103,13 @@ class Router:
             pairs += [(model, provider.name) for model in provider.models]
         return pairs
 
-    async def complete(self, route: Route, payload: dict) -> dict:
-        """A non-streaming chat completion from the route's provider."""
+    async def complete(self, route: Route, payload: dict, request_id: str) -> dict:
+        """A non-streaming chat completion from the route's provider (our request id passed on, for tracing)."""
         assert route.provider is not None
         try:
-            response = await self._clients[route.provider].post("/chat/completions", json=payload)
+            response = await self._clients[route.provider].post(
+                "/chat/completions", json=payload, headers={REQUEST_ID_HEADER: request_id}
+            )
         except httpx.TimeoutException as exc:
             raise UpstreamFailed(route.provider, 504, f"timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
@@ -115,12 +118,15 @@ class Router:
             raise _failure(route.provider, response.status_code, response.content)
         return response.json()
 
-    async def stream(self, route: Route, payload: dict) -> AsyncIterator[dict]:
+    async def stream(self, route: Route, payload: dict, request_id: str) -> AsyncIterator[dict]:
         """The provider's chunks as parsed JSON; its HTTP errors are raised here, before any chunk."""
         assert route.provider is not None
         client = self._clients[route.provider]
+        request = client.build_request(
+            "POST", "/chat/completions", json=payload, headers={REQUEST_ID_HEADER: request_id}
+        )
         try:
-            response = await client.send(client.build_request("POST", "/chat/completions", json=payload), stream=True)
+            response = await client.send(request, stream=True)
         except httpx.TimeoutException as exc:
             raise UpstreamFailed(route.provider, 504, f"timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:

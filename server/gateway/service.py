@@ -44,8 +44,9 @@ class RequestAccount:
     log_response_body: bool = False
     response_body: str | None = None
 
-    def served_by(self, route: Route, adapter: str | None = None) -> None:
-        self.model, self.provider, self.adapter = route.model, route.provider, adapter
+    def served_by(self, route: Route, model: str, adapter: str | None = None) -> None:
+        """`model`: the canonical name (not the alias the request used)."""
+        self.model, self.provider, self.adapter = model, route.provider, adapter
 
     def respond(self, prompt_tokens: int, completion_tokens: int, body: object) -> None:
         self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens

@@ -20,6 +20,7 @@ T = TypeVar("T")
 MIDDLE_OUT = "middle-out"
 MESSAGE_OVERHEAD_TOKENS = 4  # role header and separators a chat template adds per message
 ELLIPSIS = "\n…\n"
+TRUNCATE_ATTEMPTS = 8
 
 
 def conversation_tokens(turns: Sequence[ChatTurn], count_tokens: Callable[[str], int]) -> int:
@@ -36,9 +37,14 @@ def middle_out(turns: Sequence[ChatTurn], budget: int, count_tokens: Callable[[s
     while conversation_tokens(kept, count_tokens) > budget and len(kept) - 1 > first_removable:
         middle = (first_removable + len(kept) - 1) // 2
         del kept[middle]
-    excess = conversation_tokens(kept, count_tokens) - budget
-    if excess > 0 and kept:
-        kept[-1] = _without_middle(kept[-1], excess, count_tokens)
+    # Character proportions only estimate tokens: cut more until the count agrees.
+    last, shed = kept[-1] if kept else None, 0
+    for _ in range(TRUNCATE_ATTEMPTS):
+        excess = conversation_tokens(kept, count_tokens) - budget
+        if excess <= 0 or last is None:
+            break
+        shed += excess
+        kept[-1] = _without_middle(last, shed, count_tokens)
     return kept
 
 

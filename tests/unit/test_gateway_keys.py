@@ -1,0 +1,47 @@
+"""The key store: hashed keys, owners matching static-key fingerprints, revocation, debits; model references."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from server.api.middleware import key_fingerprint
+from server.gateway.errors import KeyNotFound
+from server.gateway.keys import KeySpec, KeyStore
+from server.gateway.routing import candidates, parse_model_ref
+
+
+async def test_keys_are_stored_hashed_and_authenticate_until_revoked(tmp_path: Path) -> None:
+    path = tmp_path / "keys.sqlite3"
+    store = KeyStore(path)
+    await store.open()
+    try:
+        assert not await store.any_active()
+        key, secret = await store.create(KeySpec(name="team", credits=100, allowed_models=("m",)))
+        stored = sqlite3.connect(path).execute("SELECT hash FROM api_keys").fetchone()[0]
+        assert secret not in stored and stored == hashlib.sha256(secret.encode()).hexdigest()
+        assert key.owner == key_fingerprint(secret.encode())  # same owner id a static key would get
+        found = await store.authenticate(secret)
+        assert found is not None and found.allowed_models == ("m",) and found.credits == 100
+        assert await store.authenticate(secret + "x") is None
+        store.debit(key.id, 30)
+        assert (await store.get(key.id)).credits == 70
+        await store.revoke(key.id)
+        assert await store.authenticate(secret) is None
+        assert not await store.any_active()
+        with pytest.raises(KeyNotFound):
+            await store.revoke("key-missing")
+    finally:
+        await store.close()
+
+
+def test_model_references() -> None:
+    assert parse_model_ref("smollm2@upstream") == ("smollm2", "upstream")
+    assert parse_model_ref("org/model@p") == ("org/model", "p")
+    assert parse_model_ref("plain") == ("plain", None)
+    assert parse_model_ref("@p") == ("@p", None)
+    assert candidates("a", ["b", "a", "c"]) == ["a", "b", "c"]
+    assert candidates("a", None) == ["a"]
