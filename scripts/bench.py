@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_adaption import print_adaption_table, throughput_while_training, training_time  # noqa: E402
+from bench_gateway import component_costs, gateway_overhead, print_gateway_table  # noqa: E402
 from bench_memory import bench_memory_retrieval, chat_latency_with_memory, print_memory_table  # noqa: E402
 
 from server.config import ModelEntry, load_settings  # noqa: E402
@@ -372,8 +373,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
     parser.add_argument(
         "--sections",
-        default="compare,lora,memory,adaption",
-        help="compare (vs vllm serve), lora (multi-LoRA), memory, adaption",
+        default="compare,lora,memory,adaption,gateway",
+        help="compare (vs vllm serve), lora (multi-LoRA), memory, adaption, gateway (auth + usage + templates overhead)",
     )
     parser.add_argument("--memory-sizes", default="10000,100000", help="memory group sizes to time retrieval at")
     args = parser.parse_args()
@@ -423,6 +424,14 @@ def main() -> None:
             report["adaption"]["serving"] = throughput_while_training(server.base_url, API_KEY, entry.name, measure)
         finally:
             server.stop()
+    if "gateway" in sections:
+        report["gateway"] = {"components": component_costs()}
+        server = Server("ours-gateway", entry, log_dir, {"LLM_SERVER_DATA_DIR": str(log_dir / "gateway-data")})
+        try:
+            server.wait_ready()
+            report["gateway"]["overhead"] = gateway_overhead(server.base_url, API_KEY, entry.name)
+        finally:
+            server.stop()
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
@@ -433,6 +442,8 @@ def main() -> None:
         print_memory_table(report["memory"])
     if "adaption" in report:
         print_adaption_table(report["adaption"])
+    if "gateway" in report:
+        print_gateway_table(report["gateway"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

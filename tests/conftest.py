@@ -194,9 +194,9 @@ def other_http(server: RunningServer) -> Iterator[httpx.Client]:
         yield session
 
 
-def new_key(admin: httpx.Client, **fields: object) -> dict:
+def new_key(session: httpx.Client, **fields: object) -> dict:
     """A stored API key created through the admin endpoint; its `key` is the secret."""
-    response = admin.post("/v1/keys", json={"name": "test", **fields})
+    response = session.post("/v1/keys", json={"name": "test", **fields})
     assert response.status_code == 201, response.text
     return response.json()
 
