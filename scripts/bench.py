@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -156,6 +158,17 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+@contextlib.contextmanager
+def ready_server(kind: str, entry: ModelEntry, log_dir: Path, data_dir: Path) -> Iterator[Server]:
+    """Our server with its own data folder, started and healthy; stopped on the way out."""
+    server = Server(kind, entry, log_dir, {"LLM_SERVER_DATA_DIR": str(data_dir)})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 async def one_request(client: httpx.AsyncClient, model: str, output_tokens: int) -> RequestResult:
@@ -405,33 +418,21 @@ def main() -> None:
     if "memory" in sections:
         sizes = [int(part) for part in args.memory_sizes.split(",")]
         report["memory"] = {"retrieval": bench_memory_retrieval(sizes, args.out / "cache")}
-        server = Server("ours-memory", entry, log_dir, {"LLM_SERVER_DATA_DIR": str(log_dir / "data")})
-        try:
-            server.wait_ready()
+        with ready_server("ours-memory", entry, log_dir, log_dir / "data") as server:
             report["memory"]["chat"] = chat_latency_with_memory(server.base_url, API_KEY, entry.name)
-        finally:
-            server.stop()
     if "adaption" in sections:
         settings = load_settings(model=args.model)
         report["adaption"] = {"training_time": training_time(settings)}
-        server = Server("ours-adaption", entry, log_dir, {"LLM_SERVER_DATA_DIR": str(log_dir / "adaption-data")})
-        try:
-            server.wait_ready()
+        with ready_server("ours-adaption", entry, log_dir, log_dir / "adaption-data") as server:
 
             def measure() -> dict:
                 return asyncio.run(run_level(server.base_url, [entry.name], 8, 24, args.output_tokens)).summary()
 
             report["adaption"]["serving"] = throughput_while_training(server.base_url, API_KEY, entry.name, measure)
-        finally:
-            server.stop()
     if "gateway" in sections:
         report["gateway"] = {"components": component_costs()}
-        server = Server("ours-gateway", entry, log_dir, {"LLM_SERVER_DATA_DIR": str(log_dir / "gateway-data")})
-        try:
-            server.wait_ready()
+        with ready_server("ours-gateway", entry, log_dir, log_dir / "gateway-data") as server:
             report["gateway"]["overhead"] = gateway_overhead(server.base_url, API_KEY, entry.name)
-        finally:
-            server.stop()
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:

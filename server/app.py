@@ -149,9 +149,7 @@ def build_app(settings: Settings) -> Starlette:
             app.state.started_at = int(time.time())
             nightly = None
             if settings.memory.curation_time is not None:
-                nightly = asyncio.create_task(
-                    curate_nightly(memory, app.state.consolidate, settings.memory.curation_time)
-                )
+                nightly = asyncio.create_task(curate_nightly(memory, app.state.consolidate, settings.memory.curation_time))
             try:
                 yield
             finally:

@@ -101,15 +101,11 @@ class MemorySettings(_Strict):
     prompt_token_budget: int = Field(384, ge=16, description="most tokens the memory block may take")
     min_similarity: float = Field(0.25, ge=-1.0, le=1.0, description="dense hits below this are not injected")
     lexical_weight: float = Field(0.05, ge=0.0, description="weight of normalised BM25 next to cosine similarity")
-    third_party_penalty: float = Field(
-        0.1, ge=0.0, description="demotes memories about someone the query does not name"
-    )
+    third_party_penalty: float = Field(0.1, ge=0.0, description="demotes memories about someone the query does not name")
     goal_weight: float = Field(0.02, ge=0.0, description="nudges toward memories close to user_goal (ties)")
     curation_time: str | None = Field("03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="local HH:MM, or null")
     duplicate_similarity: float = Field(0.92, gt=0.0, le=1.0, description="at or above: near-duplicates, merged")
-    related_similarity: float = Field(
-        0.75, gt=0.0, le=1.0, description="at or above: related, consolidated by the model"
-    )
+    related_similarity: float = Field(0.75, gt=0.0, le=1.0, description="at or above: related, consolidated by the model")
     goal_relevance_floor: float = Field(0.0, ge=-1.0, le=1.0, description="turns this far from user_goal are dropped")
     turn_max_age_days: float = Field(30.0, gt=0.0, description="turns older than this may be dropped as irrelevant")
 
@@ -283,9 +279,7 @@ def load_settings(
     if env.get("LLM_SERVER_DATA_DIR"):
         merged["data_dir"] = env["LLM_SERVER_DATA_DIR"]
     if env.get("LLM_SERVER_ADAPTER_SOURCE_ROOTS"):
-        merged["adapter_source_roots"] = [
-            root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root
-        ]
+        merged["adapter_source_roots"] = [root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root]
     if env.get("LLM_SERVER_API_KEYS"):
         merged["api_keys"] = [key.strip() for key in env["LLM_SERVER_API_KEYS"].split(",") if key.strip()]
     if env.get("LLM_SERVER_LOG_BODIES"):

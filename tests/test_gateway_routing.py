@@ -94,7 +94,9 @@ def test_routing_bad_input(http: httpx.Client) -> None:
         http.post("/v1/chat/completions", json={**chat, "model": "gpt-9@upstream"}), 404, "model_not_found", "model"
     )
     assert_error(http.post("/v1/chat/completions", json={**chat, "model": UNREACHABLE}), 502, "upstream_failed", None)
-    assert_error(http.post("/v1/chat/completions", json={**chat, "model": MODEL, "models": "x"}), 400, "invalid_value", "models")
+    assert_error(
+        http.post("/v1/chat/completions", json={**chat, "model": MODEL, "models": "x"}), 400, "invalid_value", "models"
+    )
 
 
 def test_fallbacks_skip_unknown_and_unreachable_models(client: openai.OpenAI, http: httpx.Client) -> None:

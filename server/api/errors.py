@@ -112,9 +112,7 @@ def from_validation_error(error: ValidationError) -> APIError:
         message = f"Missing required parameter: '{param}'."
     else:
         message = f"Invalid value for '{param}': {message}."
-    return invalid_request(
-        message, param=param, code="missing_required_parameter" if first["type"] == "missing" else "invalid_value"
-    )
+    return invalid_request(message, param=param, code="missing_required_parameter" if first["type"] == "missing" else "invalid_value")
 
 
 def to_api_error(exc: Exception) -> APIError:

@@ -10,8 +10,8 @@ timed out, or a model this server cannot serve.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -106,14 +106,10 @@ class Router:
     async def complete(self, route: Route, payload: dict, request_id: str) -> dict:
         """A non-streaming chat completion from the route's provider (our request id passed on, for tracing)."""
         assert route.provider is not None
-        try:
+        with _reaching(route.provider):
             response = await self._clients[route.provider].post(
                 "/chat/completions", json=payload, headers={REQUEST_ID_HEADER: request_id}
             )
-        except httpx.TimeoutException as exc:
-            raise UpstreamFailed(route.provider, 504, f"timed out ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamFailed(route.provider, 502, f"unreachable ({type(exc).__name__})") from exc
         if response.status_code >= 400:
             raise _failure(route.provider, response.status_code, response.content)
         return response.json()
@@ -125,17 +121,24 @@ class Router:
         request = client.build_request(
             "POST", "/chat/completions", json=payload, headers={REQUEST_ID_HEADER: request_id}
         )
-        try:
+        with _reaching(route.provider):
             response = await client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamFailed(route.provider, 504, f"timed out ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamFailed(route.provider, 502, f"unreachable ({type(exc).__name__})") from exc
         if response.status_code >= 400:
             body = await response.aread()
             await response.aclose()
             raise _failure(route.provider, response.status_code, body)
         return _chunks(route.provider, response)
+
+
+@contextmanager
+def _reaching(provider: str) -> Iterator[None]:
+    """Connection failures and timeouts as UpstreamFailed (504 for a timeout, else 502)."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamFailed(provider, 504, f"timed out ({type(exc).__name__})") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamFailed(provider, 502, f"unreachable ({type(exc).__name__})") from exc
 
 
 async def _chunks(provider: str, response: httpx.Response) -> AsyncIterator[dict]:
