@@ -28,6 +28,7 @@ OTHER_API_KEY = "test-key-other-9876543210"  # a second caller, for ownership te
 UPSTREAM_API_KEY = "test-key-upstream-5555"  # the upstream provider's own key (tests/test_gateway_routing.py)
 UPSTREAM_PROVIDER = "upstream"
 UNREACHABLE_PROVIDER = "nowhere"  # a provider nothing listens for
+IMPATIENT_PROVIDER = "impatient"  # the upstream with a 1 ms timeout
 START_TIMEOUT_S = 420
 
 
@@ -118,7 +119,8 @@ def upstream_port() -> int:
 
 @pytest.fixture(scope="session")
 def gateway_config(tmp_path_factory: pytest.TempPathFactory, upstream_port: int) -> Path:
-    """models.yaml plus two providers: `upstream` (a second server of ours) and `nowhere` (refuses connections)."""
+    """models.yaml plus providers: `upstream` (a second server of ours), `nowhere` (refuses connections)
+    and `impatient` (the upstream with a timeout it cannot meet)."""
     raw = yaml.safe_load((ROOT / "models.yaml").read_text())
     raw["providers"] = [
         {
@@ -129,6 +131,13 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, upstream_port: int)
             "timeout_s": 60,
         },
         {"name": UNREACHABLE_PROVIDER, "base_url": f"http://127.0.0.1:{free_port()}/v1", "models": [MODEL]},
+        {  # the upstream again, with no patience: its answers always come too late
+            "name": IMPATIENT_PROVIDER,
+            "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+            "api_key": UPSTREAM_API_KEY,
+            "models": [MODEL],
+            "timeout_s": 0.001,
+        },
     ]
     path = tmp_path_factory.mktemp("config") / "models.yaml"
     path.write_text(yaml.safe_dump(raw))

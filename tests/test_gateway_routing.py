@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import (
+    IMPATIENT_PROVIDER,
     MODEL,
     UNREACHABLE_PROVIDER,
     UPSTREAM_API_KEY,
@@ -24,6 +25,7 @@ from tests.conftest import (
 
 UPSTREAM = f"{MODEL}@{UPSTREAM_PROVIDER}"
 UNREACHABLE = f"{MODEL}@{UNREACHABLE_PROVIDER}"
+IMPATIENT = f"{MODEL}@{IMPATIENT_PROVIDER}"
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
@@ -109,6 +111,16 @@ def test_fallbacks_skip_unknown_and_unreachable_models(client: openai.OpenAI, ht
         "/v1/chat/completions", json={"models": [UNREACHABLE, MODEL], "messages": HELLO, "max_tokens": 2}
     )
     assert response.status_code == 200 and response.json()["model"] == MODEL
+
+
+def test_timeouts_are_504_and_fall_back(upstream: RunningServer, client: openai.OpenAI, http: httpx.Client) -> None:
+    assert_error(
+        http.post("/v1/chat/completions", json={"model": IMPATIENT, "messages": HELLO}), 504, "upstream_failed", None
+    )
+    completion = client.chat.completions.create(
+        model=IMPATIENT, messages=HELLO, max_tokens=2, extra_body={"models": [UPSTREAM]}
+    )
+    assert completion.model == UPSTREAM
 
 
 def test_fallback_when_the_upstream_is_stopped(

@@ -1,4 +1,4 @@
-"""The key store: hashed keys, owners matching static-key fingerprints, revocation, debits; model references."""
+"""The key store (hashed keys, owners matching static-key fingerprints, revocation, debits); model references and the fallback loop."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from server.api.middleware import key_fingerprint
-from server.gateway.errors import KeyNotFound
+from server.engine.errors import EngineUnavailable
+from server.gateway.errors import KeyNotFound, ModelUnavailable, UpstreamFailed
 from server.gateway.keys import KeySpec, KeyStore
-from server.gateway.routing import candidates, parse_model_ref
+from server.gateway.routing import candidates, first_that_serves, parse_model_ref
 
 
 async def test_keys_are_stored_hashed_and_authenticate_until_revoked(tmp_path: Path) -> None:
@@ -45,3 +46,33 @@ def test_model_references() -> None:
     assert parse_model_ref("@p") == ("@p", None)
     assert candidates("a", ["b", "a", "c"]) == ["a", "b", "c"]
     assert candidates("a", None) == ["a"]
+
+
+async def test_fallback_goes_on_only_after_failures_another_model_might_not_have() -> None:
+    tried: list[str] = []
+
+    def attempt_failing_with(failures: dict[str, Exception]):
+        async def attempt(name: str) -> str:
+            tried.append(name)
+            if name in failures:
+                raise failures[name]
+            return name
+
+        return attempt
+
+    retryable = {
+        "busy": UpstreamFailed("p", 429, "rate limited"),
+        "broken": UpstreamFailed("p", 500, "server error"),
+        "slow": UpstreamFailed("p", 504, "timed out"),
+        "unknown": ModelUnavailable("unknown"),
+        "dead-engine": EngineUnavailable("down"),
+    }
+    assert await first_that_serves([*retryable, "good"], attempt_failing_with(retryable)) == "good"
+    assert tried == [*retryable, "good"]
+    tried.clear()
+    refused = UpstreamFailed("p", 400, "bad request")
+    with pytest.raises(UpstreamFailed) as raised:
+        await first_that_serves(["bad", "good"], attempt_failing_with({"bad": refused}))
+    assert raised.value is refused and tried == ["bad"]  # a bad request is bad everywhere
+    with pytest.raises(ModelUnavailable):
+        await first_that_serves(["busy", "unknown"], attempt_failing_with(retryable))  # the last failure
