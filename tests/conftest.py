@@ -7,6 +7,7 @@ the official `openai` SDK and raw httpx.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -55,10 +56,21 @@ class RunningServer:
                 self.process.wait()
 
 
+# Below the kernel's ephemeral range (32768-60999 by default): a port picked here stays free until the
+# server binds it, however long its engine takes to start, because outgoing connections and vLLM's own
+# internal ports (bind to port 0) are given ephemeral ports only.
+LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for port in random.sample(LISTEN_PORTS, 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 def server_env(**extra: str) -> dict[str, str]:
