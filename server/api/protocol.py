@@ -2,7 +2,7 @@
 
 Shaped after OpenAI's API reference and vLLM's `entrypoints/openai/protocol.py`.
 Requests accept unknown extra fields and ignore them, as OpenAI-compatible
-servers do; known fields are range-checked so a bad value is a 400 naming it.
+servers do (unless `drop_params` is false: then they are refused, listed); known fields are range-checked so a bad value is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ class TemplateUse(_Wire):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown fields: accepted, ignored
+    model_config = ConfigDict(extra="allow")  # unknown fields: accepted, ignored (drop_params, default true)
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
