@@ -2,7 +2,8 @@
 
 Shaped after OpenAI's API reference and vLLM's `entrypoints/openai/protocol.py`.
 Requests accept unknown extra fields and ignore them, as OpenAI-compatible
-servers do (unless `drop_params` is false: then they are refused, listed); known fields are range-checked so a bad value is a 400 naming it.
+servers do (unless `drop_params` is false: then they are refused, listed);
+known fields are range-checked so a bad value is a 400 naming it.
 """
 
 from __future__ import annotations
