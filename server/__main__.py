@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from server.config import ConfigError, Settings, load_settings
+from server.gateway.keys import KEYS_DATABASE, has_active_keys
 
 logger = logging.getLogger("server")
 
@@ -28,9 +29,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind_host(settings: Settings) -> str:
-    """Without API keys the server is open to anyone who can reach it: keep it on loopback."""
-    if settings.api_keys:
+def bind_host(settings: Settings, stored_keys: bool = False) -> str:
+    """Without API keys (in settings or stored) the server is open to anyone who can reach it: keep it on loopback."""
+    if settings.api_keys or stored_keys:
         return settings.host
     banner = "!" * 78
     logger.warning(
@@ -54,7 +55,7 @@ def serve(args: argparse.Namespace) -> None:
         settings = load_settings(args.config, model=args.model, host=args.host, port=args.port)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    host = bind_host(settings)
+    host = bind_host(settings, has_active_keys(settings.data_dir / KEYS_DATABASE))
     app = build_app(settings)
     logger.info("serving %s on http://%s:%d/v1", settings.served.name, host, settings.port)
     uvicorn.run(app, host=host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=10)
@@ -76,7 +77,7 @@ def manage_keys(args: argparse.Namespace) -> None:
     import json
 
     from server.gateway.errors import KeyNotFound
-    from server.gateway.keys import KEYS_DATABASE, KeySpec, KeyStore
+    from server.gateway.keys import KeySpec, KeyStore
 
     try:
         settings = load_settings(args.config)

@@ -16,6 +16,7 @@ import secrets
 import sqlite3
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,17 @@ def hash_key(key: str) -> str:
 def owner_of_hash(key_hash: str) -> str:
     """The owner id for a key: what `api.middleware.key_fingerprint` gives for the same key."""
     return "key_" + key_hash[:24]
+
+
+def has_active_keys(path: Path) -> bool:
+    """Whether the key database at `path` holds an unrevoked key (read-only; False when there is none yet)."""
+    if not path.exists():
+        return False
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            return db.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
+        except sqlite3.OperationalError:  # not migrated yet
+            return False
 
 
 @dataclass(frozen=True, slots=True)

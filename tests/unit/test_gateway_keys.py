@@ -11,16 +11,17 @@ import pytest
 from server.api.middleware import key_fingerprint
 from server.engine.errors import EngineUnavailable
 from server.gateway.errors import KeyNotFound, ModelUnavailable, UpstreamFailed
-from server.gateway.keys import KeySpec, KeyStore
+from server.gateway.keys import KeySpec, KeyStore, has_active_keys
 from server.gateway.routing import candidates, first_that_serves, parse_model_ref
 
 
 async def test_keys_are_stored_hashed_and_authenticate_until_revoked(tmp_path: Path) -> None:
     path = tmp_path / "keys.sqlite3"
+    assert not has_active_keys(path)
     store = KeyStore(path)
     await store.open()
     try:
-        assert not await store.any_active()
+        assert not await store.any_active() and not has_active_keys(path)
         key, secret = await store.create(KeySpec(name="team", credits=100, allowed_models=("m",)))
         stored = sqlite3.connect(path).execute("SELECT hash FROM api_keys").fetchone()[0]
         assert secret not in stored and stored == hashlib.sha256(secret.encode()).hexdigest()
@@ -30,6 +31,7 @@ async def test_keys_are_stored_hashed_and_authenticate_until_revoked(tmp_path: P
         assert await store.authenticate(secret + "x") is None
         store.debit(key.id, 30)
         assert (await store.get(key.id)).credits == 70
+        assert has_active_keys(path)
         await store.revoke(key.id)
         assert await store.authenticate(secret) is None
         assert not await store.any_active()
