@@ -55,7 +55,7 @@ def serve(args: argparse.Namespace) -> None:
         settings = load_settings(args.config, model=args.model, host=args.host, port=args.port)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    host = bind_host(settings, has_active_keys(settings.data_dir / KEYS_DATABASE))
+    host = bind_host(settings, has_active_keys(settings.gateway_database(KEYS_DATABASE)))
     app = build_app(settings)
     logger.info("serving %s on http://%s:%d/v1", settings.served.name, host, settings.port)
     uvicorn.run(app, host=host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=10)
@@ -72,7 +72,7 @@ def check_config(args: argparse.Namespace) -> None:
 
 
 def manage_keys(args: argparse.Namespace) -> None:
-    """`keys create|list|revoke` on the key database in data_dir (the running server sees changes at once)."""
+    """`keys create|list|revoke` on the key database (data_dir, or gateway.database_url): running servers see changes at once."""
     import asyncio
     import json
 
@@ -85,7 +85,7 @@ def manage_keys(args: argparse.Namespace) -> None:
         sys.exit(f"error: {exc}")
 
     async def run() -> None:
-        store = KeyStore(settings.data_dir / KEYS_DATABASE)
+        store = KeyStore(settings.gateway_database(KEYS_DATABASE))
         await store.open()
         try:
             if args.keys_command == "create":
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
     models_parser.set_defaults(run=check_config)
 
-    keys_parser = commands.add_parser("keys", help="create, list or revoke API keys (stored hashed in data_dir)")
+    keys_parser = commands.add_parser("keys", help="create, list or revoke API keys (stored hashed in data_dir, or gateway.database_url)")
     keys_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
     keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
     create_parser = keys_commands.add_parser("create", help="create a key and print it (once)")

@@ -114,9 +114,9 @@ async def adaption_service(settings: Settings, engine: Engine, memory: MemorySer
 
 @asynccontextmanager
 async def gateway_service(settings: Settings) -> AsyncIterator[Gateway]:
-    keys = KeyStore(settings.data_dir / KEYS_DATABASE)
-    usage = UsageStore(settings.data_dir / GATEWAY_USAGE_DATABASE)
-    templates = TemplateStore(settings.data_dir / GATEWAY_TEMPLATES_DATABASE)
+    keys = KeyStore(settings.gateway_database(KEYS_DATABASE))
+    usage = UsageStore(settings.gateway_database(GATEWAY_USAGE_DATABASE))
+    templates = TemplateStore(settings.gateway_database(GATEWAY_TEMPLATES_DATABASE))
     router = Router(settings.providers)
     for store in (keys, usage, templates):
         await store.open()

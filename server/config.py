@@ -155,6 +155,18 @@ class GatewaySettings(_Strict):
     middle_out_reserve_tokens: int = Field(
         256, ge=1, description="room middle-out leaves for the completion when the request sets no max_tokens"
     )
+    database_url: str | None = Field(
+        None,
+        description="postgresql://user:password@host:port/db: keys, usage and templates in PostgreSQL, shared by"
+        " every server given the same URL; unset: SQLite files in data_dir",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it unset for SQLite in data_dir)")
+        return value
 
 
 class Settings(_Strict):
@@ -214,6 +226,10 @@ class Settings(_Strict):
         assert entry is not None  # guaranteed by _names_resolve
         return entry
 
+    def gateway_database(self, sqlite_file: str) -> Path | str:
+        """Where a gateway store lives: the shared PostgreSQL URL, or its own SQLite file in data_dir."""
+        return self.gateway.database_url or self.data_dir / sqlite_file
+
 
 def _format_validation_error(error: ValidationError, raw: dict) -> str:
     lines = []
@@ -253,7 +269,8 @@ def load_settings(
     Environment: LLM_SERVER_CONFIG, LLM_SERVER_MODEL, LLM_SERVER_HOST,
     LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated), LLM_SERVER_ADAPTERS_DIR,
     LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR,
-    LLM_SERVER_LOG_BODIES (false/0: never store request and response bodies).
+    LLM_SERVER_LOG_BODIES (false/0: never store request and response bodies),
+    LLM_SERVER_DATABASE_URL (postgresql://...: the gateway's stores in PostgreSQL).
     """
     env = os.environ if environ is None else environ
     config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
@@ -282,6 +299,8 @@ def load_settings(
         merged["adapter_source_roots"] = [root for root in env["LLM_SERVER_ADAPTER_SOURCE_ROOTS"].split(os.pathsep) if root]
     if env.get("LLM_SERVER_API_KEYS"):
         merged["api_keys"] = [key.strip() for key in env["LLM_SERVER_API_KEYS"].split(",") if key.strip()]
+    if env.get("LLM_SERVER_DATABASE_URL"):
+        merged["gateway"] = {**merged.get("gateway", {}), "database_url": env["LLM_SERVER_DATABASE_URL"]}
     if env.get("LLM_SERVER_LOG_BODIES"):
         merged["gateway"] = {
             **merged.get("gateway", {}),

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,8 @@ import httpx
 import openai
 import pytest
 import yaml
+
+from tests.postgres import new_database, postgres_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -232,6 +234,26 @@ def assert_error(response: httpx.Response, status: int, code: str | None, param:
     assert error["param"] == param
     assert response.headers["x-request-id"]
     return error
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for the session (tests/postgres.py); its admin URL."""
+    with postgres_cluster() as url:
+        yield url
+
+
+StoreLocation = Callable[[str], "Path | str"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> StoreLocation:
+    """Where a gateway store under test lives, per backend: `location("keys.sqlite3")` is that file in
+    tmp_path, or (PostgreSQL) a fresh database of the session's cluster, shared by the test's stores."""
+    if request.param == "sqlite":
+        return lambda sqlite_file: tmp_path / sqlite_file
+    url = new_database(request.getfixturevalue("postgres"))
+    return lambda sqlite_file: url
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

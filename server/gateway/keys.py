@@ -1,4 +1,4 @@
-"""API keys in SQLite: stored as sha256 hashes, looked up by hash, compared in constant time.
+"""API keys in SQLite or PostgreSQL: stored as sha256 hashes, looked up by hash, compared in constant time.
 
 A key is `sk-` plus 32 random bytes (urlsafe base64): high entropy, so an
 unsalted sha256 is enough to make the stored hash useless to a thief. The
@@ -13,16 +13,13 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
 import time
 import uuid
-from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 
 from server.gateway.errors import KeyNotFound
 from server.gateway.limits import Limits
-from server.storage import ThreadedDatabase
+from server.gateway.database import GatewayDatabase, Location, Row, query_exists
 
 KEYS_DATABASE = "keys.sqlite3"
 KEY_PREFIX = "sk-"
@@ -39,11 +36,11 @@ MIGRATIONS = (
         allowed_models TEXT,
         allowed_adapters TEXT,
         default_model TEXT,
-        credits INTEGER,
+        credits BIGINT,
         requests_per_minute INTEGER,
-        tokens_per_minute INTEGER,
-        created_at REAL NOT NULL,
-        revoked_at REAL
+        tokens_per_minute BIGINT,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
     );
     """,
 )
@@ -58,15 +55,12 @@ def owner_of_hash(key_hash: str) -> str:
     return "key_" + key_hash[:24]
 
 
-def has_active_keys(path: Path) -> bool:
-    """Whether the key database at `path` holds an unrevoked key (read-only; False when there is none yet)."""
-    if not path.exists():
-        return False
-    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        try:
-            return db.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
-        except sqlite3.OperationalError:  # not migrated yet
-            return False
+_ANY_ACTIVE = "SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1"
+
+
+def has_active_keys(location: Location) -> bool:
+    """Whether the key database holds an unrevoked key (read-only; False when there is none yet)."""
+    return query_exists(location, "api_keys", _ANY_ACTIVE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +124,7 @@ def _names(value: str | None) -> tuple[str, ...] | None:
     return tuple(json.loads(value)) if value is not None else None
 
 
-def _key(row: sqlite3.Row) -> ApiKey:
+def _key(row: Row) -> ApiKey:
     return ApiKey(
         id=row["id"],
         hash=row["hash"],
@@ -148,11 +142,12 @@ def _key(row: sqlite3.Row) -> ApiKey:
     )
 
 
-class KeyStore(ThreadedDatabase):
+class KeyStore(GatewayDatabase):
     MIGRATIONS = MIGRATIONS
+    SCHEMA = "keys"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "key-store")
+    def __init__(self, location: Location) -> None:
+        super().__init__(location, "key-store")
 
     async def create(self, spec: KeySpec) -> tuple[ApiKey, str]:
         """The new key's record and the key itself (shown once, never stored)."""
@@ -196,9 +191,7 @@ class KeyStore(ThreadedDatabase):
         return _key(row)
 
     async def any_active(self) -> bool:
-        return await self._run(
-            lambda: self.db.execute("SELECT 1 FROM api_keys WHERE revoked_at IS NULL LIMIT 1").fetchone() is not None
-        )
+        return await self._run(lambda: self.db.execute(_ANY_ACTIVE).fetchone() is not None)
 
     async def get(self, key_id: str) -> ApiKey:
         return await self._run(self._get, key_id)

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from server.gateway.errors import MissingVariable, TemplateNameTaken, TemplateNotFound
-from server.storage import ThreadedDatabase
+from server.gateway.database import GatewayDatabase, Location, Row
 
 SLOT = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 
@@ -25,7 +23,7 @@ MIGRATIONS = (
         id TEXT PRIMARY KEY,
         owner TEXT NOT NULL,
         name TEXT NOT NULL,
-        created_at REAL NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
         UNIQUE (owner, name)
     );
     CREATE TABLE template_versions (
@@ -35,7 +33,7 @@ MIGRATIONS = (
         messages TEXT NOT NULL,
         model TEXT,
         sampling TEXT NOT NULL,
-        created_at REAL NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (template_id, version)
     );
     """,
@@ -92,7 +90,7 @@ class Template:
     updated_at: float
 
 
-def _template(row: sqlite3.Row) -> Template:
+def _template(row: Row) -> Template:
     return Template(
         id=row["id"],
         owner=row["owner"],
@@ -117,11 +115,12 @@ _LATEST = """
 """
 
 
-class TemplateStore(ThreadedDatabase):
+class TemplateStore(GatewayDatabase):
     MIGRATIONS = MIGRATIONS
+    SCHEMA = "templates"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "template-store")
+    def __init__(self, location: Location) -> None:
+        super().__init__(location, "template-store")
 
     async def create(self, owner: str, name: str, content: TemplateContent) -> Template:
         return await self._run(self._create, owner, name, content)
@@ -129,15 +128,13 @@ class TemplateStore(ThreadedDatabase):
     def _create(self, owner: str, name: str, content: TemplateContent) -> Template:
         template_id = str(uuid.uuid4())
         try:
-            self.db.execute("BEGIN")
-            self.db.execute(
-                "INSERT INTO templates (id, owner, name, created_at) VALUES (?, ?, ?, ?)",
-                (template_id, owner, name, time.time()),
-            )
-            self._add_version(template_id, 1, content)
-            self.db.execute("COMMIT")
-        except sqlite3.IntegrityError:
-            self.db.execute("ROLLBACK")
+            with self.db.transaction():
+                self.db.execute(
+                    "INSERT INTO templates (id, owner, name, created_at) VALUES (?, ?, ?, ?)",
+                    (template_id, owner, name, time.time()),
+                )
+                self._add_version(template_id, 1, content)
+        except self.db.integrity_errors:
             raise TemplateNameTaken(name) from None
         return self._find(template_id, owner, admin=False)
 

@@ -9,29 +9,27 @@ finished requests.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from server.storage import ThreadedDatabase
+from server.gateway.database import SQLITE, Dialect, GatewayDatabase, Location, Row
 
 GroupBy = Literal["session_id", "tag", "user", "model", "key", "day"]
-GROUP_COLUMNS: dict[str, str] = {
+GROUP_COLUMNS: dict[str, str] = {  # "user" is quoted: a reserved word in PostgreSQL
     "session_id": "usage.session_id",
     "tag": "tag.value",
-    "user": "usage.user",
+    "user": 'usage."user"',
     "model": "usage.model",
     "key": "COALESCE(usage.key_id, usage.owner)",
-    "day": "date(usage.created_at, 'unixepoch')",
+    "day": "{day}",
 }
 
 MIGRATIONS = (
     """
     CREATE TABLE usage (
         request_id TEXT NOT NULL,
-        created_at REAL NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
         owner TEXT NOT NULL,
         key_id TEXT,
         model TEXT,
@@ -39,11 +37,11 @@ MIGRATIONS = (
         adapter TEXT,
         prompt_tokens INTEGER NOT NULL,
         completion_tokens INTEGER NOT NULL,
-        latency_ms REAL NOT NULL,
+        latency_ms DOUBLE PRECISION NOT NULL,
         status INTEGER NOT NULL,
         error_code TEXT,
         session_id TEXT,
-        user TEXT,
+        "user" TEXT,
         tags TEXT NOT NULL,
         signature TEXT,
         region TEXT,
@@ -88,27 +86,30 @@ class UsageQuery:
     owner: str | None  # None: every owner (admins)
 
 
-def aggregation_sql(query: UsageQuery) -> tuple[str, list[object]]:
+def aggregation_sql(query: UsageQuery, dialect: Dialect = SQLITE) -> tuple[str, list[object]]:
     """The SELECT for one aggregation: a row per group with request and token totals."""
-    columns = [f"{GROUP_COLUMNS[name]} AS {name}" for name in query.group_by]
+    day = dialect.utc_day.format("usage.created_at")
+    columns = [f'{GROUP_COLUMNS[name].format(day=day)} AS "{name}"' for name in query.group_by]
     source = "usage"
     if "tag" in query.group_by:
         # A request with several tags counts once under each; one without tags under null.
-        source += " LEFT JOIN json_each(usage.tags) AS tag"
+        source += " " + dialect.json_elements.format("usage.tags", "tag")
     where = ["usage.created_at >= ?", "usage.created_at < ?"]
     params: list[object] = [query.start, query.end]
     if query.owner is not None:
         where.append("usage.owner = ?")
         params.append(query.owner)
     totals = (
-        "COUNT(*) AS requests, SUM(usage.status >= 400) AS errors,"
+        "COUNT(*) AS requests, SUM(CASE WHEN usage.status >= 400 THEN 1 ELSE 0 END) AS errors,"
         " SUM(usage.prompt_tokens) AS prompt_tokens, SUM(usage.completion_tokens) AS completion_tokens,"
-        " ROUND(AVG(usage.latency_ms), 1) AS mean_latency_ms"
+        " CAST(ROUND(CAST(AVG(usage.latency_ms) AS NUMERIC), 1) AS DOUBLE PRECISION) AS mean_latency_ms"
     )
     sql = f"SELECT {', '.join([*columns, totals])} FROM {source} WHERE {' AND '.join(where)}"
     if query.group_by:
-        names = ", ".join(query.group_by)
-        sql += f" GROUP BY {names} ORDER BY {names}"
+        # By position: in PostgreSQL a bare name may resolve to an input column or a table alias first.
+        positions = range(1, len(query.group_by) + 1)
+        sql += f" GROUP BY {', '.join(map(str, positions))}"
+        sql += f" ORDER BY {', '.join(f'{position} NULLS FIRST' for position in positions)}"
     return sql, params
 
 
@@ -119,14 +120,16 @@ def _row(record: UsageRecord) -> dict:
 
 
 _COLUMNS = tuple(UsageRecord.__dataclass_fields__)
-_INSERT = f"INSERT INTO usage ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + name for name in _COLUMNS)})"
+_QUOTED = ", ".join(f'"{name}"' for name in _COLUMNS)  # "user" is reserved in PostgreSQL
+_INSERT = f"INSERT INTO usage ({_QUOTED}) VALUES ({', '.join(':' + name for name in _COLUMNS)})"
 
 
-class UsageStore(ThreadedDatabase):
+class UsageStore(GatewayDatabase):
     MIGRATIONS = MIGRATIONS
+    SCHEMA = "usage"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "usage-store")
+    def __init__(self, location: Location) -> None:
+        super().__init__(location, "usage-store")
         self._pending: deque[UsageRecord] = deque()
         self._flush_queued = False
 
@@ -143,17 +146,19 @@ class UsageStore(ThreadedDatabase):
         while self._pending:
             batch.append(_row(self._pending.popleft()))
         if batch:
-            self.db.execute("BEGIN")
-            self.db.executemany(_INSERT, batch)
-            self.db.execute("COMMIT")
+            with self.db.transaction():
+                self.db.executemany(_INSERT, batch)
 
     async def close(self) -> None:
         await self._run(self._flush)
         await super().close()
 
     async def aggregate(self, query: UsageQuery) -> list[dict]:
-        sql, params = aggregation_sql(query)
-        return await self._run(lambda: [dict(row) for row in self.db.execute(sql, params)])
+        return await self._run(self._aggregate, query)
+
+    def _aggregate(self, query: UsageQuery) -> list[dict]:
+        sql, params = aggregation_sql(query, self.db.dialect)
+        return [dict(row) for row in self.db.execute(sql, params)]
 
     async def find(self, request_id: str, owner: str | None) -> list[UsageRecord]:
         """The records of one request id (the caller's own, or anyone's for owner None)."""
@@ -168,7 +173,7 @@ class UsageStore(ThreadedDatabase):
         return [_record(row) for row in self.db.execute(sql + " ORDER BY created_at", params)]
 
 
-def _record(row: sqlite3.Row) -> UsageRecord:
+def _record(row: Row) -> UsageRecord:
     values = dict(row)
     values["tags"] = tuple(json.loads(values["tags"]))
     return UsageRecord(**values)

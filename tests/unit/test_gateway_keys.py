@@ -1,29 +1,39 @@
-"""The key store (hashed keys, owners matching static-key fingerprints, revocation, debits); model references and the fallback loop."""
+"""The key store on SQLite and PostgreSQL (hashed keys, owners matching static-key fingerprints, revocation, debits); model references and the fallback loop."""
 
 from __future__ import annotations
 
 import hashlib
 import sqlite3
-from pathlib import Path
+from contextlib import closing
 
+import psycopg
 import pytest
 
 from server.api.middleware import key_fingerprint
 from server.engine.errors import EngineUnavailable
 from server.gateway.errors import KeyNotFound, ModelUnavailable, UpstreamFailed
 from server.gateway.keys import KeySpec, KeyStore, has_active_keys
+from server.gateway.database import Location, is_postgres
 from server.gateway.routing import candidates, first_that_serves, parse_model_ref
+from tests.conftest import StoreLocation
 
 
-async def test_keys_are_stored_hashed_and_authenticate_until_revoked(tmp_path: Path) -> None:
-    path = tmp_path / "keys.sqlite3"
+def stored_hash(location: Location) -> str:
+    """The one key's stored hash, read straight from the database."""
+    connect = psycopg.connect if is_postgres(location) else sqlite3.connect
+    with closing(connect(location)) as db:  # type: ignore[operator]
+        return db.execute("SELECT hash FROM api_keys").fetchone()[0]
+
+
+async def test_keys_are_stored_hashed_and_authenticate_until_revoked(store_location: StoreLocation) -> None:
+    path = store_location("keys.sqlite3")
     assert not has_active_keys(path)
     store = KeyStore(path)
     await store.open()
     try:
         assert not await store.any_active() and not has_active_keys(path)
         key, secret = await store.create(KeySpec(name="team", credits=100, allowed_models=("m",)))
-        stored = sqlite3.connect(path).execute("SELECT hash FROM api_keys").fetchone()[0]
+        stored = stored_hash(path)
         assert secret not in stored and stored == hashlib.sha256(secret.encode()).hexdigest()
         assert key.owner == key_fingerprint(secret.encode())  # same owner id a static key would get
         found = await store.authenticate(secret)

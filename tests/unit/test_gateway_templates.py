@@ -1,13 +1,12 @@
-"""Template rendering and expansion into a request, and the template store (real SQLite)."""
+"""Template rendering and expansion into a request, and the template store (real SQLite and PostgreSQL)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from server.gateway.errors import MissingVariable, TemplateNameTaken, TemplateNotFound
 from server.gateway.templates import Template, TemplateContent, TemplateStore, expand, render
+from tests.conftest import StoreLocation
 
 
 def test_render_fills_slots_in_string_and_part_content() -> None:
@@ -64,8 +63,8 @@ def test_expand_puts_template_messages_first_and_fills_defaults_the_request_leav
     assert expand({"model": "mine"}, template, {"tone": "x"})["model"] == "mine"
 
 
-async def test_store_versions_names_uuids_and_owners(tmp_path: Path) -> None:
-    store = TemplateStore(tmp_path / "templates.sqlite3")
+async def test_store_versions_names_uuids_and_owners(store_location: StoreLocation) -> None:
+    store = TemplateStore(store_location("templates.sqlite3"))
     await store.open()
     try:
         first = await store.create("alice", "greet", TemplateContent(messages=[{"role": "user", "content": "v1"}]))

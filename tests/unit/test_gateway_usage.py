@@ -1,10 +1,10 @@
-"""Usage aggregation queries and the batched usage store (real SQLite)."""
+"""Usage aggregation queries and the batched usage store (real SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from server.gateway.database import POSTGRES
 from server.gateway.usage import UsageQuery, UsageRecord, UsageStore, aggregation_sql
+from tests.conftest import StoreLocation
 
 
 def record(request_id: str, owner: str, at: float, **fields: object) -> UsageRecord:
@@ -26,16 +26,18 @@ def record(request_id: str, owner: str, at: float, **fields: object) -> UsageRec
 
 def test_sql_groups_joins_tags_only_when_asked_and_filters_owner() -> None:
     sql, params = aggregation_sql(UsageQuery(("session_id", "day"), 1.0, 2.0, owner="me"))
-    assert "GROUP BY session_id, day" in sql and "json_each" not in sql
+    assert "GROUP BY 1, 2" in sql and "json_each" not in sql and "date(usage.created_at" in sql
     assert params == [1.0, 2.0, "me"]
     sql, params = aggregation_sql(UsageQuery(("tag",), 1.0, 2.0, owner=None))
     assert "json_each" in sql and params == [1.0, 2.0]
     sql, _ = aggregation_sql(UsageQuery((), 0.0, 1.0, owner=None))
     assert "GROUP BY" not in sql
+    sql, _ = aggregation_sql(UsageQuery(("tag", "day"), 0.0, 1.0, owner=None), POSTGRES)
+    assert "jsonb_array_elements_text" in sql and "to_timestamp(usage.created_at)" in sql
 
 
-async def test_store_records_in_batches_and_aggregates(tmp_path: Path) -> None:
-    store = UsageStore(tmp_path / "usage.sqlite3")
+async def test_store_records_in_batches_and_aggregates(store_location: StoreLocation) -> None:
+    store = UsageStore(store_location("usage.sqlite3"))
     await store.open()
     try:
         store.record(record("r1", "alice", 100.0, session_id="s1", tags=("a", "b"), user="u1"))
@@ -70,8 +72,8 @@ async def test_store_records_in_batches_and_aggregates(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_records_pending_at_close_are_written(tmp_path: Path) -> None:
-    path = tmp_path / "usage.sqlite3"
+async def test_records_pending_at_close_are_written(store_location: StoreLocation) -> None:
+    path = store_location("usage.sqlite3")
     store = UsageStore(path)
     await store.open()
     for index in range(50):
