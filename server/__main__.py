@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
     models_parser.set_defaults(run=check_config)
 
-    keys_parser = commands.add_parser("keys", help="create, list or revoke API keys (stored hashed in data_dir, or gateway.database_url)")
+    keys_parser = commands.add_parser("keys", help="create, list or revoke API keys (stored hashed)")
     keys_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
     keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
     create_parser = keys_commands.add_parser("create", help="create a key and print it (once)")

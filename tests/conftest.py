@@ -159,8 +159,13 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, upstream_port: int)
 
 
 @pytest.fixture(scope="session")
-def test_server_env(state_dirs: StateDirs, gateway_config: Path) -> dict[str, str]:
+def test_server_env(state_dirs: StateDirs, gateway_config: Path, postgres: str) -> dict[str, str]:
+    """The session server's environment. Its gateway stores (keys, usage, templates) live in PostgreSQL, in a
+    database of the session's throwaway cluster, as several servers behind a load balancer would keep them
+    (tests/test_gateway_postgres.py starts a second one on it); the SQLite default is what the routing tests'
+    upstream server and the store unit tests use."""
     return server_env(
+        LLM_SERVER_DATABASE_URL=new_database(postgres),
         LLM_SERVER_CONFIG=str(gateway_config),
         LLM_SERVER_API_KEYS=f"{API_KEY},{OTHER_API_KEY}",
         LLM_SERVER_ADAPTERS_DIR=str(state_dirs.adapters),
@@ -222,6 +227,20 @@ def new_key(session: httpx.Client, **fields: object) -> dict:
     response = session.post("/v1/keys", json={"name": "test", **fields})
     assert response.status_code == 201, response.text
     return response.json()
+
+
+def keys_cli(env: dict[str, str], *args: str) -> str:
+    """`python -m server keys ARGS` in this environment (the database the servers given `env` use); its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "keys", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None, param: str | None) -> dict:

@@ -92,6 +92,7 @@ def postgres_cluster() -> Iterator[str]:
     finally:
         subprocess.run(
             [*prefix, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+            check=False,
             capture_output=True,
         )
         shutil.rmtree(folder, ignore_errors=True)

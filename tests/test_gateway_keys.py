@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, ROOT, RunningServer, assert_error, keyed_http, new_key
+from tests.conftest import MODEL, RunningServer, assert_error, keyed_http, keys_cli, new_key
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -59,16 +57,7 @@ def test_key_endpoints_refuse_bad_input_and_non_admins(server: RunningServer, ht
 
 def test_cli_keys_reach_the_running_server(server: RunningServer, test_server_env: dict[str, str]) -> None:
     def cli(*args: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "server", "keys", *args],
-            cwd=ROOT,
-            env=test_server_env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        return result.stdout
+        return keys_cli(test_server_env, *args)
 
     created = json.loads(cli("create", "--name", "from-cli", "--credits", "500", "--rpm", "100"))
     assert created["credits"] == 500 and created["requests_per_minute"] == 100

@@ -17,9 +17,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from server.gateway.database import GatewayDatabase, Location, Row, query_exists
 from server.gateway.errors import KeyNotFound
 from server.gateway.limits import Limits
-from server.gateway.database import GatewayDatabase, Location, Row, query_exists
 
 KEYS_DATABASE = "keys.sqlite3"
 KEY_PREFIX = "sk-"

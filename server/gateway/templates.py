@@ -12,8 +12,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from server.gateway.errors import MissingVariable, TemplateNameTaken, TemplateNotFound
 from server.gateway.database import GatewayDatabase, Location, Row
+from server.gateway.errors import MissingVariable, TemplateNameTaken, TemplateNotFound
 
 SLOT = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 

@@ -42,7 +42,7 @@ async def test_store_records_in_batches_and_aggregates(store_location: StoreLoca
     try:
         store.record(record("r1", "alice", 100.0, session_id="s1", tags=("a", "b"), user="u1"))
         store.record(record("r2", "alice", 200.0, session_id="s1", tags=("a",), status=429, completion_tokens=0))
-        store.record(record("r3", "bob", 300.0, session_id="s2", query_body='{"x": 1}'))
+        store.record(record("r3", "bob", 300.0, session_id="s2", key_id="key-b", query_body='{"x": 1}'))
         by_session = await store.aggregate(UsageQuery(("session_id",), 0.0, 1000.0, owner=None))
         assert by_session == [
             {
@@ -64,6 +64,15 @@ async def test_store_records_in_batches_and_aggregates(store_location: StoreLoca
         ]
         by_tag = await store.aggregate(UsageQuery(("tag",), 0.0, 1000.0, owner="alice"))
         assert [(row["tag"], row["requests"]) for row in by_tag] == [("a", 2), ("b", 1)]
+        everyone_by_tag = await store.aggregate(UsageQuery(("tag",), 0.0, 1000.0, owner=None))
+        assert [(row["tag"], row["requests"]) for row in everyone_by_tag] == [(None, 1), ("a", 2), ("b", 1)]
+        by_user_key_day = await store.aggregate(UsageQuery(("user", "key", "day"), 0.0, 1000.0, owner=None))
+        assert [(row["user"], row["key"], row["day"], row["requests"]) for row in by_user_key_day] == [
+            (None, "alice", "1970-01-01", 1),
+            (None, "key-b", "1970-01-01", 1),  # a stored key's usage groups under its id
+            ("u1", "alice", "1970-01-01", 1),
+        ]
+        assert all(isinstance(row["mean_latency_ms"], float) for row in by_user_key_day)
         in_range = await store.aggregate(UsageQuery((), 150.0, 250.0, owner=None))
         assert in_range[0]["requests"] == 1
         assert [r.query_body for r in await store.find("r3", owner=None)] == ['{"x": 1}']
