@@ -10,11 +10,13 @@ import json
 import re
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass
 
 from server.gateway.database import GatewayDatabase, Location, Row
 from server.gateway.errors import MissingVariable, TemplateNameTaken, TemplateNotFound
 
+UPDATE_ATTEMPTS = 5  # tries at the next version number, which a concurrent update elsewhere may take
 SLOT = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 
 MIGRATIONS = (
@@ -182,6 +184,12 @@ class TemplateStore(GatewayDatabase):
         return await self._run(self._update, reference, owner, content, admin)
 
     def _update(self, reference: str, owner: str, content: TemplateContent, admin: bool) -> Template:
+        for _ in range(UPDATE_ATTEMPTS - 1):
+            with suppress(*self.db.integrity_errors):  # another server sharing the database took the version first
+                return self._add_next_version(reference, owner, content, admin)
+        return self._add_next_version(reference, owner, content, admin)
+
+    def _add_next_version(self, reference: str, owner: str, content: TemplateContent, admin: bool) -> Template:
         current = self._find(reference, owner, admin)
         self._add_version(current.id, current.version + 1, content)
         return self._find(current.id, current.owner, admin=False)

@@ -88,3 +88,31 @@ async def test_store_versions_names_uuids_and_owners(store_location: StoreLocati
         assert (await store.find("greet", "bob", admin=False)).content.messages[0]["content"] == "bob's"
     finally:
         await store.close()
+
+
+async def test_an_update_that_loses_the_race_for_its_version_to_another_server_tries_the_next(
+    store_location: StoreLocation,
+) -> None:
+    """Two stores on one database (two servers): a rival's version lands between this update's read and write."""
+    first, second = (TemplateStore(store_location("templates.sqlite3")) for _ in range(2))
+    for store in (first, second):
+        await store.open()
+    try:
+        created = await first.create("alice", "raced", TemplateContent(messages=[]))
+        rival = TemplateContent(messages=[{"role": "user", "content": "rival"}])
+        add_version = first._add_version
+
+        def rival_first(*args: object) -> None:
+            if (second._find(created.id, "alice", False)).version == 1:
+                second._add_next_version(created.id, "alice", rival, False)
+            add_version(*args)  # type: ignore[arg-type]
+
+        first._add_version = rival_first  # type: ignore[method-assign]
+        mine = await first.update(
+            "raced", "alice", TemplateContent(messages=[{"role": "user", "content": "mine"}]), admin=False
+        )
+        assert mine.version == 3 and mine.content.messages[0]["content"] == "mine"
+        assert (await second.find(created.id, "alice", admin=False)).version == 3
+    finally:
+        for store in (first, second):
+            await store.close()
