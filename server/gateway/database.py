@@ -120,8 +120,15 @@ class PostgresConnection:
         import psycopg
 
         self.integrity_errors = (psycopg.IntegrityError,)
+        self._url = url
         self._db = connect_postgres(url)
         self._migrate(schema, migrations)
+
+    def _live(self) -> Any:
+        """The connection, made anew when the last one was lost (the call that lost it failed; later ones go on)."""
+        if self._db.broken or self._db.closed:
+            self._db = connect_postgres(self._url)
+        return self._db
 
     def _migrate(self, schema: str, migrations: Sequence[str]) -> None:
         with self._db.transaction():
@@ -140,15 +147,15 @@ class PostgresConnection:
                 )
 
     def execute(self, sql: str, params: Params = ()) -> Cursor:
-        return self._db.execute(to_pyformat(sql), params)
+        return self._live().execute(to_pyformat(sql), params)
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> None:
-        with self._db.cursor() as cursor:
+        with self._live().cursor() as cursor:
             cursor.executemany(to_pyformat(sql), rows)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self._db.transaction():
+        with self._live().transaction():
             yield
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from server.gateway.errors import KeyNotFound, ModelUnavailable, UpstreamFailed
 from server.gateway.keys import KeySpec, KeyStore, has_active_keys
 from server.gateway.routing import candidates, first_that_serves, parse_model_ref
 from tests.conftest import StoreLocation
+from tests.postgres import new_database
 
 
 def stored_hash(location: Location) -> str:
@@ -88,3 +89,22 @@ async def test_fallback_goes_on_only_after_failures_another_model_might_not_have
     assert raised.value is refused and tried == ["bad"]  # a bad request is bad everywhere
     with pytest.raises(ModelUnavailable):
         await first_that_serves(["busy", "unknown"], attempt_failing_with(retryable))  # the last failure
+
+
+async def test_a_store_reconnects_after_postgres_drops_its_connection(postgres: str) -> None:
+    url = new_database(postgres)
+    store = KeyStore(url)
+    await store.open()
+    try:
+        key, secret = await store.create(KeySpec(name="survivor"))
+        with closing(psycopg.connect(url, autocommit=True)) as admin:  # as a database restart would
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(psycopg.OperationalError):
+            await store.authenticate(secret)  # the call that finds the connection lost fails
+        found = await store.authenticate(secret)
+        assert found is not None and found.id == key.id
+    finally:
+        await store.close()
