@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,12 +31,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_adaption import print_adaption_table, throughput_while_training, training_time  # noqa: E402
-from bench_guardrails import GUARDRAIL, print_guardrails_table  # noqa: E402
-from bench_memory import bench_memory_retrieval, chat_latency_with_memory, print_memory_table  # noqa: E402
+from bench_adaption import print_adaption_table, throughput_while_training, training_time
+from bench_gateway import component_costs, gateway_overhead, print_gateway_table
+from bench_guardrails import GUARDRAIL, print_guardrails_table
+from bench_memory import bench_memory_retrieval, chat_latency_with_memory, print_memory_table
 
-from server.config import ModelEntry, load_settings  # noqa: E402
-from server.engine.runtime import engine_args_for  # noqa: E402
+from server.config import ModelEntry, load_settings
+from server.engine.runtime import engine_args_for
 
 PROMPT = "Write a detailed essay about the history of lighthouses and the people who kept them."
 API_KEY = "bench-key"
@@ -158,6 +161,17 @@ class Server:
                 self.process.wait()
 
 
+@contextlib.contextmanager
+def ready_server(kind: str, entry: ModelEntry, log_dir: Path, data_dir: Path) -> Iterator[Server]:
+    """Our server with its own data folder, started and healthy; stopped on the way out."""
+    server = Server(kind, entry, log_dir, {"LLM_SERVER_DATA_DIR": str(data_dir)})
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
 async def one_request(
     client: httpx.AsyncClient, model: str, output_tokens: int, extra: dict | None = None
 ) -> RequestResult:
@@ -260,10 +274,8 @@ def bench_server(kind: str, entry: ModelEntry, levels: list[int], output_tokens:
 
 def bench_guardrails(entry: ModelEntry, levels: list[int], output_tokens: int, log_dir: Path) -> dict:
     """Streaming with a guardrail policy vs without, on one server, in alternating rounds (noise hits both)."""
-    server = Server("ours-guardrails", entry, log_dir)
     rounds: dict[str, list[dict]] = {}
-    try:
-        server.wait_ready()
+    with ready_server("ours-guardrails", entry, log_dir, log_dir / "guardrails-data") as server:
         for concurrency in [level for level in levels if level <= 8]:
             requests = max(3 * concurrency, 8)
             for _ in range(2):
@@ -273,9 +285,7 @@ def bench_guardrails(entry: ModelEntry, levels: list[int], output_tokens: int, l
                     )
                     rounds.setdefault(f"{mode}-c{concurrency}", []).append(level.summary())
                     print(f"[guardrails {mode}] c={concurrency}: {rounds[f'{mode}-c{concurrency}'][-1]}", flush=True)
-        return rounds
-    finally:
-        server.stop()
+    return rounds
 
 
 def make_bench_adapters(log_dir: Path, count: int = 8) -> tuple[Path, list[str]]:
@@ -398,8 +408,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
     parser.add_argument(
         "--sections",
-        default="compare,lora,memory,adaption,guardrails",
-        help="compare (vs vllm serve), lora (multi-LoRA), memory, adaption, guardrails",
+        default="compare,lora,memory,adaption,guardrails,gateway",
+        help="compare (vs vllm serve), lora (multi-LoRA), memory, adaption, guardrails (policy on vs off),"
+        " gateway (auth + usage + templates overhead)",
     )
     parser.add_argument("--memory-sizes", default="10000,100000", help="memory group sizes to time retrieval at")
     args = parser.parse_args()
@@ -430,27 +441,23 @@ def main() -> None:
     if "memory" in sections:
         sizes = [int(part) for part in args.memory_sizes.split(",")]
         report["memory"] = {"retrieval": bench_memory_retrieval(sizes, args.out / "cache")}
-        server = Server("ours-memory", entry, log_dir, {"LLM_SERVER_DATA_DIR": str(log_dir / "data")})
-        try:
-            server.wait_ready()
+        with ready_server("ours-memory", entry, log_dir, log_dir / "data") as server:
             report["memory"]["chat"] = chat_latency_with_memory(server.base_url, API_KEY, entry.name)
-        finally:
-            server.stop()
     if "adaption" in sections:
         settings = load_settings(model=args.model)
         report["adaption"] = {"training_time": training_time(settings)}
-        server = Server("ours-adaption", entry, log_dir, {"LLM_SERVER_DATA_DIR": str(log_dir / "adaption-data")})
-        try:
-            server.wait_ready()
+        with ready_server("ours-adaption", entry, log_dir, log_dir / "adaption-data") as server:
 
             def measure() -> dict:
                 return asyncio.run(run_level(server.base_url, [entry.name], 8, 24, args.output_tokens)).summary()
 
             report["adaption"]["serving"] = throughput_while_training(server.base_url, API_KEY, entry.name, measure)
-        finally:
-            server.stop()
     if "guardrails" in sections:
         report["guardrails"] = bench_guardrails(entry, levels, args.output_tokens, log_dir)
+    if "gateway" in sections:
+        report["gateway"] = {"components": component_costs()}
+        with ready_server("ours-gateway", entry, log_dir, log_dir / "gateway-data") as server:
+            report["gateway"]["overhead"] = gateway_overhead(server.base_url, API_KEY, entry.name)
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
@@ -463,6 +470,8 @@ def main() -> None:
         print_adaption_table(report["adaption"])
     if "guardrails" in report:
         print_guardrails_table(report["guardrails"])
+    if "gateway" in report:
+        print_gateway_table(report["gateway"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from server.config import ConfigError, Settings, load_settings
+from server.gateway.keys import KEYS_DATABASE, has_active_keys
 
 logger = logging.getLogger("server")
 
@@ -28,9 +29,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind_host(settings: Settings) -> str:
-    """Without API keys the server is open to anyone who can reach it: keep it on loopback."""
-    if settings.api_keys:
+def bind_host(settings: Settings, stored_keys: bool = False) -> str:
+    """Without API keys (in settings or stored) the server is open to anyone who can reach it: keep it on loopback."""
+    if settings.api_keys or stored_keys:
         return settings.host
     banner = "!" * 78
     logger.warning(
@@ -54,7 +55,7 @@ def serve(args: argparse.Namespace) -> None:
         settings = load_settings(args.config, model=args.model, host=args.host, port=args.port)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
-    host = bind_host(settings)
+    host = bind_host(settings, has_active_keys(settings.gateway_database(KEYS_DATABASE)))
     app = build_app(settings)
     logger.info("serving %s on http://%s:%d/v1", settings.served.name, host, settings.port)
     uvicorn.run(app, host=host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=10)
@@ -68,6 +69,50 @@ def check_config(args: argparse.Namespace) -> None:
     for entry in settings.models:
         marker = "*" if entry.name == settings.served.name else " "
         print(f"{marker} {entry.name:<28} {entry.source}  aliases={list(entry.aliases)}")
+
+
+def manage_keys(args: argparse.Namespace) -> None:
+    """`keys create|list|revoke` on the key database (data_dir, or gateway.database_url): running servers see changes at once."""
+    import asyncio
+    import json
+
+    from server.gateway.errors import KeyNotFound
+    from server.gateway.keys import KeySpec, KeyStore
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        sys.exit(f"error: {exc}")
+
+    async def run() -> None:
+        store = KeyStore(settings.gateway_database(KEYS_DATABASE))
+        await store.open()
+        try:
+            if args.keys_command == "create":
+                spec = KeySpec(
+                    name=args.name,
+                    admin=args.admin,
+                    allowed_models=tuple(args.allow_model) if args.allow_model else None,
+                    allowed_adapters=tuple(args.allow_adapter) if args.allow_adapter is not None else None,
+                    default_model=args.default_model,
+                    credits=args.credits,
+                    requests_per_minute=args.rpm,
+                    tokens_per_minute=args.tpm,
+                )
+                key, secret = await store.create(spec)
+                print(json.dumps({**key.public_view(), "key": secret}))
+                print("store the key now: it is not shown again", file=sys.stderr)
+            elif args.keys_command == "list":
+                for key in await store.list():
+                    print(json.dumps(key.public_view()))
+            else:
+                print(json.dumps((await store.revoke(args.key_id)).public_view()))
+        except KeyNotFound as exc:
+            sys.exit(f"error: {exc}")
+        finally:
+            await store.close()
+
+    asyncio.run(run())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     models_parser.add_argument("--model", help="mark this model as the served one")
     models_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
     models_parser.set_defaults(run=check_config)
+
+    keys_parser = commands.add_parser("keys", help="create, list or revoke API keys (stored hashed)")
+    keys_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
+    keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create_parser = keys_commands.add_parser("create", help="create a key and print it (once)")
+    create_parser.add_argument("--name", required=True)
+    create_parser.add_argument("--admin", action="store_true", help="may manage keys and see all usage")
+    create_parser.add_argument("--allow-model", action="append", help="a model the key may use (repeat; default: any)")
+    create_parser.add_argument(
+        "--allow-adapter", action="append", help="an adapter the key may use (repeat; default: any)"
+    )
+    create_parser.add_argument("--default-model", help="used when a request names no model")
+    create_parser.add_argument("--credits", type=int, help="tokens the key may use (default: unlimited)")
+    create_parser.add_argument("--rpm", type=int, help="requests per minute")
+    create_parser.add_argument("--tpm", type=int, help="tokens per minute")
+    keys_commands.add_parser("list", help="list keys (never the keys themselves)")
+    revoke_parser = keys_commands.add_parser("revoke", help="revoke a key by id")
+    revoke_parser.add_argument("key_id")
+    keys_parser.set_defaults(run=manage_keys)
     return parser
 
 

@@ -25,9 +25,11 @@ from server.api.adapters import (
     vllm_unload_lora_adapter,
 )
 from server.api.chat import chat_completions
+from server.api.endpoints import list_endpoints
 from server.api.errors import APIError, handle_exception
 from server.api.fine_tuning import cancel_job, create_job, list_job_events, list_jobs, retrieve_job
 from server.api.health import health
+from server.api.keys import create_key, get_key, list_keys, revoke_key
 from server.api.memory import (
     add_memories,
     curate_group,
@@ -45,10 +47,18 @@ from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.moderations import create_moderation
 from server.api.protocol import InvalidParam
+from server.api.templates import create_template, delete_template, get_template, list_templates, update_template
+from server.api.usage import get_request_usage, get_usage
 from server.config import GuardrailSettings, Settings
 from server.engine import ChatTurn, Engine, GenerationOptions
 from server.engine.adapters import AdapterError
 from server.engine.errors import EngineError
+from server.gateway.errors import GatewayError
+from server.gateway.keys import KEYS_DATABASE, KeyStore
+from server.gateway.routing import Router
+from server.gateway.service import Gateway
+from server.gateway.templates import TemplateStore
+from server.gateway.usage import UsageStore
 from server.guardrails.checker import Checker, checker_model_path, open_checker
 from server.guardrails.errors import GuardrailViolation
 from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
@@ -61,6 +71,8 @@ from server.memory.store import SQLiteMemoryStore
 PUBLIC_PATHS = ("/health", "/metrics")
 MEMORY_DATABASE = "memory.sqlite3"
 ADAPTION_DATABASE = "adaption.sqlite3"
+GATEWAY_USAGE_DATABASE = "usage.sqlite3"
+GATEWAY_TEMPLATES_DATABASE = "templates.sqlite3"
 
 
 def consolidate_with(engine: Engine) -> Consolidate:
@@ -113,6 +125,22 @@ async def guardrail_checker(settings: GuardrailSettings) -> AsyncIterator[Checke
         await checker.close()
 
 
+@asynccontextmanager
+async def gateway_service(settings: Settings) -> AsyncIterator[Gateway]:
+    keys = KeyStore(settings.gateway_database(KEYS_DATABASE))
+    usage = UsageStore(settings.gateway_database(GATEWAY_USAGE_DATABASE))
+    templates = TemplateStore(settings.gateway_database(GATEWAY_TEMPLATES_DATABASE))
+    router = Router(settings.providers)
+    for store in (keys, usage, templates):
+        await store.open()
+    try:
+        yield Gateway(settings.gateway, keys, usage, templates, router)
+    finally:
+        await router.close()
+        for store in (usage, templates, keys):  # usage first: its pending records are written on close
+            await store.close()
+
+
 def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -121,7 +149,12 @@ def build_app(settings: Settings) -> Starlette:
             memory_service(settings) as memory,
             adaption_service(settings, engine, memory) as adaption,
             guardrail_checker(settings.guardrails) as checker,
+            gateway_service(settings) as gateway,
         ):
+            app.state.gateway = gateway
+            app.state.keys = gateway.keys
+            app.state.usage = gateway.usage
+            app.state.templates = gateway.templates
             app.state.settings = settings
             app.state.engine = engine
             app.state.memory = memory
@@ -165,6 +198,18 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/fine_tuning/jobs/{job_id}", retrieve_job, methods=["GET"]),
         Route("/v1/fine_tuning/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
         Route("/v1/fine_tuning/jobs/{job_id}/events", list_job_events, methods=["GET"]),
+        Route("/v1/endpoints", list_endpoints, methods=["GET"]),
+        Route("/v1/keys", create_key, methods=["POST"]),
+        Route("/v1/keys", list_keys, methods=["GET"]),
+        Route("/v1/keys/{key_id}", get_key, methods=["GET"]),
+        Route("/v1/keys/{key_id}", revoke_key, methods=["DELETE"]),
+        Route("/v1/usage", get_usage, methods=["GET"]),
+        Route("/v1/usage/requests/{request_id}", get_request_usage, methods=["GET"]),
+        Route("/v1/templates", create_template, methods=["POST"]),
+        Route("/v1/templates", list_templates, methods=["GET"]),
+        Route("/v1/templates/{template}", get_template, methods=["GET"]),
+        Route("/v1/templates/{template}", update_template, methods=["POST"]),
+        Route("/v1/templates/{template}", delete_template, methods=["DELETE"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
@@ -181,6 +226,7 @@ def build_app(settings: Settings) -> Starlette:
         MemoryServiceError: handle_exception,
         AdaptionError: handle_exception,
         GuardrailViolation: handle_exception,
+        GatewayError: handle_exception,
         HTTPException: handle_exception,
         Exception: handle_exception,
     }

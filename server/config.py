@@ -155,6 +155,42 @@ class GuardrailSettings(_Strict):
     )
     max_moderation_inputs: int = Field(64, ge=1, description="most inputs one /v1/moderations request may check")
     max_moderation_chars: int = Field(32_000, ge=1, description="longest input /v1/moderations accepts")
+class ProviderEntry(_Strict):
+    """An upstream OpenAI-compatible server (another of ours, or any provider): `model@name` reaches it."""
+
+    name: str = Field(pattern=MODEL_NAME_PATTERN)
+    base_url: str = Field(pattern=r"^https?://", description="up to and including /v1")
+    api_key: str | None = Field(None, description="sent as the Bearer key; prefer api_key_env")
+    api_key_env: str | None = Field(None, description="environment variable holding the key")
+    models: tuple[str, ...] = Field(min_length=1, description="the provider's model names this server may route to")
+    timeout_s: float = Field(60.0, gt=0.0, description="connect and per-read timeout; a timeout falls back")
+
+    @property
+    def key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else self.api_key
+
+
+class GatewaySettings(_Strict):
+    """API keys, usage and routing (see docs/architecture.md)."""
+
+    log_bodies: bool = Field(
+        True, description="false: request and response bodies are never stored, whatever a request asks"
+    )
+    middle_out_reserve_tokens: int = Field(
+        256, ge=1, description="room middle-out leaves for the completion when the request sets no max_tokens"
+    )
+    database_url: str | None = Field(
+        None,
+        description="postgresql://user:password@host:port/db: keys, usage and templates in PostgreSQL, shared by"
+        " every server given the same URL; unset: SQLite files in data_dir",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it unset for SQLite in data_dir)")
+        return value
 
 
 class Settings(_Strict):
@@ -174,6 +210,8 @@ class Settings(_Strict):
     memory: MemorySettings = MemorySettings()
     adaption: AdaptionSettings = AdaptionSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    providers: tuple[ProviderEntry, ...] = ()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -186,6 +224,9 @@ class Settings(_Strict):
         for field in ("default_model", "served_model"):
             if getattr(self, field) not in seen:
                 raise ValueError(f"{field}: {getattr(self, field)!r} is not a model in the registry")
+        providers = [provider.name for provider in self.providers]
+        if len(set(providers)) != len(providers):
+            raise ValueError("providers: two providers share a name")
         if self.adaption.rank > self.served.lora.max_lora_rank:
             raise ValueError(
                 f"adaption.rank {self.adaption.rank} exceeds {self.served.name}'s lora.max_lora_rank "
@@ -209,6 +250,10 @@ class Settings(_Strict):
         entry = self.find_model(self.served_model)
         assert entry is not None  # guaranteed by _names_resolve
         return entry
+
+    def gateway_database(self, sqlite_file: str) -> Path | str:
+        """Where a gateway store lives: the shared PostgreSQL URL, or its own SQLite file in data_dir."""
+        return self.gateway.database_url or self.data_dir / sqlite_file
 
 
 def _format_validation_error(error: ValidationError, raw: dict) -> str:
@@ -248,7 +293,9 @@ def load_settings(
     Precedence: explicit argument (CLI flag) > environment > models.yaml.
     Environment: LLM_SERVER_CONFIG, LLM_SERVER_MODEL, LLM_SERVER_HOST,
     LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated), LLM_SERVER_ADAPTERS_DIR,
-    LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR.
+    LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR,
+    LLM_SERVER_LOG_BODIES (false/0: never store request and response bodies),
+    LLM_SERVER_DATABASE_URL (postgresql://...: the gateway's stores in PostgreSQL).
     """
     env = os.environ if environ is None else environ
     config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
@@ -279,6 +326,13 @@ def load_settings(
         ]
     if env.get("LLM_SERVER_API_KEYS"):
         merged["api_keys"] = [key.strip() for key in env["LLM_SERVER_API_KEYS"].split(",") if key.strip()]
+    if env.get("LLM_SERVER_DATABASE_URL"):
+        merged["gateway"] = {**merged.get("gateway", {}), "database_url": env["LLM_SERVER_DATABASE_URL"]}
+    if env.get("LLM_SERVER_LOG_BODIES"):
+        merged["gateway"] = {
+            **merged.get("gateway", {}),
+            "log_bodies": env["LLM_SERVER_LOG_BODIES"].lower() in ("1", "true", "yes"),
+        }
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:

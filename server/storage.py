@@ -35,34 +35,47 @@ def migrate(connection: sqlite3.Connection, migrations: Sequence[str]) -> None:
         connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
 
 
-class ThreadedDatabase:
-    """A store's one connection and the one thread that uses it; subclasses set MIGRATIONS."""
+class StoreThread:
+    """The one thread a store's connection is used from; subclasses open and close the connection."""
+
+    def __init__(self, thread_name: str) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+
+    async def _run(self, work: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        await self._run(self._close)
+        self._thread.shutdown()
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadedDatabase(StoreThread):
+    """A store's one SQLite connection and the one thread that uses it; subclasses set MIGRATIONS."""
 
     MIGRATIONS: ClassVar[Sequence[str]] = ()
 
     def __init__(self, path: Path, thread_name: str) -> None:
+        super().__init__(thread_name)
         self._path = path
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
         self._db: sqlite3.Connection | None = None
-
-    async def _run(self, work: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work, *args)
 
     @property
     def db(self) -> sqlite3.Connection:
         assert self._db is not None, "store not opened"
         return self._db
 
-    async def open(self) -> None:
-        await self._run(self._open)
-
     def _open(self) -> None:
         self._db = open_database(self._path)
         migrate(self._db, self.MIGRATIONS)
-
-    async def close(self) -> None:
-        await self._run(self._close)
-        self._thread.shutdown()
 
     def _close(self) -> None:
         if self._db is not None:

@@ -7,23 +7,31 @@ the official `openai` SDK and raw httpx.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+import yaml
+
+from tests.postgres import new_database, postgres_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
 API_KEY = "test-key-0123456789"
 OTHER_API_KEY = "test-key-other-9876543210"  # a second caller, for ownership tests
+UPSTREAM_API_KEY = "test-key-upstream-5555"  # the upstream provider's own key (tests/test_gateway_routing.py)
+UPSTREAM_PROVIDER = "upstream"
+UNREACHABLE_PROVIDER = "nowhere"  # a provider nothing listens for
+IMPATIENT_PROVIDER = "impatient"  # the upstream with a 1 ms timeout
 START_TIMEOUT_S = 420
 
 
@@ -50,10 +58,21 @@ class RunningServer:
                 self.process.wait()
 
 
+# Below the kernel's ephemeral range (32768-60999 by default): a port picked here stays free until the
+# server binds it, however long its engine takes to start, because outgoing connections and vLLM's own
+# internal ports (bind to port 0) are given ephemeral ports only.
+LISTEN_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    for port in random.sample(LISTEN_PORTS, 50):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 def server_env(**extra: str) -> dict[str, str]:
@@ -76,9 +95,11 @@ def wait_until(predicate, timeout_s: float = 30) -> bool:
     return False
 
 
-def start_server(log_path: Path, *args: str, env: dict[str, str] | None = None) -> RunningServer:
+def start_server(
+    log_path: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+) -> RunningServer:
     """Start `python -m server serve` and wait until /health answers 200."""
-    port = free_port()
+    port = port or free_port()
     log = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "server", "serve", "--port", str(port), *args],
@@ -118,8 +139,47 @@ def state_dirs(tmp_path_factory: pytest.TempPathFactory) -> StateDirs:
 
 
 @pytest.fixture(scope="session")
-def test_server_env(state_dirs: StateDirs) -> dict[str, str]:
+def upstream_port() -> int:
+    """Where the upstream provider (a second server of ours, started only by the routing tests) listens."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def gateway_config(tmp_path_factory: pytest.TempPathFactory, upstream_port: int) -> Path:
+    """models.yaml plus providers: `upstream` (a second server of ours), `nowhere` (refuses connections)
+    and `impatient` (the upstream with a timeout it cannot meet)."""
+    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    raw["providers"] = [
+        {
+            "name": UPSTREAM_PROVIDER,
+            "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+            "api_key": UPSTREAM_API_KEY,
+            "models": [MODEL],
+            "timeout_s": 60,
+        },
+        {"name": UNREACHABLE_PROVIDER, "base_url": f"http://127.0.0.1:{free_port()}/v1", "models": [MODEL]},
+        {  # the upstream again, with no patience: its answers always come too late
+            "name": IMPATIENT_PROVIDER,
+            "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+            "api_key": UPSTREAM_API_KEY,
+            "models": [MODEL],
+            "timeout_s": 0.001,
+        },
+    ]
+    path = tmp_path_factory.mktemp("config") / "models.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_server_env(state_dirs: StateDirs, gateway_config: Path, postgres: str) -> dict[str, str]:
+    """The session server's environment. Its gateway stores (keys, usage, templates) live in PostgreSQL, in a
+    database of the session's throwaway cluster, as several servers behind a load balancer would keep them
+    (tests/test_gateway_postgres.py starts a second one on it); the SQLite default is what the routing tests'
+    upstream server and the store unit tests use."""
     return server_env(
+        LLM_SERVER_DATABASE_URL=new_database(postgres),
+        LLM_SERVER_CONFIG=str(gateway_config),
         LLM_SERVER_API_KEYS=f"{API_KEY},{OTHER_API_KEY}",
         LLM_SERVER_ADAPTERS_DIR=str(state_dirs.adapters),
         LLM_SERVER_ADAPTER_SOURCE_ROOTS=str(state_dirs.sources),
@@ -175,9 +235,71 @@ def other_http(server: RunningServer) -> Iterator[httpx.Client]:
         yield session
 
 
+def new_key(session: httpx.Client, **fields: object) -> dict:
+    """A stored API key created through the admin endpoint; its `key` is the secret."""
+    response = session.post("/v1/keys", json={"name": "test", **fields})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def keys_cli(env: dict[str, str], *args: str) -> str:
+    """`python -m server keys ARGS` in this environment (the database the servers given `env` use); its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "keys", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None, param: str | None) -> dict:
+    """An OpenAI-shaped error with this status, code and param."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["code"] == code
+    assert error["param"] == param
+    assert response.headers["x-request-id"]
+    return error
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster for the session (tests/postgres.py); its admin URL."""
+    with postgres_cluster() as url:
+        yield url
+
+
+StoreLocation = Callable[[str], "Path | str"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> StoreLocation:
+    """Where a gateway store under test lives, per backend: `location("keys.sqlite3")` is that file in
+    tmp_path, or (PostgreSQL) a fresh database of the session's cluster, shared by the test's stores."""
+    if request.param == "sqlite":
+        return lambda sqlite_file: tmp_path / sqlite_file
+    url = new_database(request.getfixturevalue("postgres"))
+    return lambda sqlite_file: url
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests that use a server fixture are marked `engine` (`make unit` leaves them out)."""
-    engine_fixtures = {"server", "client", "async_client", "http", "other_http", "dying_server", "adapter_sources"}
+    engine_fixtures = {
+        "server",
+        "client",
+        "async_client",
+        "http",
+        "other_http",
+        "dying_server",
+        "adapter_sources",
+        "upstream",
+    }
     for item in items:
         if engine_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)

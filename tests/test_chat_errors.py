@@ -6,20 +6,9 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL
+from tests.conftest import MODEL, assert_error
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None, param: str | None) -> dict:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["message"]
-    assert error["code"] == code
-    assert error["param"] == param
-    assert response.headers["x-request-id"]
-    return error
 
 
 @pytest.mark.parametrize(

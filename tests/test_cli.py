@@ -74,4 +74,5 @@ def test_bind_host_rules() -> None:
     assert bind_host(load_settings(environ={}, host="::1")) == "::1"
     keyed = load_settings(environ={"LLM_SERVER_API_KEYS": "k"}, host="0.0.0.0")
     assert bind_host(keyed) == "0.0.0.0"
+    assert bind_host(open_settings, stored_keys=True) == "0.0.0.0"  # keys made with `python -m server keys create`
     assert is_loopback("localhost") and is_loopback("127.0.0.2") and not is_loopback("10.0.0.1")

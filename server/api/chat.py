@@ -6,27 +6,29 @@ import asyncio
 import functools
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from server.adaption.runner import AdaptionService
 from server.api.chat_stream import CompletionIdentity, collect_completion, on_first_choice_text, stream_chunks
-from server.api.errors import invalid_request, model_not_found, read_json_object, to_api_error
-from server.api.middleware import caller_of, request_id_of
+from server.api.errors import invalid_request, read_json_object, status_of, to_api_error
+from server.api.middleware import caller_of, principal_of, request_id_of
 from server.api.moderations import checked_policy
 from server.api.protocol import (
+    GATEWAY_FIELDS,
     ChatCompletionRequest,
     ChatMessage,
     JsonObjectFormat,
     JsonSchemaFormat,
     NamedToolChoice,
     NightlyInfo,
+    TemplateUse,
 )
 from server.config import GuardrailSettings, ModelEntry, Settings
 from server.engine import (
@@ -35,12 +37,18 @@ from server.engine import (
     Engine,
     GenerationOptions,
     JsonConstraint,
+    PreparedChat,
     ToolCall,
     ToolSpec,
     ToolUse,
 )
 from server.engine.errors import EngineError
 from server.engine.prompt import latest_user_text, with_system_block
+from server.gateway.errors import GatewayError, ModelUnavailable
+from server.gateway.routing import Route, candidates, first_that_serves
+from server.gateway.service import Gateway, RequestAccount
+from server.gateway.templates import expand
+from server.gateway.transforms import MIDDLE_OUT, fit_context
 from server.guardrails.checker import Checker
 from server.guardrails.errors import GuardrailViolation
 from server.guardrails.stream import checked_whole, guarded
@@ -115,21 +123,34 @@ def to_options(body: ChatCompletionRequest) -> GenerationOptions:
 
 
 def resolve_model(
-    settings: Settings, engine: Engine, body: ChatCompletionRequest
+    settings: Settings, engine: Engine, name: str, body: ChatCompletionRequest
 ) -> tuple[ModelEntry, str | None, str]:
-    """(base model entry, adapter name or None, the param that named the adapter)."""
-    if body.model in engine.adapters:  # vLLM's convention: the adapter's name as `model`
-        if body.lora_name is not None and body.lora_name != body.model:
+    """(base model entry, adapter name or None, the param that named the adapter) for the model `name`."""
+    if name in engine.adapters:  # vLLM's convention: the adapter's name as `model`
+        if body.lora_name is not None and body.lora_name != name:
             raise invalid_request("`model` names one adapter and `lora_name` another.", param="lora_name")
-        return settings.served, body.model, "model"
-    entry = settings.find_model(body.model)
+        return settings.served, name, "model"
+    entry = settings.find_model(name)
     if entry is None or entry.name != settings.served.name:
-        raise model_not_found(body.model)
+        raise ModelUnavailable(name)
     if body.adapter_is_target:
         # Adaption: run on the promoted version when asked and one exists, else on the base model.
         ready = body.adaption_inference and body.lora_name in engine.adapters
         return entry, body.lora_name if ready else None, "lora_name"
     return entry, body.lora_name, "lora_name"
+
+
+def served_here(settings: Settings, engine: Engine, name: str) -> bool:
+    entry = settings.find_model(name)
+    return name in engine.adapters or (entry is not None and entry.name == settings.served.name)
+
+
+def canonical_name(settings: Settings, engine: Engine, name: str) -> str:
+    """What a key's allowed models name: an alias as its model, an adapter (as `model`) as the base model."""
+    if name in engine.adapters:
+        return settings.served.name
+    entry = settings.find_model(name)
+    return entry.name if entry is not None else name
 
 
 def adaption_header(engine: Engine, body: ChatCompletionRequest, adapter: str | None) -> dict[str, str]:
@@ -153,20 +174,46 @@ async def started(deltas: AsyncIterator[T]) -> AsyncIterator[T]:
     return replay()
 
 
-async def error_events(deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
-    """SSE events for the chunks and `[DONE]`; an error event if generation fails midway.
+async def error_events(deltas: AsyncIterator[str], settle: Callable[[int, str | None], None]) -> AsyncIterator[dict]:
+    """SSE events for the chunks, `[DONE]` at the end, an error event if generation fails midway.
 
     A policy violation still ends with `[DONE]`: the stream was closed on purpose.
+    `settle` gets the outcome once: 200, the error's status, or 499 when the client left.
     """
+    outcome: tuple[int, str | None] = (499, "client_closed_request")
     try:
         async for data in deltas:
             yield {"data": data}
-    except EngineError as exc:
-        yield {"data": json.dumps(to_api_error(exc).body())}
+    except (EngineError, GatewayError) as exc:
+        error = to_api_error(exc)
+        outcome = (error.status, error.code)
+        yield {"data": json.dumps(error.body())}
         return
     except GuardrailViolation as exc:
-        yield {"data": json.dumps(to_api_error(exc).body())}
-    yield {"data": "[DONE]"}
+        error = to_api_error(exc)
+        outcome = (error.status, error.code)
+        yield {"data": json.dumps(error.body())}
+        yield {"data": "[DONE]"}
+    else:
+        outcome = (200, None)
+        yield {"data": "[DONE]"}
+    finally:
+        settle(*outcome)
+
+
+async def metered(
+    deltas: AsyncIterator[CompletionDelta], account: RequestAccount, prompt_tokens: int
+) -> AsyncGenerator[CompletionDelta]:
+    """`deltas` unchanged, counted into the request's usage (and choice 0's text kept as the response body)."""
+    text: list[str] = []
+    completion_tokens = 0
+    async for delta in deltas:
+        completion_tokens += delta.new_tokens
+        account.completion_tokens = completion_tokens
+        if delta.index == 0:
+            text.append(delta.text)
+        yield delta
+    account.respond(prompt_tokens, completion_tokens, "".join(text))
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
@@ -213,19 +260,71 @@ ADAPTION_HEADER = "x-adaption-adapter"
 
 
 async def chat_completions(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    account = gateway.open_account(request_id_of(request.scope), principal_of(request.scope))
+    try:
+        return await gateway_steps(request, gateway, account)
+    except Exception as exc:
+        status, code = status_of(exc)
+        gateway.settle(account, status, code)
+        raise
+
+
+async def gateway_steps(request: Request, gateway: Gateway, account: RequestAccount) -> Response:
+    """Template, model choice, permission, credits and rate limit, then the first route that serves."""
+    settings: Settings = request.app.state.settings
+    engine: Engine = request.app.state.engine
+    principal = account.principal
+    payload = await read_json_object(request)
+    fallbacks = payload.get("models")
+    if payload.get("model") is None and isinstance(fallbacks, list) and fallbacks:
+        payload["model"] = fallbacks[0]  # OpenRouter's way: `models` alone names the first choice too
+    template_use = TemplateUse.model_validate(payload, strict=True)
+    if template_use.template is not None:
+        template = await gateway.templates.find(template_use.template, principal.owner, admin=principal.admin)
+        payload = expand(payload, template, template_use.variables or {})
+    if payload.get("model") is None and principal.key is not None and principal.key.default_model is not None:
+        payload["model"] = principal.key.default_model
+    # Strict: JSON types must match (no "yes" for true, no "0.5" for 0.5), as OpenAI's API checks.
+    body = ChatCompletionRequest.model_validate(payload, strict=True)
+    if body.n > settings.max_n:
+        raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
+    body.guardrail_policy = checked_policy(body.guardrail_policy, settings.guardrails, "guardrail_policy")
+    checked_stream_units(body, settings.guardrails)
+    describe(account, gateway, body, payload)
+    names = candidates(body.model, body.models)
+    adapter = body.lora_name or (body.model if body.model in engine.adapters else None)
+    gateway.authorize(principal, [canonical_name(settings, engine, name) for name in names], adapter)
+    gateway.admit(principal)
+
+    async def serve(name: str) -> Response:
+        route = gateway.router.route(name, lambda model: served_here(settings, engine, model))
+        if route.provider is None:
+            return await serve_here(request, body, route, account)
+        return await serve_upstream(gateway, body, payload, route, account)
+
+    return await first_that_serves(names, serve)
+
+
+def describe(account: RequestAccount, gateway: Gateway, body: ChatCompletionRequest, payload: dict) -> None:
+    """What the usage record says about the request, and its body when logging is allowed."""
+    account.session_id, account.user, account.tags = body.session_id, body.user, tuple(body.tag_list)
+    account.signature, account.region = body.signature, body.region
+    if gateway.log_bodies(body.log_query_body is not False):
+        account.query_body = json.dumps(payload)
+    account.log_response_body = gateway.log_bodies(body.log_response_body is not False)
+
+
+async def serve_here(request: Request, body: ChatCompletionRequest, route: Route, account: RequestAccount) -> Response:
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
     memory: MemoryService = request.app.state.memory
     adaption: AdaptionService = request.app.state.adaption
+    gateway: Gateway = request.app.state.gateway
     checker: Checker = request.app.state.checker
 
-    # Strict: JSON types must match (no "yes" for true, no "0.5" for 0.5), as OpenAI's API checks.
-    body = ChatCompletionRequest.model_validate(await read_json_object(request), strict=True)
-    if body.n > settings.max_n:
-        raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
-    policy = checked_policy(body.guardrail_policy, settings.guardrails, "guardrail_policy")
-    checked_stream_units(body, settings.guardrails)
-    entry, adapter, adapter_param = resolve_model(settings, engine, body)
+    entry, adapter, adapter_param = resolve_model(settings, engine, route.model, body)
+    account.served_by(route, entry.name, adapter)
     turns = to_turns(body.messages)
     nightly = body.nightly
     caller = caller_of(request.scope)
@@ -235,14 +334,19 @@ async def chat_completions(request: Request) -> Response:
         recalled = await memory.recall(caller, nightly.memory_group, nightly.user_goal, query, engine.count_tokens)
         if recalled.block:
             turns = with_system_block(turns, recalled.block)
-    prepared = engine.prepare_chat(
-        turns,
-        to_options(body),
-        stream=body.stream,
-        tool_use=to_tool_use(body),
-        adapter=adapter,
-        adapter_param=adapter_param,
-    )
+    options, tool_use = to_options(body), to_tool_use(body)
+
+    def prepare(fitted: list[ChatTurn]) -> PreparedChat:
+        return engine.prepare_chat(
+            fitted, options, stream=body.stream, tool_use=tool_use, adapter=adapter, adapter_param=adapter_param
+        )
+
+    if MIDDLE_OUT in (body.transforms or ()):
+        reserve = body.completion_token_limit or gateway.settings.middle_out_reserve_tokens
+        prepared = fit_context(turns, prepare, engine.max_model_len - reserve, engine.count_tokens)
+    else:
+        prepared = prepare(turns)
+    account.prompt_tokens = prepared.prompt_tokens
 
     identity = CompletionIdentity(
         id=f"chatcmpl-{uuid.uuid4().hex}",
@@ -257,9 +361,9 @@ async def chat_completions(request: Request) -> Response:
     )
     headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else {}
     headers |= adaption_header(engine, body, adapter)
-    deltas = engine.generate(prepared, identity.id)
-    if policy is not None:
-        deltas = with_guardrail(deltas, checker, policy, body)
+    deltas = metered(engine.generate(prepared, identity.id), account, prepared.prompt_tokens)
+    if body.guardrail_policy is not None:
+        deltas = with_guardrail(deltas, checker, body.guardrail_policy, body)
     if nightly is not None:
         # Remember the exchange once it is complete (not if the client left midway).
         def write_back(answer: str) -> None:
@@ -281,9 +385,67 @@ async def chat_completions(request: Request) -> Response:
         deltas = await started(deltas)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = stream_chunks(deltas, identity, include_usage=include_usage)
-        return EventSourceResponse(error_events(chunks), sep="\n", ping=15, headers=headers)
+        events = error_events(chunks, lambda status, code: gateway.settle(account, status, code))
+        return EventSourceResponse(events, sep="\n", ping=15, headers=headers)
 
     completion = await until_disconnected(request, collect_completion(deltas, identity))
     if completion is None:  # the client left; nobody reads this
+        gateway.settle(account, 499, "client_closed_request")
         return Response(status_code=499)
+    account.respond(completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.model_dump())
+    gateway.settle(account, 200)
     return Response(completion.model_dump_json(), media_type="application/json", headers=headers)
+
+
+def upstream_payload(payload: dict, route: Route, stream: bool) -> dict:
+    """What the provider gets: the request's OpenAI and engine fields (unknown ones dropped), its own model name."""
+    forwarded = {
+        name: value
+        for name, value in payload.items()
+        if name in ChatCompletionRequest.model_fields and name not in GATEWAY_FIELDS
+    }
+    forwarded["model"] = route.model
+    if stream:  # asked for always, to count the tokens; dropped on the way back unless the client asked too
+        forwarded["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+    return forwarded
+
+
+async def relayed(
+    chunks: AsyncIterator[dict], route: Route, account: RequestAccount, include_usage: bool
+) -> AsyncIterator[str]:
+    """The provider's chunks, reporting the route as the model, counted into the request's usage."""
+    text: list[str] = []
+    async for chunk in chunks:
+        chunk["model"] = route.label
+        usage = chunk.get("usage")
+        if usage:
+            account.prompt_tokens = usage.get("prompt_tokens", 0)
+            account.completion_tokens = usage.get("completion_tokens", 0)
+        for choice in chunk.get("choices") or ():
+            if choice.get("index") == 0 and (choice.get("delta") or {}).get("content"):
+                text.append(choice["delta"]["content"])
+        if chunk.get("choices") or include_usage:
+            if not include_usage:
+                chunk.pop("usage", None)
+            yield json.dumps(chunk)
+    account.respond(account.prompt_tokens, account.completion_tokens, "".join(text))
+
+
+async def serve_upstream(
+    gateway: Gateway, body: ChatCompletionRequest, payload: dict, route: Route, account: RequestAccount
+) -> Response:
+    account.served_by(route, route.model)
+    forwarded = upstream_payload(payload, route, body.stream)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = relayed(
+            await gateway.router.stream(route, forwarded, account.request_id), route, account, include_usage
+        )
+        events = error_events(chunks, lambda status, code: gateway.settle(account, status, code))
+        return EventSourceResponse(events, sep="\n", ping=15)
+    completion = await gateway.router.complete(route, forwarded, account.request_id)
+    completion["model"] = route.label
+    usage = completion.get("usage") or {}
+    account.respond(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), completion)
+    gateway.settle(account, 200)
+    return JSONResponse(completion)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
@@ -18,6 +19,20 @@ from server.adaption.errors import JobFinished, JobNotFound
 from server.api.protocol import InvalidParam
 from server.engine.adapters import AdapterNotFound, InvalidAdapter
 from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidOption, InvalidPrompt
+from server.gateway.errors import (
+    AdminOnly,
+    GatewayError,
+    InsufficientCredits,
+    KeyNotFound,
+    MissingVariable,
+    ModelUnavailable,
+    NotAllowed,
+    ProviderNotFound,
+    RateLimited,
+    TemplateNameTaken,
+    TemplateNotFound,
+    UpstreamFailed,
+)
 from server.guardrails.errors import GuardrailViolation
 from server.memory.errors import GroupNotFound, MemoryNotFound
 
@@ -33,8 +48,10 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.message = message
         self.type = type
@@ -105,6 +122,20 @@ def from_validation_error(error: ValidationError) -> APIError:
 
 def to_api_error(exc: Exception) -> APIError:
     """Translate any error raised under a handler into its OpenAI form."""
+    known = known_api_error(exc)
+    if known is not None:
+        return known
+    logger.exception("unhandled error", exc_info=exc)
+    return APIError(500, "The server had an error while processing your request.", type="server_error")
+
+
+def status_of(exc: Exception) -> tuple[int, str | None]:
+    """The status and code an error will answer with (without logging it: the handler does)."""
+    known = known_api_error(exc)
+    return (known.status, known.code) if known is not None else (500, None)
+
+
+def known_api_error(exc: Exception) -> APIError | None:
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, ValidationError):
@@ -133,17 +164,52 @@ def to_api_error(exc: Exception) -> APIError:
         return invalid_request(
             exc.reason, param="guardrail_policy", code="guardrail_violation", type="guardrail_violation"
         )
+    if isinstance(exc, GatewayError):
+        return gateway_error(exc)
     if isinstance(exc, EngineUnavailable):
         return APIError(503, str(exc), type="service_unavailable", code="engine_unavailable")
     if isinstance(exc, HTTPException):
         return APIError(exc.status_code, exc.detail, type="invalid_request_error", code=None)
-    logger.exception("unhandled error", exc_info=exc)
-    return APIError(500, "The server had an error while processing your request.", type="server_error")
+    return None
+
+
+def gateway_error(exc: GatewayError) -> APIError:
+    message = str(exc)
+    if isinstance(exc, ModelUnavailable):
+        return model_not_found(exc.model)
+    if isinstance(exc, NotAllowed):
+        return APIError(403, message, type="permission_error", param=exc.param, code="model_not_allowed")
+    if isinstance(exc, AdminOnly):
+        return APIError(403, message, type="permission_error", code="admin_key_required")
+    if isinstance(exc, InsufficientCredits):
+        return APIError(402, message, type="insufficient_quota", code="insufficient_credits")
+    if isinstance(exc, RateLimited):
+        retry_after = str(max(1, math.ceil(exc.retry_after_s)))
+        return APIError(
+            429, message, type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": retry_after}
+        )
+    if isinstance(exc, KeyNotFound):
+        return APIError(404, message, param="key_id", code="key_not_found")
+    if isinstance(exc, TemplateNotFound):
+        return APIError(404, message, param="template", code="template_not_found")
+    if isinstance(exc, TemplateNameTaken):
+        return APIError(409, message, param="name", code="template_exists")
+    if isinstance(exc, MissingVariable):
+        return APIError(422, message, param=f"variables.{exc.name}", code="missing_variable")
+    if isinstance(exc, ProviderNotFound):
+        return APIError(404, message, param="model", code="provider_not_found")
+    if isinstance(exc, UpstreamFailed):
+        if exc.status < 500 and exc.body is not None:  # the provider's own answer to a bad request: passed on
+            error = exc.body["error"]
+            return APIError(exc.status, error.get("message", message), param=error.get("param"), code=error.get("code"))
+        status = exc.status if exc.status in (429, 504) else 502
+        return APIError(status, message, type="upstream_error", code="upstream_failed")
+    raise AssertionError(f"unmapped gateway error {type(exc).__name__}")
 
 
 def error_response(exc: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
     error = to_api_error(exc)
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    return JSONResponse(error.body(), status_code=error.status, headers={**(error.headers or {}), **(headers or {})})
 
 
 async def handle_exception(request: Request, exc: Exception) -> JSONResponse:

@@ -16,6 +16,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import error_response, invalid_api_key
+from server.gateway.keys import KeyStore, Principal
 
 REQUEST_ID_HEADER = "x-request-id"
 _CLIENT_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -26,6 +27,10 @@ LOCAL_CALLER = "local"  # who calls a server that has no API keys
 
 def request_id_of(scope: Scope) -> str:
     return scope["state"]["request_id"]
+
+
+def principal_of(scope: Scope) -> Principal:
+    return scope["state"]["principal"]
 
 
 def caller_of(scope: Scope) -> str:
@@ -60,29 +65,50 @@ class RequestIdMiddleware:
 
 
 class APIKeyMiddleware:
-    """`Authorization: Bearer <key>` must match a configured key (constant-time compare)."""
+    """`Authorization: Bearer <key>`: a static key from the environment (an admin) or a stored key.
+
+    Static keys are compared in constant time against each; stored keys are
+    looked up by hash (`gateway.keys`). A server with neither is open, and its
+    one caller is an admin. The resolved `Principal` goes into the scope's state.
+    """
 
     def __init__(self, app: ASGIApp, keys: Iterable[str], public_paths: Iterable[str] = ()) -> None:
         self.app = app
         self.keys = tuple(key.encode() for key in keys)
         self.public_paths = frozenset(public_paths)
 
-    def _matching_key(self, scope: Scope) -> bytes | None:
+    def _offered_key(self, scope: Scope) -> str | None:
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        offered = token.strip().encode()
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    def _static_match(self, offered: bytes) -> bytes | None:
         # Compare against every key so timing does not reveal which one matched.
         matches = [key for key in self.keys if hmac.compare_digest(offered, key)]
         return matches[0] if matches else None
 
+    async def _principal(self, scope: Scope) -> Principal | None:
+        store: KeyStore = scope["app"].state.keys
+        offered = self._offered_key(scope)
+        if offered is not None:
+            static = self._static_match(offered.encode())
+            if static is not None:
+                return Principal(owner=key_fingerprint(static), admin=True)
+            stored = await store.authenticate(offered)
+            if stored is not None:
+                return Principal(owner=stored.owner, admin=stored.admin, key=stored)
+        if not self.keys and not await store.any_active():
+            return Principal(owner=LOCAL_CALLER, admin=True)
+        return None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.public_paths:
+        if scope["type"] != "http" or scope["path"] in self.public_paths:
             await self.app(scope, receive, send)
             return
-        key = self._matching_key(scope)
-        if key is not None:
-            scope.setdefault("state", {})["caller"] = key_fingerprint(key)
+        principal = await self._principal(scope)
+        if principal is not None:
+            state = scope.setdefault("state", {})
+            state["principal"] = principal
+            state["caller"] = principal.owner
             await self.app(scope, receive, send)
             return
         await error_response(invalid_api_key(), headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)

@@ -2,7 +2,8 @@
 
 Shaped after OpenAI's API reference and vLLM's `entrypoints/openai/protocol.py`.
 Requests accept unknown extra fields and ignore them, as OpenAI-compatible
-servers do; known fields are range-checked so a bad value is a 400 naming it.
+servers do (unless `drop_params` is false: then they are refused, listed);
+known fields are range-checked so a bad value is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -172,8 +173,37 @@ REFUSED_FIELDS = {
 }
 
 
+MAX_FALLBACKS = 8
+MAX_TAGS = 16
+MAX_TAG_LENGTH = 64
+# Fields only this server's gateway reads: not passed on to an upstream provider.
+GATEWAY_FIELDS = frozenset(
+    {
+        "models",
+        "transforms",
+        "template",
+        "variables",
+        "session_id",
+        "tags",
+        "log_query_body",
+        "log_response_body",
+        "drop_params",
+        "signature",
+        "region",
+        "use_custom_keys",
+    }
+)
+
+
+class TemplateUse(_Wire):
+    """The template fields of a chat request, read before the rest: the template fills in the request."""
+
+    template: str | None = Field(None, min_length=1)
+    variables: dict[str, str] | None = None
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown fields: accepted, ignored
+    model_config = ConfigDict(extra="allow")  # unknown fields: accepted, ignored (drop_params, default true)
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
@@ -214,6 +244,29 @@ class ChatCompletionRequest(BaseModel):
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    # Gateway extensions (seeds 001 and 002): routing, templates, usage reporting and logging.
+    models: list[str] | None = Field(None, min_length=1, max_length=MAX_FALLBACKS)
+    transforms: list[Literal["middle-out"]] | None = None
+    template: str | None = Field(None, min_length=1)
+    variables: dict[str, str] | None = None
+    session_id: str | None = Field(None, min_length=1, max_length=256)
+    tags: str | list[str] | None = Field(None, validate_default=True)
+    log_query_body: bool | None = None  # None: true
+    log_response_body: bool | None = None  # None: true
+    drop_params: bool | None = None  # None: true
+    signature: str | None = Field(None, max_length=256)
+    region: str | None = Field(None, max_length=64)
+    use_custom_keys: bool | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_list(cls, tags: str | list[str] | None) -> list[str]:
+        """Seed 001: a comma-separated string or a list; kept as a list of distinct non-empty tags."""
+        items = tags.split(",") if isinstance(tags, str) else tags or []
+        cleaned = list(dict.fromkeys(tag.strip() for tag in items if tag.strip()))
+        if len(cleaned) > MAX_TAGS or any(len(tag) > MAX_TAG_LENGTH for tag in cleaned):
+            raise ValueError(f"at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters each")
+        return cleaned
 
     @field_validator("stop")
     @classmethod
@@ -248,6 +301,12 @@ class ChatCompletionRequest(BaseModel):
         for name, reason in REFUSED_FIELDS.items():
             if extra.get(name) is not None:
                 raise InvalidParam(name, reason)
+        if self.drop_params is False and extra:
+            names = sorted(extra)
+            raise InvalidParam(
+                ", ".join(names),
+                f"Unsupported parameters: {', '.join(names)}. Leave them out, or let `drop_params` (default true) drop them.",
+            )
         modalities = extra.get("modalities")
         if isinstance(modalities, list) and any(modality != "text" for modality in modalities):
             raise InvalidParam("modalities", "Only the `text` modality is supported.")
@@ -276,6 +335,10 @@ class ChatCompletionRequest(BaseModel):
     def adapter_is_target(self) -> bool:
         """`lora_name` names the adapter adaption trains or picks, not one the request must run on."""
         return self.adaption_inference or self.finetune_thresh is not None
+
+    @property
+    def tag_list(self) -> list[str]:
+        return self.tags  # type: ignore[return-value]  # normalised by the validator
 
     @property
     def stop_sequences(self) -> list[str]:

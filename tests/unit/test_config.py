@@ -105,7 +105,10 @@ def test_missing_file(tmp_path: Path) -> None:
     [
         ({"curation_time": "25:00"}, "memory.curation_time"),
         ({"top_k": 0}, "memory.top_k"),
-        ({"related_similarity": 0.95, "duplicate_similarity": 0.9}, "related_similarity must be <= duplicate_similarity"),
+        (
+            {"related_similarity": 0.95, "duplicate_similarity": 0.9},
+            "related_similarity must be <= duplicate_similarity",
+        ),
         ({"embeding_model": "x"}, "memory.embeding_model"),
     ],
 )
@@ -125,3 +128,13 @@ def test_adaption_rank_may_not_exceed_the_engines_max_lora_rank(tmp_path: Path) 
         load(tmp_path, {**registry, "adaption": {"rank": 32}})
     with pytest.raises(ConfigError, match=r"adaption\.epochs"):
         load(tmp_path, {**registry, "adaption": {"epochs": 0}})
+
+
+def test_gateway_database_is_sqlite_in_data_dir_unless_a_postgres_url_is_given(tmp_path: Path) -> None:
+    settings = load(tmp_path, {**GOOD, "data_dir": str(tmp_path)})
+    assert settings.gateway_database("keys.sqlite3") == tmp_path / "keys.sqlite3"
+    url = "postgresql://llm@db:5432/llm"
+    settings = load(tmp_path, GOOD, environ={"LLM_SERVER_DATABASE_URL": url})
+    assert settings.gateway_database("keys.sqlite3") == url
+    with pytest.raises(ConfigError, match="database_url"):
+        load(tmp_path, {**GOOD, "gateway": {"database_url": "mysql://db/llm"}})

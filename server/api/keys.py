@@ -1,0 +1,71 @@
+"""`/v1/keys`: API key administration (admin keys only). A new key is shown once, at creation."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from server.api.errors import read_json_object
+from server.api.middleware import principal_of
+from server.gateway.errors import AdminOnly
+from server.gateway.keys import ApiKey, KeySpec, KeyStore
+
+NAME_MAX = 128
+
+
+class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=NAME_MAX)
+    admin: bool = False
+    allowed_models: list[str] | None = None
+    allowed_adapters: list[str] | None = None
+    default_model: str | None = Field(None, min_length=1)
+    credits: int | None = Field(None, ge=0, description="tokens; null: unlimited")
+    requests_per_minute: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+
+    def spec(self) -> KeySpec:
+        return KeySpec(
+            name=self.name,
+            admin=self.admin,
+            allowed_models=tuple(self.allowed_models) if self.allowed_models is not None else None,
+            allowed_adapters=tuple(self.allowed_adapters) if self.allowed_adapters is not None else None,
+            default_model=self.default_model,
+            credits=self.credits,
+            requests_per_minute=self.requests_per_minute,
+            tokens_per_minute=self.tokens_per_minute,
+        )
+
+
+def key_json(key: ApiKey) -> dict:
+    return {"object": "api_key", **key.public_view()}
+
+
+def _admin_store(request: Request) -> KeyStore:
+    if not principal_of(request.scope).admin:
+        raise AdminOnly()
+    return request.app.state.keys
+
+
+async def create_key(request: Request) -> JSONResponse:
+    store = _admin_store(request)
+    body = CreateKey.model_validate(await read_json_object(request))
+    key, secret = await store.create(body.spec())
+    return JSONResponse({**key_json(key), "key": secret}, status_code=201)
+
+
+async def list_keys(request: Request) -> JSONResponse:
+    keys = await _admin_store(request).list()
+    return JSONResponse({"object": "list", "data": [key_json(key) for key in keys]})
+
+
+async def get_key(request: Request) -> JSONResponse:
+    key = await _admin_store(request).get(request.path_params["key_id"])
+    return JSONResponse(key_json(key))
+
+
+async def revoke_key(request: Request) -> JSONResponse:
+    key = await _admin_store(request).revoke(request.path_params["key_id"])
+    return JSONResponse(key_json(key))

@@ -1,0 +1,81 @@
+"""`transforms: ["middle-out"]` (seed 002): fit an over-long conversation into the context.
+
+Messages are dropped from the middle first (the middle of a long chat matters
+least: the system prompt sets the task, the latest turns carry the question);
+if the system prompt and the last message alone are still too long, the last
+message loses its middle. Pure: tokens are counted by the function passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TypeVar
+
+from server.engine import ChatTurn
+from server.engine.errors import ContextLengthExceeded
+
+T = TypeVar("T")
+
+MIDDLE_OUT = "middle-out"
+MESSAGE_OVERHEAD_TOKENS = 4  # role header and separators a chat template adds per message
+ELLIPSIS = "\n…\n"
+TRUNCATE_ATTEMPTS = 8
+
+
+def conversation_tokens(turns: Sequence[ChatTurn], count_tokens: Callable[[str], int]) -> int:
+    return sum(count_tokens(turn.content) + MESSAGE_OVERHEAD_TOKENS for turn in turns)
+
+
+def middle_out(turns: Sequence[ChatTurn], budget: int, count_tokens: Callable[[str], int]) -> list[ChatTurn]:
+    """`turns` cut to at most `budget` tokens (as `conversation_tokens` counts them)."""
+    kept = list(turns)
+    first_removable = 0
+    while first_removable < len(kept) and kept[first_removable].role == "system":
+        first_removable += 1
+    # Drop from the middle of the removable span (after the system prompt, before the last message).
+    while conversation_tokens(kept, count_tokens) > budget and len(kept) - 1 > first_removable:
+        middle = (first_removable + len(kept) - 1) // 2
+        del kept[middle]
+    # Character proportions only estimate tokens: cut more until the count agrees.
+    last, shed = kept[-1] if kept else None, 0
+    for _ in range(TRUNCATE_ATTEMPTS):
+        excess = conversation_tokens(kept, count_tokens) - budget
+        if excess <= 0 or last is None:
+            break
+        shed += excess
+        kept[-1] = _without_middle(last, shed, count_tokens)
+    return kept
+
+
+def _without_middle(turn: ChatTurn, excess: int, count_tokens: Callable[[str], int]) -> ChatTurn:
+    """`turn` with enough of the middle of its text cut out to shed `excess` tokens (by proportion of characters)."""
+    text = turn.content
+    tokens = max(count_tokens(text), 1)
+    keep_chars = max(int(len(text) * (tokens - excess - count_tokens(ELLIPSIS)) / tokens), 0)
+    head = keep_chars // 2
+    tail = keep_chars - head
+    return replace(turn, content=text[:head] + ELLIPSIS + (text[len(text) - tail :] if tail else ""))
+
+
+FIT_ATTEMPTS = 4
+BUDGET_SHRINK = 0.8  # our per-message overhead is an estimate: each retry asks for a fifth less
+
+
+def fit_context(
+    turns: Sequence[ChatTurn],
+    prepare: Callable[[list[ChatTurn]], T],
+    budget: int,
+    count_tokens: Callable[[str], int],
+) -> T:
+    """`prepare(turns)`; when that overflows the context, `prepare` of the middle-out cut (then tighter cuts)."""
+    try:
+        return prepare(list(turns))
+    except ContextLengthExceeded as overflow:
+        failure = overflow
+    for _ in range(FIT_ATTEMPTS):
+        try:
+            return prepare(middle_out(turns, budget, count_tokens))
+        except ContextLengthExceeded as overflow:
+            failure, budget = overflow, int(budget * BUDGET_SHRINK)
+    raise failure

@@ -1,0 +1,68 @@
+"""middle-out: drop from the middle, keep the system prompt and the latest turn, then cut the last turn's middle."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.engine import ChatTurn
+from server.engine.errors import ContextLengthExceeded
+from server.gateway.transforms import ELLIPSIS, conversation_tokens, fit_context, middle_out
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def conversation(turns: int) -> list[ChatTurn]:
+    return [ChatTurn("system", "be kind")] + [
+        ChatTurn("user" if index % 2 == 0 else "assistant", f"turn{index} " + "word " * 9) for index in range(turns)
+    ]
+
+
+def test_fitting_conversation_is_unchanged() -> None:
+    turns = conversation(4)
+    assert middle_out(turns, conversation_tokens(turns, words), words) == turns
+
+
+def test_drops_middle_turns_keeping_system_and_latest() -> None:
+    turns = conversation(10)
+    budget = conversation_tokens(turns, words) // 2
+    kept = middle_out(turns, budget, words)
+    assert conversation_tokens(kept, words) <= budget
+    assert kept[0] == turns[0] and kept[-1] == turns[-1]
+    assert turns[1] in kept  # the oldest turns go last: the middle goes first
+    removed = [turn for turn in turns if turn not in kept]
+    assert removed and all(turns.index(turn) not in (0, 1, len(turns) - 1) for turn in removed)
+
+
+def test_truncates_the_middle_of_the_last_turn_when_dropping_is_not_enough() -> None:
+    long_question = "start " + "filler " * 200 + "end"
+    turns = [ChatTurn("system", "sys"), ChatTurn("user", "old"), ChatTurn("user", long_question)]
+    kept = middle_out(turns, 60, words)
+    assert [turn.role for turn in kept] == ["system", "user"]
+    assert kept[-1].content.startswith("start") and kept[-1].content.endswith("end")
+    assert ELLIPSIS in kept[-1].content
+    assert conversation_tokens(kept, words) <= 60
+
+
+def test_fit_context_retries_with_tighter_cuts_until_prepare_accepts() -> None:
+    turns = conversation(12)
+    calls: list[int] = []
+
+    def prepare(fitted: list[ChatTurn]) -> int:
+        size = conversation_tokens(fitted, words)
+        calls.append(size)
+        if size > 50:  # the real prompt is longer than our estimate
+            raise ContextLengthExceeded("too long")
+        return size
+
+    assert fit_context(turns, prepare, 80, words) <= 50
+    assert len(calls) >= 3  # original, the 80-token cut, then tighter ones
+
+
+def test_fit_context_gives_up_with_the_overflow() -> None:
+    def never(_: list[ChatTurn]) -> int:
+        raise ContextLengthExceeded("too long")
+
+    with pytest.raises(ContextLengthExceeded):
+        fit_context(conversation(3), never, 10, words)
