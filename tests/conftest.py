@@ -271,7 +271,7 @@ def assert_error(response: httpx.Response, status: int, code: str | None, param:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
     """A throwaway PostgreSQL cluster for the session (tests/postgres.py); its admin URL."""
-    with postgres_cluster() as url:
+    with postgres_cluster(free_port()) as url:
         yield url
 
 

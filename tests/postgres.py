@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL cluster for the tests: initdb into a temp folder, pg_ctl start on a free loopback port.
+"""A throwaway PostgreSQL cluster for the tests: initdb into a temp folder, pg_ctl start on a loopback port.
 
 The binaries are the machine's (`initdb` and `pg_ctl` on PATH) or else the ones
 the `pgserver` wheel bundles. initdb refuses to run as root, so as root the
@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -49,14 +48,8 @@ def _run_as() -> pwd.struct_passwd | None:
     return user
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
-def postgres_cluster() -> Iterator[str]:
+def postgres_cluster(port: int) -> Iterator[str]:
     """A running cluster's URL (database `postgres`, user `postgres`, trust auth on loopback); removed afterwards."""
     binaries = _binaries()
     user = _run_as()
@@ -73,7 +66,6 @@ def postgres_cluster() -> Iterator[str]:
         folder.chmod(0o755)
         os.chown(folder, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", user.pw_name, "--"]
-    port = _free_port()
     subprocess.run(
         [*prefix, str(binaries / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync"],
         check=True,
