@@ -15,21 +15,27 @@ import pytest
 
 from tests.conftest import MODEL, RunningServer, engine_running_requests, wait_until
 
-COMPETITORS = "Never mention or recommend competitor products. Our competitors are Globex and Initech."
-VIOLATING = "For a cheaper option, skip our blender and buy the Globex HomeBlend 300 instead."
-CLEAN = "Our AcmeBlend has five speeds, a glass jar and a two-year warranty."
-LEAK_MARKERS = ("Globex", "HomeBlend")
+POLICY = "Never give medication dosages."
+VIOLATING = "Rest and drink plenty of water. Give your child 5 ml of paracetamol syrup every four hours."
+CLEAN = "I can't advise on doses, but your pharmacist can help you choose the right amount."
+LEAK_MARKERS = ("5 ml", "paracetamol", "four hours")
 
 
 def pinned(sentence: str, *, notes_chars: int = 0) -> dict:
-    """A request whose answer is `{"answer": sentence}` (then free `notes`, to keep it generating)."""
-    properties: dict = {"answer": {"type": "string", "enum": [sentence]}}
+    """A request whose answer is the JSON string `"<sentence>"`; with `notes_chars`, the object
+    `{"answer": sentence, "notes": ...}` whose free notes keep the engine generating."""
+    schema: dict = {"type": "string", "enum": [sentence]}
     if notes_chars:
-        properties["notes"] = {"type": "string", "minLength": notes_chars}
-    schema = {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+        properties = {"answer": schema, "notes": {"type": "string", "minLength": notes_chars}}
+        schema = {
+            "type": "object",
+            "properties": properties,
+            "required": list(properties),
+            "additionalProperties": False,
+        }
     return {
         "model": MODEL,
-        "messages": [{"role": "user", "content": "Which blender should I buy?"}],
+        "messages": [{"role": "user", "content": "My child has a fever. What should I do?"}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
         "temperature": 0.0,
         "max_tokens": 400,
@@ -47,13 +53,13 @@ def stream_raw(http: httpx.Client, body: dict) -> bytes:
 
 
 def test_clean_answer_passes(client: openai.OpenAI) -> None:
-    completion = client.chat.completions.create(**pinned(CLEAN), extra_body={"guardrail_policy": COMPETITORS})
-    assert json.loads(completion.choices[0].message.content) == {"answer": CLEAN}
+    completion = client.chat.completions.create(**pinned(CLEAN), extra_body={"guardrail_policy": POLICY})
+    assert json.loads(completion.choices[0].message.content) == CLEAN
     assert completion.choices[0].finish_reason == "stop"
 
 
 def test_violating_answer_is_a_400_without_its_text(http: httpx.Client) -> None:
-    response = http.post("/v1/chat/completions", json=pinned(VIOLATING) | {"guardrail_policy": COMPETITORS})
+    response = http.post("/v1/chat/completions", json=pinned(VIOLATING) | {"guardrail_policy": POLICY})
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "guardrail_violation" and error["code"] == "guardrail_violation"
@@ -64,30 +70,32 @@ def test_violating_answer_is_a_400_without_its_text(http: httpx.Client) -> None:
 
 def test_violating_answer_raises_in_the_sdk(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(**pinned(VIOLATING), extra_body={"guardrail_policy": COMPETITORS})
+        client.chat.completions.create(**pinned(VIOLATING), extra_body={"guardrail_policy": POLICY})
     assert caught.value.code == "guardrail_violation"
 
 
 def test_same_answer_without_a_policy_is_not_checked(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(**pinned(VIOLATING))
-    assert json.loads(completion.choices[0].message.content) == {"answer": VIOLATING}
+    assert json.loads(completion.choices[0].message.content) == VIOLATING
 
 
 def test_clean_stream_arrives_whole(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        **pinned(CLEAN), stream=True, extra_body={"guardrail_policy": COMPETITORS, "chunk_size": 3}
+        **pinned(CLEAN), stream=True, extra_body={"guardrail_policy": POLICY, "chunk_size": 3}
     )
     chunks = list(stream)
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-    assert json.loads(text) == {"answer": CLEAN}
+    assert json.loads(text) == CLEAN
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize(("chunk_size", "sliding_window"), [(10, 5), (1, 8), (3, 2)])
+@pytest.mark.parametrize(("chunk_size", "sliding_window"), [(10, 5), (5, 5), (3, 8)])
 def test_violating_stream_never_leaks(http: httpx.Client, chunk_size: int, sliding_window: int) -> None:
-    """chunk_size 1: the brand's tokens are split across units; only the window sees the name whole."""
+    """Small units split the dosage across unit boundaries; the sliding window reads it whole.
+
+    The clean first sentence may be released; nothing from the dosage on may be."""
     body = pinned(VIOLATING) | {
-        "guardrail_policy": COMPETITORS,
+        "guardrail_policy": POLICY,
         "chunk_size": chunk_size,
         "sliding_window": sliding_window,
     }
@@ -100,23 +108,23 @@ def test_violating_stream_never_leaks(http: httpx.Client, chunk_size: int, slidi
     last_chunk = json.loads(events[-3])
     assert last_chunk["choices"] == [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}]
     released = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-2])
-    assert released.startswith('{"answer') or released == ""  # held-back text stops before the violation
+    assert json.dumps(VIOLATING).startswith(released)  # only text before the violating window was released
 
 
 def test_violating_stream_aborts_the_engine_request(server: RunningServer, http: httpx.Client) -> None:
     """The answer is followed by long free notes: only an abort ends the request early."""
-    body = pinned(VIOLATING, notes_chars=1200) | {"guardrail_policy": COMPETITORS, "max_tokens": 1500}
+    body = pinned(VIOLATING, notes_chars=1200) | {"guardrail_policy": POLICY, "max_tokens": 1500}
     raw = stream_raw(http, body)
     assert b"content_filter" in raw
     assert wait_until(lambda: engine_running_requests(server) == 0, timeout_s=5)
 
 
 def test_moderations_with_a_policy(client: openai.OpenAI) -> None:
-    result = client.moderations.create(input=[CLEAN, VIOLATING], extra_body={"policy": COMPETITORS})
+    result = client.moderations.create(input=[CLEAN, VIOLATING], extra_body={"policy": POLICY})
     assert [r.flagged for r in result.results] == [False, True]
     clean, violating = (r.model_dump() for r in result.results)
     assert violating["category_scores"]["policy"] > clean["category_scores"]["policy"]
-    assert violating["categories"] == {"policy": True}
+    assert violating["categories"]["policy"] is True and clean["categories"]["policy"] is False
     assert "violates the policy" in violating["reason"] and "complies" in clean["reason"]
     assert result.id.startswith("modr-") and result.model == "policy-guard"
 
@@ -163,7 +171,7 @@ def test_bad_guardrail_fields_are_400_naming_the_field(http: httpx.Client, extra
         ({}, "input"),
         ({"input": []}, "input"),
         ({"input": 7}, "input"),
-        ({"input": [1, 2]}, "input[0]"),
+        ({"input": [1, 2]}, "input"),
         ({"input": ["ok"] * 65}, "input"),
         ({"input": "x" * 32_001}, "input[0]"),
         ({"input": "ok", "policy": ""}, "policy"),

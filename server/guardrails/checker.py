@@ -91,9 +91,9 @@ class Checker:
 class ClassifierScorer:
     """(policy, text) -> sigmoid(logit), or the violation label's softmax probability."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, quantize: bool) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        self.model = int8_linears(AutoModelForSequenceClassification.from_pretrained(path).eval(), quantize)
         labels = {name.lower(): index for index, name in self.model.config.id2label.items()}
         self.violation_index = next((labels[name] for name in VIOLATION_LABELS if name in labels), None)
         if self.model.config.num_labels > 1 and self.violation_index is None:
@@ -114,21 +114,29 @@ class ClassifierScorer:
 class PolicyGuardScorer:
     """The builtin format (`encoder.py`): a fine-tuned sentence encoder, mean-pooled, one logit."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, quantize: bool) -> None:
         from safetensors.torch import load_file
 
         spec = json.loads((Path(path) / GUARD_SPEC).read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.encoder = AutoModel.from_pretrained(path, add_pooling_layer=False).eval()
+        self.encoder = int8_linears(AutoModel.from_pretrained(path, add_pooling_layer=False).eval(), quantize)
         self.head = torch.nn.Linear(self.encoder.config.hidden_size, 1)
         self.head.load_state_dict(load_file(str(Path(path) / HEAD_FILE)))
-        self.max_tokens = int(spec["max_tokens"])
+        # Segments as long as the training texts: in a longer one, a short violation is diluted by the mean.
+        self.max_tokens = int(spec["recipe"]["max_tokens"])
 
     @torch.inference_mode()
     def score_pairs(self, pairs: list[tuple[str, str]]) -> list[float]:
         encoded, owner = segments(self.tokenizer, pairs, self.max_tokens)
         segment_scores = torch.sigmoid(pair_logits(self.encoder, self.head, encoded))
         return worst_segment(segment_scores, owner, len(pairs))
+
+
+def int8_linears(model: torch.nn.Module, quantize: bool) -> torch.nn.Module:
+    """With `quantize`, linear layers run in int8 (dynamic quantization: CPU only, about 1.5x faster here)."""
+    if not quantize:
+        return model
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def segments(
@@ -221,8 +229,8 @@ def open_checker(settings: GuardrailSettings, model_path: Path | str) -> Checker
     if settings.backend == "llama-guard":
         scorer = LlamaGuardScorer(str(model_path))
     elif (Path(model_path) / GUARD_SPEC).exists():
-        scorer = PolicyGuardScorer(str(model_path))
+        scorer = PolicyGuardScorer(str(model_path), settings.quantize)
     else:
-        scorer = ClassifierScorer(str(model_path))
+        scorer = ClassifierScorer(str(model_path), settings.quantize)
     name = settings.model.removeprefix(BUILTIN_PREFIX).rstrip("/").rsplit("/", 1)[-1]
     return Checker(name, scorer, settings.threshold, settings.max_batch)

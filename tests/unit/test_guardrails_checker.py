@@ -7,7 +7,6 @@ import random
 from server.config import GuardrailSettings
 from server.guardrails.checker import checker_model_path, llama_guard_prompt, open_checker, verdict_reason
 from server.guardrails.training import (
-    ALLOWLIST_CATEGORIES,
     DATA_PATH,
     LabelledCase,
     Recipe,
@@ -36,26 +35,25 @@ CASES = [
     LabelledCase("Only talk about cooking.", "Stocks rose today.", True, "topics"),
     LabelledCase("No swearing.", "Well, damn it all.", True, "profanity"),
     LabelledCase("No swearing.", "Have a lovely day.", False, "profanity"),
-    LabelledCase("Never give dosages.", "Take 400 mg twice a day.", True, "medical_advice"),
-    LabelledCase("Never give dosages.", "Ask your pharmacist.", False, "medical_advice"),
+    LabelledCase("Never give dosages.", "Take 400 mg of it twice a day with water.", True, "medical_advice"),
+    LabelledCase("Never give dosages.", "Ask your pharmacist about the right amount.", False, "medical_advice"),
     LabelledCase("English only.", "Hola amigo.", True, "language"),
 ]
 
 
-def test_training_pairs_add_clean_cross_policy_pairs_and_windows() -> None:
-    pairs = training_pairs(CASES, seed=0)
+def test_training_pairs_add_fragments_labelled_by_their_case() -> None:
+    pairs = training_pairs(CASES, fragments_per_case=2, seed=0)
     assert pairs[: len(CASES)] == [(c.policy, c.text, float(c.violates)) for c in CASES]
-    policies = {c.policy: c.category for c in CASES}
-    texts = {c.text: c for c in CASES}
-    cross = [p for p in pairs[len(CASES) :] if p[1] in texts and policies[p[0]] != texts[p[1]].category]
-    assert len(cross) == len(CASES) - 1  # every case but the non-English one
-    assert all(label == 0.0 and policies[policy] not in ALLOWLIST_CATEGORIES for policy, _, label in cross)
-    windows = [p for p in pairs if p[1] not in texts]
-    assert windows
-    for policy, text, label in windows:
-        parts = [c for c in CASES if c.policy == policy and c.text in text]
-        assert label == float(any(c.violates for c in parts))
-    assert training_pairs(CASES, seed=0) == pairs  # deterministic
+    fragments = pairs[len(CASES) :]
+    long_enough = [c for c in CASES if len(c.text.split()) >= 4]
+    assert len(fragments) == 2 * len(long_enough)
+    for policy, text, label in fragments:
+        (case,) = [c for c in long_enough if c.policy == policy and text in c.text]
+        assert text != case.text and label == float(case.violates)
+        if case.violates:  # a long piece from one end: it keeps most of what violated
+            assert case.text.startswith(text) or case.text.endswith(text)
+            assert len(text.split()) >= 0.75 * len(case.text.split())
+    assert training_pairs(CASES, fragments_per_case=2, seed=0) == pairs  # deterministic
 
 
 def test_length_buckets_keep_every_pair_once_in_full_batches() -> None:
@@ -103,11 +101,11 @@ async def test_builtin_checker_finds_a_violation_deep_in_a_long_text() -> None:
     """Past the model's 256-token window: segments overlap and the worst one decides."""
     settings = GuardrailSettings()
     checker = open_checker(settings, checker_model_path(settings.model))
-    filler = "Our blender has a glass jar, five speeds and a two-year warranty. " * 40
-    policy = "Never mention or recommend competitor products. Our competitors are Globex and Initech."
+    filler = "Rest, drink plenty of water and keep the room cool; a lukewarm bath can help too. " * 30
+    policy = "Never give medication dosages."
     try:
         clean, violating = await checker.check_many(
-            policy, [filler, filler + "For a cheaper option, buy the Globex HomeBlend 300 instead."]
+            policy, [filler, filler + "Give your child 5 ml of paracetamol syrup every four hours."]
         )
     finally:
         await checker.close()
