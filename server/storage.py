@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -35,7 +36,7 @@ def migrate(connection: sqlite3.Connection, migrations: Sequence[str]) -> None:
         connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
 
 
-class StoreThread:
+class StoreThread(ABC):
     """The one thread a store's connection is used from; subclasses open and close the connection."""
 
     def __init__(self, thread_name: str) -> None:
@@ -47,15 +48,15 @@ class StoreThread:
     async def open(self) -> None:
         await self._run(self._open)
 
-    def _open(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _open(self) -> None: ...
 
     async def close(self) -> None:
         await self._run(self._close)
         self._thread.shutdown()
 
-    def _close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def _close(self) -> None: ...
 
 
 class ThreadedDatabase(StoreThread):

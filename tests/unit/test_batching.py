@@ -8,6 +8,7 @@ import time
 import pytest
 
 from server.batching import ThreadBatcher
+from tests.unit.loop_probe import counting_loop_ticks
 
 
 async def test_concurrent_callers_are_coalesced_and_the_loop_stays_free() -> None:
@@ -19,23 +20,14 @@ async def test_concurrent_callers_are_coalesced_and_the_loop_stays_free() -> Non
         return [item * item for item in items]
 
     batcher: ThreadBatcher[int, int] = ThreadBatcher(squares, max_batch=16, thread_name="test")
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    ticking = asyncio.create_task(ticker())
-    results = await asyncio.gather(*(batcher.run([number, number + 100]) for number in range(20)))
-    ticking.cancel()
+    async with counting_loop_ticks() as ticks:
+        results = await asyncio.gather(*(batcher.run([number, number + 100]) for number in range(20)))
     await batcher.close()
 
     assert [list(result) for result in results] == [[n * n, (n + 100) ** 2] for n in range(20)]
     assert sum(len(call) for call in calls) == 40 and len(calls) < 20  # callers shared calls
     assert all(len(call) <= 16 + 2 for call in calls)  # a batch closes once max_batch is reached
-    assert ticks > len(calls)  # the loop kept running during the blocking calls
+    assert ticks.count > len(calls)  # the loop kept running during the blocking calls
 
 
 async def test_a_failing_batch_fails_each_of_its_callers_and_the_next_batch_runs() -> None:
