@@ -255,13 +255,14 @@ def test_response_format_json_schema_strict(client, stream) -> None:
         ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"properties": 5}}},
          "response_format.json_schema.schema"),
         ({"type": "xml"}, "response_format"),
-        ({"type": "json_schema"}, "response_format.json_schema.json_schema"),
+        ({"type": "json_schema"}, "response_format.json_schema"),
+        ({"type": "json_schema", "json_schema": {"schema": CITY_SCHEMA}}, "response_format.json_schema.name"),
     ],
 )
 def test_bad_response_format_is_400(client, response_format, param) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model=MODEL, messages=CAPITAL, response_format=response_format)
-    assert raised.value.param.startswith(param.rsplit(".", 1)[0])
+    assert raised.value.param == param
 
 
 # --- tools ---------------------------------------------------------------------------------
@@ -306,6 +307,82 @@ def test_required_with_parallel_calls_allows_several(client, stream) -> None:
     assert choice.finish_reason == "tool_calls" and choice.tool_calls
     ids = [assert_valid_call(call, tools) and call["id"] for call in choice.tool_calls]
     assert len(set(ids)) == len(ids)
+
+
+ORDER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "place_order",
+        "description": "Order items for delivery",
+        "parameters": {
+            "type": "object",
+            "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/O"}, "minItems": 1, "maxItems": 2}},
+            "required": ["items"],
+            "$defs": {"O": {"type": "object", "properties": {"sku": {"type": "string", "maxLength": 8}},
+                            "required": ["sku"], "additionalProperties": False}},
+        },
+    },
+}
+
+
+@STREAMED
+def test_required_tool_choice_keeps_the_tools_defs(client, stream) -> None:
+    tools = [ORDER_TOOL, WEATHER_TOOL]
+    choice = only(ask(client, stream, messages=[{"role": "user", "content": "Order two apples."}], tools=tools,
+                      tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=120))
+    assert choice.finish_reason == "tool_calls" and len(choice.tool_calls) == 1
+    call = choice.tool_calls[0]
+    schema = {**ORDER_TOOL["function"]["parameters"]} if call["function"]["name"] == "place_order" else None
+    if schema is not None:
+        jsonschema.validate(json.loads(call["function"]["arguments"]), schema)
+    else:
+        assert_valid_call(call, tools)
+
+
+def test_named_call_cut_by_max_tokens_is_not_a_call(client) -> None:
+    response = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], max_completion_tokens=1,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )
+    choice = response.choices[0]
+    assert choice.finish_reason == "length" and choice.message.tool_calls is None
+    assert choice.message.content is not None and response.usage.completion_tokens == 1
+
+
+WEATHER_FUNCTION = WEATHER_TOOL["function"]
+
+
+@STREAMED
+def test_deprecated_functions_answer_with_function_call(client, stream) -> None:
+    params = {"model": MODEL, "messages": WEATHER_QUESTION, "functions": [WEATHER_FUNCTION],
+              "function_call": {"name": "get_weather"}, "temperature": 0, "max_tokens": 60}
+    if not stream:
+        choice = client.chat.completions.create(**params).choices[0]
+        assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
+        call = choice.message.function_call
+        name, arguments = call.name, call.arguments
+    else:
+        name, arguments, reasons = None, "", []
+        for chunk in client.chat.completions.create(stream=True, **params):
+            for piece in chunk.choices:
+                assert piece.delta.tool_calls is None
+                if piece.delta.function_call is not None:
+                    name = name or piece.delta.function_call.name
+                    arguments += piece.delta.function_call.arguments or ""
+                reasons.append(piece.finish_reason)
+        assert reasons[-1] == "function_call"
+    assert name == "get_weather"
+    jsonschema.validate(json.loads(arguments), WEATHER_FUNCTION["parameters"])
+
+
+def test_deprecated_function_history_renders(client) -> None:
+    messages = [*WEATHER_QUESTION,
+                {"role": "assistant", "content": None,
+                 "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+                {"role": "function", "name": "get_weather", "content": '{"temperature_c": 21, "sky": "sunny"}'}]
+    response = client.chat.completions.create(model=MODEL, messages=messages, functions=[WEATHER_FUNCTION],
+                                              function_call="none", temperature=0, max_tokens=30)
+    assert response.choices[0].message.content and response.choices[0].message.function_call is None
 
 
 @STREAMED
@@ -389,7 +466,6 @@ def test_seed_repeats_sampled_output(client, stream) -> None:
     [
         ({"audio": {"voice": "alloy", "format": "wav"}, "modalities": ["text", "audio"]}, "audio"),
         ({"modalities": ["text", "audio"]}, "modalities"),
-        ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
         ({"function_call": "auto"}, "function_call"),
         ({"web_search_options": {}}, "web_search_options"),
     ],

@@ -229,9 +229,12 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T | None:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-        if not task.done():
+        left = not task.done()
+        if left:
             task.cancel()
-    return task.result() if not task.cancelled() else None
+            # A cancelled task is done only once it has run its cancellation: wait for that, never read it.
+            await asyncio.gather(task, return_exceptions=True)
+    return None if left else task.result()
 
 
 def checked_stream_units(body: ChatCompletionRequest, limits: GuardrailSettings) -> None:
@@ -358,6 +361,7 @@ async def serve_here(request: Request, body: ChatCompletionRequest, route: Route
         nightly=NightlyInfo(memory_group=nightly.memory_group, memories_used=len(recalled.memories))
         if nightly is not None and recalled is not None
         else None,
+        function_call=body.answers_with_function_call,
     )
     headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else {}
     headers |= adaption_header(engine, body, adapter)

@@ -51,6 +51,7 @@ class CompletionIdentity:
     n: int = 1
     logprobs: bool = False
     nightly: NightlyInfo | None = None
+    function_call: bool = False  # answer a call as the deprecated `function_call`, not `tool_calls`
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -125,24 +126,42 @@ async def stream_chunks(
     async for delta in deltas:
         completion_tokens += delta.new_tokens
         if delta.text or delta.tool_calls or delta.logprobs:
+            calls = _wire_tool_call_deltas(delta.tool_calls) if delta.tool_calls else None
             yield chunk(
                 [
                     ChunkChoice(
                         index=delta.index,
                         delta=Delta(
                             content=delta.text or None,
-                            tool_calls=_wire_tool_call_deltas(delta.tool_calls) if delta.tool_calls else None,
+                            tool_calls=None if identity.function_call else calls,
+                            function_call=_legacy_call_delta(calls) if identity.function_call else None,
                         ),
                         logprobs=ChoiceLogprobs(content=_wire_logprobs(delta.logprobs)) if delta.logprobs else None,
                     )
                 ]
             )
         if delta.finish_reason is not None:
-            yield chunk(
-                [ChunkChoice(index=delta.index, delta=Delta(), finish_reason=finish_reason_of(delta.finish_reason))]
-            )
+            reason = _legacy_reason(finish_reason_of(delta.finish_reason), identity.function_call)
+            yield chunk([ChunkChoice(index=delta.index, delta=Delta(), finish_reason=reason)])
     if include_usage:
         yield chunk([], _usage(identity.prompt_tokens, completion_tokens))
+
+
+def _legacy_call_delta(calls: list[ToolCallDelta] | None) -> FunctionCallDelta | None:
+    """The first call's piece as a deprecated `function_call` delta (such requests make one call at most)."""
+    first = next((call for call in calls or () if call.index == 0), None)
+    return first.function if first is not None else None
+
+
+def _legacy_reason(reason: FinishReason, function_call: bool) -> FinishReason:
+    return "function_call" if function_call and reason == "tool_calls" else reason
+
+
+def _message(state: _ChoiceState, function_call: bool) -> AssistantMessage:
+    content = "".join(state.text) or (None if state.calls else "")
+    if function_call:
+        return AssistantMessage(content=content, function_call=state.calls[0].function if state.calls else None)
+    return AssistantMessage(content=content, tool_calls=state.calls or None)
 
 
 @dataclass(slots=True)
@@ -178,11 +197,8 @@ async def collect_completion(deltas: AsyncIterator[CompletionDelta], identity: C
         choices=[
             Choice(
                 index=index,
-                message=AssistantMessage(
-                    content="".join(state.text) or (None if state.calls else ""),
-                    tool_calls=state.calls or None,
-                ),
-                finish_reason=finish_reason_of(state.finish_reason),
+                message=_message(state, identity.function_call),
+                finish_reason=_legacy_reason(finish_reason_of(state.finish_reason), identity.function_call),
                 logprobs=ChoiceLogprobs(content=state.logprobs) if identity.logprobs else None,
             )
             for index, state in enumerate(states)

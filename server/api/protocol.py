@@ -15,8 +15,10 @@ from typing import Annotated, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
+    Tag,
     field_validator,
     model_serializer,
     model_validator,
@@ -51,6 +53,30 @@ class ToolCall(BaseModel):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
+
+
+def legacy_function_messages(messages: object) -> object:
+    """The deprecated function-calling history in tool terms: an assistant's `function_call` becomes a tool
+    call, a `function` message the tool result answering the latest call of that name."""
+    if not isinstance(messages, list):
+        return messages
+    converted: list[object] = []
+    call_ids: dict[str, str] = {}
+    for position, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "assistant" and message.get("function_call"):
+            call = message["function_call"]
+            name = call.get("name") if isinstance(call, dict) else None
+            call_id = f"call_fn_{position}"
+            call_ids[str(name)] = call_id
+            message = {k: v for k, v in message.items() if k != "function_call"}
+            message["tool_calls"] = [{"id": call_id, "type": "function", "function": call}]
+        elif isinstance(message, dict) and message.get("role") == "function":
+            name = message.get("name")
+            if not isinstance(name, str) or not name:
+                raise InvalidParam(f"messages[{position}].name", "messages with role 'function' must have a 'name'")
+            message = {**message, "role": "tool", "tool_call_id": call_ids.get(name, f"call_fn_{name}")}
+        converted.append(message)
+    return converted
 
 
 class ChatMessage(_Wire):
@@ -121,7 +147,22 @@ class JsonSchemaFormat(_Wire):
     json_schema: JsonSchemaSpec
 
 
-ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+def _format_tag(value: object) -> str | None:
+    """The union member a `response_format` is, by its `type`, named so no wire name appears in error paths."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return {"text": "TextFormat", "json_object": "JsonObjectFormat", "json_schema": "JsonSchemaFormat"}.get(kind)
+
+
+ResponseFormat = Annotated[
+    Annotated[TextFormat, Tag("TextFormat")]
+    | Annotated[JsonObjectFormat, Tag("JsonObjectFormat")]
+    | Annotated[JsonSchemaFormat, Tag("JsonSchemaFormat")],
+    Discriminator(
+        _format_tag,
+        custom_error_type="invalid_value",
+        custom_error_message="`type` must be one of 'text', 'json_object', 'json_schema'",
+    ),
+]
 
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
@@ -167,8 +208,6 @@ class NightlyInfo(BaseModel):
 # change what the caller gets, so they are refused.
 REFUSED_FIELDS = {
     "audio": "Audio output is not supported by this server's models.",
-    "functions": "`functions` is deprecated and not supported; use `tools`.",
-    "function_call": "`function_call` is deprecated and not supported; use `tool_choice`.",
     "web_search_options": "Web search is not available on this server.",
 }
 
@@ -191,6 +230,7 @@ GATEWAY_FIELDS = frozenset(
         "signature",
         "region",
         "use_custom_keys",
+        "store",
     }
 )
 
@@ -226,6 +266,12 @@ class ChatCompletionRequest(BaseModel):
     tools: list[ToolDefinition] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
+    # Deprecated function calling: mapped onto `tools` / `tool_choice`, answered with `message.function_call`.
+    functions: list[FunctionDefinition] | None = Field(None, min_length=1, max_length=128)
+    function_call: Literal["none", "auto"] | ToolChoiceFunction | None = None
+    # Stored completions (GET /v1/chat/completions): kept when `store` is true, filtered by `metadata`.
+    store: bool = False
+    metadata: dict[str, str] | None = None
     # Extensions (../shared/seeds/000): the LoRA adapter to run on; vLLM's way is to name it as `model`.
     lora_name: str | None = Field(None, pattern=ADAPTER_NAME.pattern)
     # Extension (../shared/seeds/000): long-term memory, `[memory_group, user_goal]`.
@@ -280,6 +326,16 @@ class ChatCompletionRequest(BaseModel):
             raise ValueError("stop sequences must be non-empty strings")
         return stops
 
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _legacy_function_messages(cls, messages: object) -> object:
+        return legacy_function_messages(messages)
+
+    @field_validator("metadata")
+    @classmethod
+    def _openai_metadata_limits(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        return checked_metadata(metadata)
+
     @field_validator("nightly", mode="before")
     @classmethod
     def _nightly_pair(cls, value: object) -> Nightly | None:
@@ -320,6 +376,10 @@ class ChatCompletionRequest(BaseModel):
             raise InvalidParam("top_logprobs", "`logprobs` must be true when `top_logprobs` is set.")
         if self.stream_options is not None and not self.stream:
             raise InvalidParam("stream_options", "`stream_options` is only allowed when `stream` is true.")
+        if self.functions is not None:
+            self._use_functions_as_tools()
+        elif self.function_call is not None:
+            raise InvalidParam("function_call", "`function_call` is only allowed when `functions` are specified.")
         if self.tool_choice is not None and not self.tools:
             raise InvalidParam("tool_choice", "`tool_choice` is only allowed when `tools` are specified.")
         if isinstance(self.tool_choice, NamedToolChoice):
@@ -330,6 +390,21 @@ class ChatCompletionRequest(BaseModel):
                     f"`tool_choice` names function {self.tool_choice.function.name!r}, which is not in `tools`.",
                 )
         return self
+
+    def _use_functions_as_tools(self) -> None:
+        if self.tools is not None:
+            raise InvalidParam("functions", "Send either `functions` (deprecated) or `tools`, not both.")
+        self.tools = [ToolDefinition(type="function", function=function) for function in self.functions or ()]
+        choice = self.function_call
+        self.tool_choice = (
+            NamedToolChoice(type="function", function=choice) if isinstance(choice, ToolChoiceFunction) else choice
+        )
+        self.parallel_tool_calls = False  # a message holds one `function_call`
+
+    @property
+    def answers_with_function_call(self) -> bool:
+        """The request used the deprecated `functions`: its call comes back as `message.function_call`."""
+        return self.functions is not None
 
     @property
     def adapter_is_target(self) -> bool:
@@ -349,6 +424,25 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
 
+METADATA_MAX_KEYS = 16
+METADATA_MAX_KEY_LENGTH = 64
+METADATA_MAX_VALUE_LENGTH = 512
+
+
+def checked_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's limits on `metadata`: 16 pairs, keys up to 64 characters, values up to 512."""
+    if metadata is None:
+        return None
+    if len(metadata) > METADATA_MAX_KEYS:
+        raise ValueError(f"at most {METADATA_MAX_KEYS} key-value pairs are allowed")
+    for key, value in metadata.items():
+        if not key or len(key) > METADATA_MAX_KEY_LENGTH:
+            raise ValueError(f"keys must be 1 to {METADATA_MAX_KEY_LENGTH} characters long")
+        if len(value) > METADATA_MAX_VALUE_LENGTH:
+            raise ValueError(f"values must be at most {METADATA_MAX_VALUE_LENGTH} characters long")
+    return metadata
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
@@ -360,16 +454,18 @@ class AssistantMessage(BaseModel):
     content: str | None
     refusal: None = None
     tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # deprecated `functions` requests only
 
     @model_serializer(mode="wrap")
     def _omit_absent_tool_calls(self, handler: SerializerFunctionWrapHandler) -> dict:
         data = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
+        for name in ("tool_calls", "function_call"):
+            if data.get(name) is None:
+                data.pop(name, None)
         return data
 
 
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
 class TopLogprob(BaseModel):
@@ -440,6 +536,7 @@ class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionCallDelta | None = None  # deprecated `functions` requests only
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict:

@@ -19,6 +19,7 @@ from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
 from vllm.outputs import CompletionOutput
 from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -182,6 +183,7 @@ class Engine:
         prompt = TokensPrompt(prompt_token_ids=prepared.prompt_token_ids)
         top_logprobs = prepared.sampling_params.logprobs
         readers: dict[int, ChoiceToolReader] = {}
+        streaming = prepared.sampling_params.output_kind == RequestOutputKind.DELTA
         adapter = prepared.adapter
         try:
             async with AdapterStore.lease(adapter) if adapter is not None else nullcontext():
@@ -192,7 +194,7 @@ class Engine:
                     for completion in output.outputs:
                         reader = readers.get(completion.index)
                         if reader is None:
-                            reader = ChoiceToolReader(prepared.tool_use, self.entry.tool_format)
+                            reader = ChoiceToolReader(prepared.tool_use, self.entry.tool_format, streaming)
                             readers[completion.index] = reader
                         yield self._delta(completion, reader, top_logprobs)
         except VLLMValidationError as exc:
@@ -205,7 +207,7 @@ class Engine:
         text, calls = reader.feed(completion.text)
         reason = completion.finish_reason
         if reason is not None:
-            tail, more_calls = reader.finish()
+            tail, more_calls = reader.finish(reason)
             text, calls = text + tail, calls + more_calls
             if reason == "stop" and reader.called:
                 reason = "tool_calls"

@@ -97,31 +97,76 @@ def hermes_tool_response_text(content: str) -> str:
     return f"<tool_response>\n{content}\n</tool_response>"
 
 
+_DEFINITION_KEYS = ("$defs", "definitions")
+
+
+def _renamed_refs(schema: object, renames: dict[str, str]) -> object:
+    """`schema` with every local `$ref` whose target was renamed pointing at the new name."""
+    if isinstance(schema, list):
+        return [_renamed_refs(item, renames) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str):
+            for old, new in renames.items():
+                if value == old or value.startswith(old + "/"):
+                    value = new + value[len(old) :]
+                    break
+            out[key] = value
+        else:
+            out[key] = _renamed_refs(value, renames)
+    return out
+
+
+def _hoisted(tools: tuple[ToolSpec, ...]) -> tuple[list[dict], dict]:
+    """Each tool's parameters with its `$defs` moved to one root `$defs` (refs are root-relative).
+
+    The definitions of each tool are prefixed with its name, so two tools may use the same definition name.
+    """
+    definitions: dict = {}
+    parameters: list[dict] = []
+    for tool in tools:
+        schema = dict(tool.parameters or {"type": "object", "properties": {}})
+        renames: dict[str, str] = {}
+        for key in _DEFINITION_KEYS:
+            for name, definition in (schema.pop(key, None) or {}).items():
+                renames[f"#/{key}/{name}"] = f"#/$defs/{tool.name}__{name}"
+                definitions[f"{tool.name}__{name}"] = definition
+        if renames:
+            schema = _renamed_refs(schema, renames)  # type: ignore[assignment]
+            for name in [name for name in definitions if name.startswith(f"{tool.name}__")]:
+                definitions[name] = _renamed_refs(definitions[name], renames)
+        parameters.append(schema)
+    return parameters, definitions
+
+
 def forced_call_schema(use: ToolUse) -> dict:
     """JSON schema the output must follow when a call is required or named.
 
     Named: the output is the function's arguments object. Required: an array of
-    `{"name", "arguments"}` objects, one item at most without parallel calls.
+    `{"name", "arguments"}` objects, one item at most without parallel calls; the
+    tools' `$defs` move to the root, where their root-relative `$ref`s point.
     """
     by_name = {tool.name: tool for tool in use.tools}
     if use.mode == "named":
         return by_name[use.named].parameters or {"type": "object", "properties": {}}  # type: ignore[index]
+    parameters, definitions = _hoisted(use.tools)
     item = {
         "anyOf": [
             {
                 "type": "object",
-                "properties": {
-                    "name": {"type": "string", "enum": [tool.name]},
-                    "arguments": tool.parameters or {"type": "object", "properties": {}},
-                },
+                "properties": {"name": {"type": "string", "enum": [tool.name]}, "arguments": arguments},
                 "required": ["name", "arguments"],
             }
-            for tool in use.tools
+            for tool, arguments in zip(use.tools, parameters, strict=True)
         ]
     }
     schema: dict = {"type": "array", "minItems": 1, "items": item}
     if not use.parallel:
         schema["maxItems"] = 1
+    if definitions:
+        schema["$defs"] = definitions
     return schema
 
 
@@ -274,11 +319,16 @@ def _whole(calls: list[ToolCall], first_index: int = 0) -> list[ToolCallChunk]:
 
 
 class ChoiceToolReader:
-    """Turns one choice's generated text into (content, tool-call chunks), whatever the tool mode."""
+    """Turns one choice's generated text into (content, tool-call chunks), whatever the tool mode.
 
-    def __init__(self, use: ToolUse | None, tool_format: ToolFormat) -> None:
+    `streaming`: a named call's arguments go out as they are generated; otherwise
+    the call is read whole at the end, and one cut short (`length`) stays content.
+    """
+
+    def __init__(self, use: ToolUse | None, tool_format: ToolFormat, streaming: bool = True) -> None:
         self.use = use if use is not None and use.offers_tools else None
         self.tool_format = tool_format
+        self.streaming = streaming
         self.called = False
         self._auto = ToolCallStream(tool_format) if self.use is not None and not self.use.forced else None
         self._forced_text = ""
@@ -290,7 +340,7 @@ class ChoiceToolReader:
         if self._auto is not None:
             return self._auto.feed(text), []
         self._forced_text += text
-        if self.use.mode != "named" or not text:
+        if self.use.mode != "named" or not text or not self.streaming:
             return "", []
         # A named call streams its arguments as they are generated.
         if self._named_id is None:
@@ -299,17 +349,19 @@ class ChoiceToolReader:
             return "", [ToolCallChunk(0, self._named_id, self.use.named, text)]
         return "", [ToolCallChunk(0, arguments=text)]
 
-    def finish(self) -> tuple[str, list[ToolCallChunk]]:
+    def finish(self, finish_reason: str | None = None) -> tuple[str, list[ToolCallChunk]]:
         if self.use is None:
             return "", []
         if self._auto is not None:
             content, calls = self._auto.finish()
-        elif self.use.mode == "named":
+        elif self.use.mode == "named" and self.streaming:
             return "", []
+        elif finish_reason == "length":  # cut short: not a call, what was generated stays visible
+            content, calls = self._forced_text, []
         else:
             try:
                 content, calls = "", parse_forced_calls(self.use, self.tool_format, self._forced_text)
-            except (ValueError, TypeError):  # cut short (max_tokens): what was generated stays visible
+            except (ValueError, TypeError):
                 content, calls = self._forced_text, []
         self.called = self.called or bool(calls)
         return content, _whole(calls)

@@ -134,3 +134,26 @@ def test_finish_reasons() -> None:
     assert finish_reason_of("tool_calls") == "tool_calls"
     assert finish_reason_of("stop") == "stop"
     assert finish_reason_of(None) == "stop"
+
+
+def one_call() -> AsyncIterator[CompletionDelta]:
+    return deltas(
+        CompletionDelta(0, "", 1, None, [ToolCallChunk(0, "call_1", "get_weather", '{"city": ')]),
+        CompletionDelta(0, "", 1, None, [ToolCallChunk(0, arguments='"Paris"}')]),
+        CompletionDelta(0, "", 1, "tool_calls"),
+    )
+
+
+async def test_deprecated_functions_answer_with_function_call() -> None:
+    legacy = replace(IDENTITY, function_call=True)
+    message = (await collect_completion(one_call(), legacy)).model_dump()["choices"][0]
+    assert message["finish_reason"] == "function_call"
+    assert message["message"]["function_call"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert "tool_calls" not in message["message"] and message["message"]["content"] is None
+    chunks = await chunks_of(one_call(), legacy)
+    assert [c["choices"][0]["delta"] for c in chunks[1:]] == [
+        {"function_call": {"name": "get_weather", "arguments": '{"city": '}},
+        {"function_call": {"arguments": '"Paris"}'}},
+        {},
+    ]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "function_call"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 
 from server.engine.prompt import ChatTurn, build_conversation
@@ -178,3 +179,46 @@ def test_mistral_gets_nine_character_call_ids_consistently() -> None:
     assert conversation[2]["tool_call_id"] == "abcDEF123"
     llama, _ = build_conversation(NATIVE, turns, None, "llama3_json")
     assert llama[0]["tool_calls"][0]["id"] == "call_0123456789abcdef"
+
+
+ORDER = ToolSpec(
+    "place_order",
+    "Order items",
+    {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/O"}}},
+        "required": ["items"],
+        "$defs": {"O": {"type": "object", "properties": {"sku": {"type": "string"}, "next": {"$ref": "#/$defs/O"}}}},
+    },
+)
+
+
+def test_required_schema_keeps_the_tools_defs_at_its_root() -> None:
+    schema = forced_call_schema(ToolUse((ORDER, WEATHER), mode="required"))
+    assert set(schema["$defs"]) == {"place_order__O"}
+    arguments = schema["items"]["anyOf"][0]["properties"]["arguments"]
+    assert "$defs" not in arguments and arguments["properties"]["items"]["items"] == {"$ref": "#/$defs/place_order__O"}
+    assert schema["$defs"]["place_order__O"]["properties"]["next"] == {"$ref": "#/$defs/place_order__O"}
+    jsonschema.validate([{"name": "place_order", "arguments": {"items": [{"sku": "a", "next": {"sku": "b"}}]}}], schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate([{"name": "place_order", "arguments": {"items": [{"sku": 5}]}}], schema)
+
+
+def test_same_definition_name_in_two_tools_stays_apart() -> None:
+    other = ToolSpec("other", None, {"type": "object", "properties": {"o": {"$ref": "#/$defs/O"}}, "$defs": {"O": {"type": "integer"}}})
+    schema = forced_call_schema(ToolUse((ORDER, other), mode="required"))
+    assert schema["$defs"]["other__O"] == {"type": "integer"} and schema["$defs"]["place_order__O"]["type"] == "object"
+
+
+def test_reader_not_streaming_reads_a_named_call_whole_and_drops_a_truncated_one() -> None:
+    reader = ChoiceToolReader(ToolUse((WEATHER,), mode="named", named="get_weather"), "hermes", streaming=False)
+    assert reader.feed('{"city": "Paris"}') == ("", [])
+    content, chunks = reader.finish("stop")
+    assert content == "" and [(c.name, c.arguments) for c in chunks] == [("get_weather", '{"city": "Paris"}')]
+    assert reader.called
+    cut = ChoiceToolReader(ToolUse((WEATHER,), mode="named", named="get_weather"), "hermes", streaming=False)
+    cut.feed("{")
+    assert cut.finish("length") == ("{", []) and not cut.called
+    cut_required = ChoiceToolReader(ToolUse((WEATHER,), mode="required"), "hermes", streaming=False)
+    cut_required.feed('[{"name": "get_weather", "arguments": {}}]')
+    assert cut_required.finish("length") == ('[{"name": "get_weather", "arguments": {}}]', [])
