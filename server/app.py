@@ -24,7 +24,8 @@ from server.api.adapters import (
     vllm_load_lora_adapter,
     vllm_unload_lora_adapter,
 )
-from server.api.chat import chat_completions
+from server.api.completions import create_completion
+from server.api.embeddings import create_embeddings
 from server.api.endpoints import list_endpoints
 from server.api.errors import APIError, handle_exception
 from server.api.fine_tuning import cancel_job, create_job, list_job_events, list_jobs, retrieve_job
@@ -47,9 +48,20 @@ from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.moderations import create_moderation
 from server.api.protocol import InvalidParam
+from server.api.responses import create_response, delete_response, get_response
+from server.api.stored_chat import (
+    create_chat_completion,
+    delete_chat_completion,
+    get_chat_completion,
+    list_chat_completion_messages,
+    list_chat_completions,
+    update_chat_completion,
+)
 from server.api.templates import create_template, delete_template, get_template, list_templates, update_template
+from server.api.tokenize import detokenize, tokenize
 from server.api.usage import get_request_usage, get_usage
 from server.config import GuardrailSettings, Settings
+from server.conversations.store import CONVERSATIONS_DATABASE, ConversationStore
 from server.engine import ChatTurn, Engine, GenerationOptions
 from server.engine.adapters import AdapterError
 from server.engine.errors import EngineError
@@ -141,6 +153,17 @@ async def gateway_service(settings: Settings) -> AsyncIterator[Gateway]:
             await store.close()
 
 
+@asynccontextmanager
+async def conversation_store(settings: Settings) -> AsyncIterator[ConversationStore]:
+    """Stored chat completions and Responses (per key)."""
+    store = ConversationStore(settings.data_dir / CONVERSATIONS_DATABASE)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -150,7 +173,9 @@ def build_app(settings: Settings) -> Starlette:
             adaption_service(settings, engine, memory) as adaption,
             guardrail_checker(settings.guardrails) as checker,
             gateway_service(settings) as gateway,
+            conversation_store(settings) as conversations,
         ):
+            app.state.conversations = conversations
             app.state.gateway = gateway
             app.state.keys = gateway.keys
             app.state.usage = gateway.usage
@@ -175,7 +200,19 @@ def build_app(settings: Settings) -> Starlette:
                     await asyncio.gather(nightly, return_exceptions=True)
 
     routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+        Route("/v1/chat/completions", list_chat_completions, methods=["GET"]),
+        Route("/v1/chat/completions/{completion_id}", get_chat_completion, methods=["GET"]),
+        Route("/v1/chat/completions/{completion_id}", update_chat_completion, methods=["POST"]),
+        Route("/v1/chat/completions/{completion_id}", delete_chat_completion, methods=["DELETE"]),
+        Route("/v1/chat/completions/{completion_id}/messages", list_chat_completion_messages, methods=["GET"]),
+        Route("/v1/completions", create_completion, methods=["POST"]),
+        Route("/v1/embeddings", create_embeddings, methods=["POST"]),
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
+        Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+        Route("/tokenize", tokenize, methods=["POST"]),
+        Route("/detokenize", detokenize, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/moderations", create_moderation, methods=["POST"]),
         Route("/v1/adapters", create_adapter, methods=["POST"]),

@@ -263,22 +263,30 @@ ADAPTION_HEADER = "x-adaption-adapter"
 
 
 async def chat_completions(request: Request) -> Response:
+    return await chat_completions_for(request, None)
+
+
+async def chat_completions_for(request: Request, payload: dict | None) -> Response:
+    """The chat pipeline for `payload` (None: the request's body), as other endpoints' translations call it."""
     gateway: Gateway = request.app.state.gateway
     account = gateway.open_account(request_id_of(request.scope), principal_of(request.scope))
     try:
-        return await gateway_steps(request, gateway, account)
+        return await gateway_steps(request, gateway, account, payload)
     except Exception as exc:
         status, code = status_of(exc)
         gateway.settle(account, status, code)
         raise
 
 
-async def gateway_steps(request: Request, gateway: Gateway, account: RequestAccount) -> Response:
+async def gateway_steps(
+    request: Request, gateway: Gateway, account: RequestAccount, payload: dict | None = None
+) -> Response:
     """Template, model choice, permission, credits and rate limit, then the first route that serves."""
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
     principal = account.principal
-    payload = await read_json_object(request)
+    if payload is None:
+        payload = await read_json_object(request)
     fallbacks = payload.get("models")
     if payload.get("model") is None and isinstance(fallbacks, list) and fallbacks:
         payload["model"] = fallbacks[0]  # OpenRouter's way: `models` alone names the first choice too

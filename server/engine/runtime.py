@@ -177,6 +177,51 @@ class Engine:
             raise InvalidOption(str(exc), getattr(exc, "parameter", None)) from exc
         return PreparedChat(token_ids, params, tool_use, version)
 
+    # --- raw prompts and tokens (legacy completions, /tokenize, /detokenize) ---------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokenizer)
+
+    def tokenize(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def detokenize(self, token_ids: Sequence[int], param: str = "tokens") -> str:
+        """The text of `token_ids`; an id outside the vocabulary is an `InvalidOption` naming `param`."""
+        size = self.vocab_size
+        for position, token_id in enumerate(token_ids):
+            if not 0 <= token_id < size:
+                raise InvalidOption(f"Token id {token_id} at position {position} is not in the vocabulary (0-{size - 1}).", param)
+        return self._tokenizer.decode(list(token_ids))
+
+    def render_chat(self, turns: Sequence[ChatTurn], tool_use: ToolUse | None = None) -> tuple[str, list[int]]:
+        """The chat prompt the model would see for `turns` (text and token ids), without generating."""
+        return render_prompt(self._tokenizer, turns, tool_use, self.entry.tool_format)
+
+    def prepare_prompt(
+        self,
+        token_ids: Sequence[int],
+        options: GenerationOptions,
+        *,
+        stream: bool,
+        adapter: str | None = None,
+        adapter_param: str = "lora_name",
+    ) -> PreparedChat:
+        """A raw prompt (no chat template), for legacy text completions."""
+        self._raise_if_dead()
+        version = self.adapters.get(adapter, adapter_param) if adapter is not None else None
+        try:
+            params = build_sampling_params(
+                options,
+                self.entry.sampling,
+                prompt_tokens=len(token_ids),
+                max_model_len=self.max_model_len,
+                stream=stream,
+            )
+        except (ValueError, VLLMValidationError) as exc:
+            raise InvalidOption(str(exc), getattr(exc, "parameter", None)) from exc
+        return PreparedChat(list(token_ids), params, None, version)
+
     async def generate(self, prepared: PreparedChat, request_id: str) -> AsyncIterator[CompletionDelta]:
         """Run the request; cancelling the iteration aborts it in the engine."""
         self._raise_if_dead()

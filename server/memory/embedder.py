@@ -28,6 +28,22 @@ class Embedder:
             list(texts), batch_size=self._max_batch, normalize_embeddings=True, convert_to_numpy=True
         ).astype(np.float32)
 
+    @property
+    def max_tokens(self) -> int:
+        """The longest input (in tokens, special ones included) the model reads; longer ones are cut."""
+        return int(self._model.max_seq_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._model.tokenizer)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's length in the model's tokens, special tokens included (what one forward pass reads)."""
+        return [len(ids) for ids in self._model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return self._model.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)

@@ -1,0 +1,287 @@
+"""`POST /v1/completions`: OpenAI's legacy text completions on the served model (no chat template).
+
+`prompt`: a string, a list of strings, a token array or a list of token arrays;
+each prompt gets `n` choices (index `prompt * n + i`). Streaming, `n`, `logprobs`
+(0-5, OpenAI's legacy object), `echo`, `stop`, penalties, `seed`, `logit_bias`
+and vLLM's `top_k`, `min_tokens`, `ignore_eos`, `repetition_penalty` are
+honoured; `suffix` (insertion) and `best_of` other than `n` are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server.api.chat import error_events, started, until_disconnected
+from server.api.errors import APIError, invalid_request, read_json_object
+from server.api.metering import LocalModel, admit_local, local_model, metered
+from server.api.protocol import ADAPTER_NAME, InvalidParam, Penalty, StreamOptions
+from server.config import Settings
+from server.engine import CompletionDelta, Engine, GenerationOptions
+from server.engine.errors import ContextLengthExceeded
+from server.gateway.service import Gateway, RequestAccount
+from server.legacy.completions import legacy_logprobs, merged
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    prompt: str | list[str] | list[int] | list[list[int]]
+    suffix: str | None = None
+    max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=128)
+    best_of: int | None = Field(None, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    stop: str | list[str] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = Field(None, max_length=256)
+    top_k: int | None = Field(None, ge=-1)
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    lora_name: str | None = Field(None, pattern=ADAPTER_NAME.pattern)
+    drop_params: bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if len(stops) > 4 or any(not item for item in stops):
+            raise ValueError("at most 4 non-empty stop sequences are allowed")
+        return stops
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key, value in (bias or {}).items():
+            if not key.isdigit() or not -100 <= value <= 100:
+                raise ValueError(f"keys must be token ids and values between -100 and 100, got {key!r}: {value}")
+        return bias
+
+    @model_validator(mode="after")
+    def _supported(self) -> CompletionRequest:
+        if self.suffix:
+            raise InvalidParam("suffix", "`suffix` (text insertion) is not supported by this server's models.")
+        if self.best_of is not None and self.best_of != self.n:
+            raise InvalidParam("best_of", "`best_of` other than `n` is not supported; ask for `n` choices instead.")
+        if self.echo and self.logprobs is not None:
+            raise InvalidParam("echo", "`echo` together with `logprobs` (prompt logprobs) is not supported.")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidParam("stream_options", "`stream_options` is only allowed when `stream` is true.")
+        extra = self.model_extra or {}
+        if self.drop_params is False and extra:
+            names = sorted(extra)
+            raise InvalidParam(", ".join(names), f"Unsupported parameters: {', '.join(names)}.")
+        return self
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        return self.stop  # type: ignore[return-value]  # normalised by the validator
+
+
+@dataclass(slots=True)
+class Prompt:
+    text: str
+    token_ids: list[int]
+
+
+def prompts_of(body: CompletionRequest, engine: Engine) -> list[Prompt]:
+    value = body.prompt
+    if isinstance(value, str):
+        value = [value]
+    if not value:
+        raise invalid_request("`prompt` must not be empty.", param="prompt", code="invalid_value")
+    if all(isinstance(item, int) for item in value):
+        value = [value]  # type: ignore[list-item]
+    prompts = []
+    for index, item in enumerate(value):
+        param = "prompt" if len(value) == 1 else f"prompt[{index}]"
+        if isinstance(item, str):
+            ids = engine.tokenize(item)
+            if not ids:
+                raise invalid_request(f"`{param}` is empty.", param=param, code="invalid_value")
+            prompts.append(Prompt(item, ids))
+        else:
+            if not item:
+                raise invalid_request(f"`{param}` is an empty token array.", param=param, code="invalid_value")
+            prompts.append(Prompt(engine.detokenize(item, param), list(item)))  # type: ignore[arg-type]
+    return prompts
+
+
+def options_of(body: CompletionRequest) -> GenerationOptions:
+    return GenerationOptions(
+        n=body.n,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        stop=body.stop_sequences,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        repetition_penalty=body.repetition_penalty,
+        min_tokens=body.min_tokens,
+        ignore_eos=body.ignore_eos,
+        logprobs=body.logprobs,
+        logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
+    )
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    text: list[str] = field(default_factory=list)
+    logprobs: dict | None = None
+    offset: int = 0
+    finish_reason: str | None = None
+    echoed: bool = False
+
+
+@dataclass(slots=True)
+class Run:
+    """One completion request in flight: identity, prompts, per-choice state, token counts."""
+
+    id: str
+    model: str
+    body: CompletionRequest
+    prompts: list[Prompt]
+    created: int = field(default_factory=lambda: int(time.time()))
+    states: dict[int, ChoiceState] = field(default_factory=dict)
+    completion_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(prompt.token_ids) for prompt in self.prompts)
+
+    def usage(self) -> dict:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def choice_piece(self, position: int, delta: CompletionDelta) -> dict:
+        """One delta of prompt `position` as a wire choice (its text, logprobs, finish reason), state updated."""
+        index = position * self.body.n + delta.index
+        state = self.states.setdefault(index, ChoiceState())
+        self.completion_tokens += delta.new_tokens
+        text = delta.text
+        if self.body.echo and not state.echoed:
+            state.echoed = True
+            text = self.prompts[position].text + text
+            state.offset = len(self.prompts[position].text)
+        logprobs = None
+        if self.body.logprobs is not None:
+            logprobs, state.offset = legacy_logprobs(delta.logprobs or [], state.offset)
+            if state.logprobs is None:
+                state.logprobs = {key: [] for key in logprobs}
+            for key, values in logprobs.items():
+                state.logprobs[key].extend(values)
+        state.text.append(text)
+        reason = delta.finish_reason
+        if reason is not None:
+            state.finish_reason = "length" if reason == "length" else "stop"
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": state.finish_reason}
+
+    def chunk(self, choices: list[dict], usage: dict | None = None) -> str:
+        data: dict = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model}
+        data["choices"] = choices
+        if self.body.stream_options is not None and self.body.stream_options.include_usage:
+            data["usage"] = usage
+        return json.dumps(data)
+
+    def completion(self) -> dict:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": index,
+                    "text": "".join(state.text),
+                    "logprobs": state.logprobs,
+                    "finish_reason": state.finish_reason,
+                }
+                for index, state in sorted(self.states.items())
+            ],
+            "usage": self.usage(),
+        }
+
+
+async def create_completion(request: Request) -> Response:
+    return await metered(request, lambda gateway, account: _completion(request, gateway, account))
+
+
+async def _completion(request: Request, gateway: Gateway, account: RequestAccount) -> Response:
+    settings: Settings = request.app.state.settings
+    engine: Engine = request.app.state.engine
+    payload = await read_json_object(request)
+    if payload.get("model") is None and account.principal.key is not None:
+        payload["model"] = account.principal.key.default_model
+    body = CompletionRequest.model_validate(payload, strict=True)
+    if body.n > settings.max_n:
+        raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
+    model: LocalModel = local_model(settings, engine, body.model, body.lora_name)
+    admit_local(gateway, account, model)
+    prompts = prompts_of(body, engine)
+    options = options_of(body)
+    try:
+        prepared = [
+            engine.prepare_prompt(
+                prompt.token_ids, options, stream=body.stream, adapter=model.adapter, adapter_param=model.adapter_param
+            )
+            for prompt in prompts
+        ]
+    except ContextLengthExceeded as exc:
+        raise APIError(400, str(exc), param="prompt", code="context_length_exceeded") from None
+    run = Run(f"cmpl-{uuid.uuid4().hex}", model.public_name, body, prompts)
+    account.prompt_tokens = run.prompt_tokens
+    sources = [engine.generate(item, f"{run.id}-{position}") for position, item in enumerate(prepared)]
+    pieces = merged(sources)
+
+    if body.stream:
+
+        async def chunks(first: AsyncIterator[tuple[int, CompletionDelta]]) -> AsyncIterator[str]:
+            async for position, delta in first:
+                account.completion_tokens = run.completion_tokens
+                yield run.chunk([run.choice_piece(position, delta)])
+            account.respond(run.prompt_tokens, run.completion_tokens, run.completion())
+            if body.stream_options is not None and body.stream_options.include_usage:
+                yield run.chunk([], run.usage())
+
+        first = await started(pieces)
+        events = error_events(chunks(first), lambda status, code: gateway.settle(account, status, code))
+        return EventSourceResponse(events, sep="\n", ping=15)
+
+    async def collect() -> dict:
+        async for position, delta in pieces:
+            run.choice_piece(position, delta)
+        return run.completion()
+
+    completion = await until_disconnected(request, collect())
+    if completion is None:
+        account.completion_tokens = run.completion_tokens
+        gateway.settle(account, 499, "client_closed_request")
+        return Response(status_code=499)
+    account.respond(run.prompt_tokens, run.completion_tokens, completion)
+    gateway.settle(account, 200)
+    return JSONResponse(completion)

@@ -1,0 +1,219 @@
+"""Stored chat completions: `store: true` on `POST /v1/chat/completions` keeps the exchange, and
+`GET /v1/chat/completions[/{id}[/messages]]`, `POST` (metadata) and `DELETE /v1/chat/completions/{id}`
+read and manage them, as OpenAI's reference describes. Each key sees only what it stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from server.api.chat import chat_completions
+from server.api.errors import APIError, from_validation_error, invalid_request, read_json_object
+from server.api.middleware import caller_of
+from server.api.protocol import checked_metadata
+from server.conversations.chunks import ChunkFolder
+from server.conversations.errors import StoredCompletionNotFound
+from server.conversations.store import ConversationStore, StoredChat
+
+MAX_PAGE = 100
+_METADATA_FILTER = re.compile(r"^metadata\[(.+)\]$")
+
+
+def completion_not_found(exc: StoredCompletionNotFound, param: str = "completion_id") -> APIError:
+    return APIError(404, str(exc), param=param, code="not_found")
+
+
+def _store(request: Request) -> ConversationStore:
+    return request.app.state.conversations
+
+
+def wire_completion(stored: StoredChat) -> dict:
+    return {**stored.completion, "metadata": stored.metadata}
+
+
+def _stored_chat(payload: dict, completion: dict) -> StoredChat:
+    return StoredChat(
+        id=completion["id"],
+        model=completion.get("model") or payload.get("model") or "",
+        created=int(completion.get("created") or 0),
+        metadata=payload.get("metadata") or {},
+        messages=payload.get("messages") or [],
+        completion=completion,
+    )
+
+
+async def _storing(events: AsyncIterator, store: ConversationStore, owner: str, payload: dict) -> AsyncIterator:
+    """The stream's events unchanged; once it ends well (before `[DONE]` goes out), the folded completion is stored."""
+    folder, failed = ChunkFolder(), False
+    try:
+        async for event in events:
+            data = event["data"] if isinstance(event, dict) else event
+            if data == "[DONE]":
+                if not failed:
+                    await store.save_chat(owner, _stored_chat(payload, folder.completion()))
+            else:
+                parsed = json.loads(data)
+                if "error" in parsed and "choices" not in parsed:
+                    failed = True
+                else:
+                    folder.add(parsed)
+            yield event
+    finally:
+        await events.aclose()
+
+
+async def create_chat_completion(request: Request) -> Response:
+    """`POST /v1/chat/completions`: the chat pipeline, keeping the exchange when `store` is true."""
+    response = await chat_completions(request)
+    if response.status_code != 200:
+        return response
+    payload = json.loads(await request.body())  # already read and validated by the pipeline
+    if payload.get("store") is not True:
+        return response
+    store, owner = _store(request), caller_of(request.scope)
+    if hasattr(response, "body_iterator"):
+        response.body_iterator = _storing(response.body_iterator, store, owner, payload)
+        return response
+    await store.save_chat(owner, _stored_chat(payload, json.loads(response.body)))
+    return response
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: str | None = Field(None, min_length=1)
+    limit: int = Field(20, ge=1, le=MAX_PAGE)
+    order: Literal["asc", "desc"] = "asc"
+    model: str | None = Field(None, min_length=1)
+
+
+class MetadataUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: dict[str, str] | None
+
+    @field_validator("metadata")
+    @classmethod
+    def _limits(cls, metadata: dict[str, str] | None) -> dict[str, str] | None:
+        return checked_metadata(metadata)
+
+
+def _query(request: Request, fields: set[str]) -> tuple[ListQuery, dict[str, str]]:
+    plain: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        match = _METADATA_FILTER.match(name)
+        if match and "metadata" in fields:
+            metadata[match.group(1)] = value
+        elif name in fields:
+            plain[name] = value
+        else:
+            raise invalid_request(f"Unknown query parameter '{name}'.", param=name, code="unknown_parameter")
+    try:
+        return ListQuery.model_validate(plain), metadata
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def _page(data: list[dict], has_more: bool) -> dict:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+async def list_chat_completions(request: Request) -> JSONResponse:
+    query, metadata = _query(request, {"after", "limit", "order", "model", "metadata"})
+    try:
+        page = await _store(request).list_chats(
+            caller_of(request.scope),
+            model=query.model,
+            metadata=metadata,
+            after=query.after,
+            limit=query.limit,
+            order=query.order,
+        )
+    except StoredCompletionNotFound as exc:
+        raise completion_not_found(exc, "after") from None
+    return JSONResponse(_page([wire_completion(item) for item in page.items], page.has_more))
+
+
+async def _get(request: Request) -> StoredChat:
+    try:
+        return await _store(request).get_chat(caller_of(request.scope), request.path_params["completion_id"])
+    except StoredCompletionNotFound as exc:
+        raise completion_not_found(exc) from None
+
+
+async def get_chat_completion(request: Request) -> JSONResponse:
+    return JSONResponse(wire_completion(await _get(request)))
+
+
+async def update_chat_completion(request: Request) -> JSONResponse:
+    try:
+        update = MetadataUpdate.model_validate(await read_json_object(request), strict=True)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    try:
+        stored = await _store(request).update_chat_metadata(
+            caller_of(request.scope), request.path_params["completion_id"], update.metadata or {}
+        )
+    except StoredCompletionNotFound as exc:
+        raise completion_not_found(exc) from None
+    return JSONResponse(wire_completion(stored))
+
+
+async def delete_chat_completion(request: Request) -> JSONResponse:
+    completion_id = request.path_params["completion_id"]
+    try:
+        await _store(request).delete_chat(caller_of(request.scope), completion_id)
+    except StoredCompletionNotFound as exc:
+        raise completion_not_found(exc) from None
+    return JSONResponse({"object": "chat.completion.deleted", "id": completion_id, "deleted": True})
+
+
+def store_messages(stored: StoredChat) -> list[dict]:
+    """The request's messages as OpenAI lists them: each with an id, text parts joined into `content`."""
+    messages = []
+    for position, message in enumerate(stored.messages):
+        content = message.get("content")
+        parts = content if isinstance(content, list) else None
+        text = "".join(part.get("text", "") for part in parts) if parts is not None else content
+        messages.append(
+            {
+                "id": f"{stored.id}-{position}",
+                "role": message.get("role"),
+                "content": text,
+                "name": message.get("name"),
+                "content_parts": parts,
+                **{key: message[key] for key in ("tool_calls", "tool_call_id") if message.get(key) is not None},
+            }
+        )
+    return messages
+
+
+def page_of(items: list[dict], after: str | None, limit: int, order: str, param: str = "after") -> tuple[list, bool]:
+    ordered = items if order == "asc" else list(reversed(items))
+    if after is not None:
+        ids = [item["id"] for item in ordered]
+        if after not in ids:
+            raise invalid_request(f"No message with id '{after}' in this completion.", param=param, code="not_found")
+        ordered = ordered[ids.index(after) + 1 :]
+    return ordered[:limit], len(ordered) > limit
+
+
+async def list_chat_completion_messages(request: Request) -> JSONResponse:
+    query, _ = _query(request, {"after", "limit", "order"})
+    stored = await _get(request)
+    data, has_more = page_of(store_messages(stored), query.after, query.limit, query.order)
+    return JSONResponse(_page(data, has_more))

