@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from server.api.protocol import InvalidParam, checked_metadata
 
@@ -98,7 +98,24 @@ class TextFormatJsonSchema(BaseModel):
     strict: bool | None = None
 
 
-TextFormat = Annotated[TextFormatText | TextFormatJsonObject | TextFormatJsonSchema, Field(discriminator="type")]
+def _format_tag(value: object) -> str | None:
+    """The member a `text.format` is, by its `type`, named so no wire name shows up in error paths."""
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return {"text": "TextFormatText", "json_object": "TextFormatJsonObject", "json_schema": "TextFormatJsonSchema"}.get(
+        kind  # type: ignore[arg-type]
+    )
+
+
+TextFormat = Annotated[
+    Annotated[TextFormatText, Tag("TextFormatText")]
+    | Annotated[TextFormatJsonObject, Tag("TextFormatJsonObject")]
+    | Annotated[TextFormatJsonSchema, Tag("TextFormatJsonSchema")],
+    Discriminator(
+        _format_tag,
+        custom_error_type="invalid_value",
+        custom_error_message="`type` must be one of 'text', 'json_object', 'json_schema'",
+    ),
+]
 
 
 class TextConfig(BaseModel):
