@@ -48,7 +48,7 @@ class CompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
-    stop: str | list[str] | None = None
+    stop: str | list[str] | None = Field(None, validate_default=True)
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
