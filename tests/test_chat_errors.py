@@ -101,7 +101,7 @@ def test_prompt_alone_over_context_is_400(http: httpx.Client) -> None:
 
 def test_unknown_route_and_method_are_openai_shaped(http: httpx.Client) -> None:
     assert_error(http.get("/v1/nothing-here"), 404, None, None)
-    assert_error(http.get("/v1/chat/completions"), 405, None, None)
+    assert_error(http.put("/v1/chat/completions"), 405, None, None)  # GET lists stored completions
 
 
 def test_server_still_serves_after_errors(client: openai.OpenAI) -> None:
