@@ -191,7 +191,9 @@ class Engine:
         size = self.vocab_size
         for position, token_id in enumerate(token_ids):
             if not 0 <= token_id < size:
-                raise InvalidOption(f"Token id {token_id} at position {position} is not in the vocabulary (0-{size - 1}).", param)
+                raise InvalidOption(
+                    f"Token id {token_id} at position {position} is not in the vocabulary (0-{size - 1}).", param
+                )
         return self._tokenizer.decode(list(token_ids))
 
     def render_chat(self, turns: Sequence[ChatTurn], tool_use: ToolUse | None = None) -> tuple[str, list[int]]:
