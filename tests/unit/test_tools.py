@@ -205,7 +205,8 @@ def test_required_schema_keeps_the_tools_defs_at_its_root() -> None:
 
 
 def test_same_definition_name_in_two_tools_stays_apart() -> None:
-    other = ToolSpec("other", None, {"type": "object", "properties": {"o": {"$ref": "#/$defs/O"}}, "$defs": {"O": {"type": "integer"}}})
+    parameters = {"type": "object", "properties": {"o": {"$ref": "#/$defs/O"}}, "$defs": {"O": {"type": "integer"}}}
+    other = ToolSpec("other", None, parameters)
     schema = forced_call_schema(ToolUse((ORDER, other), mode="required"))
     assert schema["$defs"]["other__O"] == {"type": "integer"} and schema["$defs"]["place_order__O"]["type"] == "object"
 
