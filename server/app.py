@@ -48,7 +48,7 @@ from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.moderations import create_moderation
 from server.api.protocol import InvalidParam
-from server.api.responses import create_response, delete_response, get_response
+from server.api.responses import create_response, delete_response, get_response, list_input_items
 from server.api.stored_chat import (
     create_chat_completion,
     delete_chat_completion,
@@ -211,6 +211,7 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
         Route("/v1/responses/{response_id}", delete_response, methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", list_input_items, methods=["GET"]),
         Route("/tokenize", tokenize, methods=["POST"]),
         Route("/detokenize", detokenize, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),

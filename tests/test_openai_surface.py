@@ -390,6 +390,10 @@ def test_responses_function_tools_round_trip(client: openai.OpenAI) -> None:
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"sky": "sunny", "celsius": 21}'}],
     )
     assert answer.output_text and answer.previous_response_id == first.id
+    (listed,) = client.responses.input_items.list(answer.id).data
+    assert listed.type == "function_call_output" and listed.call_id == call.call_id and listed.id
+    (question,) = client.responses.input_items.list(first.id).data
+    assert question.type == "message" and question.content[0].text == "What is the weather in Paris?"
     # the stored conversation (question, call, result) is the new prompt's start
     assert answer.usage.input_tokens > first.usage.input_tokens
     named = client.responses.create(
@@ -485,6 +489,8 @@ def test_responses_auth_and_key_limits(server: RunningServer, http: httpx.Client
     assert httpx.post(f"{server.base_url}/v1/responses", json={"model": MODEL, "input": "x"}).status_code == 401
     assert_error(http.get("/v1/responses/resp_nope"), 404, "not_found", "response_id")
     assert_error(http.delete("/v1/responses/resp_nope"), 404, "not_found", "response_id")
+    assert_error(http.get("/v1/responses/resp_nope/input_items"), 404, "not_found", "response_id")
+    assert_error(http.get("/v1/responses/resp_nope/input_items?limit=0"), 400, "invalid_value", "limit")
     embed_only = new_key(http, allowed_models=[EMBEDDING_MODEL])
     with keyed_http(server, embed_only["key"]) as session:
         assert_error(

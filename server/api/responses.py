@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from server.api.chat_bridge import CLIENT_CLOSED, ChatStreamFailed, run_chat
 from server.api.errors import APIError, from_validation_error, read_json_object
 from server.api.middleware import caller_of
+from server.api.stored_chat import list_page, list_query, page_of
 from server.conversations.errors import StoredResponseNotFound
 from server.conversations.responses import (
     ResponseEvents,
@@ -106,6 +107,19 @@ async def get_response(request: Request) -> JSONResponse:
     except StoredResponseNotFound as exc:
         raise response_not_found(exc) from None
     return JSONResponse(stored.response)
+
+
+async def list_input_items(request: Request) -> JSONResponse:
+    """`GET /v1/responses/{id}/input_items?after=&limit=&order=` (newest first by default, as OpenAI)."""
+    params = dict(request.query_params)
+    params.setdefault("order", "desc")
+    query = list_query(params, {"after", "limit", "order", "include"})
+    try:
+        stored = await _store(request).get_response(caller_of(request.scope), request.path_params["response_id"])
+    except StoredResponseNotFound as exc:
+        raise response_not_found(exc) from None
+    data, has_more = page_of(stored.input_items, query.after, query.limit, query.order)
+    return JSONResponse(list_page(data, has_more))
 
 
 async def delete_response(request: Request) -> JSONResponse:

@@ -105,6 +105,19 @@ class MetadataUpdate(BaseModel):
         return checked_metadata(metadata)
 
 
+def list_query(params: dict[str, str], fields: set[str]) -> ListQuery:
+    """A list endpoint's `after`, `limit`, `order` (and `model`) query parameters, checked; others refused."""
+    for name in params:
+        if name not in fields:
+            raise invalid_request(f"Unknown query parameter '{name}'.", param=name, code="unknown_parameter")
+    try:
+        return ListQuery.model_validate(
+            {name: value for name, value in params.items() if name in ListQuery.model_fields}
+        )
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
 def _query(request: Request, fields: set[str]) -> tuple[ListQuery, dict[str, str]]:
     plain: dict[str, str] = {}
     metadata: dict[str, str] = {}
@@ -112,17 +125,12 @@ def _query(request: Request, fields: set[str]) -> tuple[ListQuery, dict[str, str
         match = _METADATA_FILTER.match(name)
         if match and "metadata" in fields:
             metadata[match.group(1)] = value
-        elif name in fields:
-            plain[name] = value
         else:
-            raise invalid_request(f"Unknown query parameter '{name}'.", param=name, code="unknown_parameter")
-    try:
-        return ListQuery.model_validate(plain), metadata
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
+            plain[name] = value
+    return list_query(plain, fields - {"metadata"}), metadata
 
 
-def _page(data: list[dict], has_more: bool) -> dict:
+def list_page(data: list[dict], has_more: bool) -> dict:
     return {
         "object": "list",
         "data": data,
@@ -145,7 +153,7 @@ async def list_chat_completions(request: Request) -> JSONResponse:
         )
     except StoredCompletionNotFound as exc:
         raise completion_not_found(exc, "after") from None
-    return JSONResponse(_page([wire_completion(item) for item in page.items], page.has_more))
+    return JSONResponse(list_page([wire_completion(item) for item in page.items], page.has_more))
 
 
 async def _get(request: Request) -> StoredChat:
@@ -207,7 +215,7 @@ def page_of(items: list[dict], after: str | None, limit: int, order: str, param:
     if after is not None:
         ids = [item["id"] for item in ordered]
         if after not in ids:
-            raise invalid_request(f"No message with id '{after}' in this completion.", param=param, code="not_found")
+            raise invalid_request(f"No item with id '{after}' in this list.", param=param, code="not_found")
         ordered = ordered[ids.index(after) + 1 :]
     return ordered[:limit], len(ordered) > limit
 
@@ -216,4 +224,4 @@ async def list_chat_completion_messages(request: Request) -> JSONResponse:
     query, _ = _query(request, {"after", "limit", "order"})
     stored = await _get(request)
     data, has_more = page_of(store_messages(stored), query.after, query.limit, query.order)
-    return JSONResponse(_page(data, has_more))
+    return JSONResponse(list_page(data, has_more))

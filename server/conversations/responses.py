@@ -246,6 +246,32 @@ def input_messages(items: str | list[dict]) -> list[dict]:
     return messages
 
 
+def listed_input_items(items: str | list[dict]) -> list[dict]:
+    """The request's input as OpenAI lists it back (`input_items`): typed items, each with an id and status."""
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    listed = []
+    for item in items:
+        kind = item.get("type", "message")
+        if kind == "message":
+            content = item.get("content")
+            text_type = "output_text" if item.get("role") == "assistant" else "input_text"
+            parts = [{"type": text_type, "text": content}] if isinstance(content, str) else content
+            listed.append(
+                {
+                    "id": item.get("id") or new_id("msg"),
+                    "type": "message",
+                    "role": item.get("role"),
+                    "content": parts,
+                    "status": "completed",
+                }
+            )
+        else:
+            prefix = "fc" if kind == "function_call" else "fco"
+            listed.append({**item, "id": item.get("id") or new_id(prefix), "status": "completed"})
+    return listed
+
+
 def _response_format(text: TextConfig | None) -> dict | None:
     fmt = text.format if text is not None else None
     if fmt is None or isinstance(fmt, TextFormatText):

@@ -36,7 +36,8 @@ MIGRATIONS = (
         owner TEXT NOT NULL,
         created INTEGER NOT NULL,
         response TEXT NOT NULL,
-        conversation TEXT NOT NULL
+        conversation TEXT NOT NULL,
+        input_items TEXT NOT NULL
     );
     CREATE INDEX responses_owner ON responses (owner, seq);
     """,
@@ -61,6 +62,7 @@ class StoredResponse:
     created: int
     response: dict  # the Response object answered
     conversation: list[dict]  # chat messages up to and including this response's output
+    input_items: list[dict]  # this request's own input, as Responses items with ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +184,15 @@ class ConversationStore(ThreadedDatabase):
 
     def _save_response(self, owner: str, stored: StoredResponse) -> None:
         self.db.execute(
-            "INSERT INTO responses (id, owner, created, response, conversation) VALUES (?, ?, ?, ?, ?)",
-            (stored.id, owner, stored.created, json.dumps(stored.response), json.dumps(stored.conversation)),
+            "INSERT INTO responses (id, owner, created, response, conversation, input_items) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                stored.id,
+                owner,
+                stored.created,
+                json.dumps(stored.response),
+                json.dumps(stored.conversation),
+                json.dumps(stored.input_items),
+            ),
         )
 
     async def get_response(self, owner: str, response_id: str, param: str = "response_id") -> StoredResponse:
@@ -198,6 +207,7 @@ class ConversationStore(ThreadedDatabase):
             created=row["created"],
             response=json.loads(row["response"]),
             conversation=json.loads(row["conversation"]),
+            input_items=json.loads(row["input_items"]),
         )
 
     async def delete_response(self, owner: str, response_id: str) -> None:

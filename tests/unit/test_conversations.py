@@ -15,6 +15,7 @@ from server.conversations.responses import (
     ResponsesRequest,
     chat_payload,
     input_messages,
+    listed_input_items,
     response_object,
 )
 from server.conversations.store import ConversationStore, StoredChat, StoredResponse
@@ -77,7 +78,8 @@ async def test_chat_metadata_update_and_delete(store) -> None:
 
 
 async def test_responses_are_kept_per_owner(store) -> None:
-    stored = StoredResponse("resp_1", 5, {"id": "resp_1"}, [{"role": "user", "content": "hi"}])
+    items = [{"id": "msg_1", "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
+    stored = StoredResponse("resp_1", 5, {"id": "resp_1"}, [{"role": "user", "content": "hi"}], items)
     await store.save_response("alice", stored)
     assert await store.get_response("alice", "resp_1") == stored
     with pytest.raises(StoredResponseNotFound) as raised:
@@ -267,3 +269,15 @@ def test_stream_events_follow_openais_order() -> None:
     assert final["output"][1]["arguments"] == '{"city": "Paris"}' and final["usage"]["total_tokens"] == 14
     assert events[8]["output_index"] == 1 and events[5]["text"] == "Let me check."
     json.dumps(events)  # all plain JSON
+
+
+def test_input_items_are_listed_back_typed_with_ids() -> None:
+    (text,) = listed_input_items("hi")
+    assert text["type"] == "message" and text["role"] == "user" and text["id"].startswith("msg_")
+    assert text["content"] == [{"type": "input_text", "text": "hi"}] and text["status"] == "completed"
+    call = {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"}
+    output = {"type": "function_call_output", "call_id": "c1", "output": "ok"}
+    listed = listed_input_items([{"role": "assistant", "content": "sure"}, call, output])
+    assert listed[0]["content"] == [{"type": "output_text", "text": "sure"}]
+    assert listed[1]["id"].startswith("fc_") and listed[1]["call_id"] == "c1"
+    assert listed[2]["id"].startswith("fco_") and listed[2]["output"] == "ok"
