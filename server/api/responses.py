@@ -25,6 +25,7 @@ from server.conversations.responses import (
     ResponseShell,
     ResponsesRequest,
     chat_payload,
+    listed_input_items,
     new_id,
     response_object,
     sse,
@@ -60,9 +61,10 @@ async def create_response(request: Request) -> Response:
 
     async def keep(response: dict, turn: dict) -> None:
         if body.store:
-            await store.save_response(
-                owner, StoredResponse(shell.id, shell.created_at, response, [*conversation, turn])
+            stored = StoredResponse(
+                shell.id, shell.created_at, response, [*conversation, turn], listed_input_items(body.input)
             )
+            await store.save_response(owner, stored)
 
     if answer.chunks is not None:
         return EventSourceResponse(
