@@ -14,7 +14,6 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from server.adaption.errors import AdaptionError
 from server.adaption.jobs import JobStore
 from server.adaption.runner import AdaptionService
 from server.api.adapters import (
@@ -26,7 +25,7 @@ from server.api.adapters import (
 )
 from server.api.chat import chat_completions
 from server.api.endpoints import list_endpoints
-from server.api.errors import APIError, handle_exception
+from server.api.errors import handle_exception
 from server.api.fine_tuning import cancel_job, create_job, list_job_events, list_jobs, retrieve_job
 from server.api.health import health
 from server.api.keys import create_key, get_key, list_keys, revoke_key
@@ -46,24 +45,19 @@ from server.api.metrics import metrics
 from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.moderations import create_moderation
-from server.api.protocol import InvalidParam
 from server.api.templates import create_template, delete_template, get_template, list_templates, update_template
 from server.api.usage import get_request_usage, get_usage
 from server.config import GuardrailSettings, Settings
 from server.engine import ChatTurn, Engine, GenerationOptions
-from server.engine.adapters import AdapterError
-from server.engine.errors import EngineError
-from server.gateway.errors import GatewayError
+from server.errors import ServerError
 from server.gateway.keys import KEYS_DATABASE, KeyStore
 from server.gateway.routing import Router
 from server.gateway.service import Gateway
 from server.gateway.templates import TemplateStore
 from server.gateway.usage import UsageStore
 from server.guardrails.checker import Checker, checker_model_path, open_checker
-from server.guardrails.errors import GuardrailViolation
 from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
 from server.memory.embedder import Embedder
-from server.memory.errors import MemoryServiceError
 from server.memory.schedule import curate_nightly
 from server.memory.service import MemoryService
 from server.memory.store import SQLiteMemoryStore
@@ -218,15 +212,8 @@ def build_app(settings: Settings) -> Starlette:
         Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS),
     ]
     exception_handlers = {
-        APIError: handle_exception,
-        InvalidParam: handle_exception,
+        ServerError: handle_exception,
         ValidationError: handle_exception,
-        EngineError: handle_exception,
-        AdapterError: handle_exception,
-        MemoryServiceError: handle_exception,
-        AdaptionError: handle_exception,
-        GuardrailViolation: handle_exception,
-        GatewayError: handle_exception,
         HTTPException: handle_exception,
         Exception: handle_exception,
     }

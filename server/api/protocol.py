@@ -23,10 +23,13 @@ from pydantic import (
 )
 
 from server.engine.adapters import ADAPTER_NAME
+from server.errors import ServerError
 
 
-class InvalidParam(Exception):
+class InvalidParam(ServerError):
     """A request whose fields contradict each other; raised through pydantic as is, naming the param."""
+
+    status, type, code = 400, "invalid_request_error", "invalid_value"
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)

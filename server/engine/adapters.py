@@ -30,6 +30,7 @@ from safetensors import safe_open
 from vllm.lora.request import LoRARequest
 
 from server.config import ModelEntry
+from server.errors import ServerError
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,16 @@ SUPPORTED_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "g
 DRAIN_TIMEOUT_S = 300
 
 
-class AdapterError(Exception):
+class AdapterError(ServerError):
     """Base of the adapter errors; each names the request field at fault."""
 
-    param: str | None = None
+    status, type = 400, "invalid_request_error"
 
 
 class InvalidAdapter(AdapterError):
     """The adapter cannot serve on this base model (400)."""
+
+    code = "invalid_adapter"
 
     def __init__(self, message: str, param: str | None = "path") -> None:
         super().__init__(message)
@@ -60,6 +63,8 @@ class InvalidAdapter(AdapterError):
 
 class AdapterNotFound(AdapterError):
     """No adapter of that name (404)."""
+
+    status, code = 404, "adapter_not_found"
 
     def __init__(self, name: str, param: str | None = "lora_name") -> None:
         super().__init__(f"The adapter `{name}` does not exist.")

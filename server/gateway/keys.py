@@ -17,7 +17,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from server.gateway.database import GatewayDatabase, Location, Row, query_exists
+from server.storage import Database, Location, Row, query_exists
 from server.gateway.errors import KeyNotFound
 from server.gateway.limits import Limits
 
@@ -142,7 +142,7 @@ def _key(row: Row) -> ApiKey:
     )
 
 
-class KeyStore(GatewayDatabase):
+class KeyStore(Database):
     MIGRATIONS = MIGRATIONS
     SCHEMA = "keys"
 

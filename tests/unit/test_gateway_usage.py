@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.gateway.database import POSTGRES
+from server.storage import POSTGRES
 from server.gateway.usage import UsageQuery, UsageRecord, UsageStore, aggregation_sql
 from tests.conftest import StoreLocation
 
