@@ -61,6 +61,8 @@ from server.memory.embedder import Embedder
 from server.memory.schedule import curate_nightly
 from server.memory.service import MemoryService
 from server.memory.store import SQLiteMemoryStore
+from server.serving.catalog import ModelCatalog
+from server.serving.pipeline import ChatService
 
 PUBLIC_PATHS = ("/health", "/metrics")
 MEMORY_DATABASE = "memory.sqlite3"
@@ -145,6 +147,19 @@ def build_app(settings: Settings) -> Starlette:
             guardrail_checker(settings.guardrails) as checker,
             gateway_service(settings) as gateway,
         ):
+            catalog = ModelCatalog(settings.served, engine.adapters, settings.providers)
+            app.state.catalog = catalog
+            app.state.chat = ChatService(
+                catalog,
+                engine,
+                gateway,
+                gateway.router,
+                memory,
+                adaption,
+                checker,
+                system_fingerprint=settings.system_fingerprint,
+                middle_out_reserve_tokens=settings.gateway.middle_out_reserve_tokens,
+            )
             app.state.gateway = gateway
             app.state.keys = gateway.keys
             app.state.usage = gateway.usage

@@ -18,8 +18,8 @@ from server.adaption.runner import AdaptionService
 from server.api.errors import invalid_request, model_not_found, read_json_object
 from server.api.middleware import caller_of
 from server.api.protocol import MEMORY_GROUP_MAX, MEMORY_GROUP_PATTERN, InvalidParam
-from server.config import Settings
 from server.engine.adapters import ADAPTER_NAME
+from server.serving.catalog import ModelCatalog
 
 MEMORY_FILE_PREFIX = "memory:"
 MAX_PAGE = 100
@@ -128,10 +128,9 @@ def _page(items: list[dict], limit: int) -> JSONResponse:
 
 
 async def create_job(request: Request) -> JSONResponse:
-    settings: Settings = request.app.state.settings
+    catalog: ModelCatalog = request.app.state.catalog
     body = CreateJob.model_validate(await read_json_object(request))
-    entry = settings.find_model(body.model)
-    if entry is None or entry.name != settings.served.name:
+    if catalog.base_model(body.model) is None:
         raise model_not_found(body.model)
     assert body.adapter is not None  # checked by the validator
     job = await _service(request).create(caller_of(request.scope), body.memory_group, body.adapter)

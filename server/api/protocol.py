@@ -198,6 +198,21 @@ GATEWAY_FIELDS = frozenset(
 )
 
 
+# This server's own extensions (seed 000 and vLLM's): read here, never passed on to an upstream provider.
+EXTENSION_FIELDS = frozenset(
+    {
+        "lora_name",
+        "nightly",
+        "finetune_thresh",
+        "min_finetune_group",
+        "adaption_inference",
+        "guardrail_policy",
+        "chunk_size",
+        "sliding_window",
+    }
+)
+
+
 class TemplateUse(_Wire):
     """The template fields of a chat request, read before the rest: the template fills in the request."""
 
