@@ -91,12 +91,14 @@ def test_default_model_serves_requests_without_one(server: RunningServer, http: 
 def test_credits_are_debited_and_exhausted_credits_refuse_before_generating(
     server: RunningServer, http: httpx.Client
 ) -> None:
-    key = new_key(http, credits=30)
+    # Enough for one request: credits are reserved before generating (prompt + max_tokens, ~37 here) and the
+    # unused part refunded after, so the balance never goes below zero.
+    key = new_key(http, credits=60)
     with keyed_http(server, key["key"]) as session:
         used = chat(session).json()["usage"]["total_tokens"]
         assert used > 0
         left = http.get(f"/v1/keys/{key['id']}").json()["credits"]
-        assert left == 30 - used
+        assert left == 60 - used
         if left > 0:
             chat(session)
         refused = chat(session)

@@ -183,6 +183,12 @@ Counted = Callable[[int, int], None]  # (prompt_tokens, completion_tokens) as th
 
 async def stream_deltas(chunks: AsyncIterator[dict], counted: Counted) -> AsyncIterator[CompletionDelta]:
     """A provider's `chat.completion.chunk`s as deltas; its usage chunk reported to `counted`."""
+    async with aclosing(chunks) as source:  # type: ignore[type-var]  # closing these closes the provider's stream
+        async for delta in _chunk_deltas(source, counted):
+            yield delta
+
+
+async def _chunk_deltas(chunks: AsyncIterator[dict], counted: Counted) -> AsyncIterator[CompletionDelta]:
     async for chunk in chunks:
         usage = chunk.get("usage")
         if isinstance(usage, dict):

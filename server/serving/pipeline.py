@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -306,6 +307,13 @@ async def _started(deltas: AsyncGenerator[CompletionDelta]) -> AsyncGenerator[Co
     return replay()
 
 
+async def _closing(deltas: AsyncIterator[CompletionDelta]) -> AsyncGenerator[CompletionDelta]:
+    """`deltas`, closed with this generator (so closing the pipeline's end closes the provider's stream)."""
+    async with aclosing(deltas) as source:  # type: ignore[type-var]
+        async for delta in source:
+            yield delta
+
+
 async def _metered(deltas: AsyncIterator[CompletionDelta], account: RequestAccount) -> AsyncGenerator[CompletionDelta]:
     """`deltas` unchanged, their tokens counted into the request's usage as they come (so a request
     cut short is charged for what it generated); choice 0's text kept as the logged response body."""
@@ -338,7 +346,7 @@ async def _counted_upstream(
     without a usage chunk, is charged), replaced by the provider's own counts once it reports them."""
     text: list[str] = []
     try:
-        async for delta in deltas:
+        async for delta in _closing(deltas):
             piece = delta.text + "".join((call.name or "") + call.arguments for call in delta.tool_calls)
             if piece:
                 account.completion_tokens += count_tokens(piece)

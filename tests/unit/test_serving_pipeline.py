@@ -92,7 +92,7 @@ class FakeMemory:
     ) -> Recalled:
         return Recalled(block="", memories=())
 
-    def remember_later(self, owner, name, user_goal, request_id, user_text, answer, then=None) -> None:  # noqa: ANN001
+    def remember_later(self, owner, name, user_goal, request_id, user_text, answer, then=None) -> None:
         self.remembered.append(answer)
 
 
