@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from server.api.chat_request import checked_limits, describe, read_chat_request, to_call
 from server.api.chat_stream import CompletionIdentity, collect_completion, stream_chunks
-from server.api.errors import read_json_object, to_api_error
+from server.api.errors import read_json_object, status_of, to_api_error
 from server.api.middleware import caller_of, principal_of, request_id_of
 from server.api.protocol import NightlyInfo
 from server.config import Settings
@@ -41,7 +41,7 @@ async def chat_completions(request: Request) -> Response:
         describe(account, body, payload, gateway.settings.log_bodies)
         call = to_call(body, payload, account, caller_of(request.scope))
     except Exception as exc:
-        gateway.refused(account, exc)  # the admitted ones are settled by the pipeline
+        gateway.refused(account, *status_of(exc))  # the admitted ones are settled by the pipeline
         raise
     run = await service.start(call)
     identity = identity_of(run)

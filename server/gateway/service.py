@@ -81,13 +81,6 @@ class Gateway:
         self.router = router
         self.limiter = RateLimiter()
 
-    def open_account(self, request_id: str, principal: Principal) -> RequestAccount:
-        return RequestAccount(request_id, principal)
-
-    def log_bodies(self, requested: bool) -> bool:
-        """Bodies are stored when the request allows it (default yes) and the server does not forbid it."""
-        return requested and self.settings.log_bodies
-
     @asynccontextmanager
     async def admission(
         self, account: RequestAccount, names: Sequence[str], adapters: Sequence[tuple[str, str]] = ()
@@ -104,9 +97,9 @@ class Gateway:
             raise
         admission.settle(200)
 
-    def refused(self, account: RequestAccount, exc: BaseException) -> None:
+    def refused(self, account: RequestAccount, status: int, error_code: str | None) -> None:
         """Record a request that failed before admission (bad input, an unknown template)."""
-        Admission(self, account).settle(*outcome_of(exc))
+        Admission(self, account).settle(status, error_code)
 
     def authorize(self, principal: Principal, names: Sequence[str], adapters: Sequence[tuple[str, str]] = ()) -> None:
         """403 for a model (any of its names) or an adapter the key may not use."""
