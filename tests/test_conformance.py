@@ -136,8 +136,15 @@ def test_stop_is_not_in_output(client, stream) -> None:
 
 @STREAMED
 def test_n_gives_n_indexed_choices(client, stream) -> None:
-    result = ask(client, stream, n=3, temperature=1.0, seed=11, max_tokens=12,
-                 messages=[{"role": "user", "content": "Name an animal."}])
+    result = ask(
+        client,
+        stream,
+        n=3,
+        temperature=1.0,
+        seed=11,
+        max_tokens=12,
+        messages=[{"role": "user", "content": "Name an animal."}],
+    )
     assert sorted(result.choices) == [0, 1, 2]
     assert all(choice.content and choice.finish_reason in ("stop", "length") for choice in result.choices.values())
     assert len({choice.content for choice in result.choices.values()}) > 1, "independent samples differ"
@@ -176,8 +183,10 @@ def test_no_logprobs_unless_asked(client) -> None:
     assert only(ask(client, False, temperature=0)).logprobs is None
 
 
-@pytest.mark.parametrize(("params", "param"), [({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-                                               ({"top_logprobs": 2}, "top_logprobs")])
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [({"logprobs": True, "top_logprobs": 21}, "top_logprobs"), ({"top_logprobs": 2}, "top_logprobs")],
+)
 def test_bad_logprobs_are_400(client, params, param) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model=MODEL, messages=CAPITAL, **params)
@@ -221,8 +230,9 @@ def test_response_format_text(client, stream) -> None:
 @STREAMED
 def test_response_format_json_object(client, stream) -> None:
     messages = [{"role": "system", "content": "Answer in JSON."}, *CAPITAL]
-    choice = only(ask(client, stream, temperature=0, max_tokens=120, messages=messages,
-                      response_format={"type": "json_object"}))
+    choice = only(
+        ask(client, stream, temperature=0, max_tokens=120, messages=messages, response_format={"type": "json_object"})
+    )
     assert isinstance(json.loads(choice.content), dict)
 
 
@@ -240,9 +250,18 @@ CITY_SCHEMA = {
 
 @STREAMED
 def test_response_format_json_schema_strict(client, stream) -> None:
-    choice = only(ask(client, stream, temperature=0, max_tokens=150,
-                      response_format={"type": "json_schema",
-                                       "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True}}))
+    choice = only(
+        ask(
+            client,
+            stream,
+            temperature=0,
+            max_tokens=150,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True},
+            },
+        )
+    )
     jsonschema.validate(json.loads(choice.content), CITY_SCHEMA)
     assert choice.finish_reason == "stop"
 
@@ -250,10 +269,14 @@ def test_response_format_json_schema_strict(client, stream) -> None:
 @pytest.mark.parametrize(
     ("response_format", "param"),
     [
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
-         "response_format.json_schema.schema"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"properties": 5}}},
-         "response_format.json_schema.schema"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"properties": 5}}},
+            "response_format.json_schema.schema",
+        ),
         ({"type": "xml"}, "response_format"),
         ({"type": "json_schema"}, "response_format.json_schema.json_schema"),
     ],
@@ -280,8 +303,17 @@ def assert_valid_call(call: dict, tools: list[dict]) -> dict:
 @STREAMED
 def test_named_tool_choice_always_calls_that_tool(client, stream) -> None:
     tools = [WEATHER_TOOL, TIME_TOOL]
-    choice = only(ask(client, stream, messages=WEATHER_QUESTION, tools=tools, temperature=0, max_tokens=60,
-                      tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    choice = only(
+        ask(
+            client,
+            stream,
+            messages=WEATHER_QUESTION,
+            tools=tools,
+            temperature=0,
+            max_tokens=60,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        )
+    )
     assert choice.finish_reason == "tool_calls" and choice.content is None
     (call,) = choice.tool_calls
     assert call["function"]["name"] == "get_weather"
@@ -291,8 +323,18 @@ def test_named_tool_choice_always_calls_that_tool(client, stream) -> None:
 @STREAMED
 def test_required_tool_choice(client, stream) -> None:
     tools = [WEATHER_TOOL, TIME_TOOL]
-    choice = only(ask(client, stream, messages=WEATHER_QUESTION, tools=tools, tool_choice="required",
-                      parallel_tool_calls=False, temperature=0, max_tokens=80))
+    choice = only(
+        ask(
+            client,
+            stream,
+            messages=WEATHER_QUESTION,
+            tools=tools,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0,
+            max_tokens=80,
+        )
+    )
     assert choice.finish_reason == "tool_calls"
     assert len(choice.tool_calls) == 1
     assert_valid_call(choice.tool_calls[0], tools)
@@ -301,8 +343,17 @@ def test_required_tool_choice(client, stream) -> None:
 @STREAMED
 def test_required_with_parallel_calls_allows_several(client, stream) -> None:
     tools = [WEATHER_TOOL, TIME_TOOL]
-    choice = only(ask(client, stream, messages=WEATHER_QUESTION, tools=tools, tool_choice="required",
-                      temperature=0, max_tokens=120))
+    choice = only(
+        ask(
+            client,
+            stream,
+            messages=WEATHER_QUESTION,
+            tools=tools,
+            tool_choice="required",
+            temperature=0,
+            max_tokens=120,
+        )
+    )
     assert choice.finish_reason == "tool_calls" and choice.tool_calls
     ids = [assert_valid_call(call, tools) and call["id"] for call in choice.tool_calls]
     assert len(set(ids)) == len(ids)
@@ -329,13 +380,22 @@ def test_auto_tool_choice_gives_text_or_a_valid_call(client, stream) -> None:
 def test_multi_turn_tool_use_renders(client, stream) -> None:
     messages = [
         *WEATHER_QUESTION,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_abc", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature_c": 18, "sky": "sunny"}'},
     ]
-    choice = only(ask(client, stream, messages=messages, tools=[WEATHER_TOOL], tool_choice="none",
-                      temperature=0, max_tokens=40))
+    choice = only(
+        ask(client, stream, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", temperature=0, max_tokens=40)
+    )
     assert choice.content and choice.finish_reason in ("stop", "length")
 
 
@@ -377,7 +437,12 @@ def test_usage_matches_between_forms(client, stream) -> None:
 
 @STREAMED
 def test_seed_repeats_sampled_output(client, stream) -> None:
-    params = {"temperature": 1.0, "seed": 99, "max_tokens": 20, "messages": [{"role": "user", "content": "Say a word."}]}
+    params = {
+        "temperature": 1.0,
+        "seed": 99,
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "Say a word."}],
+    }
     assert only(ask(client, stream, **params)).content == only(ask(client, stream, **params)).content
 
 
@@ -402,7 +467,21 @@ def test_unsupported_openai_fields_are_400(client, params, param) -> None:
 
 @STREAMED
 def test_accepted_and_ignored_openai_fields(client, stream) -> None:
-    choice = only(ask(client, stream, temperature=0, metadata={"k": "v"}, store=False, service_tier="auto",
-                      reasoning_effort="low", verbosity="low", prompt_cache_key="c1", safety_identifier="s1",
-                      prediction={"type": "content", "content": "Paris"}, modalities=["text"], user="u1"))
+    choice = only(
+        ask(
+            client,
+            stream,
+            temperature=0,
+            metadata={"k": "v"},
+            store=False,
+            service_tier="auto",
+            reasoning_effort="low",
+            verbosity="low",
+            prompt_cache_key="c1",
+            safety_identifier="s1",
+            prediction={"type": "content", "content": "Paris"},
+            modalities=["text"],
+            user="u1",
+        )
+    )
     assert "Paris" in choice.content

@@ -141,8 +141,8 @@ def inspect_adapter(path: Path, entry: ModelEntry, model_config: dict) -> Adapte
 def _check_weights(weights_path: Path, rank: int, shapes: dict[str, tuple[int, int]]) -> None:
     try:
         with safe_open(str(weights_path), framework="pt") as weights:
-            items = [(key, weights.get_slice(key).get_shape()) for key in weights.keys()]
-    except Exception as exc:  # safetensors raises its own error types for a broken header
+            items = [(key, weights.get_slice(key).get_shape()) for key in weights.keys()]  # noqa: SIM118  # a safetensors handle, not a dict
+    except Exception as exc:  # noqa: BLE001  # safetensors raises its own error types for a broken header
         raise InvalidAdapter(f"{WEIGHTS_FILE} is not a readable safetensors file: {exc}") from None
     if not items:
         raise InvalidAdapter(f"{WEIGHTS_FILE} holds no tensors.")
@@ -179,7 +179,9 @@ class AdapterVersion:
 
     @property
     def lora_request(self) -> LoRARequest:
-        return LoRARequest(lora_name=f"{self.name}@v{self.version}", lora_int_id=self.engine_id, lora_path=str(self.path))
+        return LoRARequest(
+            lora_name=f"{self.name}@v{self.version}", lora_int_id=self.engine_id, lora_path=str(self.path)
+        )
 
 
 class AdapterStore:
@@ -314,10 +316,15 @@ class AdapterStore:
         if version.in_flight:
             try:
                 await asyncio.wait_for(version.drained.wait(), DRAIN_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Never pull weights from under running requests: leave this version to
                 # vLLM's LRU adapter cache, which evicts it once nothing uses it.
-                logger.warning("adapter %s v%d still busy after %ss; left to vLLM's cache", version.name, version.version, DRAIN_TIMEOUT_S)
+                logger.warning(
+                    "adapter %s v%d still busy after %ss; left to vLLM's cache",
+                    version.name,
+                    version.version,
+                    DRAIN_TIMEOUT_S,
+                )
                 return
         await self._engine.remove_lora(version.engine_id)
 
