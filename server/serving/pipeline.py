@@ -294,11 +294,15 @@ class ChatService:
 
 async def _started(deltas: AsyncGenerator[CompletionDelta]) -> AsyncGenerator[CompletionDelta]:
     """`deltas` with the first one already produced (so its errors are raised here)."""
-    first = await anext(deltas)
+    try:
+        first = await anext(deltas)
+    except StopAsyncIteration:  # nothing at all (a provider's empty stream)
+        first = None
 
     async def replay() -> AsyncGenerator[CompletionDelta]:
         try:
-            yield first
+            if first is not None:
+                yield first
             async for item in deltas:
                 yield item
         finally:
