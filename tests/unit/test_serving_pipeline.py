@@ -19,7 +19,7 @@ import pytest
 from server.config import GatewaySettings, ModelEntry, ProviderEntry
 from server.engine import ChatTurn, CompletionDelta, GenerationOptions, PreparedChat, ToolUse
 from server.engine.errors import EngineUnavailable
-from server.gateway.errors import InsufficientCredits, UpstreamFailed
+from server.gateway.errors import InsufficientCredits, NotAllowed, UpstreamFailed
 from server.gateway.keys import KeySpec, KeyStore, Principal
 from server.gateway.routing import Router
 from server.gateway.service import Gateway, RequestAccount
@@ -28,7 +28,7 @@ from server.gateway.usage import UsageRecord, UsageStore
 from server.guardrails.checker import Verdict
 from server.guardrails.errors import GuardrailViolation
 from server.memory.service import Recalled
-from server.serving.call import ChatCall, ChatRun, MemoryRequest, PolicyRequest
+from server.serving.call import AdaptionTrigger, ChatCall, ChatRun, MemoryRequest, PolicyRequest
 from server.serving.catalog import ModelCatalog
 from server.serving.pipeline import ChatService
 
@@ -92,13 +92,19 @@ class FakeMemory:
     ) -> Recalled:
         return Recalled(block="", memories=())
 
+    then: list = field(default_factory=list)
+
     def remember_later(self, owner, name, user_goal, request_id, user_text, answer, then=None) -> None:
         self.remembered.append(answer)
+        self.then.append(then)
 
 
-class NoAdaption:
+@dataclass
+class Adaption:
+    calls: list[tuple] = field(default_factory=list)
+
     async def record_call(self, owner: str, group: str, adapter: str, threshold: int, min_group: int) -> None:
-        return None
+        self.calls.append((owner, group, adapter, threshold, min_group))
 
 
 class WordChecker:
@@ -125,6 +131,7 @@ class Served:
     memory: FakeMemory
     keys: KeyStore
     usage: UsageStore
+    adaption: Adaption
 
 
 @pytest.fixture
@@ -137,7 +144,7 @@ async def served(tmp_path: Path, silent_port: int) -> AsyncIterator[Served]:
     router = Router(providers)
     for store in (keys, usage, templates):
         await store.open()
-    engine, memory = FakeEngine(), FakeMemory()
+    engine, memory, adaption = FakeEngine(), FakeMemory(), Adaption()
     entry = ModelEntry(name=MODEL, source="./nowhere", max_model_len=1000)
     gateway = Gateway(GatewaySettings(), keys, usage, templates, router)
     service = ChatService(
@@ -146,13 +153,13 @@ async def served(tmp_path: Path, silent_port: int) -> AsyncIterator[Served]:
         gateway,
         router,
         memory,
-        NoAdaption(),
+        adaption,
         WordChecker(),
         system_fingerprint="fp",
         middle_out_reserve_tokens=16,
     )
     try:
-        yield Served(service, engine, memory, keys, usage)
+        yield Served(service, engine, memory, keys, usage, adaption)
     finally:
         await router.close()
         for store in (usage, templates, keys):
@@ -314,3 +321,23 @@ async def test_concurrent_requests_never_take_a_balance_below_zero(served: Serve
     assert "402" in outcomes and "200" in outcomes
     assert min([*balances, final]) >= 0
     assert final == 200 - outcomes.count("200") * (3 + 4)  # each answer used 3 prompt + 4 completion tokens
+
+
+async def test_a_complete_answer_is_remembered_then_counted_for_adaption(served: Served) -> None:
+    chat = call(memory=MemoryRequest("g", "goal"), adaption=AdaptionTrigger("alpha", 3, 2))
+    await drain(await served.service.start(chat))
+    assert served.memory.remembered == ["Hello there friend."]
+    (then,) = served.memory.then
+    await then()  # the memory service runs it once the exchange is stored
+    assert served.adaption.calls == [("tester", "g", "alpha", 3, 2)]
+
+
+async def test_every_candidate_is_authorized_before_anything_runs(served: Served) -> None:
+    key, _ = await served.keys.create(KeySpec(name="k", allowed_models=(MODEL,), credits=100))
+    chat = call(Principal(key.owner, False, key), models=(MODEL, f"{MODEL}@slow"))
+    with pytest.raises(NotAllowed) as refused:
+        await served.service.start(chat)
+    assert refused.value.param == "model" and served.engine.generated == 0
+    (record,) = await records(served, chat.account.request_id)
+    assert (record.status, record.error_code) == (403, "model_not_allowed")
+    assert (await served.keys.get(key.id)).credits == 100
