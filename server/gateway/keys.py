@@ -216,8 +216,8 @@ class KeyStore(Database):
         return self._get(key_id)
 
     def debit(self, key_id: str, tokens: int) -> None:
-        """Take `tokens` off the key's balance (never below zero), off the response path. Queued on the
-        store's thread, so the key's next authentication already sees it."""
+        """Take `tokens` off the key's balance (never below zero; a negative amount is a refund), off the
+        response path. Queued on the store's thread, so the key's next authentication already sees it."""
         self._thread.submit(self._debit, key_id, tokens)
 
     def _debit(self, key_id: str, tokens: int) -> None:
@@ -244,15 +244,8 @@ class KeyStore(Database):
         return row["credits"] if row is not None and row["credits"] is not None else 0
 
     def settle_reservation(self, key_id: str, reserved: int, used: int) -> None:
-        """A request's end: the unused part of its reservation back, or what it used beyond it taken
-        (never below zero). Queued on the store's thread, off the response path."""
-        if used <= reserved:
-            self._thread.submit(
-                self.db.execute,
-                "UPDATE api_keys SET credits = credits + ? WHERE id = ? AND credits IS NOT NULL",
-                (reserved - used, key_id),
-            )
-        else:
+        """A request's end: the unused part of its reservation back, or what it used beyond it taken."""
+        if used != reserved:
             self.debit(key_id, used - reserved)
 
 
