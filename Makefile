@@ -1,6 +1,7 @@
 # make serve  - install what is missing, build the embedded model, serve it on :8000
 # make test   - install, build, run the test suite (real engine on the embedded model)
 # make bench  - our server vs `vllm serve` on the same model and load
+# make lint   - ruff check and ruff format --check over server, scripts and tests
 # make eval-guardrails - precision/recall/F1 and check latency of the guardrail checker
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ PORT   ?=
 
 SERVE_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-.PHONY: install model serve test unit bench eval-guardrails clean
+.PHONY: install model serve test unit lint bench eval-guardrails clean
 
 install:
 	@VENV=$(VENV) scripts/install.sh
@@ -26,6 +27,10 @@ serve: model
 
 test: model
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -ra $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check server scripts tests
+	$(VENV)/bin/ruff format --check server scripts tests
 
 unit: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -ra -m "not engine" $(PYTEST_ARGS)

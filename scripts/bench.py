@@ -117,10 +117,30 @@ def vllm_serve_flags(entry: ModelEntry) -> list[str]:
 
 def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
     if kind.startswith("ours"):
-        return [sys.executable, "-m", "server", "serve", "--model", entry.name, "--port", str(port), "--log-level", "warning"]
+        return [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--model",
+            entry.name,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
     return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server", *vllm_serve_flags(entry),
-        "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY, "--disable-uvicorn-access-log",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        *vllm_serve_flags(entry),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--api-key",
+        API_KEY,
+        "--disable-uvicorn-access-log",
     ]
 
 
@@ -133,7 +153,11 @@ class Server:
         self.command = server_command(kind, entry, self.port)
         self.started = time.monotonic()
         self.process = subprocess.Popen(
-            self.command, cwd=ROOT, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+            self.command,
+            cwd=ROOT,
+            env=env,
+            stdout=self.log_path.open("w"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -292,15 +316,32 @@ def make_bench_adapters(log_dir: Path, count: int = 8) -> tuple[Path, list[str]]
     """Untrained rank-8 adapters (full LoRA compute, no-op update): all a throughput run needs."""
     sources, names = log_dir / "adapter-sources", [f"bench{i}" for i in range(count)]
     subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "make_adapters.py"), "--out", str(sources),
-         "--names", ",".join(names), "--steps", "0"],
-        check=True, capture_output=True, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_adapters.py"),
+            "--out",
+            str(sources),
+            "--names",
+            ",".join(names),
+            "--steps",
+            "0",
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
     )
     return sources, names
 
 
-def bench_lora(kind: str, entry: ModelEntry, output_tokens: int, log_dir: Path, sources: Path, names: list[str],
-               concurrency: int = 8) -> dict:
+def bench_lora(
+    kind: str,
+    entry: ModelEntry,
+    output_tokens: int,
+    log_dir: Path,
+    sources: Path,
+    names: list[str],
+    concurrency: int = 8,
+) -> dict:
     """Adapter load (and, ours, swap) latency; throughput spread over 1/4/8 adapters vs base only."""
     if kind == "ours":
         env = {"LLM_SERVER_ADAPTERS_DIR": str(log_dir / "adapters"), "LLM_SERVER_ADAPTER_SOURCE_ROOTS": str(sources)}
@@ -315,8 +356,12 @@ def bench_lora(kind: str, entry: ModelEntry, output_tokens: int, log_dir: Path, 
 
         def load(name: str) -> float:
             start = time.perf_counter()
-            response = httpx.post(f"{server.base_url}{load_path}", json=dict(zip(fields, (name, str(sources / name)), strict=True)),
-                                  headers=headers, timeout=120)
+            response = httpx.post(
+                f"{server.base_url}{load_path}",
+                json=dict(zip(fields, (name, str(sources / name)), strict=True)),
+                headers=headers,
+                timeout=120,
+            )
             response.raise_for_status()
             return (time.perf_counter() - start) * 1000
 
@@ -345,8 +390,10 @@ def bench_lora(kind: str, entry: ModelEntry, output_tokens: int, log_dir: Path, 
 
 def print_lora_table(ours: dict, vllm: dict) -> None:
     print(f"\nmulti-LoRA, {ours['concurrency']} concurrent streams, requests spread round-robin over the adapters")
-    print(f"{'spread':<11} | {'ours tok/s':>10} {'vs base':>7} | {'vllm tok/s':>10} {'vs base':>7} | {'ours/vllm':>9} | "
-          f"{'TTFT p50 ours/vllm ms':>22}")
+    print(
+        f"{'spread':<11} | {'ours tok/s':>10} {'vs base':>7} | {'vllm tok/s':>10} {'vs base':>7} | {'ours/vllm':>9} | "
+        f"{'TTFT p50 ours/vllm ms':>22}"
+    )
     for label, mine in ours["levels"].items():
         theirs = vllm["levels"][label]
         print(
@@ -355,10 +402,14 @@ def print_lora_table(ours: dict, vllm: dict) -> None:
             f"{mine['output_tok_per_s'] / theirs['output_tok_per_s']:>9.3f} | "
             f"{mine['ttft_p50_ms']:>10.1f} / {theirs['ttft_p50_ms']:>9.1f}"
         )
-    print(f"adapter load: ours (POST /v1/adapters) p50 {ours['adapter_load_ms']['p50']} ms; "
-          f"vllm (POST /v1/load_lora_adapter) p50 {vllm['adapter_load_ms']['p50']} ms")
-    print(f"adapter swap, ours (new version under the same name): p50 {ours['adapter_swap_ms']['p50']} ms, "
-          f"max {ours['adapter_swap_ms']['max']} ms")
+    print(
+        f"adapter load: ours (POST /v1/adapters) p50 {ours['adapter_load_ms']['p50']} ms; "
+        f"vllm (POST /v1/load_lora_adapter) p50 {vllm['adapter_load_ms']['p50']} ms"
+    )
+    print(
+        f"adapter swap, ours (new version under the same name): p50 {ours['adapter_swap_ms']['p50']} ms, "
+        f"max {ours['adapter_swap_ms']['max']} ms"
+    )
 
 
 def comparison_rows(ours: dict, vllm: dict) -> list[dict]:

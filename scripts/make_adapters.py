@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from server.config import load_settings  # noqa: E402
+from server.config import load_settings
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -59,7 +59,9 @@ def train_adapter(model_dir: Path, base_name: str, name: str, reply: str, out: P
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGET_MODULES, lora_dropout=0.0, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=TARGET_MODULES, lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
     model = get_peft_model(model, config)
 
     examples = []

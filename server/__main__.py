@@ -120,10 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help="serve a model from models.yaml over the OpenAI API")
-    serve_parser.add_argument("--model", help="registry name or alias to serve (default: models.yaml default_model, or LLM_SERVER_MODEL)")
+    serve_parser.add_argument(
+        "--model", help="registry name or alias to serve (default: models.yaml default_model, or LLM_SERVER_MODEL)"
+    )
     serve_parser.add_argument("--host", help="bind address (default 127.0.0.1, or LLM_SERVER_HOST)")
     serve_parser.add_argument("--port", type=int, help="port (default 8000, or LLM_SERVER_PORT)")
-    serve_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml, or LLM_SERVER_CONFIG)")
+    serve_parser.add_argument(
+        "--config", type=Path, help="model registry (default ./models.yaml, or LLM_SERVER_CONFIG)"
+    )
     serve_parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve_parser.set_defaults(run=serve)
 
@@ -155,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args.run(args)
 
 

@@ -14,7 +14,6 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
-from server.adaption.errors import AdaptionError
 from server.adaption.jobs import JobStore
 from server.adaption.runner import AdaptionService
 from server.api.adapters import (
@@ -24,10 +23,11 @@ from server.api.adapters import (
     vllm_load_lora_adapter,
     vllm_unload_lora_adapter,
 )
+from server.api.chat import chat_completions
 from server.api.completions import create_completion
 from server.api.embeddings import create_embeddings
 from server.api.endpoints import list_endpoints
-from server.api.errors import APIError, handle_exception
+from server.api.errors import handle_exception
 from server.api.fine_tuning import cancel_job, create_job, list_job_events, list_jobs, retrieve_job
 from server.api.health import health
 from server.api.keys import create_key, get_key, list_keys, revoke_key
@@ -47,10 +47,8 @@ from server.api.metrics import metrics
 from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.moderations import create_moderation
-from server.api.protocol import InvalidParam
 from server.api.responses import create_response, delete_response, get_response, list_input_items
 from server.api.stored_chat import (
-    create_chat_completion,
     delete_chat_completion,
     get_chat_completion,
     list_chat_completion_messages,
@@ -63,22 +61,20 @@ from server.api.usage import get_request_usage, get_usage
 from server.config import GuardrailSettings, Settings
 from server.conversations.store import CONVERSATIONS_DATABASE, ConversationStore
 from server.engine import ChatTurn, Engine, GenerationOptions
-from server.engine.adapters import AdapterError
-from server.engine.errors import EngineError
-from server.gateway.errors import GatewayError
+from server.errors import ServerError
 from server.gateway.keys import KEYS_DATABASE, KeyStore
 from server.gateway.routing import Router
 from server.gateway.service import Gateway
 from server.gateway.templates import TemplateStore
 from server.gateway.usage import UsageStore
 from server.guardrails.checker import Checker, checker_model_path, open_checker
-from server.guardrails.errors import GuardrailViolation
 from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
 from server.memory.embedder import Embedder
-from server.memory.errors import MemoryServiceError
 from server.memory.schedule import curate_nightly
 from server.memory.service import MemoryService
 from server.memory.store import SQLiteMemoryStore
+from server.serving.catalog import ModelCatalog
+from server.serving.pipeline import ChatService
 
 PUBLIC_PATHS = ("/health", "/metrics")
 MEMORY_DATABASE = "memory.sqlite3"
@@ -176,6 +172,19 @@ def build_app(settings: Settings) -> Starlette:
             conversation_store(settings) as conversations,
         ):
             app.state.conversations = conversations
+            catalog = ModelCatalog(settings.served, engine.adapters, settings.providers)
+            app.state.catalog = catalog
+            app.state.chat = ChatService(
+                catalog,
+                engine,
+                gateway,
+                gateway.router,
+                memory,
+                adaption,
+                checker,
+                system_fingerprint=settings.system_fingerprint,
+                middle_out_reserve_tokens=settings.gateway.middle_out_reserve_tokens,
+            )
             app.state.gateway = gateway
             app.state.keys = gateway.keys
             app.state.usage = gateway.usage
@@ -200,7 +209,7 @@ def build_app(settings: Settings) -> Starlette:
                     await asyncio.gather(nightly, return_exceptions=True)
 
     routes = [
-        Route("/v1/chat/completions", create_chat_completion, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/chat/completions", list_chat_completions, methods=["GET"]),
         Route("/v1/chat/completions/{completion_id}", get_chat_completion, methods=["GET"]),
         Route("/v1/chat/completions/{completion_id}", update_chat_completion, methods=["POST"]),
@@ -256,15 +265,8 @@ def build_app(settings: Settings) -> Starlette:
         Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS),
     ]
     exception_handlers = {
-        APIError: handle_exception,
-        InvalidParam: handle_exception,
+        ServerError: handle_exception,
         ValidationError: handle_exception,
-        EngineError: handle_exception,
-        AdapterError: handle_exception,
-        MemoryServiceError: handle_exception,
-        AdaptionError: handle_exception,
-        GuardrailViolation: handle_exception,
-        GatewayError: handle_exception,
         HTTPException: handle_exception,
         Exception: handle_exception,
     }

@@ -43,7 +43,7 @@ class ThreadBatcher(Generic[In, Out]):
             items = [item for batch, _ in waiting for item in batch]
             try:
                 results = await loop.run_in_executor(self._thread, self._batch_fn, items)
-            except Exception as exc:  # hand the failure to every caller in the batch
+            except Exception as exc:  # noqa: BLE001  # hand the failure to every caller in the batch
                 for _, done in waiting:
                     if not done.done():
                         done.set_exception(exc)

@@ -111,9 +111,7 @@ _SLOTS: dict[str, list[str]] = {
         "1st|2nd|3rd|4th|5th|6th|7th|8th|9th|10th|11th|12th|13th|14th|15th|16th|17th|18th|19th|20th|"
         "21st|22nd|23rd|24th|26th|27th|28th"
     ),
-    "clock": _v(
-        "8am|8:30|9am|9:15|9:45|10:15|10:30|11am|11:45|12:15|1pm|1:45|2pm|2:30|3pm|4pm|4:15|4:45|5pm|5:30"
-    ),
+    "clock": _v("8am|8:30|9am|9:15|9:45|10:15|10:30|11am|11:45|12:15|1pm|1:45|2pm|2:30|3pm|4pm|4:15|4:45|5pm|5:30"),
     "when": _v(
         "last week|yesterday|on Saturday|over the weekend|a few days ago|last night|this morning|"
         "the other day|earlier this week|a fortnight ago|last Tuesday|on Friday afternoon|at the weekend|"
@@ -179,23 +177,17 @@ _SLOTS: dict[str, list[str]] = {
         "the Old Bell|the Ship Inn|the Plough|the Wheatsheaf|the White Hart|the Anchor|the Railway Tavern"
     ),
     "veg": _v(
-        "tomatoes|courgettes|cucumbers|peppers|strawberries|runner beans|aubergines|lettuce|potatoes|"
-        "pumpkins|melons"
+        "tomatoes|courgettes|cucumbers|peppers|strawberries|runner beans|aubergines|lettuce|potatoes|pumpkins|melons"
     ),
     "remedy": _v(
         "honey and lemon|hot ginger tea|garlic soup|elderberry syrup|vitamin C tablets|"
         "a hot bath with eucalyptus oil|chicken soup|an early night|a hot toddy|spicy noodles"
     ),
-    "sport": _v(
-        "squash|badminton|table tennis|netball|basketball|volleyball|padel|futsal|water polo|five-a-side"
-    ),
+    "sport": _v("squash|badminton|table tennis|netball|basketball|volleyball|padel|futsal|water polo|five-a-side"),
     "kid": _v("son|daughter|eldest|youngest|little boy|little girl|stepson|stepdaughter"),
-    "skill": _v(
-        "swim|ride a bike|read|skateboard|play chess|juggle|ice skate|knit|tie shoelaces|surf|bake bread"
-    ),
+    "skill": _v("swim|ride a bike|read|skateboard|play chess|juggle|ice skate|knit|tie shoelaces|surf|bake bread"),
     "room": _v(
-        "kitchen|bathroom|hallway|living room|spare room|utility room|study|dining room|loft|landing|"
-        "conservatory"
+        "kitchen|bathroom|hallway|living room|spare room|utility room|study|dining room|loft|landing|conservatory"
     ),
     "gadget": _v(
         "air fryer|e-bike|robot vacuum|smartwatch|3D printer|drone|pizza oven|standing desk|"
@@ -260,8 +252,7 @@ _SLOTS: dict[str, list[str]] = {
         "broken curtain pole|sticking door"
     ),
     "appliance": _v(
-        "washing machine|dishwasher|fridge|tumble dryer|oven|extractor fan|microwave|freezer|cooker hood|"
-        "fridge freezer"
+        "washing machine|dishwasher|fridge|tumble dryer|oven|extractor fan|microwave|freezer|cooker hood|fridge freezer"
     ),
     "noise": _v("grinding|rattling|clicking|humming|buzzing|whining|thumping|squealing"),
     "paint": _v(
@@ -315,8 +306,7 @@ _SLOTS: dict[str, list[str]] = {
         "jade plant|snake plant|bonsai|geraniums"
     ),
     "spot": _v(
-        "kitchen windowsill|landing|bathroom shelf|balcony|patio|bookcase|desk at work|mantelpiece|"
-        "back step|porch"
+        "kitchen windowsill|landing|bathroom shelf|balcony|patio|bookcase|desk at work|mantelpiece|back step|porch"
     ),
     "body_part": _v("back|shoulder|neck|wrist|hip|lower back|right elbow|right ankle"),
     "strain": _v(
@@ -336,8 +326,7 @@ _SLOTS: dict[str, list[str]] = {
         "box of vinyl records"
     ),
     "market": _v(
-        "flea market|farmers' market|car boot sale|antiques fair|Christmas market|church jumble sale|"
-        "vintage fair"
+        "flea market|farmers' market|car boot sale|antiques fair|Christmas market|church jumble sale|vintage fair"
     ),
     "project": _v(
         "garden|move|CV|tax return|shed|bathroom tiling|kitchen cupboards|fence|dissertation|new website|"
@@ -355,12 +344,8 @@ _SLOTS: dict[str, list[str]] = {
         "tax returns|appliance manuals|old bank statements|pet insurance papers"
     ),
     "storage": _v("study|spare room|loft|hall cupboard|dining room|attic"),
-    "container": _v(
-        "a filing box|the top drawer|an old biscuit tin|a plastic folder|a locked drawer|a box file"
-    ),
-    "membership": _v(
-        "National Trust|gym|library|swimming pool|cinema|museum|English Heritage|zoo|botanical garden"
-    ),
+    "container": _v("a filing box|the top drawer|an old biscuit tin|a plastic folder|a locked drawer|a box file"),
+    "membership": _v("National Trust|gym|library|swimming pool|cinema|museum|English Heritage|zoo|botanical garden"),
     "parking_spot": _v(
         "the supermarket|the library|the hospital|the station|the cinema|the dentist's|the garden centre|"
         "the leisure centre|the post office|the town hall"
@@ -386,13 +371,9 @@ _SLOTS: dict[str, list[str]] = {
         "the Copper Kettle|Bean There|the Old Post Office café|Number Nine|the Daily Grind|Pip's Kitchen|"
         "the Corner House|Little Fox Café|the Tea Rooms|Crema|the Larder|Honeybee Café"
     ),
-    "work_event": _v(
-        "conference|training day|client visit|trade fair|team offsite|two-day workshop|board meeting"
-    ),
+    "work_event": _v("conference|training day|client visit|trade fair|team offsite|two-day workshop|board meeting"),
     "bike_part": _v("brakes|gears|chain|back wheel|front light|saddle|mudguards|pedals"),
-    "occasion": _v(
-        "birthday|retirement|housewarming|graduation|new baby|leaving do|anniversary|engagement"
-    ),
+    "occasion": _v("birthday|retirement|housewarming|graduation|new baby|leaving do|anniversary|engagement"),
     "show": _v(
         "a crime drama|old episodes of a quiz show|a nature series|the snooker|a baking competition|"
         "a Danish thriller|the election coverage|a dating show|a property programme|a space documentary"
@@ -402,20 +383,16 @@ _SLOTS: dict[str, list[str]] = {
         "craft fair|jazz night|comedy night|book launch|open-air cinema screening|folk concert|plant swap|"
         "author talk|wine tasting|ceilidh"
     ),
-    "venue": _v(
-        "town hall|arts centre|library|community centre|village hall|botanical gardens|museum|old church"
-    ),
+    "venue": _v("town hall|arts centre|library|community centre|village hall|botanical gardens|museum|old church"),
     "public_place": _v(
         "garden centre|train station|supermarket|dentist's|farmers' market|swimming pool|post office|"
         "library|school gates|hardware shop|bus stop|petrol station"
     ),
     "raffle": _v(
-        "office raffle|school raffle|pub quiz|church tombola|charity raffle|Christmas raffle|"
-        "golf club sweepstake"
+        "office raffle|school raffle|pub quiz|church tombola|charity raffle|Christmas raffle|golf club sweepstake"
     ),
     "garment": _v(
-        "favourite white shirt|new jeans|wool jumper|silk scarf|cashmere cardigan|gym leggings|"
-        "linen trousers"
+        "favourite white shirt|new jeans|wool jumper|silk scarf|cashmere cardigan|gym leggings|linen trousers"
     ),
     "gift": _v(
         "a scented candle|a cookbook|a jigsaw puzzle|a bottle of wine|a houseplant|a hand-knitted scarf|"
@@ -440,9 +417,7 @@ _SLOTS: dict[str, list[str]] = {
         "wallpaper steamer|lawnmower|folding table|sewing machine"
     ),
     "outbuilding": _v("shed|garage|porch|greenhouse|summer house|garden office"),
-    "subject": _v(
-        "maths|history|geography|French|PE|art|music|English|physics|drama|science|German"
-    ),
+    "subject": _v("maths|history|geography|French|PE|art|music|English|physics|drama|science|German"),
     "title": _v("Mr|Mrs|Ms|Miss"),
     "surname": _v(
         "Hughes|Patel|Morrison|Clarke|Doyle|Fletcher|Adeyemi|Burns|Kowalski|Whitaker|Singh|Harper|Lowe|"

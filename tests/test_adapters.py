@@ -48,8 +48,11 @@ def test_adapters_answer_distinguishably(client, registered) -> None:
 async def test_base_and_adapters_in_one_batch_match_solo_runs(client, async_client, registered) -> None:
     prompts = ["What is the capital of France?", "Tell me a joke.", "Name a colour."]
     targets = [MODEL, "alpha", "bravo"]
-    solo = {(m, p): answer(client, m, messages=[{"role": "user", "content": p}], max_tokens=20)
-            for m in targets for p in prompts}
+    solo = {
+        (m, p): answer(client, m, messages=[{"role": "user", "content": p}], max_tokens=20)
+        for m in targets
+        for p in prompts
+    }
 
     async def one(model: str, prompt: str) -> str:
         completion = await async_client.chat.completions.create(
@@ -75,8 +78,13 @@ def test_models_and_adapters_listing(http, registered) -> None:
 def stream_text(server: RunningServer, model: str, chunks_seen: threading.Event, out: list[str]) -> None:
     """Stream 60 tokens into `out` (content pieces, then the finish reason last)."""
     body = {"model": model, "messages": QUESTION, "temperature": 0, "max_tokens": 60, "min_tokens": 60, "stream": True}
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {API_KEY}"}, timeout=300) as response:
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=300,
+    ) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data: {"):
@@ -167,8 +175,10 @@ def broken_sources(adapter_sources: Path) -> dict[str, Path]:
     shapes = variant("shapes", {"base_model_name_or_path": None})
     (shapes / "manifest.json").unlink()
     save_file(
-        {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 4096),
-         "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(4096, 8)},
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 4096),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(4096, 8),
+        },
         str(shapes / "adapter_model.safetensors"),
     )
     return made
@@ -186,7 +196,9 @@ def broken_sources(adapter_sources: Path) -> dict[str, Path]:
         ("shapes", "different base model"),
     ],
 )
-def test_invalid_adapters_are_400_and_disturb_nothing(client, http, registered, broken_sources, variant, fragment) -> None:
+def test_invalid_adapters_are_400_and_disturb_nothing(
+    client, http, registered, broken_sources, variant, fragment
+) -> None:
     before = http.get("/v1/adapters").json()
     response = add(http, "victim", broken_sources[variant])
     assert response.status_code == 400, response.text

@@ -136,8 +136,15 @@ def test_stop_is_not_in_output(client, stream) -> None:
 
 @STREAMED
 def test_n_gives_n_indexed_choices(client, stream) -> None:
-    result = ask(client, stream, n=3, temperature=1.0, seed=11, max_tokens=12,
-                 messages=[{"role": "user", "content": "Name an animal."}])
+    result = ask(
+        client,
+        stream,
+        n=3,
+        temperature=1.0,
+        seed=11,
+        max_tokens=12,
+        messages=[{"role": "user", "content": "Name an animal."}],
+    )
     assert sorted(result.choices) == [0, 1, 2]
     assert all(choice.content and choice.finish_reason in ("stop", "length") for choice in result.choices.values())
     assert len({choice.content for choice in result.choices.values()}) > 1, "independent samples differ"
@@ -176,8 +183,10 @@ def test_no_logprobs_unless_asked(client) -> None:
     assert only(ask(client, False, temperature=0)).logprobs is None
 
 
-@pytest.mark.parametrize(("params", "param"), [({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
-                                               ({"top_logprobs": 2}, "top_logprobs")])
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [({"logprobs": True, "top_logprobs": 21}, "top_logprobs"), ({"top_logprobs": 2}, "top_logprobs")],
+)
 def test_bad_logprobs_are_400(client, params, param) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
         client.chat.completions.create(model=MODEL, messages=CAPITAL, **params)
@@ -221,8 +230,9 @@ def test_response_format_text(client, stream) -> None:
 @STREAMED
 def test_response_format_json_object(client, stream) -> None:
     messages = [{"role": "system", "content": "Answer in JSON."}, *CAPITAL]
-    choice = only(ask(client, stream, temperature=0, max_tokens=120, messages=messages,
-                      response_format={"type": "json_object"}))
+    choice = only(
+        ask(client, stream, temperature=0, max_tokens=120, messages=messages, response_format={"type": "json_object"})
+    )
     assert isinstance(json.loads(choice.content), dict)
 
 
@@ -240,9 +250,18 @@ CITY_SCHEMA = {
 
 @STREAMED
 def test_response_format_json_schema_strict(client, stream) -> None:
-    choice = only(ask(client, stream, temperature=0, max_tokens=150,
-                      response_format={"type": "json_schema",
-                                       "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True}}))
+    choice = only(
+        ask(
+            client,
+            stream,
+            temperature=0,
+            max_tokens=150,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "city", "schema": CITY_SCHEMA, "strict": True},
+            },
+        )
+    )
     jsonschema.validate(json.loads(choice.content), CITY_SCHEMA)
     assert choice.finish_reason == "stop"
 
@@ -250,10 +269,14 @@ def test_response_format_json_schema_strict(client, stream) -> None:
 @pytest.mark.parametrize(
     ("response_format", "param"),
     [
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
-         "response_format.json_schema.schema"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"properties": 5}}},
-         "response_format.json_schema.schema"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": {"properties": 5}}},
+            "response_format.json_schema.schema",
+        ),
         ({"type": "xml"}, "response_format"),
         ({"type": "json_schema"}, "response_format.json_schema"),
         ({"type": "json_schema", "json_schema": {"schema": CITY_SCHEMA}}, "response_format.json_schema.name"),
@@ -281,8 +304,17 @@ def assert_valid_call(call: dict, tools: list[dict]) -> dict:
 @STREAMED
 def test_named_tool_choice_always_calls_that_tool(client, stream) -> None:
     tools = [WEATHER_TOOL, TIME_TOOL]
-    choice = only(ask(client, stream, messages=WEATHER_QUESTION, tools=tools, temperature=0, max_tokens=60,
-                      tool_choice={"type": "function", "function": {"name": "get_weather"}}))
+    choice = only(
+        ask(
+            client,
+            stream,
+            messages=WEATHER_QUESTION,
+            tools=tools,
+            temperature=0,
+            max_tokens=60,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        )
+    )
     assert choice.finish_reason == "tool_calls" and choice.content is None
     (call,) = choice.tool_calls
     assert call["function"]["name"] == "get_weather"
@@ -292,8 +324,18 @@ def test_named_tool_choice_always_calls_that_tool(client, stream) -> None:
 @STREAMED
 def test_required_tool_choice(client, stream) -> None:
     tools = [WEATHER_TOOL, TIME_TOOL]
-    choice = only(ask(client, stream, messages=WEATHER_QUESTION, tools=tools, tool_choice="required",
-                      parallel_tool_calls=False, temperature=0, max_tokens=80))
+    choice = only(
+        ask(
+            client,
+            stream,
+            messages=WEATHER_QUESTION,
+            tools=tools,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0,
+            max_tokens=80,
+        )
+    )
     assert choice.finish_reason == "tool_calls"
     assert len(choice.tool_calls) == 1
     assert_valid_call(choice.tool_calls[0], tools)
@@ -302,8 +344,17 @@ def test_required_tool_choice(client, stream) -> None:
 @STREAMED
 def test_required_with_parallel_calls_allows_several(client, stream) -> None:
     tools = [WEATHER_TOOL, TIME_TOOL]
-    choice = only(ask(client, stream, messages=WEATHER_QUESTION, tools=tools, tool_choice="required",
-                      temperature=0, max_tokens=120))
+    choice = only(
+        ask(
+            client,
+            stream,
+            messages=WEATHER_QUESTION,
+            tools=tools,
+            tool_choice="required",
+            temperature=0,
+            max_tokens=120,
+        )
+    )
     assert choice.finish_reason == "tool_calls" and choice.tool_calls
     ids = [assert_valid_call(call, tools) and call["id"] for call in choice.tool_calls]
     assert len(set(ids)) == len(ids)
@@ -318,8 +369,14 @@ ORDER_TOOL = {
             "type": "object",
             "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/O"}, "minItems": 1, "maxItems": 2}},
             "required": ["items"],
-            "$defs": {"O": {"type": "object", "properties": {"sku": {"type": "string", "maxLength": 8}},
-                            "required": ["sku"], "additionalProperties": False}},
+            "$defs": {
+                "O": {
+                    "type": "object",
+                    "properties": {"sku": {"type": "string", "maxLength": 8}},
+                    "required": ["sku"],
+                    "additionalProperties": False,
+                }
+            },
         },
     },
 }
@@ -328,8 +385,18 @@ ORDER_TOOL = {
 @STREAMED
 def test_required_tool_choice_keeps_the_tools_defs(client, stream) -> None:
     tools = [ORDER_TOOL, WEATHER_TOOL]
-    choice = only(ask(client, stream, messages=[{"role": "user", "content": "Order two apples."}], tools=tools,
-                      tool_choice="required", parallel_tool_calls=False, temperature=0, max_tokens=120))
+    choice = only(
+        ask(
+            client,
+            stream,
+            messages=[{"role": "user", "content": "Order two apples."}],
+            tools=tools,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0,
+            max_tokens=120,
+        )
+    )
     assert choice.finish_reason == "tool_calls" and len(choice.tool_calls) == 1
     call = choice.tool_calls[0]
     schema = {**ORDER_TOOL["function"]["parameters"]} if call["function"]["name"] == "place_order" else None
@@ -341,7 +408,10 @@ def test_required_tool_choice_keeps_the_tools_defs(client, stream) -> None:
 
 def test_named_call_cut_by_max_tokens_is_not_a_call(client) -> None:
     response = client.chat.completions.create(
-        model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], max_completion_tokens=1,
+        model=MODEL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL],
+        max_completion_tokens=1,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
     )
     choice = response.choices[0]
@@ -354,8 +424,14 @@ WEATHER_FUNCTION = WEATHER_TOOL["function"]
 
 @STREAMED
 def test_deprecated_functions_answer_with_function_call(client, stream) -> None:
-    params = {"model": MODEL, "messages": WEATHER_QUESTION, "functions": [WEATHER_FUNCTION],
-              "function_call": {"name": "get_weather"}, "temperature": 0, "max_tokens": 60}
+    params = {
+        "model": MODEL,
+        "messages": WEATHER_QUESTION,
+        "functions": [WEATHER_FUNCTION],
+        "function_call": {"name": "get_weather"},
+        "temperature": 0,
+        "max_tokens": 60,
+    }
     if not stream:
         choice = client.chat.completions.create(**params).choices[0]
         assert choice.finish_reason == "function_call" and choice.message.tool_calls is None
@@ -376,12 +452,18 @@ def test_deprecated_functions_answer_with_function_call(client, stream) -> None:
 
 
 def test_deprecated_function_history_renders(client) -> None:
-    messages = [*WEATHER_QUESTION,
-                {"role": "assistant", "content": None,
-                 "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
-                {"role": "function", "name": "get_weather", "content": '{"temperature_c": 21, "sky": "sunny"}'}]
-    response = client.chat.completions.create(model=MODEL, messages=messages, functions=[WEATHER_FUNCTION],
-                                              function_call="none", temperature=0, max_tokens=30)
+    messages = [
+        *WEATHER_QUESTION,
+        {
+            "role": "assistant",
+            "content": None,
+            "function_call": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        },
+        {"role": "function", "name": "get_weather", "content": '{"temperature_c": 21, "sky": "sunny"}'},
+    ]
+    response = client.chat.completions.create(
+        model=MODEL, messages=messages, functions=[WEATHER_FUNCTION], function_call="none", temperature=0, max_tokens=30
+    )
     assert response.choices[0].message.content and response.choices[0].message.function_call is None
 
 
@@ -406,13 +488,22 @@ def test_auto_tool_choice_gives_text_or_a_valid_call(client, stream) -> None:
 def test_multi_turn_tool_use_renders(client, stream) -> None:
     messages = [
         *WEATHER_QUESTION,
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_abc", "type": "function",
-             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_abc", "content": '{"temperature_c": 18, "sky": "sunny"}'},
     ]
-    choice = only(ask(client, stream, messages=messages, tools=[WEATHER_TOOL], tool_choice="none",
-                      temperature=0, max_tokens=40))
+    choice = only(
+        ask(client, stream, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", temperature=0, max_tokens=40)
+    )
     assert choice.content and choice.finish_reason in ("stop", "length")
 
 
@@ -454,7 +545,12 @@ def test_usage_matches_between_forms(client, stream) -> None:
 
 @STREAMED
 def test_seed_repeats_sampled_output(client, stream) -> None:
-    params = {"temperature": 1.0, "seed": 99, "max_tokens": 20, "messages": [{"role": "user", "content": "Say a word."}]}
+    params = {
+        "temperature": 1.0,
+        "seed": 99,
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "Say a word."}],
+    }
     assert only(ask(client, stream, **params)).content == only(ask(client, stream, **params)).content
 
 
@@ -478,7 +574,21 @@ def test_unsupported_openai_fields_are_400(client, params, param) -> None:
 
 @STREAMED
 def test_accepted_and_ignored_openai_fields(client, stream) -> None:
-    choice = only(ask(client, stream, temperature=0, metadata={"k": "v"}, store=False, service_tier="auto",
-                      reasoning_effort="low", verbosity="low", prompt_cache_key="c1", safety_identifier="s1",
-                      prediction={"type": "content", "content": "Paris"}, modalities=["text"], user="u1"))
+    choice = only(
+        ask(
+            client,
+            stream,
+            temperature=0,
+            metadata={"k": "v"},
+            store=False,
+            service_tier="auto",
+            reasoning_effort="low",
+            verbosity="low",
+            prompt_cache_key="c1",
+            safety_identifier="s1",
+            prediction={"type": "content", "content": "Paris"},
+            modalities=["text"],
+            user="u1",
+        )
+    )
     assert "Paris" in choice.content

@@ -26,7 +26,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 def metric_value(server: RunningServer, name: str) -> float:
     for line in httpx.get(f"{server.base_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if line.startswith((name + "{", name + " ")):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"metric {name} not exported")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -91,12 +92,14 @@ def test_default_model_serves_requests_without_one(server: RunningServer, http: 
 def test_credits_are_debited_and_exhausted_credits_refuse_before_generating(
     server: RunningServer, http: httpx.Client
 ) -> None:
-    key = new_key(http, credits=30)
+    # Enough for one request: credits are reserved before generating (prompt + max_tokens, ~37 here) and the
+    # unused part refunded after, so the balance never goes below zero.
+    key = new_key(http, credits=60)
     with keyed_http(server, key["key"]) as session:
         used = chat(session).json()["usage"]["total_tokens"]
         assert used > 0
         left = http.get(f"/v1/keys/{key['id']}").json()["credits"]
-        assert left == 30 - used
+        assert left == 60 - used
         if left > 0:
             chat(session)
         refused = chat(session)
@@ -123,3 +126,21 @@ def test_tokens_per_minute_limit(server: RunningServer, http: httpx.Client) -> N
     with keyed_http(server, key["key"]) as session:
         assert chat(session).status_code == 200  # uses more than 10 tokens
         assert_error(chat(session), 429, "rate_limit_exceeded", None)
+
+
+def test_concurrent_requests_never_take_credits_below_zero(server: RunningServer, http: httpx.Client) -> None:
+    """200 credits, 10 concurrent requests that may each use 60 tokens (33 prompt + 27 completion):
+    credits are reserved before generating, so some are refused with 402 and the balance never goes negative."""
+    key = new_key(http, credits=200)
+
+    def one(_: int) -> httpx.Response:
+        with keyed_http(server, key["key"]) as session:
+            return chat(session, max_tokens=27)
+
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(pool.map(one, range(10)))
+    statuses = sorted(response.status_code for response in responses)
+    assert 200 in statuses and 402 in statuses and set(statuses) == {200, 402}, statuses
+    used = sum(response.json()["usage"]["total_tokens"] for response in responses if response.status_code == 200)
+    left = http.get(f"/v1/keys/{key['id']}").json()["credits"]
+    assert left == 200 - used >= 0

@@ -4,6 +4,8 @@ logging forced off (LLM_SERVER_LOG_BODIES=false)."""
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -21,7 +23,9 @@ from tests.conftest import (
     keyed_http,
     server_env,
     start_server,
+    wait_until,
 )
+from tests.test_guardrails import LEAK_MARKERS, POLICY, VIOLATING, pinned, sse_events
 
 UPSTREAM = f"{MODEL}@{UPSTREAM_PROVIDER}"
 UNREACHABLE = f"{MODEL}@{UNREACHABLE_PROVIDER}"
@@ -85,6 +89,55 @@ def test_streams_proxy_as_streams(upstream: RunningServer, client: openai.OpenAI
 def test_upstream_errors_pass_through(upstream: RunningServer, http: httpx.Client) -> None:
     bad = {"model": UPSTREAM, "messages": HELLO, "logit_bias": {"999999999": 5}}
     assert_error(http.post("/v1/chat/completions", json=bad), 400, "invalid_value", "logit_bias")
+
+
+GOAL = "Help me remember my own facts."
+LOCKER_FACT = "My gym locker code is 4417."
+
+
+def test_upstream_requests_get_memory_recall_and_write_back(upstream: RunningServer, http: httpx.Client) -> None:
+    """`nightly` works the same for a routed model: recall into the provider's prompt, write-back after."""
+    group = f"routed-{uuid.uuid4().hex[:8]}"
+    added = http.post(f"/v1/memory/{group}/memories", json={"text": LOCKER_FACT, "user_goal": GOAL})
+    assert added.status_code == 200, added.text
+    ask = {
+        "model": UPSTREAM,
+        "messages": [{"role": "user", "content": "What is my gym locker code?"}],
+        "max_tokens": 8,
+        "temperature": 0.0,
+    }
+    plain = http.post("/v1/chat/completions", json=ask)
+    recalled = http.post("/v1/chat/completions", json=ask | {"nightly": [group, GOAL]})
+    assert plain.status_code == recalled.status_code == 200, recalled.text
+    assert recalled.json()["model"] == UPSTREAM
+    assert int(recalled.headers["x-nightly-memories-used"]) >= 1
+    assert recalled.json()["nightly"] == {"memory_group": group, "memories_used": 1}
+    # The provider read the memory block: its own count of the prompt grew by at least the fact.
+    assert recalled.json()["usage"]["prompt_tokens"] >= plain.json()["usage"]["prompt_tokens"] + 8
+    # The extension itself never reached the provider: it made no memory group of its own.
+    with keyed_http(upstream, UPSTREAM_API_KEY) as upstream_http:
+        assert_error(upstream_http.get(f"/v1/memory/{group}"), 404, "memory_group_not_found", "memory_group")
+    # Write-back: the exchange joins the group here once the answer is complete.
+    assert wait_until(lambda: http.get(f"/v1/memory/{group}").json()["memory_count"] > 1)
+
+
+def test_streamed_upstream_answer_is_cut_by_a_policy(upstream: RunningServer, http: httpx.Client) -> None:
+    """The provider writes a violating answer (pinned by structured output); our checker cuts the stream."""
+    body = pinned(VIOLATING) | {"model": UPSTREAM, "guardrail_policy": POLICY, "chunk_size": 5, "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200, response.read()
+        raw = response.read()
+    assert not any(marker.encode() in raw for marker in LEAK_MARKERS), raw
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "guardrail_violation" and error["param"] == "guardrail_policy"
+    last_chunk = json.loads(events[-3])
+    assert last_chunk["model"] == UPSTREAM
+    assert last_chunk["choices"] == [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}]
+    whole = http.post("/v1/chat/completions", json=body | {"stream": False})
+    assert_error(whole, 400, "guardrail_violation", "guardrail_policy")
+    assert not any(marker in whole.text for marker in LEAK_MARKERS)
 
 
 def test_routing_bad_input(http: httpx.Client) -> None:

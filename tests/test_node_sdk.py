@@ -21,6 +21,7 @@ def test_node_sdk_plain_streamed_and_tool_call(server: RunningServer) -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,  # asserted below, with node's stderr
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -1,19 +1,25 @@
-"""Typed failures of adaption; `api/errors.py` maps them to HTTP errors."""
+"""Typed failures of adaption, with the HTTP answer each gets (server/errors.py)."""
 
 from __future__ import annotations
 
+from server.errors import ServerError
 
-class AdaptionError(Exception):
+
+class AdaptionError(ServerError):
     """Base of adaption's errors."""
 
 
 class JobNotFound(AdaptionError):
+    status, type, code, param = 404, "invalid_request_error", "fine_tuning_job_not_found", "fine_tuning_job_id"
+
     def __init__(self, job_id: str) -> None:
         super().__init__(f"Fine-tuning job {job_id!r} does not exist.")
         self.job_id = job_id
 
 
 class JobFinished(AdaptionError):
+    status, type, code, param = 400, "invalid_request_error", "job_already_finished", "fine_tuning_job_id"
+
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"Fine-tuning job {job_id!r} has already {status}; it cannot be cancelled.")
         self.job_id = job_id

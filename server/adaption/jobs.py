@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from server.storage import ThreadedDatabase
+from server.storage import Database
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE_STATUSES = ("queued", "running")
@@ -113,7 +113,7 @@ def _job(row: sqlite3.Row) -> Job:
     )
 
 
-class JobStore(ThreadedDatabase):
+class JobStore(Database):
     MIGRATIONS = MIGRATIONS
 
     def __init__(self, path: Path) -> None:
@@ -127,13 +127,11 @@ class JobStore(ThreadedDatabase):
         """A queued job for `adapter`, or the one already queued or running (coalesced): (job, created)."""
 
         def creating() -> tuple[Job, bool]:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self.db.transaction():
                 row = self.db.execute(
                     "SELECT * FROM fine_tuning_jobs WHERE adapter = ? AND status IN ('queued', 'running')", (adapter,)
                 ).fetchone()
                 if row is not None:
-                    self.db.execute("COMMIT")
                     return _job(row), False
                 job_id = f"ftjob-{uuid.uuid4().hex[:24]}"
                 self.db.execute(
@@ -142,10 +140,6 @@ class JobStore(ThreadedDatabase):
                     (job_id, owner, adapter, memory_group, base_model, json.dumps(hyperparameters), time.time()),
                 )
                 self._event(job_id, "info", "message", f"Job queued: train {adapter} from memory group {memory_group}.")
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
             return self._get(job_id), True
 
         return await self._run(creating)
@@ -192,8 +186,7 @@ class JobStore(ThreadedDatabase):
 
         def updating() -> Job:
             encoded = {key: json.dumps(value) if isinstance(value, dict) else value for key, value in fields.items()}
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
+            with self.db.transaction():
                 if encoded:
                     assignments = ", ".join(f"{key} = ?" for key in encoded)
                     self.db.execute(
@@ -201,10 +194,6 @@ class JobStore(ThreadedDatabase):
                     )
                 if message is not None:
                     self._event(job_id, level, "message", message)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
             return self._get(job_id)
 
         return await self._run(updating)

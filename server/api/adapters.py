@@ -8,9 +8,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 
 from server.api.errors import invalid_request, read_json_object
+from server.api.protocol_resources import AdapterObject, Deleted, ListOf, json_response
 from server.config import Settings
 from server.engine import Engine
 from server.engine.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterVersion, check_name, path_under
@@ -33,18 +34,17 @@ class VllmUnloadLora(BaseModel):
     lora_name: str
 
 
-def adapter_object(version: AdapterVersion) -> dict:
+def adapter_object(version: AdapterVersion) -> AdapterObject:
     manifest = version.manifest
-    return {
-        "id": version.name,
-        "object": "adapter",
-        "version": version.version,
-        "base_model": manifest.get("base_model"),
-        "created": manifest.get("created"),
-        "source": manifest.get("source"),
-        "rank": manifest.get("rank"),
-        "target_modules": manifest.get("target_modules"),
-    }
+    return AdapterObject(
+        id=version.name,
+        version=version.version,
+        base_model=manifest.get("base_model"),
+        created=manifest.get("created"),
+        source=manifest.get("source"),
+        rank=manifest.get("rank"),
+        target_modules=manifest.get("target_modules"),
+    )
 
 
 def source_roots(settings: Settings) -> tuple[Path, ...]:
@@ -62,7 +62,7 @@ async def create_adapter(request: Request) -> Response:
         check_name(body.name)
         source = path_under(source_roots(settings), body.path)
         version = await engine.adapters.add(body.name, source, source_label=str(source))
-    return JSONResponse(adapter_object(version), status_code=201)
+    return json_response(adapter_object(version), status_code=201)
 
 
 async def _create_from_upload(request: Request, engine: Engine) -> AdapterVersion:
@@ -77,16 +77,16 @@ async def _create_from_upload(request: Request, engine: Engine) -> AdapterVersio
             return await engine.adapters.add(name, Path(staging), source_label="upload")
 
 
-async def list_adapters(request: Request) -> JSONResponse:
+async def list_adapters(request: Request) -> Response:
     engine: Engine = request.app.state.engine
-    return JSONResponse({"object": "list", "data": [adapter_object(v) for v in engine.adapters.list()]})
+    return json_response(ListOf(data=[adapter_object(v) for v in engine.adapters.list()]))
 
 
-async def delete_adapter(request: Request) -> JSONResponse:
+async def delete_adapter(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     name = check_name(request.path_params["name"])
     await engine.adapters.remove(name)
-    return JSONResponse({"id": name, "object": "adapter", "deleted": True})
+    return json_response(Deleted(id=name, object="adapter"))
 
 
 async def vllm_load_lora_adapter(request: Request) -> PlainTextResponse:

@@ -87,25 +87,17 @@ def _wire_tool_call_deltas(chunks: list[ToolCallChunk]) -> list[ToolCallDelta]:
     ]
 
 
-async def on_first_choice_text(
-    deltas: AsyncIterator[CompletionDelta], finished: Callable[[str], None]
-) -> AsyncIterator[CompletionDelta]:
-    """`deltas` unchanged; once they are exhausted, `finished` gets the whole text of choice 0."""
-    text: list[str] = []
-    async for delta in deltas:
-        if delta.index == 0:
-            text.append(delta.text)
-        yield delta
-    finished("".join(text))
-
-
 async def stream_chunks(
     deltas: AsyncIterator[CompletionDelta],
     identity: CompletionIdentity,
     *,
     include_usage: bool,
+    usage: Callable[[], tuple[int, int]] | None = None,
 ) -> AsyncIterator[str]:
-    """Serialized chunks, ending with the usage chunk when asked (not `[DONE]`)."""
+    """Serialized chunks, ending with the usage chunk when asked (not `[DONE]`).
+
+    `usage`: the run's final (prompt, completion) tokens; by default the identity's prompt tokens
+    and the deltas' own count."""
     # OpenAI sends `"usage": null` on every chunk only when usage was asked for.
     exclude = None if include_usage else {"usage"}
 
@@ -144,7 +136,7 @@ async def stream_chunks(
             reason = _legacy_reason(finish_reason_of(delta.finish_reason), identity.function_call)
             yield chunk([ChunkChoice(index=delta.index, delta=Delta(), finish_reason=reason)])
     if include_usage:
-        yield chunk([], _usage(identity.prompt_tokens, completion_tokens))
+        yield chunk([], _usage(*(usage() if usage is not None else (identity.prompt_tokens, completion_tokens))))
 
 
 def _legacy_call_delta(calls: list[ToolCallDelta] | None) -> FunctionCallDelta | None:
@@ -177,7 +169,11 @@ class _ChoiceState:
         self.calls[piece.index].function.arguments += piece.arguments
 
 
-async def collect_completion(deltas: AsyncIterator[CompletionDelta], identity: CompletionIdentity) -> ChatCompletion:
+async def collect_completion(
+    deltas: AsyncIterator[CompletionDelta],
+    identity: CompletionIdentity,
+    usage: Callable[[], tuple[int, int]] | None = None,
+) -> ChatCompletion:
     states = [_ChoiceState() for _ in range(identity.n)]
     completion_tokens = 0
     async for delta in deltas:
@@ -203,6 +199,6 @@ async def collect_completion(deltas: AsyncIterator[CompletionDelta], identity: C
             )
             for index, state in enumerate(states)
         ],
-        usage=_usage(identity.prompt_tokens, completion_tokens),
+        usage=_usage(*(usage() if usage is not None else (identity.prompt_tokens, completion_tokens))),
         nightly=identity.nightly,
     )

@@ -20,14 +20,15 @@ from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.api.chat import error_events, started, until_disconnected
+from server.api.chat import until_disconnected
 from server.api.errors import APIError, invalid_request, read_json_object
-from server.api.metering import LocalModel, admit_local, local_model, metered
+from server.api.metering import LocalModel, admit_local, error_events, local_model, metered, started
 from server.api.protocol import ADAPTER_NAME, InvalidParam, Penalty, StreamOptions
 from server.config import Settings
 from server.engine import CompletionDelta, Engine, GenerationOptions
 from server.engine.errors import ContextLengthExceeded
-from server.gateway.service import Gateway, RequestAccount
+from server.errors import CLIENT_CLOSED, CLIENT_CLOSED_CODE
+from server.gateway.service import Admission, Gateway
 from server.legacy.completions import legacy_logprobs, merged
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
@@ -228,10 +229,11 @@ class Run:
 
 
 async def create_completion(request: Request) -> Response:
-    return await metered(request, lambda gateway, account: _completion(request, gateway, account))
+    return await metered(request, lambda gateway, admission: _completion(request, gateway, admission))
 
 
-async def _completion(request: Request, gateway: Gateway, account: RequestAccount) -> Response:
+async def _completion(request: Request, gateway: Gateway, admission: Admission) -> Response:
+    account = admission.account
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
     payload = await read_json_object(request)
@@ -241,7 +243,7 @@ async def _completion(request: Request, gateway: Gateway, account: RequestAccoun
     if body.n > settings.max_n:
         raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
     model: LocalModel = local_model(settings, engine, body.model, body.lora_name)
-    admit_local(gateway, account, model)
+    admit_local(gateway, admission, model)
     prompts = prompts_of(body, engine)
     options = options_of(body)
     try:
@@ -255,6 +257,13 @@ async def _completion(request: Request, gateway: Gateway, account: RequestAccoun
         raise APIError(400, str(exc), param="prompt", code="context_length_exceeded") from None
     run = Run(f"cmpl-{uuid.uuid4().hex}", model.public_name, body, prompts)
     account.prompt_tokens = run.prompt_tokens
+    # credits held before generating: the most every prompt's choices may use
+    await admission.reserve(
+        sum(
+            len(item.prompt_token_ids) + (item.sampling_params.max_tokens or 0) * item.sampling_params.n
+            for item in prepared
+        )
+    )
     sources = [engine.generate(item, f"{run.id}-{position}") for position, item in enumerate(prepared)]
     pieces = merged(sources)
 
@@ -269,7 +278,7 @@ async def _completion(request: Request, gateway: Gateway, account: RequestAccoun
                 yield run.chunk([], run.usage())
 
         first = await started(pieces)
-        events = error_events(chunks(first), lambda status, code: gateway.settle(account, status, code))
+        events = error_events(chunks(first), admission)
         return EventSourceResponse(events, sep="\n", ping=15)
 
     async def collect() -> dict:
@@ -280,8 +289,8 @@ async def _completion(request: Request, gateway: Gateway, account: RequestAccoun
     completion = await until_disconnected(request, collect())
     if completion is None:
         account.completion_tokens = run.completion_tokens
-        gateway.settle(account, 499, "client_closed_request")
+        admission.settle(CLIENT_CLOSED, CLIENT_CLOSED_CODE)
         return Response(status_code=499)
     account.respond(run.prompt_tokens, run.completion_tokens, completion)
-    gateway.settle(account, 200)
+    admission.settle(200)
     return JSONResponse(completion)

@@ -24,7 +24,7 @@ from server.api.metering import metered
 from server.config import Settings
 from server.gateway.errors import ModelUnavailable
 from server.gateway.routing import Route
-from server.gateway.service import Gateway, RequestAccount
+from server.gateway.service import Admission, Gateway
 from server.memory.embedder import Embedder
 from server.model_sources import PACKAGE_PREFIX
 
@@ -83,10 +83,11 @@ def encoded(vector: np.ndarray, encoding_format: str) -> list[float] | str:
 
 
 async def create_embeddings(request: Request) -> Response:
-    return await metered(request, lambda gateway, account: _embeddings(request, gateway, account))
+    return await metered(request, lambda gateway, admission: _embeddings(request, gateway, admission))
 
 
-async def _embeddings(request: Request, gateway: Gateway, account: RequestAccount) -> Response:
+async def _embeddings(request: Request, gateway: Gateway, admission: Admission) -> Response:
+    account = admission.account
     settings: Settings = request.app.state.settings
     embedder: Embedder = request.app.state.memory.embedder
     body = EmbeddingRequest.model_validate(await read_json_object(request), strict=True)
@@ -94,7 +95,7 @@ async def _embeddings(request: Request, gateway: Gateway, account: RequestAccoun
     if body.model.lower() not in {name.lower() for name in names}:
         raise ModelUnavailable(body.model)
     public = names[0]
-    gateway.authorize(account.principal, [public], None)
+    gateway.authorize(account.principal, [public])
     gateway.admit(account.principal)
     account.served_by(Route(public, None), public)
     if body.dimensions is not None and body.dimensions != embedder.dimensions:
@@ -138,5 +139,5 @@ async def _embeddings(request: Request, gateway: Gateway, account: RequestAccoun
         "usage": usage,
     }
     account.respond(prompt_tokens, 0, {"object": "list", "model": public, "usage": usage})
-    gateway.settle(account, 200)
+    admission.settle(200)
     return JSONResponse(answer)

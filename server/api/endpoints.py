@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-from server.config import Settings
-from server.engine import Engine
-from server.gateway.service import Gateway
+from server.api.protocol_resources import Endpoint, EndpointList
+from server.serving.catalog import ModelCatalog
 
 
-async def list_endpoints(request: Request) -> JSONResponse:
-    settings: Settings = request.app.state.settings
-    engine: Engine = request.app.state.engine
-    gateway: Gateway = request.app.state.gateway
-    local = [*settings.served.names, *(version.name for version in engine.adapters.list())]
+async def list_endpoints(request: Request) -> Response:
+    catalog: ModelCatalog = request.app.state.catalog
     data = [
-        {"object": "endpoint", "id": f"{model}@{provider}", "model": model, "provider": provider}
-        for model, provider in gateway.router.endpoints(local)
+        Endpoint(id=f"{model}@{provider}", model=model, provider=provider) for model, provider in catalog.endpoints()
     ]
-    return JSONResponse({"object": "list", "data": data})
+    return Response(EndpointList(data=data).model_dump_json(), media_type="application/json")

@@ -1,45 +1,29 @@
 """OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}`.
 
-Capability packages raise their own typed errors and know nothing of HTTP;
-this module is the one place that maps them to a status code and error body.
+Capability packages raise their own typed errors (`server.errors.ServerError`,
+which carry their status, type, code and param) and know nothing of HTTP; this
+module turns those, pydantic's validation errors and Starlette's HTTP errors
+into the one error body.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server.adaption.errors import JobFinished, JobNotFound
-from server.api.protocol import InvalidParam
-from server.engine.adapters import AdapterNotFound, InvalidAdapter
-from server.engine.errors import ContextLengthExceeded, EngineUnavailable, InvalidOption, InvalidPrompt
-from server.gateway.errors import (
-    AdminOnly,
-    GatewayError,
-    InsufficientCredits,
-    KeyNotFound,
-    MissingVariable,
-    ModelUnavailable,
-    NotAllowed,
-    ProviderNotFound,
-    RateLimited,
-    TemplateNameTaken,
-    TemplateNotFound,
-    UpstreamFailed,
-)
-from server.guardrails.errors import GuardrailViolation
-from server.memory.errors import GroupNotFound, MemoryNotFound
+from server.errors import ServerError
 
 logger = logging.getLogger(__name__)
 
 
-class APIError(Exception):
+class APIError(ServerError):
+    """An error the HTTP layer itself raises (bad query parameters, bad JSON, a missing key)."""
+
     def __init__(
         self,
         status: int,
@@ -51,15 +35,30 @@ class APIError(Exception):
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.headers = headers
         self.status = status
-        self.message = message
         self.type = type
         self.param = param
         self.code = code
+        self._headers = headers or {}
+        self._message = message
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    def headers(self) -> dict[str, str]:
+        return self._headers
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    @classmethod
+    def of(cls, error: ServerError) -> APIError:
+        if isinstance(error, APIError):
+            return error
+        return cls(
+            error.status, error.message, type=error.type, param=error.param, code=error.code, headers=error.headers()
+        )
 
 
 def invalid_request(
@@ -120,7 +119,7 @@ def from_validation_error(error: ValidationError) -> APIError:
     )
 
 
-def to_api_error(exc: Exception) -> APIError:
+def to_api_error(exc: BaseException) -> APIError:
     """Translate any error raised under a handler into its OpenAI form."""
     known = known_api_error(exc)
     if known is not None:
@@ -129,87 +128,25 @@ def to_api_error(exc: Exception) -> APIError:
     return APIError(500, "The server had an error while processing your request.", type="server_error")
 
 
-def status_of(exc: Exception) -> tuple[int, str | None]:
+def status_of(exc: BaseException) -> tuple[int, str | None]:
     """The status and code an error will answer with (without logging it: the handler does)."""
     known = known_api_error(exc)
     return (known.status, known.code) if known is not None else (500, None)
 
 
-def known_api_error(exc: Exception) -> APIError | None:
-    if isinstance(exc, APIError):
-        return exc
+def known_api_error(exc: BaseException) -> APIError | None:
+    if isinstance(exc, ServerError):
+        return APIError.of(exc)
     if isinstance(exc, ValidationError):
         return from_validation_error(exc)
-    if isinstance(exc, InvalidParam):
-        return invalid_request(str(exc), param=exc.param, code="invalid_value")
-    if isinstance(exc, ContextLengthExceeded):
-        return invalid_request(str(exc), param="messages", code="context_length_exceeded")
-    if isinstance(exc, AdapterNotFound):
-        return APIError(404, str(exc), param=exc.param, code="adapter_not_found")
-    if isinstance(exc, InvalidAdapter):
-        return invalid_request(str(exc), param=exc.param, code="invalid_adapter")
-    if isinstance(exc, InvalidOption):
-        return invalid_request(str(exc), param=exc.param, code="invalid_value")
-    if isinstance(exc, InvalidPrompt):
-        return invalid_request(str(exc), param="messages", code="invalid_prompt")
-    if isinstance(exc, JobNotFound):
-        return APIError(404, str(exc), param="fine_tuning_job_id", code="fine_tuning_job_not_found")
-    if isinstance(exc, JobFinished):
-        return invalid_request(str(exc), param="fine_tuning_job_id", code="job_already_finished")
-    if isinstance(exc, GroupNotFound):
-        return APIError(404, str(exc), param="memory_group", code="memory_group_not_found")
-    if isinstance(exc, MemoryNotFound):
-        return APIError(404, str(exc), param="memory_id", code="memory_not_found")
-    if isinstance(exc, GuardrailViolation):
-        return invalid_request(
-            exc.reason, param="guardrail_policy", code="guardrail_violation", type="guardrail_violation"
-        )
-    if isinstance(exc, GatewayError):
-        return gateway_error(exc)
-    if isinstance(exc, EngineUnavailable):
-        return APIError(503, str(exc), type="service_unavailable", code="engine_unavailable")
     if isinstance(exc, HTTPException):
         return APIError(exc.status_code, exc.detail, type="invalid_request_error", code=None)
     return None
 
 
-def gateway_error(exc: GatewayError) -> APIError:
-    message = str(exc)
-    if isinstance(exc, ModelUnavailable):
-        return model_not_found(exc.model)
-    if isinstance(exc, NotAllowed):
-        return APIError(403, message, type="permission_error", param=exc.param, code="model_not_allowed")
-    if isinstance(exc, AdminOnly):
-        return APIError(403, message, type="permission_error", code="admin_key_required")
-    if isinstance(exc, InsufficientCredits):
-        return APIError(402, message, type="insufficient_quota", code="insufficient_credits")
-    if isinstance(exc, RateLimited):
-        retry_after = str(max(1, math.ceil(exc.retry_after_s)))
-        return APIError(
-            429, message, type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": retry_after}
-        )
-    if isinstance(exc, KeyNotFound):
-        return APIError(404, message, param="key_id", code="key_not_found")
-    if isinstance(exc, TemplateNotFound):
-        return APIError(404, message, param="template", code="template_not_found")
-    if isinstance(exc, TemplateNameTaken):
-        return APIError(409, message, param="name", code="template_exists")
-    if isinstance(exc, MissingVariable):
-        return APIError(422, message, param=f"variables.{exc.name}", code="missing_variable")
-    if isinstance(exc, ProviderNotFound):
-        return APIError(404, message, param="model", code="provider_not_found")
-    if isinstance(exc, UpstreamFailed):
-        if exc.status < 500 and exc.body is not None:  # the provider's own answer to a bad request: passed on
-            error = exc.body["error"]
-            return APIError(exc.status, error.get("message", message), param=error.get("param"), code=error.get("code"))
-        status = exc.status if exc.status in (429, 504) else 502
-        return APIError(status, message, type="upstream_error", code="upstream_failed")
-    raise AssertionError(f"unmapped gateway error {type(exc).__name__}")
-
-
 def error_response(exc: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
     error = to_api_error(exc)
-    return JSONResponse(error.body(), status_code=error.status, headers={**(error.headers or {}), **(headers or {})})
+    return JSONResponse(error.body(), status_code=error.status, headers={**error.headers(), **(headers or {})})
 
 
 async def handle_exception(request: Request, exc: Exception) -> JSONResponse:

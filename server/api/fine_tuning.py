@@ -11,15 +11,24 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from server.adaption.jobs import Job, JobEvent
 from server.adaption.runner import AdaptionService
 from server.api.errors import invalid_request, model_not_found, read_json_object
 from server.api.middleware import caller_of
 from server.api.protocol import MEMORY_GROUP_MAX, MEMORY_GROUP_PATTERN, InvalidParam
-from server.config import Settings
+from server.api.protocol_resources import (
+    Item,
+    JobEventObject,
+    JobHyperparameters,
+    JobMethod,
+    JobObject,
+    ListOf,
+    json_response,
+)
 from server.engine.adapters import ADAPTER_NAME
+from server.serving.catalog import ModelCatalog
 
 MEMORY_FILE_PREFIX = "memory:"
 MAX_PAGE = 100
@@ -65,51 +74,46 @@ class CreateJob(BaseModel):
         return self.lora_name or self.suffix
 
 
-def job_json(job: Job) -> dict:
+def job_json(job: Job) -> JobObject:
     hyper = job.hyperparameters
-    error = job.error or None
-    return {
-        "object": "fine_tuning.job",
-        "id": job.id,
-        "model": job.base_model,
-        "created_at": int(job.created_at),
-        "finished_at": int(job.finished_at) if job.finished_at else None,
-        "fine_tuned_model": job.adapter if job.promoted else None,
-        "organization_id": "local",
-        "result_files": [],
-        "status": job.status,
-        "training_file": MEMORY_FILE_PREFIX + job.memory_group,
-        "validation_file": None,
-        "hyperparameters": {
-            "n_epochs": hyper["epochs"],
-            "batch_size": 1,
-            "learning_rate_multiplier": hyper["learning_rate"],
-        },
-        "trained_tokens": job.trained_tokens,
-        "error": error,
-        "seed": hyper["seed"],
-        "estimated_finish": None,
-        "integrations": [],
-        "method": {"type": "supervised"},
-        "metadata": {
+    return JobObject(
+        id=job.id,
+        model=job.base_model,
+        created_at=int(job.created_at),
+        finished_at=int(job.finished_at) if job.finished_at else None,
+        fine_tuned_model=job.adapter if job.promoted else None,
+        organization_id="local",
+        result_files=[],
+        status=job.status,
+        training_file=MEMORY_FILE_PREFIX + job.memory_group,
+        validation_file=None,
+        hyperparameters=JobHyperparameters(
+            n_epochs=hyper["epochs"], batch_size=1, learning_rate_multiplier=hyper["learning_rate"]
+        ),
+        trained_tokens=job.trained_tokens,
+        error=job.error or None,
+        seed=hyper["seed"],
+        estimated_finish=None,
+        integrations=[],
+        method=JobMethod(),
+        metadata={
             "lora_name": job.adapter,
             "adapter_version": str(job.adapter_version) if job.adapter_version is not None else None,
             "promoted": str(job.promoted).lower(),
         },
-        "result": job.result,
-    }
+        result=job.result,
+    )
 
 
-def event_json(event: JobEvent) -> dict:
-    return {
-        "object": "fine_tuning.job.event",
-        "id": f"{EVENT_PREFIX}{event.id}",
-        "created_at": int(event.created_at),
-        "level": event.level,
-        "message": event.message,
-        "data": event.data,
-        "type": event.type,
-    }
+def event_json(event: JobEvent) -> JobEventObject:
+    return JobEventObject(
+        id=f"{EVENT_PREFIX}{event.id}",
+        created_at=int(event.created_at),
+        level=event.level,
+        message=event.message,
+        data=event.data,
+        type=event.type,
+    )
 
 
 def _service(request: Request) -> AdaptionService:
@@ -123,38 +127,37 @@ def _limit(request: Request) -> int:
     return int(raw)
 
 
-def _page(items: list[dict], limit: int) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": items[:limit], "has_more": len(items) > limit})
+def _page(items: list[Item], limit: int) -> Response:
+    return json_response(ListOf(data=items[:limit], has_more=len(items) > limit))
 
 
-async def create_job(request: Request) -> JSONResponse:
-    settings: Settings = request.app.state.settings
+async def create_job(request: Request) -> Response:
+    catalog: ModelCatalog = request.app.state.catalog
     body = CreateJob.model_validate(await read_json_object(request))
-    entry = settings.find_model(body.model)
-    if entry is None or entry.name != settings.served.name:
+    if catalog.base_model(body.model) is None:
         raise model_not_found(body.model)
     assert body.adapter is not None  # checked by the validator
     job = await _service(request).create(caller_of(request.scope), body.memory_group, body.adapter)
-    return JSONResponse(job_json(job))
+    return json_response(job_json(job))
 
 
-async def list_jobs(request: Request) -> JSONResponse:
+async def list_jobs(request: Request) -> Response:
     limit = _limit(request)
     jobs = await _service(request).list(caller_of(request.scope), limit + 1, request.query_params.get("after"))
     return _page([job_json(job) for job in jobs], limit)
 
 
-async def retrieve_job(request: Request) -> JSONResponse:
+async def retrieve_job(request: Request) -> Response:
     job = await _service(request).get(caller_of(request.scope), request.path_params["job_id"])
-    return JSONResponse(job_json(job))
+    return json_response(job_json(job))
 
 
-async def cancel_job(request: Request) -> JSONResponse:
+async def cancel_job(request: Request) -> Response:
     job = await _service(request).cancel(caller_of(request.scope), request.path_params["job_id"])
-    return JSONResponse(job_json(job))
+    return json_response(job_json(job))
 
 
-async def list_job_events(request: Request) -> JSONResponse:
+async def list_job_events(request: Request) -> Response:
     limit = _limit(request)
     after = request.query_params.get("after")
     after_id = None

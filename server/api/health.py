@@ -12,6 +12,4 @@ async def health(request: Request) -> JSONResponse:
     engine: Engine = request.app.state.engine
     if engine.is_dead:
         return JSONResponse({"status": "engine_dead", "model": engine.entry.name}, status_code=503)
-    return JSONResponse(
-        {"status": "ok", "model": engine.entry.name, "running_requests": engine.running_requests}
-    )
+    return JSONResponse({"status": "ok", "model": engine.entry.name, "running_requests": engine.running_requests})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from server.api.errors import read_json_object
 from server.api.middleware import principal_of
+from server.api.protocol_resources import KeyObject, ListOf, NewKeyObject, json_response
 from server.gateway.errors import AdminOnly
 from server.gateway.keys import ApiKey, KeySpec, KeyStore
 
@@ -39,8 +40,8 @@ class CreateKey(BaseModel):
         )
 
 
-def key_json(key: ApiKey) -> dict:
-    return {"object": "api_key", **key.public_view()}
+def key_json(key: ApiKey) -> KeyObject:
+    return KeyObject(**key.public_view())
 
 
 def _admin_store(request: Request) -> KeyStore:
@@ -49,23 +50,23 @@ def _admin_store(request: Request) -> KeyStore:
     return request.app.state.keys
 
 
-async def create_key(request: Request) -> JSONResponse:
+async def create_key(request: Request) -> Response:
     store = _admin_store(request)
     body = CreateKey.model_validate(await read_json_object(request))
     key, secret = await store.create(body.spec())
-    return JSONResponse({**key_json(key), "key": secret}, status_code=201)
+    return json_response(NewKeyObject(**key.public_view(), key=secret), status_code=201)
 
 
-async def list_keys(request: Request) -> JSONResponse:
+async def list_keys(request: Request) -> Response:
     keys = await _admin_store(request).list()
-    return JSONResponse({"object": "list", "data": [key_json(key) for key in keys]})
+    return json_response(ListOf(data=[key_json(key) for key in keys]))
 
 
-async def get_key(request: Request) -> JSONResponse:
+async def get_key(request: Request) -> Response:
     key = await _admin_store(request).get(request.path_params["key_id"])
-    return JSONResponse(key_json(key))
+    return json_response(key_json(key))
 
 
-async def revoke_key(request: Request) -> JSONResponse:
+async def revoke_key(request: Request) -> Response:
     key = await _admin_store(request).revoke(request.path_params["key_id"])
-    return JSONResponse(key_json(key))
+    return json_response(key_json(key))

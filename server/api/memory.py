@@ -9,11 +9,23 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from server.api.errors import invalid_request, read_json_object
 from server.api.middleware import caller_of, request_id_of
 from server.api.protocol import MEMORY_GROUP_MAX, MEMORY_GROUP_PATTERN, USER_GOAL_MAX
+from server.api.protocol_resources import (
+    AuditEntryObject,
+    CurationChangeObject,
+    CurationObject,
+    Deleted,
+    Item,
+    ListOf,
+    MemoryGroupObject,
+    MemoryObject,
+    MemorySearchResult,
+    json_response,
+)
 from server.memory.curation import Consolidate
 from server.memory.service import CurationReport, MemoryService
 from server.memory.store import AuditEntry, Memory, MemoryGroup
@@ -65,61 +77,57 @@ class SearchMemories(_Body):
     limit: int = Field(10, ge=1, le=100)
 
 
-def memory_json(memory: Memory, group: str) -> dict:
-    return {
-        "object": "memory",
-        "id": memory.id,
-        "memory_group": group,
-        "text": memory.text,
-        "kind": memory.kind,
-        "source_request_id": memory.source_request_id,
-        "created_at": int(memory.created_at),
-        "updated_at": int(memory.updated_at),
-    }
+def memory_json(memory: Memory, group: str) -> MemoryObject:
+    return MemoryObject(
+        id=memory.id,
+        memory_group=group,
+        text=memory.text,
+        kind=memory.kind,
+        source_request_id=memory.source_request_id,
+        created_at=int(memory.created_at),
+        updated_at=int(memory.updated_at),
+    )
 
 
-def group_json(group: MemoryGroup) -> dict:
-    return {
-        "object": "memory_group",
-        "id": group.name,
-        "user_goal": group.user_goal,
-        "call_count": group.call_count,
-        "memory_count": group.memory_count,
-        "created_at": int(group.created_at),
-        "curated_at": int(group.curated_at) if group.curated_at else None,
-    }
+def group_json(group: MemoryGroup) -> MemoryGroupObject:
+    return MemoryGroupObject(
+        id=group.name,
+        user_goal=group.user_goal,
+        call_count=group.call_count,
+        memory_count=group.memory_count,
+        created_at=int(group.created_at),
+        curated_at=int(group.curated_at) if group.curated_at else None,
+    )
 
 
-def curation_json(report: CurationReport) -> dict:
-    return {
-        "object": "memory.curation",
-        "id": report.run_id,
-        "memory_group": report.group,
-        "examined": report.examined,
-        "skipped": report.skipped,
-        "changes": [
-            {
-                "action": change.action,
-                "removed": [memory.id for memory in change.removed],
-                "added": [memory.text for memory in change.added],
-                "reason": change.reason,
-            }
+def curation_json(report: CurationReport) -> CurationObject:
+    return CurationObject(
+        id=report.run_id,
+        memory_group=report.group,
+        examined=report.examined,
+        skipped=report.skipped,
+        changes=[
+            CurationChangeObject(
+                action=change.action,
+                removed=[memory.id for memory in change.removed],
+                added=[memory.text for memory in change.added],
+                reason=change.reason,
+            )
             for change in report.applied
         ],
-    }
+    )
 
 
-def audit_json(entry: AuditEntry) -> dict:
-    return {
-        "object": "memory.audit_entry",
-        "id": entry.id,
-        "run_id": entry.run_id,
-        "action": entry.action,
-        "removed": entry.removed,
-        "added": entry.added,
-        "reason": entry.reason,
-        "at": int(entry.at),
-    }
+def audit_json(entry: AuditEntry) -> AuditEntryObject:
+    return AuditEntryObject(
+        id=entry.id,
+        run_id=entry.run_id,
+        action=entry.action,
+        removed=entry.removed,
+        added=entry.added,
+        reason=entry.reason,
+        at=int(entry.at),
+    )
 
 
 def _group_name(request: Request) -> str:
@@ -145,25 +153,22 @@ def _service(request: Request) -> MemoryService:
     return request.app.state.memory
 
 
-def _list(data: list[dict], has_more: bool | None = None) -> JSONResponse:
-    body: dict = {"object": "list", "data": data}
-    if has_more is not None:
-        body["has_more"] = has_more
-    return JSONResponse(body)
+def _list(data: list[Item], has_more: bool | None = None) -> Response:
+    return json_response(ListOf(data=data, has_more=has_more))
 
 
-async def get_group(request: Request) -> JSONResponse:
+async def get_group(request: Request) -> Response:
     group = await _service(request).group(caller_of(request.scope), _group_name(request))
-    return JSONResponse(group_json(group))
+    return json_response(group_json(group))
 
 
-async def delete_group(request: Request) -> JSONResponse:
+async def delete_group(request: Request) -> Response:
     name = _group_name(request)
     await _service(request).delete_group(caller_of(request.scope), name)
-    return JSONResponse({"object": "memory_group.deleted", "id": name, "deleted": True})
+    return json_response(Deleted(id=name, object="memory_group.deleted"))
 
 
-async def list_memories(request: Request) -> JSONResponse:
+async def list_memories(request: Request) -> Response:
     name = _group_name(request)
     limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
     after = _int_query(request, "after", None, 0, 2**63 - 1)
@@ -172,7 +177,7 @@ async def list_memories(request: Request) -> JSONResponse:
     return _list([memory_json(memory, name) for memory in memories[:limit]], has_more=len(memories) > limit)
 
 
-async def add_memories(request: Request) -> JSONResponse:
+async def add_memories(request: Request) -> Response:
     name = _group_name(request)
     body = AddMemories.model_validate(await read_json_object(request))
     added = await _service(request).add(
@@ -181,46 +186,41 @@ async def add_memories(request: Request) -> JSONResponse:
     return _list([memory_json(memory, name) for memory in added])
 
 
-async def get_memory(request: Request) -> JSONResponse:
+async def get_memory(request: Request) -> Response:
     name = _group_name(request)
     memory = await _service(request).get(caller_of(request.scope), name, request.path_params["memory_id"])
-    return JSONResponse(memory_json(memory, name))
+    return json_response(memory_json(memory, name))
 
 
-async def update_memory(request: Request) -> JSONResponse:
+async def update_memory(request: Request) -> Response:
     name = _group_name(request)
     body = UpdateMemory.model_validate(await read_json_object(request))
     memory = await _service(request).update(caller_of(request.scope), name, request.path_params["memory_id"], body.text)
-    return JSONResponse(memory_json(memory, name))
+    return json_response(memory_json(memory, name))
 
 
-async def delete_memory(request: Request) -> JSONResponse:
+async def delete_memory(request: Request) -> Response:
     name = _group_name(request)
     memory_id = request.path_params["memory_id"]
     await _service(request).delete(caller_of(request.scope), name, memory_id)
-    return JSONResponse({"object": "memory.deleted", "id": memory_id, "deleted": True})
+    return json_response(Deleted(id=memory_id, object="memory.deleted"))
 
 
-async def search_memories(request: Request) -> JSONResponse:
+async def search_memories(request: Request) -> Response:
     name = _group_name(request)
     body = SearchMemories.model_validate(await read_json_object(request))
     hits = await _service(request).search(caller_of(request.scope), name, body.query, body.limit)
-    return _list(
-        [
-            {"object": "memory.search_result", "score": hit.score, "memory": memory_json(hit.memory, name)}
-            for hit in hits
-        ]
-    )
+    return _list([MemorySearchResult(score=hit.score, memory=memory_json(hit.memory, name)) for hit in hits])
 
 
-async def curate_group(request: Request) -> JSONResponse:
+async def curate_group(request: Request) -> Response:
     name = _group_name(request)
     consolidate: Consolidate = request.app.state.consolidate
     report = await _service(request).curate(caller_of(request.scope), name, consolidate)
-    return JSONResponse(curation_json(report))
+    return json_response(curation_json(report))
 
 
-async def memory_audit(request: Request) -> JSONResponse:
+async def memory_audit(request: Request) -> Response:
     name = _group_name(request)
     limit = _int_query(request, "limit", 100, 1, MAX_PAGE)
     assert limit is not None

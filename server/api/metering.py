@@ -1,35 +1,41 @@
 """The gateway's steps for endpoints that use a model without the chat pipeline (embeddings, completions,
-tokenize): a usage record per request (failures too), the key's model limits, credits and rate limit."""
+tokenize): a usage record per request (failures too, settled exactly once), the key's model limits,
+credits and rate limit."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.api.errors import status_of
+from server.api.errors import status_of, to_api_error
 from server.api.middleware import principal_of, request_id_of
 from server.config import ModelEntry, Settings
 from server.engine import Engine
+from server.errors import CLIENT_CLOSED, CLIENT_CLOSED_CODE, ServerError
 from server.gateway.errors import ModelUnavailable
 from server.gateway.routing import Route
-from server.gateway.service import Gateway, RequestAccount
+from server.gateway.service import Admission, Gateway, RequestAccount
+from server.guardrails.errors import GuardrailViolation
+
+T = TypeVar("T")
 
 
-async def metered(request: Request, handle: Callable[[Gateway, RequestAccount], Awaitable[Response]]) -> Response:
-    """Run `handle` with the request's usage account; an error settles it with the error's status.
+async def metered(request: Request, handle: Callable[[Gateway, Admission], Awaitable[Response]]) -> Response:
+    """Run `handle` with the request's admission; an error settles it with the error's status.
 
-    `handle` settles the account itself once it has answered (a stream: when the stream ends).
+    `handle` settles the admission itself once it has answered (a stream: when the stream ends).
     """
     gateway: Gateway = request.app.state.gateway
-    account = gateway.open_account(request_id_of(request.scope), principal_of(request.scope))
+    admission = Admission(gateway, RequestAccount(request_id_of(request.scope), principal_of(request.scope)))
     try:
-        return await handle(gateway, account)
+        return await handle(gateway, admission)
     except Exception as exc:
-        status, code = status_of(exc)
-        gateway.settle(account, status, code)
+        admission.settle(*status_of(exc))
         raise
 
 
@@ -54,9 +60,45 @@ def local_model(settings: Settings, engine: Engine, name: str, lora_name: str | 
     return LocalModel(entry, lora_name, "lora_name")
 
 
-def admit_local(gateway: Gateway, account: RequestAccount, model: LocalModel, *, generates: bool = True) -> None:
+def admit_local(gateway: Gateway, admission: Admission, model: LocalModel, *, generates: bool = True) -> None:
     """The key may use the model (and adapter); then, for generation, credits and the rate limit."""
-    gateway.authorize(account.principal, [model.entry.name], model.adapter)
+    principal = admission.account.principal
+    adapters = [(model.adapter, model.adapter_param)] if model.adapter is not None else []
+    gateway.authorize(principal, [model.entry.name], adapters)
     if generates:
-        gateway.admit(account.principal)
-    account.served_by(Route(model.entry.name, None), model.entry.name, model.adapter)
+        gateway.admit(principal)
+    admission.account.served_by(Route(model.entry.name, None), model.entry.name, model.adapter)
+
+
+async def started(items: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`items` with the first one already produced (so its errors are raised before answering 200)."""
+    first = await anext(items)
+
+    async def replay() -> AsyncIterator[T]:
+        yield first
+        async for item in items:
+            yield item
+
+    return replay()
+
+
+async def error_events(chunks: AsyncIterator[str], admission: Admission) -> AsyncIterator[dict]:
+    """SSE events for the chunks, `[DONE]` at the end, an error event if generation fails midway.
+
+    The admission is settled once: 200, the error's status, or 499 when the client left.
+    """
+    outcome: tuple[int, str | None] = (CLIENT_CLOSED, CLIENT_CLOSED_CODE)
+    try:
+        async for data in chunks:
+            yield {"data": data}
+    except ServerError as exc:
+        error = to_api_error(exc)
+        outcome = (error.status, error.code)
+        yield {"data": json.dumps(error.body())}
+        if isinstance(exc, GuardrailViolation):  # closed on purpose
+            yield {"data": "[DONE]"}
+    else:
+        outcome = (200, None)
+        yield {"data": "[DONE]"}
+    finally:
+        admission.settle(*outcome)

@@ -6,14 +6,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api.protocol import ModelCard, ModelList
-from server.config import Settings
 from server.engine import Engine
+from server.serving.catalog import ModelCatalog
 
 
 async def list_models(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
+    catalog: ModelCatalog = request.app.state.catalog
     engine: Engine = request.app.state.engine
-    served = settings.served
+    served = catalog.served
     cards = [
         ModelCard(
             id=name,
@@ -30,6 +30,6 @@ async def list_models(request: Request) -> Response:
             parent=served.name,
             max_model_len=engine.max_model_len,
         )
-        for version in engine.adapters.list()
+        for version in catalog.adapters.list()
     ]
     return Response(ModelList(data=cards).model_dump_json(), media_type="application/json")

@@ -25,10 +25,13 @@ from pydantic import (
 )
 
 from server.engine.adapters import ADAPTER_NAME
+from server.errors import ServerError
 
 
-class InvalidParam(Exception):
+class InvalidParam(ServerError):
     """A request whose fields contradict each other; raised through pydantic as is, naming the param."""
+
+    status, type, code = 400, "invalid_request_error", "invalid_value"
 
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
@@ -231,6 +234,21 @@ GATEWAY_FIELDS = frozenset(
         "region",
         "use_custom_keys",
         "store",
+    }
+)
+
+
+# This server's own extensions (seed 000 and vLLM's): read here, never passed on to an upstream provider.
+EXTENSION_FIELDS = frozenset(
+    {
+        "lora_name",
+        "nightly",
+        "finetune_thresh",
+        "min_finetune_group",
+        "adaption_inference",
+        "guardrail_policy",
+        "chunk_size",
+        "sliding_window",
     }
 )
 

@@ -16,10 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.chat_bridge import CLIENT_CLOSED, ChatStreamFailed, run_chat
-from server.api.errors import APIError, from_validation_error, read_json_object
+from server.api.errors import from_validation_error, read_json_object
 from server.api.middleware import caller_of
 from server.api.stored_chat import list_page, list_query, page_of
-from server.conversations.errors import StoredResponseNotFound
 from server.conversations.responses import (
     ResponseEvents,
     ResponseShell,
@@ -31,10 +30,6 @@ from server.conversations.responses import (
     sse,
 )
 from server.conversations.store import ConversationStore, StoredResponse
-
-
-def response_not_found(exc: StoredResponseNotFound) -> APIError:
-    return APIError(404, str(exc), param=exc.param, code="not_found")
 
 
 def _store(request: Request) -> ConversationStore:
@@ -50,10 +45,7 @@ async def create_response(request: Request) -> Response:
     store, owner = _store(request), caller_of(request.scope)
     history: list[dict] = []
     if body.previous_response_id is not None:
-        try:
-            previous = await store.get_response(owner, body.previous_response_id, "previous_response_id")
-        except StoredResponseNotFound as exc:
-            raise response_not_found(exc) from None
+        previous = await store.get_response(owner, body.previous_response_id, "previous_response_id")
         history = previous.conversation
     chat, conversation = chat_payload(body, payload, history)
     shell = ResponseShell(new_id("resp"), body)
@@ -104,10 +96,7 @@ async def _events(chunks: AsyncIterator[dict], translator: ResponseEvents, keep,
 
 
 async def get_response(request: Request) -> JSONResponse:
-    try:
-        stored = await _store(request).get_response(caller_of(request.scope), request.path_params["response_id"])
-    except StoredResponseNotFound as exc:
-        raise response_not_found(exc) from None
+    stored = await _store(request).get_response(caller_of(request.scope), request.path_params["response_id"])
     return JSONResponse(stored.response)
 
 
@@ -116,18 +105,12 @@ async def list_input_items(request: Request) -> JSONResponse:
     params = dict(request.query_params)
     params.setdefault("order", "desc")
     query = list_query(params, {"after", "limit", "order", "include"})
-    try:
-        stored = await _store(request).get_response(caller_of(request.scope), request.path_params["response_id"])
-    except StoredResponseNotFound as exc:
-        raise response_not_found(exc) from None
+    stored = await _store(request).get_response(caller_of(request.scope), request.path_params["response_id"])
     data, has_more = page_of(stored.input_items, query.after, query.limit, query.order)
     return JSONResponse(list_page(data, has_more))
 
 
 async def delete_response(request: Request) -> JSONResponse:
     response_id = request.path_params["response_id"]
-    try:
-        await _store(request).delete_response(caller_of(request.scope), response_id)
-    except StoredResponseNotFound as exc:
-        raise response_not_found(exc) from None
+    await _store(request).delete_response(caller_of(request.scope), response_id)
     return JSONResponse({"id": response_id, "object": "response", "deleted": True})

@@ -8,26 +8,21 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
-from server.api.chat import chat_completions
-from server.api.errors import APIError, from_validation_error, invalid_request, read_json_object
+from server.api.errors import from_validation_error, invalid_request, read_json_object
 from server.api.middleware import caller_of
 from server.api.protocol import checked_metadata
 from server.conversations.chunks import ChunkFolder
-from server.conversations.errors import StoredCompletionNotFound
 from server.conversations.store import ConversationStore, StoredChat
 
 MAX_PAGE = 100
 _METADATA_FILTER = re.compile(r"^metadata\[(.+)\]$")
-
-
-def completion_not_found(exc: StoredCompletionNotFound, param: str = "completion_id") -> APIError:
-    return APIError(404, str(exc), param=param, code="not_found")
 
 
 def _store(request: Request) -> ConversationStore:
@@ -49,40 +44,35 @@ def _stored_chat(payload: dict, completion: dict) -> StoredChat:
     )
 
 
-async def _storing(events: AsyncIterator, store: ConversationStore, owner: str, payload: dict) -> AsyncIterator:
-    """The stream's events unchanged; once it ends well (before `[DONE]` goes out), the folded completion is stored."""
-    folder, failed = ChunkFolder(), False
-    try:
-        async for event in events:
-            data = event["data"] if isinstance(event, dict) else event
-            if data == "[DONE]":
-                if not failed:
-                    await store.save_chat(owner, _stored_chat(payload, folder.completion()))
-            else:
-                parsed = json.loads(data)
-                if "error" in parsed and "choices" not in parsed:
-                    failed = True
-                else:
-                    folder.add(parsed)
-            yield event
-    finally:
-        await events.aclose()
+@dataclass(frozen=True, slots=True)
+class Keeper:
+    """The chat path's storing step for a `store: true` request: the answer, once it is whole, kept for the caller."""
+
+    store: ConversationStore
+    owner: str
+    payload: dict
+
+    async def whole(self, completion: dict) -> None:
+        await self.store.save_chat(self.owner, _stored_chat(self.payload, completion))
+
+    async def streamed(self, chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+        """The stream's chunks unchanged; once they end well (before `[DONE]` goes out), the folded completion
+        is stored. A stream that fails midway (an error raised through here) stores nothing."""
+        folder = ChunkFolder()
+        try:
+            async for data in chunks:
+                folder.add(json.loads(data))
+                yield data
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self.whole(folder.completion())
 
 
-async def create_chat_completion(request: Request) -> Response:
-    """`POST /v1/chat/completions`: the chat pipeline, keeping the exchange when `store` is true."""
-    response = await chat_completions(request)
-    if response.status_code != 200:
-        return response
-    payload = json.loads(await request.body())  # already read and validated by the pipeline
-    if payload.get("store") is not True:
-        return response
-    store, owner = _store(request), caller_of(request.scope)
-    if hasattr(response, "body_iterator"):
-        response.body_iterator = _storing(response.body_iterator, store, owner, payload)
-        return response
-    await store.save_chat(owner, _stored_chat(payload, json.loads(response.body)))
-    return response
+def keeper(request: Request, payload: dict) -> Keeper:
+    """`POST /v1/chat/completions` with `store: true` keeps the exchange (`payload`: the request as run)."""
+    return Keeper(_store(request), caller_of(request.scope), payload)
 
 
 class ListQuery(BaseModel):
@@ -142,25 +132,19 @@ def list_page(data: list[dict], has_more: bool) -> dict:
 
 async def list_chat_completions(request: Request) -> JSONResponse:
     query, metadata = _query(request, {"after", "limit", "order", "model", "metadata"})
-    try:
-        page = await _store(request).list_chats(
-            caller_of(request.scope),
-            model=query.model,
-            metadata=metadata,
-            after=query.after,
-            limit=query.limit,
-            order=query.order,
-        )
-    except StoredCompletionNotFound as exc:
-        raise completion_not_found(exc, "after") from None
+    page = await _store(request).list_chats(
+        caller_of(request.scope),
+        model=query.model,
+        metadata=metadata,
+        after=query.after,
+        limit=query.limit,
+        order=query.order,
+    )
     return JSONResponse(list_page([wire_completion(item) for item in page.items], page.has_more))
 
 
 async def _get(request: Request) -> StoredChat:
-    try:
-        return await _store(request).get_chat(caller_of(request.scope), request.path_params["completion_id"])
-    except StoredCompletionNotFound as exc:
-        raise completion_not_found(exc) from None
+    return await _store(request).get_chat(caller_of(request.scope), request.path_params["completion_id"])
 
 
 async def get_chat_completion(request: Request) -> JSONResponse:
@@ -172,21 +156,15 @@ async def update_chat_completion(request: Request) -> JSONResponse:
         update = MetadataUpdate.model_validate(await read_json_object(request), strict=True)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
-    try:
-        stored = await _store(request).update_chat_metadata(
-            caller_of(request.scope), request.path_params["completion_id"], update.metadata or {}
-        )
-    except StoredCompletionNotFound as exc:
-        raise completion_not_found(exc) from None
+    stored = await _store(request).update_chat_metadata(
+        caller_of(request.scope), request.path_params["completion_id"], update.metadata or {}
+    )
     return JSONResponse(wire_completion(stored))
 
 
 async def delete_chat_completion(request: Request) -> JSONResponse:
     completion_id = request.path_params["completion_id"]
-    try:
-        await _store(request).delete_chat(caller_of(request.scope), completion_id)
-    except StoredCompletionNotFound as exc:
-        raise completion_not_found(exc) from None
+    await _store(request).delete_chat(caller_of(request.scope), completion_id)
     return JSONResponse({"object": "chat.completion.deleted", "id": completion_id, "deleted": True})
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from server.api.errors import read_json_object
 from server.api.middleware import principal_of
 from server.api.protocol import ChatMessage, Penalty
+from server.api.protocol_resources import ListOf, TemplateDeleted, TemplateObject, json_response
 from server.gateway.templates import Template, TemplateContent, TemplateStore
 
 TEMPLATE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$"
@@ -54,55 +55,54 @@ class CreateTemplate(TemplateBody):
     name: str = Field(pattern=TEMPLATE_NAME)
 
 
-def template_json(template: Template) -> dict:
+def template_json(template: Template) -> TemplateObject:
     content = template.content
-    return {
-        "object": "template",
-        "id": template.id,
-        "name": template.name,
-        "version": template.version,
-        "description": content.description,
-        "messages": content.messages,
-        "model": content.model,
-        "sampling": content.sampling,
-        "created_at": int(template.created_at),
-        "updated_at": int(template.updated_at),
-    }
+    return TemplateObject(
+        id=template.id,
+        name=template.name,
+        version=template.version,
+        description=content.description,
+        messages=content.messages,
+        model=content.model,
+        sampling=content.sampling,
+        created_at=int(template.created_at),
+        updated_at=int(template.updated_at),
+    )
 
 
 def _store(request: Request) -> TemplateStore:
     return request.app.state.templates
 
 
-async def create_template(request: Request) -> JSONResponse:
+async def create_template(request: Request) -> Response:
     principal = principal_of(request.scope)
     body = CreateTemplate.model_validate(await read_json_object(request))
     template = await _store(request).create(principal.owner, body.name, body.content())
-    return JSONResponse(template_json(template), status_code=201)
+    return json_response(template_json(template), status_code=201)
 
 
-async def list_templates(request: Request) -> JSONResponse:
+async def list_templates(request: Request) -> Response:
     principal = principal_of(request.scope)
     templates = await _store(request).list(principal.owner, admin=principal.admin)
-    return JSONResponse({"object": "list", "data": [template_json(template) for template in templates]})
+    return json_response(ListOf(data=[template_json(template) for template in templates]))
 
 
-async def get_template(request: Request) -> JSONResponse:
+async def get_template(request: Request) -> Response:
     principal = principal_of(request.scope)
     template = await _store(request).find(request.path_params["template"], principal.owner, admin=principal.admin)
-    return JSONResponse(template_json(template))
+    return json_response(template_json(template))
 
 
-async def update_template(request: Request) -> JSONResponse:
+async def update_template(request: Request) -> Response:
     principal = principal_of(request.scope)
     body = TemplateBody.model_validate(await read_json_object(request))
     template = await _store(request).update(
         request.path_params["template"], principal.owner, body.content(), admin=principal.admin
     )
-    return JSONResponse(template_json(template))
+    return json_response(template_json(template))
 
 
-async def delete_template(request: Request) -> JSONResponse:
+async def delete_template(request: Request) -> Response:
     principal = principal_of(request.scope)
     template = await _store(request).delete(request.path_params["template"], principal.owner, admin=principal.admin)
-    return JSONResponse({"object": "template.deleted", "id": template.id, "name": template.name, "deleted": True})
+    return json_response(TemplateDeleted(id=template.id, object="template.deleted", name=template.name))

@@ -18,7 +18,7 @@ from server.api.metering import admit_local, local_model, metered
 from server.api.protocol import ChatMessage, InvalidParam, ToolDefinition
 from server.config import Settings
 from server.engine import ChatTurn, Engine, ToolCall, ToolSpec, ToolUse
-from server.gateway.service import Gateway, RequestAccount
+from server.gateway.service import Admission, Gateway
 
 
 class TokenizeRequest(BaseModel):
@@ -67,18 +67,18 @@ def chat_turns(messages: list[ChatMessage]) -> list[ChatTurn]:
     ]
 
 
-def _model(request: Request, gateway: Gateway, account: RequestAccount, name: str | None, lora_name: str | None):
+def _model(request: Request, gateway: Gateway, admission: Admission, name: str | None, lora_name: str | None):
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
     model = local_model(settings, engine, name or settings.served.name, lora_name)
-    admit_local(gateway, account, model, generates=False)
+    admit_local(gateway, admission, model, generates=False)
     return engine
 
 
 async def tokenize(request: Request) -> Response:
-    async def handle(gateway: Gateway, account: RequestAccount) -> Response:
+    async def handle(gateway: Gateway, admission: Admission) -> Response:
         body = TokenizeRequest.model_validate(await read_json_object(request), strict=True)
-        engine = _model(request, gateway, account, body.model, body.lora_name)
+        engine = _model(request, gateway, admission, body.model, body.lora_name)
         if body.messages is not None:
             tools = tuple(
                 ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in body.tools or ()
@@ -86,7 +86,7 @@ async def tokenize(request: Request) -> Response:
             _, tokens = engine.render_chat(chat_turns(body.messages), ToolUse(tools) if tools else None)
         else:
             tokens = engine.tokenize(body.prompt or "", add_special_tokens=body.add_special_tokens is not False)
-        gateway.settle(account, 200)
+        admission.settle(200)
         return JSONResponse(
             {
                 "count": len(tokens),
@@ -100,11 +100,11 @@ async def tokenize(request: Request) -> Response:
 
 
 async def detokenize(request: Request) -> Response:
-    async def handle(gateway: Gateway, account: RequestAccount) -> Response:
+    async def handle(gateway: Gateway, admission: Admission) -> Response:
         body = DetokenizeRequest.model_validate(await read_json_object(request), strict=True)
-        engine = _model(request, gateway, account, body.model, body.lora_name)
+        engine = _model(request, gateway, admission, body.model, body.lora_name)
         prompt = engine.detokenize(body.tokens, "tokens")
-        gateway.settle(account, 200)
+        admission.settle(200)
         return JSONResponse({"prompt": prompt})
 
     return await metered(request, handle)

@@ -12,10 +12,11 @@ from dataclasses import asdict
 from typing import get_args
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from server.api.errors import APIError, invalid_request
 from server.api.middleware import principal_of
+from server.api.protocol_resources import ListOf, RequestUsage, UsageReport, UsageRow, json_response
 from server.gateway.usage import GroupBy, UsageQuery, UsageStore
 
 GROUP_NAMES = get_args(GroupBy)
@@ -45,7 +46,7 @@ def _time(request: Request, name: str, default: float) -> float:
     return value
 
 
-async def get_usage(request: Request) -> JSONResponse:
+async def get_usage(request: Request) -> Response:
     principal = principal_of(request.scope)
     group_by = _group_by(request)
     start = _time(request, "start", 0.0)
@@ -55,12 +56,11 @@ async def get_usage(request: Request) -> JSONResponse:
     store: UsageStore = request.app.state.usage
     query = UsageQuery(group_by, start, end, owner=None if principal.admin else principal.owner)
     rows = await store.aggregate(query)
-    for row in rows:
-        row["total_tokens"] = (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
-    return JSONResponse({"object": "list", "group_by": list(group_by), "start": start, "end": end, "data": rows})
+    data = [UsageRow(**row, total_tokens=(row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)) for row in rows]
+    return json_response(UsageReport(group_by=list(group_by), start=start, end=end, data=data))
 
 
-async def get_request_usage(request: Request) -> JSONResponse:
+async def get_request_usage(request: Request) -> Response:
     principal = principal_of(request.scope)
     request_id = request.path_params["request_id"]
     store: UsageStore = request.app.state.usage
@@ -69,6 +69,6 @@ async def get_request_usage(request: Request) -> JSONResponse:
         raise APIError(
             404, f"No usage recorded for request {request_id!r}.", param="request_id", code="request_not_found"
         )
-    return JSONResponse(
-        {"object": "list", "data": [{"object": "usage.request", **asdict(record)} for record in records]}
+    return json_response(
+        ListOf(data=[RequestUsage(**{**asdict(record), "tags": list(record.tags)}) for record in records])
     )

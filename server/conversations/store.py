@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from server.conversations.errors import StoredCompletionNotFound, StoredResponseNotFound
-from server.storage import ThreadedDatabase
+from server.storage import Database
 
 CONVERSATIONS_DATABASE = "conversations.sqlite3"
 
@@ -82,8 +82,11 @@ def _chat(row) -> StoredChat:
     )
 
 
-class ConversationStore(ThreadedDatabase):
+class ConversationStore(Database):
+    """SQLite (it filters metadata with `json_each`)."""
+
     MIGRATIONS = MIGRATIONS
+    SCHEMA = "conversations"
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, "conversations")
@@ -134,7 +137,7 @@ class ConversationStore(ThreadedDatabase):
             cursor = self.db.execute("SELECT seq FROM chat_completions WHERE id = ? AND owner = ?", (after, owner))
             row = cursor.fetchone()
             if row is None:
-                raise StoredCompletionNotFound(after)
+                raise StoredCompletionNotFound(after, "after")
             where.append("seq > ?" if order == "asc" else "seq < ?")
             args.append(row["seq"])
         direction = "ASC" if order == "asc" else "DESC"

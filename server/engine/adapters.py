@@ -30,6 +30,7 @@ from safetensors import safe_open
 from vllm.lora.request import LoRARequest
 
 from server.config import ModelEntry
+from server.errors import ServerError
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +45,16 @@ SUPPORTED_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "g
 DRAIN_TIMEOUT_S = 300
 
 
-class AdapterError(Exception):
+class AdapterError(ServerError):
     """Base of the adapter errors; each names the request field at fault."""
 
-    param: str | None = None
+    status, type = 400, "invalid_request_error"
 
 
 class InvalidAdapter(AdapterError):
     """The adapter cannot serve on this base model (400)."""
+
+    code = "invalid_adapter"
 
     def __init__(self, message: str, param: str | None = "path") -> None:
         super().__init__(message)
@@ -60,6 +63,8 @@ class InvalidAdapter(AdapterError):
 
 class AdapterNotFound(AdapterError):
     """No adapter of that name (404)."""
+
+    status, code = 404, "adapter_not_found"
 
     def __init__(self, name: str, param: str | None = "lora_name") -> None:
         super().__init__(f"The adapter `{name}` does not exist.")
@@ -136,8 +141,8 @@ def inspect_adapter(path: Path, entry: ModelEntry, model_config: dict) -> Adapte
 def _check_weights(weights_path: Path, rank: int, shapes: dict[str, tuple[int, int]]) -> None:
     try:
         with safe_open(str(weights_path), framework="pt") as weights:
-            items = [(key, weights.get_slice(key).get_shape()) for key in weights.keys()]
-    except Exception as exc:  # safetensors raises its own error types for a broken header
+            items = [(key, weights.get_slice(key).get_shape()) for key in weights.keys()]  # noqa: SIM118  # a safetensors handle, not a dict
+    except Exception as exc:  # noqa: BLE001  # safetensors raises its own error types for a broken header
         raise InvalidAdapter(f"{WEIGHTS_FILE} is not a readable safetensors file: {exc}") from None
     if not items:
         raise InvalidAdapter(f"{WEIGHTS_FILE} holds no tensors.")
@@ -174,7 +179,9 @@ class AdapterVersion:
 
     @property
     def lora_request(self) -> LoRARequest:
-        return LoRARequest(lora_name=f"{self.name}@v{self.version}", lora_int_id=self.engine_id, lora_path=str(self.path))
+        return LoRARequest(
+            lora_name=f"{self.name}@v{self.version}", lora_int_id=self.engine_id, lora_path=str(self.path)
+        )
 
 
 class AdapterStore:
@@ -309,10 +316,15 @@ class AdapterStore:
         if version.in_flight:
             try:
                 await asyncio.wait_for(version.drained.wait(), DRAIN_TIMEOUT_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 # Never pull weights from under running requests: leave this version to
                 # vLLM's LRU adapter cache, which evicts it once nothing uses it.
-                logger.warning("adapter %s v%d still busy after %ss; left to vLLM's cache", version.name, version.version, DRAIN_TIMEOUT_S)
+                logger.warning(
+                    "adapter %s v%d still busy after %ss; left to vLLM's cache",
+                    version.name,
+                    version.version,
+                    DRAIN_TIMEOUT_S,
+                )
                 return
         await self._engine.remove_lora(version.engine_id)
 

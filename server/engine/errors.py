@@ -1,24 +1,34 @@
-"""Errors the engine raises; `api/errors.py` maps them to HTTP."""
+"""Errors the engine raises, with the HTTP answer each gets (server/errors.py)."""
+
+from server.errors import ServerError
 
 
-class EngineError(Exception):
+class EngineError(ServerError):
     """Base class for errors raised by the engine package."""
 
 
 class EngineUnavailable(EngineError):
     """The vLLM engine is not running (dead, or not started): retry later or elsewhere."""
 
+    status, type, code = 503, "service_unavailable", "engine_unavailable"
+
 
 class ContextLengthExceeded(EngineError):
     """Prompt tokens plus requested completion tokens exceed the model's context."""
+
+    status, type, code, param = 400, "invalid_request_error", "context_length_exceeded", "messages"
 
 
 class InvalidPrompt(EngineError):
     """The conversation cannot be rendered with the model's chat template."""
 
+    status, type, code, param = 400, "invalid_request_error", "invalid_prompt", "messages"
+
 
 class InvalidOption(EngineError):
     """vLLM refused a request option (e.g. a logit_bias token outside the vocabulary)."""
+
+    status, type, code = 400, "invalid_request_error", "invalid_value"
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)

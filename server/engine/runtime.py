@@ -250,7 +250,9 @@ class Engine:
             self._log_death_once()
             raise EngineUnavailable("The model engine is not available; please retry later.") from exc
 
-    def _delta(self, completion: CompletionOutput, reader: ChoiceToolReader, top_logprobs: int | None) -> CompletionDelta:
+    def _delta(
+        self, completion: CompletionOutput, reader: ChoiceToolReader, top_logprobs: int | None
+    ) -> CompletionDelta:
         text, calls = reader.feed(completion.text)
         reason = completion.finish_reason
         if reason is not None:

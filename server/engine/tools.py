@@ -196,7 +196,7 @@ def _json_values(text: str) -> list[object]:
 
 def _call_from(obj: object, tool_format: ToolFormat) -> ToolCall:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        raise ValueError("a tool call needs a string `name`")
+        raise ValueError("a tool call needs a string `name`")  # noqa: TRY004  # callers catch ValueError
     arguments = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(arguments, str):
         json.loads(arguments)  # must still be JSON

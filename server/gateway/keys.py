@@ -17,9 +17,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from server.gateway.database import GatewayDatabase, Location, Row, query_exists
 from server.gateway.errors import KeyNotFound
 from server.gateway.limits import Limits
+from server.storage import Database, Location, Row, query_exists
 
 KEYS_DATABASE = "keys.sqlite3"
 KEY_PREFIX = "sk-"
@@ -142,7 +142,7 @@ def _key(row: Row) -> ApiKey:
     )
 
 
-class KeyStore(GatewayDatabase):
+class KeyStore(Database):
     MIGRATIONS = MIGRATIONS
     SCHEMA = "keys"
 
@@ -216,14 +216,37 @@ class KeyStore(GatewayDatabase):
         return self._get(key_id)
 
     def debit(self, key_id: str, tokens: int) -> None:
-        """Take the tokens a request used, off the response path (checked before, debited after:
-        the balance may end below zero once). Queued on the store's thread, so the key's next
-        authentication already sees it."""
-        self._thread.submit(
-            self.db.execute,
-            "UPDATE api_keys SET credits = credits - ? WHERE id = ? AND credits IS NOT NULL",
-            (tokens, key_id),
+        """Take `tokens` off the key's balance (never below zero; a negative amount is a refund), off the
+        response path. Queued on the store's thread, so the key's next authentication already sees it."""
+        self._thread.submit(self._debit, key_id, tokens)
+
+    def _debit(self, key_id: str, tokens: int) -> None:
+        self.db.execute(
+            "UPDATE api_keys SET credits = CASE WHEN credits >= ? THEN credits - ? ELSE 0 END"
+            " WHERE id = ? AND credits IS NOT NULL",
+            (tokens, tokens, key_id),
         )
+
+    async def reserve(self, key_id: str, tokens: int) -> int | None:
+        """Take `tokens` credits if the balance covers them, atomically (one conditional UPDATE, so
+        concurrent requests, on this server or another on the same PostgreSQL, can never overdraw):
+        None when taken, else the balance that could not cover them."""
+        return await self._run(self._reserve, key_id, tokens)
+
+    def _reserve(self, key_id: str, tokens: int) -> int | None:
+        taken = self.db.execute(
+            "UPDATE api_keys SET credits = credits - ? WHERE id = ? AND credits IS NOT NULL AND credits >= ?",
+            (tokens, key_id, tokens),
+        )
+        if taken.rowcount == 1:
+            return None
+        row = self.db.execute("SELECT credits FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return row["credits"] if row is not None and row["credits"] is not None else 0
+
+    def settle_reservation(self, key_id: str, reserved: int, used: int) -> None:
+        """A request's end: the unused part of its reservation back, or what it used beyond it taken."""
+        if used != reserved:
+            self.debit(key_id, used - reserved)
 
 
 @dataclass(frozen=True, slots=True)

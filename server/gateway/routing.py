@@ -1,16 +1,20 @@
-"""Routing: `model@provider`, ordered fallbacks (`models`), and the proxy to upstream providers.
+"""Routing: ordered fallbacks (`models`), and the proxy to upstream providers.
 
-A name without `@` is served here (the engine's model, an alias or an
-adapter); `model@provider` goes to a provider from models.yaml, any
+Which name goes where is the model catalog's answer (`serving/catalog.py`); a
+`model@provider` route goes to a provider from models.yaml, any
 OpenAI-compatible server. A fallback list is tried in order while a candidate
 fails in a way another might not: rate limited, a server error, unreachable,
 timed out, or a model this server cannot serve.
+
+The proxy speaks the provider's wire format and gives back the engine's shape:
+`CompletionDelta`s, so the serving pipeline runs memory, guardrails and
+metering alike on every route.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,6 +22,7 @@ from typing import TypeVar
 import httpx
 
 from server.config import ProviderEntry
+from server.engine import ChatTurn, CompletionDelta, TokenLogprob, ToolCallChunk, TopLogprob
 from server.engine.errors import EngineUnavailable
 from server.gateway.errors import GatewayError, ModelUnavailable, ProviderNotFound, UpstreamFailed
 
@@ -83,26 +88,6 @@ class Router:
         for client in self._clients.values():
             await client.aclose()
 
-    def route(self, name: str, is_local: Callable[[str], bool]) -> Route:
-        model, provider = parse_model_ref(name)
-        if provider is None or provider == LOCAL_PROVIDER:
-            if not is_local(model):
-                raise ModelUnavailable(name)
-            return Route(model, None)
-        entry = self.providers.get(provider)
-        if entry is None:
-            raise ProviderNotFound(provider)
-        if model not in entry.models:
-            raise ModelUnavailable(name)
-        return Route(model, provider)
-
-    def endpoints(self, local_models: Sequence[str]) -> list[tuple[str, str]]:
-        """Every (model, provider) pair a request may name as `model@provider`."""
-        pairs = [(model, LOCAL_PROVIDER) for model in local_models]
-        for provider in self.providers.values():
-            pairs += [(model, provider.name) for model in provider.models]
-        return pairs
-
     async def complete(self, route: Route, payload: dict, request_id: str) -> dict:
         """A non-streaming chat completion from the route's provider (our request id passed on, for tracing)."""
         assert route.provider is not None
@@ -167,3 +152,93 @@ def _failure(provider: str, status: int, content: bytes) -> UpstreamFailed:
     error = body.get("error") if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else content[:200].decode(errors="replace")
     return UpstreamFailed(provider, status, f"HTTP {status}: {message}", body if error else None)
+
+
+def upstream_payload(body: Mapping[str, object], route: Route, stream: bool, turns: Sequence[ChatTurn] | None) -> dict:
+    """What the provider gets: the request's OpenAI fields, its own model name, and the conversation
+    as the pipeline prepared it (`turns`, when memory changed it; else the client's messages as sent)."""
+    forwarded = dict(body)
+    forwarded["model"] = route.model
+    if turns is not None:
+        forwarded["messages"] = [_message(turn) for turn in turns]
+    if stream:  # asked for always, to count the tokens; the pipeline reports usage only if the client asked
+        forwarded["stream_options"] = {**(forwarded.get("stream_options") or {}), "include_usage": True}  # type: ignore[dict-item]
+    return forwarded
+
+
+def _message(turn: ChatTurn) -> dict:
+    message: dict = {"role": turn.role, "content": turn.content}
+    if turn.tool_calls:
+        message["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in turn.tool_calls
+        ]
+    if turn.tool_call_id is not None:
+        message["tool_call_id"] = turn.tool_call_id
+    return message
+
+
+Counted = Callable[[int, int], None]  # (prompt_tokens, completion_tokens) as the provider reports them
+
+
+async def stream_deltas(chunks: AsyncIterator[dict], counted: Counted) -> AsyncIterator[CompletionDelta]:
+    """A provider's `chat.completion.chunk`s as deltas; its usage chunk reported to `counted`."""
+    async with aclosing(chunks) as source:  # type: ignore[type-var]  # closing these closes the provider's stream
+        async for delta in _chunk_deltas(source, counted):
+            yield delta
+
+
+async def _chunk_deltas(chunks: AsyncIterator[dict], counted: Counted) -> AsyncIterator[CompletionDelta]:
+    async for chunk in chunks:
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            counted(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            produced = _delta(choice, delta.get("content") or "", delta.get("tool_calls"))
+            if produced.text or produced.tool_calls or produced.logprobs or produced.finish_reason:
+                yield produced
+
+
+async def completion_deltas(completion: dict, counted: Counted) -> AsyncIterator[CompletionDelta]:
+    """A provider's whole `chat.completion` as one delta per choice; its usage reported to `counted`."""
+    usage = completion.get("usage")
+    if isinstance(usage, dict):
+        counted(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        yield _delta(choice, message.get("content") or "", message.get("tool_calls"))
+
+
+def _delta(choice: dict, text: str, tool_calls: object) -> CompletionDelta:
+    calls = [
+        ToolCallChunk(
+            index=int(call.get("index", position)),
+            id=call.get("id"),
+            name=(call.get("function") or {}).get("name"),
+            arguments=(call.get("function") or {}).get("arguments") or "",
+        )
+        for position, call in enumerate(tool_calls if isinstance(tool_calls, list) else ())
+        if isinstance(call, dict)
+    ]
+    logprobs = (choice.get("logprobs") or {}).get("content")
+    return CompletionDelta(
+        index=int(choice.get("index") or 0),
+        text=text,
+        new_tokens=0,  # the provider's usage counts them
+        finish_reason=choice.get("finish_reason"),
+        tool_calls=calls,
+        logprobs=[_logprob(entry) for entry in logprobs] if isinstance(logprobs, list) else None,
+    )
+
+
+def _logprob(entry: dict) -> TokenLogprob:
+    return TokenLogprob(
+        token=entry.get("token", ""),
+        logprob=float(entry.get("logprob", 0.0)),
+        bytes=entry.get("bytes") or [],
+        top_logprobs=[
+            TopLogprob(token=top.get("token", ""), logprob=float(top.get("logprob", 0.0)), bytes=top.get("bytes") or [])
+            for top in entry.get("top_logprobs") or ()
+        ],
+    )

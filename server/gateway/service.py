@@ -1,20 +1,27 @@
-"""The gateway's steps around one chat request, for `api/chat.py` to call in order.
+"""The gateway's sequence around one request: admission in, settlement out, exactly once.
 
 `Gateway` holds the stores (keys, usage, templates), the rate limiter and the
-router. A `RequestAccount` collects what the usage record needs as the request
-goes; `settle` debits credits, counts tokens against the rate limit and queues
-the record, for failures too.
+router. `async with gateway.admission(account, names, adapters) as admission`
+authorizes every candidate model and adapter, admits the request under the
+key's rate limit, lets the pipeline reserve credits before it generates
+(`admission.reserve`: an atomic conditional debit in the key store, so
+concurrent requests never take a balance below zero), and on leaving settles
+once, whatever happened: the reservation's unused part refunded, tokens counted
+against the rate limit, the usage record queued with the request's outcome.
+A `RequestAccount` collects what the usage record needs as the request goes.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from server.config import GatewaySettings
-from server.gateway.errors import NotAllowed
+from server.errors import outcome_of
+from server.gateway.errors import InsufficientCredits, NotAllowed
 from server.gateway.keys import KeyStore, Principal
 from server.gateway.limits import RateLimiter, check_credits
 from server.gateway.routing import Route, Router
@@ -74,14 +81,27 @@ class Gateway:
         self.router = router
         self.limiter = RateLimiter()
 
-    def open_account(self, request_id: str, principal: Principal) -> RequestAccount:
-        return RequestAccount(request_id, principal)
+    @asynccontextmanager
+    async def admission(
+        self, account: RequestAccount, names: Sequence[str], adapters: Sequence[tuple[str, str]] = ()
+    ) -> AsyncIterator[Admission]:
+        """Authorize (`names`: every candidate's canonical model name; `adapters`: (adapter, param) pairs),
+        admit, then hand out the admission; settle exactly once on leaving, with the outcome."""
+        admission = Admission(self, account)
+        try:
+            self.authorize(account.principal, names, adapters)
+            self.admit(account.principal)
+            yield admission
+        except BaseException as exc:
+            admission.settle(*outcome_of(exc))
+            raise
+        admission.settle(200)
 
-    def log_bodies(self, requested: bool) -> bool:
-        """Bodies are stored when the request allows it (default yes) and the server does not forbid it."""
-        return requested and self.settings.log_bodies
+    def refused(self, account: RequestAccount, status: int, error_code: str | None) -> None:
+        """Record a request that failed before admission (bad input, an unknown template)."""
+        Admission(self, account).settle(status, error_code)
 
-    def authorize(self, principal: Principal, names: Sequence[str], adapter: str | None) -> None:
+    def authorize(self, principal: Principal, names: Sequence[str], adapters: Sequence[tuple[str, str]] = ()) -> None:
         """403 for a model (any of its names) or an adapter the key may not use."""
         key = principal.key
         if key is None:
@@ -89,8 +109,9 @@ class Gateway:
         for name in names:
             if not _allowed(name, key.allowed_models):
                 raise NotAllowed("model", name, "model")
-        if adapter is not None and not _allowed(adapter, key.allowed_adapters):
-            raise NotAllowed("adapter", adapter, "lora_name")
+        for adapter, param in adapters:
+            if not _allowed(adapter, key.allowed_adapters):
+                raise NotAllowed("adapter", adapter, param)
 
     def admit(self, principal: Principal) -> None:
         """Before any generation: credits left (402), then the rate limit (429)."""
@@ -100,13 +121,13 @@ class Gateway:
         check_credits(key.credits)
         self.limiter.admit(key.id, key.limits, time.monotonic())
 
-    def settle(self, account: RequestAccount, status: int, error_code: str | None = None) -> None:
-        """After the request (also when it failed): debit, count tokens, record usage. Never blocks."""
+    def _settle(self, account: RequestAccount, reserved: int, status: int, error_code: str | None) -> None:
+        """After the request (also when it failed): settle credits, count tokens, record usage. Never blocks."""
         tokens = account.prompt_tokens + account.completion_tokens
         key = account.principal.key
+        if key is not None and key.credits is not None and (reserved or tokens):
+            self.keys.settle_reservation(key.id, reserved, tokens)
         if key is not None and tokens:
-            if key.credits is not None:
-                self.keys.debit(key.id, tokens)
             self.limiter.spend(key.id, tokens, time.monotonic())
         self.usage.record(
             UsageRecord(
@@ -131,3 +152,31 @@ class Gateway:
                 response_body=account.response_body,
             )
         )
+
+
+class Admission:
+    """One admitted request: reserves credits before generating, settles once."""
+
+    def __init__(self, gateway: Gateway, account: RequestAccount) -> None:
+        self._gateway = gateway
+        self.account = account
+        self.reserved = 0
+        self.settled = False
+
+    async def reserve(self, tokens: int) -> None:
+        """Hold `tokens` credits (the most the request may use) before generating; 402 when the balance
+        cannot cover them. Called again (another fallback route), it only tops the reservation up."""
+        key = self.account.principal.key
+        more = tokens - self.reserved
+        if key is None or key.credits is None or more <= 0:
+            return
+        left = await self._gateway.keys.reserve(key.id, more)
+        if left is not None:
+            raise InsufficientCredits(tokens, left + self.reserved)
+        self.reserved += more
+
+    def settle(self, status: int, error_code: str | None = None) -> None:
+        if self.settled:
+            return
+        self.settled = True
+        self._gateway._settle(self.account, self.reserved, status, error_code)

@@ -13,8 +13,8 @@ import uuid
 from contextlib import suppress
 from dataclasses import dataclass
 
-from server.gateway.database import GatewayDatabase, Location, Row
 from server.gateway.errors import MissingVariable, TemplateNameTaken, TemplateNotFound
+from server.storage import Database, Location, Row
 
 UPDATE_ATTEMPTS = 5  # tries at the next version number, which a concurrent update elsewhere may take
 SLOT = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
@@ -117,7 +117,7 @@ _LATEST = """
 """
 
 
-class TemplateStore(GatewayDatabase):
+class TemplateStore(Database):
     MIGRATIONS = MIGRATIONS
     SCHEMA = "templates"
 

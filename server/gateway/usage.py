@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from server.gateway.database import SQLITE, Dialect, GatewayDatabase, Location, Row
+from server.storage import SQLITE, Database, Dialect, Location, Row
 
 GroupBy = Literal["session_id", "tag", "user", "model", "key", "day"]
 GROUP_COLUMNS: dict[str, str] = {  # "user" is quoted: a reserved word in PostgreSQL
@@ -124,7 +124,7 @@ _QUOTED = ", ".join(f'"{name}"' for name in _COLUMNS)  # "user" is reserved in P
 _INSERT = f"INSERT INTO usage ({_QUOTED}) VALUES ({', '.join(':' + name for name in _COLUMNS)})"
 
 
-class UsageStore(GatewayDatabase):
+class UsageStore(Database):
     MIGRATIONS = MIGRATIONS
     SCHEMA = "usage"
 

@@ -13,6 +13,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -20,7 +21,7 @@ from typing import Literal, Protocol
 import numpy as np
 from usearch.index import Index
 
-from server.storage import ThreadedDatabase
+from server.storage import Database
 
 MemoryKind = Literal["fact", "turn", "note", "consolidated"]
 
@@ -179,7 +180,7 @@ _GROUP_COLUMNS = "g.id, g.owner, g.name, g.user_goal, g.call_count, g.memory_cou
 _MEMORY_COLUMNS = "id, text, kind, source_request_id, created_at, updated_at"
 
 
-class SQLiteMemoryStore(ThreadedDatabase):
+class SQLiteMemoryStore(Database):
     """`MemoryStore` on one SQLite file (WAL), with per-group HNSW indexes saved next to it."""
 
     MIGRATIONS = MIGRATIONS
@@ -445,8 +446,8 @@ class SQLiteMemoryStore(ThreadedDatabase):
 
     # internals
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self.db)
+    def _transaction(self) -> AbstractContextManager[None]:
+        return self.db.transaction()
 
     def _bump(self, group_id: int) -> int:
         return self.db.execute(
@@ -515,20 +516,6 @@ class SQLiteMemoryStore(ThreadedDatabase):
         for stale in self._index_dir.glob(f"{group_id}-*.usearch"):
             if stale != target:
                 stale.unlink(missing_ok=True)
-
-
-class _Transaction:
-    """`with`: BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        self.db.execute("ROLLBACK" if kind else "COMMIT")
 
 
 def _blob(vector: np.ndarray) -> bytes:

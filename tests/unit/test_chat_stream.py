@@ -99,7 +99,14 @@ async def test_tool_call_deltas_follow_openai_streaming_shape() -> None:
     chunks = await chunks_of(tool_call_story())
     deltas_seen = [c["choices"][0]["delta"] for c in chunks]
     assert deltas_seen[1] == {
-        "tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": '}}]
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": '},
+            }
+        ]
     }
     assert deltas_seen[2] == {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"

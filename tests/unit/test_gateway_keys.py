@@ -11,10 +11,10 @@ import pytest
 
 from server.api.middleware import key_fingerprint
 from server.engine.errors import EngineUnavailable
-from server.gateway.database import Location, is_postgres
 from server.gateway.errors import KeyNotFound, ModelUnavailable, UpstreamFailed
 from server.gateway.keys import KeySpec, KeyStore, has_active_keys
 from server.gateway.routing import candidates, first_that_serves, parse_model_ref
+from server.storage import Location, is_postgres
 from tests.conftest import StoreLocation
 from tests.postgres import new_database
 

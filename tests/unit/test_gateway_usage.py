@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.gateway.database import POSTGRES
 from server.gateway.usage import UsageQuery, UsageRecord, UsageStore, aggregation_sql
+from server.storage import POSTGRES
 from tests.conftest import StoreLocation
 
 

@@ -49,7 +49,9 @@ def test_consolidation_must_keep_the_newest_notes_names_and_numbers() -> None:
     assert not acceptable_consolidation(notes, "Laura moved to Lisbon in 2024.")  # whose sister?
     assert not acceptable_consolidation(["My food is sushi.", "My favourite food is now ramen."], "My favourite food.")
     assert not acceptable_consolidation(notes, 'The sentence is correct: "My sister Laura moved to Lisbon in 2024."')
-    assert acceptable_consolidation(["I work as a nurse.", "I'm a nurse at Porto General."], "I'm a nurse at Porto General.")
+    assert acceptable_consolidation(
+        ["I work as a nurse.", "I'm a nurse at Porto General."], "I'm a nurse at Porto General."
+    )
 
 
 async def test_plan_merges_duplicates_consolidates_related_and_drops_old_unrelated_turns() -> None:
@@ -73,7 +75,9 @@ async def test_plan_merges_duplicates_consolidates_related_and_drops_old_unrelat
     plan = await plan_curation(
         Snapshot(memories, embeddings), vector(1, 1), MemorySettings(), consolidate, embed, in_thread, now=NOW
     )
-    actions = [(change.action, [m.id for m in change.removed], [m.text for m in change.added]) for change in plan.changes]
+    actions = [
+        (change.action, [m.id for m in change.removed], [m.text for m in change.added]) for change in plan.changes
+    ]
     assert actions == [
         ("merge_duplicates", [1], []),
         ("consolidate", [3, 4], ["My sister Laura moved from Porto to Lisbon."]),
@@ -83,11 +87,16 @@ async def test_plan_merges_duplicates_consolidates_related_and_drops_old_unrelat
 
 
 async def test_a_consolidation_that_loses_details_is_not_applied() -> None:
-    memories = (memory(1, "My sister lives in Porto.", age_days=2), memory(2, "My sister Laura moved to Lisbon.", age_days=1))
+    memories = (
+        memory(1, "My sister lives in Porto.", age_days=2),
+        memory(2, "My sister Laura moved to Lisbon.", age_days=1),
+    )
     embeddings = np.stack([vector(0, 1, 0), vector(0, 1, 0.8)])  # related (0.78), not duplicates
 
     async def careless(texts: Sequence[str]) -> str:
         return "The user has a sister."
 
-    plan = await plan_curation(Snapshot(memories, embeddings), None, MemorySettings(), careless, embed, in_thread, now=NOW)
+    plan = await plan_curation(
+        Snapshot(memories, embeddings), None, MemorySettings(), careless, embed, in_thread, now=NOW
+    )
     assert plan.changes == ()

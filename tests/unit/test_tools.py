@@ -25,22 +25,45 @@ WEATHER = ToolSpec(
     {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 )
 TIME = ToolSpec("get_time", None, None)
-CHATML = "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>{% endfor %}"
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>{% endfor %}"
+)
 NATIVE = "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}{{ m.tool_calls }}{% endfor %}"
 
 
 @pytest.mark.parametrize(
     ("tool_format", "text", "content", "calls"),
     [
-        ("hermes", 'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
-         "Sure.", [("get_weather", {"city": "Paris"})]),
-        ("hermes", '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": {"x": 1}}',
-         None, [("a", {}), ("b", {"x": 1})]),
-        ("mistral", '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Oslo"}}]',
-         None, [("get_weather", {"city": "Oslo"})]),
-        ("llama3_json", '{"name": "get_weather", "parameters": {"city": "Rome"}}', None, [("get_weather", {"city": "Rome"})]),
-        ("llama3_json", '<|python_tag|>{"name": "a", "parameters": {}}; {"name": "b", "parameters": {"y": 2}}',
-         None, [("a", {}), ("b", {"y": 2})]),
+        (
+            "hermes",
+            'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+            "Sure.",
+            [("get_weather", {"city": "Paris"})],
+        ),
+        (
+            "hermes",
+            '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{"name": "b", "arguments": {"x": 1}}',
+            None,
+            [("a", {}), ("b", {"x": 1})],
+        ),
+        (
+            "mistral",
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Oslo"}}]',
+            None,
+            [("get_weather", {"city": "Oslo"})],
+        ),
+        (
+            "llama3_json",
+            '{"name": "get_weather", "parameters": {"city": "Rome"}}',
+            None,
+            [("get_weather", {"city": "Rome"})],
+        ),
+        (
+            "llama3_json",
+            '<|python_tag|>{"name": "a", "parameters": {}}; {"name": "b", "parameters": {"y": 2}}',
+            None,
+            [("a", {}), ("b", {"y": 2})],
+        ),
     ],
 )
 def test_native_formats_parse(tool_format, text, content, calls) -> None:
@@ -149,7 +172,10 @@ def test_hermes_conversation_for_templates_without_tools() -> None:
     assert extra == {}
     assert conversation[0]["role"] == "system" and conversation[0]["content"].startswith("Be brief.\n\n# Tools")
     assert '"name": "get_weather"' in conversation[0]["content"]
-    assert conversation[2]["content"] == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    assert (
+        conversation[2]["content"]
+        == '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    )
     assert conversation[3] == {"role": "tool", "content": "<tool_response>\n18C, sunny\n</tool_response>"}
 
 

@@ -1,4 +1,4 @@
-"""The gateway stores' database: an embedded SQLite file, or PostgreSQL where several servers share state.
+"""Connections: an embedded SQLite file, or PostgreSQL where several servers share state.
 
 A store writes its SQL once, with `?` (or `:name`) placeholders and types both
 engines read alike (TEXT, INTEGER, BIGINT, DOUBLE PRECISION); the few spellings
@@ -17,9 +17,7 @@ from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
-
-from server.storage import StoreThread, migrate, open_database
+from typing import Any, Protocol
 
 Location = Path | str  # a SQLite file, or a postgresql:// URL
 Params = Sequence[object] | Mapping[str, object]
@@ -49,7 +47,11 @@ POSTGRES = Dialect(
 
 
 class Cursor(Protocol):
+    rowcount: int
+
     def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
 
     def __iter__(self) -> Iterator[Any]: ...
 
@@ -69,6 +71,24 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
+def open_database(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+    connection.execute("PRAGMA foreign_keys=ON")
+    connection.execute("PRAGMA busy_timeout=10000")
+    connection.row_factory = sqlite3.Row
+    return connection
+
+
+def migrate(connection: sqlite3.Connection, migrations: Sequence[str]) -> None:
+    """Apply the migrations past the database's `user_version`, each in its own transaction."""
+    applied = connection.execute("PRAGMA user_version").fetchone()[0]
+    for version, script in enumerate(migrations[applied:], start=applied + 1):
+        connection.executescript(f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+
+
 class SQLiteConnection:
     dialect = SQLITE
     integrity_errors: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
@@ -85,7 +105,8 @@ class SQLiteConnection:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
+        """BEGIN IMMEDIATE: the write lock up front, so a transaction that reads then writes never deadlocks."""
+        self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
@@ -184,30 +205,3 @@ def query_exists(location: Location, table: str, sql: str) -> bool:
             return db.execute(sql).fetchone() is not None
         except sqlite3.OperationalError:  # not migrated yet
             return False
-
-
-class GatewayDatabase(StoreThread):
-    """A store's one connection (SQLite or PostgreSQL) and the one thread that uses it.
-
-    Subclasses set MIGRATIONS and SCHEMA (the name PostgreSQL keeps their version under)."""
-
-    MIGRATIONS: ClassVar[Sequence[str]] = ()
-    SCHEMA: ClassVar[str] = ""
-
-    def __init__(self, location: Location, thread_name: str) -> None:
-        super().__init__(thread_name)
-        self._location = location
-        self._db: Connection | None = None
-
-    @property
-    def db(self) -> Connection:
-        assert self._db is not None, "store not opened"
-        return self._db
-
-    def _open(self) -> None:
-        self._db = connect(self._location, self.SCHEMA, self.MIGRATIONS)
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None

@@ -1,0 +1,363 @@
+"""The chat pipeline: one `ChatCall` in, one `ChatRun` out, the same steps on every route.
+
+    admission (gateway: authorize every candidate, rate limit)
+    -> memory recall into the prompt (`nightly`)
+    -> the first candidate that serves: the local engine (adapter, middle-out, prompt, credits reserved,
+       generation) or an upstream provider (the gateway's proxy, credits reserved), its deltas metered
+    -> the output policy (whole answers, or streamed windows with zero leak)
+    -> write-back of the exchange to memory, then adaption's trigger
+    -> settlement, exactly once, when the deltas end, fail or are closed
+
+Streams wait for their first output before the run is handed back, so a request
+the engine or the provider refuses still gets a proper error (and the next
+fallback is tried). Knows nothing of HTTP: it raises the packages' typed errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Protocol
+
+from server.engine import ChatTurn, CompletionDelta, GenerationOptions, PreparedChat, ToolUse
+from server.engine.prompt import latest_user_text, with_system_block
+from server.gateway.routing import (
+    Route,
+    Router,
+    completion_deltas,
+    first_that_serves,
+    stream_deltas,
+    upstream_payload,
+)
+from server.gateway.service import Admission, Gateway, RequestAccount
+from server.gateway.transforms import fit_context
+from server.guardrails.checker import Verdict
+from server.guardrails.stream import checked_whole, guarded
+from server.memory.service import Recalled
+from server.serving.call import ADAPTION_HEADER, MEMORIES_USED_HEADER, ChatCall, ChatRun, MemoryUse
+from server.serving.catalog import LocalModel, ModelCatalog
+
+UPSTREAM_TOKENS_PER_TURN = 4  # what a chat template adds around each turn, for an upstream's reservation
+
+
+class ServingEngine(Protocol):
+    """What the pipeline uses of the engine (`server.engine.Engine`; a fake one in unit tests)."""
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def prepare_chat(
+        self,
+        turns: Sequence[ChatTurn],
+        options: GenerationOptions,
+        *,
+        stream: bool,
+        tool_use: ToolUse | None = None,
+        adapter: str | None = None,
+        adapter_param: str = "lora_name",
+    ) -> PreparedChat: ...
+
+    def generate(self, prepared: PreparedChat, request_id: str) -> AsyncIterator[CompletionDelta]: ...
+
+
+class Memory(Protocol):
+    async def recall(
+        self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
+    ) -> Recalled: ...
+
+    def remember_later(
+        self,
+        owner: str,
+        name: str,
+        user_goal: str,
+        request_id: str,
+        user_text: str,
+        answer: str,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None: ...
+
+
+class Adaption(Protocol):
+    async def record_call(self, owner: str, group: str, adapter: str, threshold: int, min_group: int) -> object: ...
+
+
+class Checker(Protocol):
+    async def check(self, policy: str, text: str) -> Verdict: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    run: ChatRun
+    deltas: AsyncGenerator[CompletionDelta]
+
+
+class ChatService:
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        engine: ServingEngine,
+        gateway: Gateway,
+        router: Router,
+        memory: Memory,
+        adaption: Adaption,
+        checker: Checker,
+        *,
+        system_fingerprint: str,
+        middle_out_reserve_tokens: int,
+    ) -> None:
+        self.catalog = catalog
+        self.engine = engine
+        self.gateway = gateway
+        self.router = router
+        self.memory = memory
+        self.adaption = adaption
+        self.checker = checker
+        self.system_fingerprint = system_fingerprint
+        self.middle_out_reserve_tokens = middle_out_reserve_tokens
+
+    async def start(self, call: ChatCall) -> ChatRun:
+        """Admit and start the call; its typed errors are raised here until the first output (streams)."""
+        steps = self._steps(call)
+        run = await anext(steps)
+        assert isinstance(run, ChatRun)
+        run.deltas = steps  # type: ignore[assignment]  # from here on it yields only deltas
+        return run
+
+    def _adapters(self, call: ChatCall) -> list[tuple[str, str]]:
+        """(adapter, param) pairs the key must be allowed: each candidate naming one, and `lora_name`."""
+        pairs = [(adapter, "lora_name") for adapter in map(self.catalog.adapter_of, call.models) if adapter]
+        if call.adapter.lora_name is not None:
+            pairs.append((call.adapter.lora_name, "lora_name"))
+        return list(dict.fromkeys(pairs))
+
+    async def _steps(self, call: ChatCall) -> AsyncGenerator[ChatRun | CompletionDelta]:
+        names = [self.catalog.canonical(name) for name in call.models]
+        async with self.gateway.admission(call.account, names, self._adapters(call)) as admission:
+            recalled = await self._recall(call)
+            started = await first_that_serves(call.models, functools.partial(self._start, call, admission, recalled))
+            yield started.run
+            async for delta in started.deltas:
+                yield delta
+
+    async def _recall(self, call: ChatCall) -> Recalled | None:
+        if call.memory is None:
+            return None
+        query = latest_user_text(call.turns)
+        return await self.memory.recall(
+            call.caller, call.memory.group, call.memory.user_goal, query, self.engine.count_tokens
+        )
+
+    async def _start(self, call: ChatCall, admission: Admission, recalled: Recalled | None, name: str) -> _Started:
+        route = self.catalog.route(name)
+        turns = list(call.turns)
+        if recalled is not None and recalled.block:
+            turns = with_system_block(turns, recalled.block)
+        run_id = f"chatcmpl-{uuid.uuid4().hex}"
+        headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else {}
+        if route.provider is None:
+            local = self.catalog.local_model(
+                route.model,
+                call.adapter.lora_name,
+                adapter_is_target=call.adapter.is_target,
+                run_on_target=call.adapter.run_on_target,
+            )
+            deltas = await self._local(call, admission, local, route, turns, run_id)
+            model = local.adapter or local.entry.name
+            headers |= self._adaption_header(call, local)
+        else:
+            deltas = await self._upstream(call, admission, route, turns, recalled)
+            model = route.label
+        if call.policy is not None:
+            check = functools.partial(self.checker.check, call.policy.policy)
+            if call.stream:
+                deltas = guarded(deltas, check, call.policy.chunk_size, call.policy.sliding_window)
+            else:
+                deltas = checked_whole(deltas, check)
+        if call.memory is not None:
+            deltas = self._remembered(call, deltas)
+        if call.stream:
+            deltas = await _started(deltas)
+        run = ChatRun(
+            id=run_id,
+            model=model,
+            system_fingerprint=self.system_fingerprint,
+            n=call.options.n,
+            logprobs=call.options.logprobs is not None,
+            memory=MemoryUse(call.memory.group, len(recalled.memories))
+            if call.memory is not None and recalled is not None
+            else None,
+            headers=headers,
+            account=call.account,
+        )
+        return _Started(run, deltas)
+
+    def _most_tokens(self, prompt_tokens: int, call: ChatCall) -> int:
+        """What a request may use at most: its prompt, and each choice's completion limit (or the rest of
+        the context), capped by the context."""
+        room = max(self.engine.max_model_len - prompt_tokens, 0)
+        limit = call.options.max_tokens
+        per_choice = min(limit, room) if limit is not None else room
+        return prompt_tokens + call.options.n * per_choice
+
+    async def _local(
+        self,
+        call: ChatCall,
+        admission: Admission,
+        local: LocalModel,
+        route: Route,
+        turns: list[ChatTurn],
+        run_id: str,
+    ) -> AsyncGenerator[CompletionDelta]:
+        call.account.served_by(route, local.entry.name, local.adapter)
+
+        def prepare(fitted: list[ChatTurn]) -> PreparedChat:
+            return self.engine.prepare_chat(
+                fitted,
+                call.options,
+                stream=call.stream,
+                tool_use=call.tool_use,
+                adapter=local.adapter,
+                adapter_param=local.adapter_param,
+            )
+
+        if call.middle_out:
+            reserve = call.options.max_tokens or self.middle_out_reserve_tokens
+            prepared = fit_context(turns, prepare, self.engine.max_model_len - reserve, self.engine.count_tokens)
+        else:
+            prepared = prepare(turns)
+        await admission.reserve(self._most_tokens(prepared.prompt_tokens, call))
+        call.account.prompt_tokens = prepared.prompt_tokens  # charged from here on
+        return _metered(self.engine.generate(prepared, run_id), call.account)
+
+    async def _upstream(
+        self, call: ChatCall, admission: Admission, route: Route, turns: list[ChatTurn], recalled: Recalled | None
+    ) -> AsyncGenerator[CompletionDelta]:
+        call.account.served_by(route, route.model)
+        count = self.engine.count_tokens
+        estimate = sum(count(turn.content) + UPSTREAM_TOKENS_PER_TURN for turn in turns)
+        await admission.reserve(self._most_tokens(estimate, call))
+        call.account.prompt_tokens = estimate  # until the provider reports its own count
+        payload = upstream_payload(
+            call.provider_body, route, call.stream, turns if recalled is not None and recalled.block else None
+        )
+        reported = _Reported()
+        request_id = call.account.request_id
+        if call.stream:
+            deltas = stream_deltas(await self.router.stream(route, payload, request_id), reported)
+        else:
+            deltas = completion_deltas(await self.router.complete(route, payload, request_id), reported)
+        return _counted_upstream(deltas, call.account, reported, count)
+
+    def _adaption_header(self, call: ChatCall, local: LocalModel) -> dict[str, str]:
+        """Which weights an `adaption_inference` request ran on (no version yet is not an error)."""
+        if not call.adapter.run_on_target:
+            return {}
+        if local.adapter is None:
+            return {ADAPTION_HEADER: f"base-model; no promoted version of {call.adapter.lora_name} yet"}
+        return {ADAPTION_HEADER: f"{local.adapter}@v{self.catalog.adapter_version(local.adapter)}"}
+
+    async def _remembered(
+        self, call: ChatCall, deltas: AsyncGenerator[CompletionDelta]
+    ) -> AsyncGenerator[CompletionDelta]:
+        """`deltas` unchanged; once complete (not if the client left midway), the exchange is remembered,
+        then counted towards adaption."""
+        assert call.memory is not None
+        text: list[str] = []
+        async for delta in deltas:
+            if delta.index == 0:
+                text.append(delta.text)
+            yield delta
+        memory, trigger, caller = call.memory, call.adaption, call.caller
+        then = None
+        if trigger is not None:
+
+            async def then() -> None:  # counted once the exchange is stored, so the group size is current
+                await self.adaption.record_call(
+                    caller, memory.group, trigger.adapter, trigger.threshold, trigger.min_group
+                )
+
+        self.memory.remember_later(
+            caller,
+            memory.group,
+            memory.user_goal,
+            call.account.request_id,
+            latest_user_text(call.turns),
+            "".join(text),
+            then,
+        )
+
+
+async def _started(deltas: AsyncGenerator[CompletionDelta]) -> AsyncGenerator[CompletionDelta]:
+    """`deltas` with the first one already produced (so its errors are raised here)."""
+    try:
+        first = await anext(deltas)
+    except StopAsyncIteration:  # nothing at all (a provider's empty stream)
+        first = None
+
+    async def replay() -> AsyncGenerator[CompletionDelta]:
+        try:
+            if first is not None:
+                yield first
+            async for item in deltas:
+                yield item
+        finally:
+            await deltas.aclose()
+
+    return replay()
+
+
+async def _closing(deltas: AsyncIterator[CompletionDelta]) -> AsyncGenerator[CompletionDelta]:
+    """`deltas`, closed with this generator (so closing the pipeline's end closes the provider's stream)."""
+    async with aclosing(deltas) as source:  # type: ignore[type-var]
+        async for delta in source:
+            yield delta
+
+
+async def _metered(deltas: AsyncIterator[CompletionDelta], account: RequestAccount) -> AsyncGenerator[CompletionDelta]:
+    """`deltas` unchanged, their tokens counted into the request's usage as they come (so a request
+    cut short is charged for what it generated); choice 0's text kept as the logged response body."""
+    text: list[str] = []
+    async for delta in deltas:
+        account.completion_tokens += delta.new_tokens
+        if delta.index == 0:
+            text.append(delta.text)
+        yield delta
+    account.respond(account.prompt_tokens, account.completion_tokens, "".join(text))
+
+
+class _Reported:
+    """The provider's own token counts, when it sends them."""
+
+    def __init__(self) -> None:
+        self.usage: tuple[int, int] | None = None
+
+    def __call__(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.usage = (prompt_tokens, completion_tokens)
+
+
+async def _counted_upstream(
+    deltas: AsyncIterator[CompletionDelta],
+    account: RequestAccount,
+    reported: _Reported,
+    count_tokens: Callable[[str], int],
+) -> AsyncGenerator[CompletionDelta]:
+    """A provider's deltas, counted as they come with our tokenizer (what a stream cut short, or one
+    without a usage chunk, is charged), replaced by the provider's own counts once it reports them."""
+    text: list[str] = []
+    try:
+        async for delta in _closing(deltas):
+            piece = delta.text + "".join((call.name or "") + call.arguments for call in delta.tool_calls)
+            if piece:
+                account.completion_tokens += count_tokens(piece)
+            if delta.index == 0:
+                text.append(delta.text)
+            yield delta
+    finally:
+        if reported.usage is not None:
+            account.prompt_tokens, account.completion_tokens = reported.usage
+    account.respond(account.prompt_tokens, account.completion_tokens, "".join(text))
