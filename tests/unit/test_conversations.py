@@ -7,6 +7,7 @@ import json
 import pytest
 
 from server.api.protocol import InvalidParam
+from server.api.stored_chat import Keeper
 from server.conversations.chunks import fold_chunks
 from server.conversations.errors import StoredCompletionNotFound, StoredResponseNotFound
 from server.conversations.responses import (
@@ -281,3 +282,37 @@ def test_input_items_are_listed_back_typed_with_ids() -> None:
     assert listed[0]["content"] == [{"type": "output_text", "text": "sure"}]
     assert listed[1]["id"].startswith("fc_") and listed[1]["call_id"] == "c1"
     assert listed[2]["id"].startswith("fco_") and listed[2]["output"] == "ok"
+
+
+def _chunk(content: str | None, finish: str | None = None) -> str:
+    delta = {"role": "assistant", "content": content} if content is not None else {}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return json.dumps(
+        {"id": "chatcmpl-k", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [choice]}
+    )
+
+
+async def _chunks(*items: str, fail: Exception | None = None):
+    for item in items:
+        yield item
+    if fail is not None:
+        raise fail
+
+
+async def test_keeper_stores_a_whole_stream_folded_and_passes_it_through(store) -> None:
+    keeper = Keeper(store, "owner-a", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": {}})
+    sent = [data async for data in keeper.streamed(_chunks(_chunk("Hel"), _chunk("lo"), _chunk(None, "stop")))]
+    assert len(sent) == 3
+    stored = await store.get_chat("owner-a", "chatcmpl-k")
+    assert stored.completion["choices"][0]["message"]["content"] == "Hello"
+    assert stored.messages == [{"role": "user", "content": "hi"}]
+
+
+async def test_keeper_stores_nothing_when_the_stream_fails_midway(store) -> None:
+    keeper = Keeper(store, "owner-a", {"model": "m", "messages": []})
+    with pytest.raises(RuntimeError):
+        async for _ in keeper.streamed(_chunks(_chunk("Hel"), fail=RuntimeError("engine died"))):
+            pass
+    with pytest.raises(StoredCompletionNotFound) as caught:
+        await store.get_chat("owner-a", "chatcmpl-k")
+    assert caught.value.status == 404 and caught.value.param == "completion_id"
