@@ -105,6 +105,18 @@ class MemorySettings(_Strict):
         0.1, ge=0.0, description="demotes memories about someone the query does not name"
     )
     goal_weight: float = Field(0.02, ge=0.0, description="nudges toward memories close to user_goal (ties)")
+    time_weight: float = Field(0.1, ge=0.0, description="bonus for memories said when the query names (last week)")
+    recency_weight: float = Field(0.03, ge=0.0, description="bonus for newer memories among the candidates")
+    extraction: Literal["rules", "model"] = Field(
+        "rules", description="who judges knowledge updates at write time: rules, or the served model"
+    )
+    update_similarity: float = Field(
+        0.5, gt=0.0, le=1.0, description="a new fact with a change word replaces a stored one this close"
+    )
+    replace_similarity: float = Field(
+        0.85, gt=0.0, le=1.0, description="a new fact this close with other names or numbers replaces the old"
+    )
+    min_results: int = Field(3, ge=0, le=64, description="kept even below min_similarity: never answer nothing")
     curation_time: str | None = Field("03:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="local HH:MM, or null")
     duplicate_similarity: float = Field(0.92, gt=0.0, le=1.0, description="at or above: near-duplicates, merged")
     related_similarity: float = Field(

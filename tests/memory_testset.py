@@ -99,9 +99,7 @@ _SLOTS = {
     "gadget": _v(
         "Dell XPS|Chromebook|gaming PC|iPad Air|Surface Pro|Galaxy S23|old iMac|Lenovo Yoga|Steam Deck|Kindle"
     ),
-    "food": _v(
-        "shellfish|strawberries|eggs|soy|sesame|gluten|mushrooms|cilantro|spicy food|red meat|onions|garlic"
-    ),
+    "food": _v("shellfish|strawberries|eggs|soy|sesame|gluten|mushrooms|cilantro|spicy food|red meat|onions|garlic"),
     "dish": _v(
         "chili|lasagna|tacos|banana bread|mac and cheese|ramen|fried rice|gumbo|meatloaf|enchiladas|pho|pot roast"
     ),

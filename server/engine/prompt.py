@@ -44,6 +44,23 @@ def with_system_block(turns: Sequence[ChatTurn], block: str) -> list[ChatTurn]:
     return [ChatTurn("system", block), *turns]
 
 
+def with_context_block(turns: Sequence[ChatTurn], block: str) -> list[ChatTurn]:
+    """`turns` with `block` (per-request context, e.g. recalled memories) put into the latest user turn,
+    before the user's words; every turn before it, the system prompt first, stays byte for byte the same.
+
+    What changes per request comes after the stable prefix (system prompt, template text, tools, earlier
+    turns), so the engine's prefix cache still covers all of that. Inside the user turn rather than a
+    turn of its own: every chat template accepts it (Mistral's rejects a second system turn).
+    """
+    if not block:
+        return list(turns)
+    for index in range(len(turns) - 1, -1, -1):
+        if turns[index].role == "user":
+            turn = turns[index]
+            return [*turns[:index], ChatTurn("user", f"{block}\n\n{turn.content}"), *turns[index + 1 :]]
+    return [*turns, ChatTurn("user", block)]
+
+
 def latest_user_text(turns: Sequence[ChatTurn]) -> str:
     return next((turn.content for turn in reversed(turns) if turn.role == "user"), "")
 

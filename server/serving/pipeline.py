@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.engine import ChatTurn, CompletionDelta, GenerationOptions, PreparedChat, ToolUse
-from server.engine.prompt import latest_user_text, with_system_block
+from server.engine.prompt import latest_user_text, with_context_block
 from server.gateway.routing import (
     Route,
     Router,
@@ -156,7 +156,7 @@ class ChatService:
         route = self.catalog.route(name)
         turns = list(call.turns)
         if recalled is not None and recalled.block:
-            turns = with_system_block(turns, recalled.block)
+            turns = with_context_block(turns, recalled.block)
         run_id = f"chatcmpl-{uuid.uuid4().hex}"
         headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else {}
         if route.provider is None:
