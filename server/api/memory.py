@@ -83,6 +83,7 @@ def memory_json(memory: Memory, group: str) -> MemoryObject:
         memory_group=group,
         text=memory.text,
         kind=memory.kind,
+        speaker=memory.speaker,
         source_request_id=memory.source_request_id,
         created_at=int(memory.created_at),
         updated_at=int(memory.updated_at),

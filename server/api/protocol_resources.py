@@ -44,6 +44,7 @@ class MemoryObject(BaseModel):
     memory_group: str
     text: str
     kind: str
+    speaker: str  # who said it: user (chat), api (the memory API)
     source_request_id: str | None
     created_at: int
     updated_at: int

@@ -100,11 +100,13 @@ MIGRATIONS = (
         UPDATE memory_groups SET memory_count = memory_count + 1 WHERE id = new.group_id;
     END;
     CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
-        INSERT INTO memories_fts (memories_fts, rowid, search_text) VALUES ('delete', old.id, coalesce(old.search_text, ''));
+        INSERT INTO memories_fts (memories_fts, rowid, search_text)
+            VALUES ('delete', old.id, coalesce(old.search_text, ''));
         UPDATE memory_groups SET memory_count = memory_count - 1 WHERE id = old.group_id;
     END;
     CREATE TRIGGER memories_fts_update AFTER UPDATE OF search_text ON memories BEGIN
-        INSERT INTO memories_fts (memories_fts, rowid, search_text) VALUES ('delete', old.id, coalesce(old.search_text, ''));
+        INSERT INTO memories_fts (memories_fts, rowid, search_text)
+            VALUES ('delete', old.id, coalesce(old.search_text, ''));
         INSERT INTO memories_fts (rowid, search_text) VALUES (new.id, coalesce(new.search_text, ''));
     END;
     """,
