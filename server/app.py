@@ -59,7 +59,7 @@ from server.guardrails.checker import Checker, checker_model_path, open_checker
 from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
 from server.memory.embedder import Embedder
 from server.memory.schedule import curate_nightly
-from server.memory.service import MemoryService
+from server.memory.service import Judge, MemoryService
 from server.memory.store import SQLiteMemoryStore
 from server.serving.catalog import ModelCatalog
 from server.serving.pipeline import ChatService
@@ -80,6 +80,17 @@ def consolidate_with(engine: Engine) -> Consolidate:
         return await engine.complete(turns, options, f"curate-{uuid.uuid4().hex}")
 
     return consolidate
+
+
+def judge_with(engine: Engine) -> Judge:
+    """Knowledge updates judged by the served model (`memory.extraction: model`): greedy, one short line."""
+
+    async def judge(system: str, prompt: str) -> str:
+        turns = [ChatTurn("system", system), ChatTurn("user", prompt)]
+        options = GenerationOptions(max_tokens=16, temperature=0.0, stop=["\n"])
+        return await engine.complete(turns, options, f"memory-judge-{uuid.uuid4().hex}")
+
+    return judge
 
 
 @asynccontextmanager
@@ -170,6 +181,8 @@ def build_app(settings: Settings) -> Starlette:
             app.state.adaption = adaption
             app.state.checker = checker
             app.state.consolidate = consolidate_with(engine)
+            if settings.memory.extraction == "model":
+                memory.judge = judge_with(engine)
             app.state.started_at = int(time.time())
             nightly = None
             if settings.memory.curation_time is not None:

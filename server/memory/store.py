@@ -204,6 +204,19 @@ class MemoryStore(Protocol):
     async def apply(
         self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange], curated: bool = True
     ) -> list[CurationChange]: ...
+    def _retire_turns(self, group_id: int, facts: Sequence[Memory]) -> list[int]:
+        requests = [memory.source_request_id for memory in facts if memory.source_request_id]
+        if not requests:
+            return []
+        return [
+            row[0]
+            for row in self.db.execute(
+                "UPDATE memories SET search_text = NULL WHERE group_id = ? AND kind = 'turn'"
+                " AND search_text IS NOT NULL AND source_request_id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (group_id, json.dumps(requests)),
+            ).fetchall()
+        ]
+
     async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]: ...
     async def close(self) -> None: ...
 
@@ -468,6 +481,9 @@ class SQLiteMemoryStore(Database):
                     continue  # edited or deleted meanwhile: the plan no longer holds
                 for memory in change.removed:
                     self.db.execute("DELETE FROM memories WHERE id = ?", (memory.id,))
+                if change.action in ("update", "delete"):
+                    # The turns a replaced fact was said in would still tell the old story: kept, not retrieved.
+                    removed_ids += self._retire_turns(group_id, change.removed)
                 inserted = self._insert(group_id, change.added)
                 self.db.execute(
                     "INSERT INTO memory_audit (group_id, run_id, action, removed, added, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -494,6 +510,19 @@ class SQLiteMemoryStore(Database):
         self._index_changed(group_id, revision, removed=removed_ids, added=added)
         self._save_index(group_id)
         return applied
+
+    def _retire_turns(self, group_id: int, facts: Sequence[Memory]) -> list[int]:
+        requests = [memory.source_request_id for memory in facts if memory.source_request_id]
+        if not requests:
+            return []
+        return [
+            row[0]
+            for row in self.db.execute(
+                "UPDATE memories SET search_text = NULL WHERE group_id = ? AND kind = 'turn'"
+                " AND search_text IS NOT NULL AND source_request_id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (group_id, json.dumps(requests)),
+            ).fetchall()
+        ]
 
     async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]:
         return await self._run(
