@@ -108,6 +108,9 @@ class Candidate:
     source: str | None = None  # the request it came from
 
 
+RECENCY_HORIZON_S = 30 * 86400.0
+
+
 @dataclass(frozen=True)
 class Weights:
     lexical: float = 0.05
@@ -164,7 +167,8 @@ def rank(
     """
     best_lexical = max((candidate.lexical for candidate in candidates), default=0.0) or 1.0
     dates = sorted(candidate.said_at for candidate in candidates)
-    span = (dates[-1] - dates[0]) if dates else 0.0
+    # Newness counts over weeks, not seconds: memories stored in one sitting are equally new.
+    span = max(dates[-1] - dates[0], RECENCY_HORIZON_S) if dates else 0.0
     asked = people_asked_about(query) if weights.third_party else set()
     scores: dict[int, float] = {}
     for candidate in candidates:
