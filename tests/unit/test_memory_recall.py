@@ -22,6 +22,7 @@ from server.memory.recall import (
     time_window,
     turn_text,
 )
+from server.memory.schedule import seconds_until
 from server.memory.updates import (
     Existing,
     attribute,
@@ -30,7 +31,6 @@ from server.memory.updates import (
     parse_judgement,
     relation_of,
 )
-from server.memory.schedule import seconds_until
 
 DEC_1 = 1_796_126_400.0  # 2026-12-01 12:00 UTC
 
