@@ -33,17 +33,6 @@ class ChatTurn:
     tool_call_id: str | None = None
 
 
-def with_system_block(turns: Sequence[ChatTurn], block: str) -> list[ChatTurn]:
-    """`turns` with `block` added to the system prompt: appended to a leading system turn, else one put first.
-
-    One system turn at the start is what every chat template accepts (Mistral's rejects others).
-    """
-    if turns and turns[0].role == "system":
-        first = turns[0]
-        return [ChatTurn("system", f"{first.content}\n\n{block}" if first.content else block), *turns[1:]]
-    return [ChatTurn("system", block), *turns]
-
-
 def with_context_block(turns: Sequence[ChatTurn], block: str) -> list[ChatTurn]:
     """`turns` with `block` (per-request context, e.g. recalled memories) put into the latest user turn,
     before the user's words; every turn before it, the system prompt first, stays byte for byte the same.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from server.engine.prompt import ChatTurn, latest_user_text, with_context_block, with_system_block
+from server.engine.prompt import ChatTurn, latest_user_text, with_context_block
 from server.memory.recall import (
     MEMORY_BLOCK_FOOTER,
     MEMORY_BLOCK_HEADER,
@@ -175,11 +175,7 @@ def test_memory_block_goes_after_the_stable_prefix() -> None:
     assert with_context_block([user, ChatTurn("assistant", "ok")], "B")[0].content.startswith("B\n\n")
 
 
-def test_memory_block_goes_into_the_one_leading_system_turn() -> None:
-    user = ChatTurn("user", "What is my dog called?")
-    assert with_system_block([user], "BLOCK") == [ChatTurn("system", "BLOCK"), user]
-    system = ChatTurn("system", "Be brief.")
-    assert with_system_block([system, user], "BLOCK") == [ChatTurn("system", "Be brief.\n\nBLOCK"), user]
+def test_latest_user_text_is_the_last_user_turn() -> None:
     assert (
         latest_user_text([ChatTurn("user", "first"), ChatTurn("assistant", "ok"), ChatTurn("user", "second")])
         == "second"
