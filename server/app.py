@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from server.adaption.jobs import JobStore
@@ -42,7 +43,7 @@ from server.api.memory import (
     update_memory,
 )
 from server.api.metrics import metrics
-from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
+from server.api.middleware import APIKeyMiddleware, FairnessMiddleware, RequestGuardMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.moderations import create_moderation
 from server.api.templates import create_template, delete_template, get_template, list_templates, update_template
@@ -65,6 +66,7 @@ from server.serving.catalog import ModelCatalog
 from server.serving.pipeline import ChatService
 
 PUBLIC_PATHS = ("/health", "/metrics")
+MULTIPART_PATHS = ("/v1/adapters",)  # the adapter upload; every other body is JSON
 MEMORY_DATABASE = "memory.sqlite3"
 ADAPTION_DATABASE = "adaption.sqlite3"
 GATEWAY_USAGE_DATABASE = "usage.sqlite3"
@@ -148,6 +150,20 @@ async def gateway_service(settings: Settings) -> AsyncIterator[Gateway]:
             await store.close()
 
 
+def cors_middleware(origins: Sequence[str]) -> list[Middleware]:
+    """CORS only when origins are configured (none by default: browsers on other sites get no access)."""
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+        )
+    ]
+
+
 def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -184,6 +200,8 @@ def build_app(settings: Settings) -> Starlette:
             if settings.memory.extraction == "model":
                 memory.judge = judge_with(engine)
             app.state.started_at = int(time.time())
+            # Open (every caller an admin) only if started with no key at all; kept until the next start.
+            app.state.open_mode = not settings.api_keys and not await gateway.keys.any_active()
             nightly = None
             if settings.memory.curation_time is not None:
                 nightly = asyncio.create_task(
@@ -235,9 +253,14 @@ def build_app(settings: Settings) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    security = settings.security
+    public_paths = tuple(path for path in PUBLIC_PATHS if not (path == "/metrics" and security.metrics_require_key))
     middleware = [
         Middleware(RequestIdMiddleware),
-        Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS),
+        Middleware(RequestGuardMiddleware, settings=security, multipart_paths=MULTIPART_PATHS),
+        *cors_middleware(security.cors_origins),
+        Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=public_paths),
+        Middleware(FairnessMiddleware, settings=security),
     ]
     exception_handlers = {
         ServerError: handle_exception,

@@ -212,6 +212,51 @@ class GatewaySettings(_Strict):
         return value
 
 
+class QuotaSettings(_Strict):
+    """Most of each stored thing one key may own (over: 403 `quota_exceeded`); admins are not limited."""
+
+    memory_groups: int = Field(100, ge=1, description="memory groups per key")
+    memories_per_group: int = Field(10_000, ge=1, description="memories in one group")
+    templates: int = Field(200, ge=1, description="templates per key")
+    adapters: int = Field(20, ge=1, description="adapters per key")
+    adapter_versions: int = Field(20, ge=1, description="versions kept per adapter")
+
+
+class SecuritySettings(_Strict):
+    """Limits on what one request (or one key) may ask of the server, and browser safety (docs: README, Limits)."""
+
+    max_body_bytes: int = Field(4 * 2**20, ge=1024, description="largest JSON body (413 beyond, before parsing)")
+    max_upload_bytes: int = Field(
+        512 * 2**20, ge=1024, description="largest multipart body (`POST /v1/adapters` uploads)"
+    )
+    max_json_depth: int = Field(64, ge=4, le=10_000, description="deepest nesting of arrays/objects in a body")
+    allowed_hosts: tuple[str, ...] = Field(
+        (),
+        description="Host header names accepted besides loopback names and IP literals (DNS rebinding);"
+        " '*' accepts any",
+    )
+    cors_origins: tuple[str, ...] = Field((), description="origins browsers may call from (CORS); empty: none")
+    max_concurrent_requests_per_key: int = Field(16, ge=1, description="requests one key may have in flight")
+    max_concurrent_streams_per_key: int = Field(8, ge=1, description="streamed responses one key may have open")
+    stream_send_timeout_s: float = Field(
+        30.0, gt=0.0, description="a client that reads nothing of its stream for this long is disconnected"
+    )
+    metrics_require_key: bool = Field(False, description="true: GET /metrics needs an API key")
+    quotas: QuotaSettings = QuotaSettings()
+
+
+class MeteringSettings(_Strict):
+    """What the endpoints besides chat charge a key with a credit balance; 0 makes one explicitly free.
+
+    Credits are tokens: text is counted as tokens of the served model where it is embedded or checked."""
+
+    moderation_per_token: float = Field(1.0, ge=0.0, description="/v1/moderations: per token of input checked")
+    memory_add_per_token: float = Field(1.0, ge=0.0, description="memory add (embedding): per token stored")
+    memory_search_per_token: float = Field(1.0, ge=0.0, description="memory search: per token of the query")
+    memory_curate_per_run: int = Field(500, ge=0, description="memory curation (the model consolidates): per run")
+    fine_tuning_per_job: int = Field(5000, ge=0, description="a fine-tuning job: per job queued")
+
+
 class Settings(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     default_model: str
@@ -230,6 +275,8 @@ class Settings(_Strict):
     adaption: AdaptionSettings = AdaptionSettings()
     guardrails: GuardrailSettings = GuardrailSettings()
     gateway: GatewaySettings = GatewaySettings()
+    security: SecuritySettings = SecuritySettings()
+    metering: MeteringSettings = MeteringSettings()
     providers: tuple[ProviderEntry, ...] = ()
 
     @model_validator(mode="after")
