@@ -29,7 +29,7 @@ from server.api.endpoints import list_endpoints
 from server.api.errors import handle_exception
 from server.api.fine_tuning import cancel_job, create_job, list_job_events, list_jobs, retrieve_job
 from server.api.health import health
-from server.api.keys import create_key, get_key, list_keys, revoke_key
+from server.api.keys import add_credits, create_key, get_key, list_keys, revoke_key
 from server.api.memory import (
     add_memories,
     curate_group,
@@ -243,6 +243,7 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/keys", list_keys, methods=["GET"]),
         Route("/v1/keys/{key_id}", get_key, methods=["GET"]),
         Route("/v1/keys/{key_id}", revoke_key, methods=["DELETE"]),
+        Route("/v1/keys/{key_id}/credits", add_credits, methods=["POST"]),
         Route("/v1/usage", get_usage, methods=["GET"]),
         Route("/v1/usage/requests/{request_id}", get_request_usage, methods=["GET"]),
         Route("/v1/templates", create_template, methods=["POST"]),

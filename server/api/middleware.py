@@ -225,7 +225,11 @@ class RequestGuardMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, settings: SecuritySettings, multipart_paths: Iterable[str] = (), exempt_paths: Iterable[str] = ()
+        self,
+        app: ASGIApp,
+        settings: SecuritySettings,
+        multipart_paths: Iterable[str] = (),
+        exempt_paths: Iterable[str] = (),
     ) -> None:
         self.app = app
         self.settings = settings

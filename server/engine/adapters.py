@@ -360,9 +360,9 @@ class AdapterStore:
             exists = directory.is_dir()
             if exists and not read_ownership(directory).may_change(owner or "", admin):
                 raise AdapterOwned(name)
-            if not exists and max_adapters is not None and owner is not None:
-                if len(self.owned_by(owner)) >= max_adapters:
-                    raise AdapterQuotaExceeded(f"This API key owns {max_adapters} adapters, its quota; delete one first.")
+            owned = len(self.owned_by(owner)) if not exists and max_adapters is not None and owner else 0
+            if max_adapters is not None and owned >= max_adapters:
+                raise AdapterQuotaExceeded(f"This API key owns {max_adapters} adapters, its quota; delete one first.")
             if exists and max_versions is not None and len(self._versions(directory)) >= max_versions:
                 raise AdapterQuotaExceeded(
                     f"The adapter `{name}` has {max_versions} versions, the quota; delete the adapter or ask an admin."

@@ -108,9 +108,7 @@ def defused_turns(turns: Sequence[ChatTurn], pattern: re.Pattern[str] | None) ->
         replace(
             turn,
             content=defused(turn.content, pattern),
-            tool_calls=tuple(
-                replace(call, arguments=defused(call.arguments, pattern)) for call in turn.tool_calls
-            ),
+            tool_calls=tuple(replace(call, arguments=defused(call.arguments, pattern)) for call in turn.tool_calls),
         )
         for turn in turns
     ]

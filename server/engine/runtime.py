@@ -159,9 +159,7 @@ class Engine:
     ) -> PreparedChat:
         self._raise_if_dead()
         version = self.adapters.get(adapter, adapter_param) if adapter is not None else None
-        _, token_ids = render_prompt(
-            self._tokenizer, turns, tool_use, self.entry.tool_format, self._specials
-        )
+        _, token_ids = render_prompt(self._tokenizer, turns, tool_use, self.entry.tool_format, self._specials)
         if tool_use is not None and tool_use.offers_tools and tool_use.forced:
             # A required or named call is enforced by structured output, like vLLM's own server.
             options = replace(options, json=JsonConstraint(forced_call_schema(tool_use)))

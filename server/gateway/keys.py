@@ -227,9 +227,7 @@ class KeyStore(Database):
             ).fetchall()
             if row:
                 return True
-            unlimited = self.db.execute(
-                "SELECT 1 FROM api_keys WHERE id = ? AND credits IS NULL", (key_id,)
-            ).fetchone()
+            unlimited = self.db.execute("SELECT 1 FROM api_keys WHERE id = ? AND credits IS NULL", (key_id,)).fetchone()
             return unlimited is not None
 
         return await self._run(taking)
@@ -239,9 +237,7 @@ class KeyStore(Database):
 
         def adding() -> ApiKey:
             self._get(key_id)
-            self.db.execute(
-                "UPDATE api_keys SET credits = COALESCE(credits, 0) + ? WHERE id = ?", (credits, key_id)
-            )
+            self.db.execute("UPDATE api_keys SET credits = COALESCE(credits, 0) + ? WHERE id = ?", (credits, key_id))
             return self._get(key_id)
 
         return await self._run(adding)

@@ -108,15 +108,33 @@ def error_of(response: httpx.Response, status: int, code: str) -> None:
 def test_guard_accepts_json_and_refuses_other_types_sizes_and_depths() -> None:
     settings = SecuritySettings(max_body_bytes=4096, max_json_depth=8)
     assert call(settings, "POST", "/echo", json={"a": [1]}).json() == {"got": {"a": [1]}}
-    error_of(call(settings, "POST", "/echo", content=b'{"a": 1}', headers={"content-type": "text/plain"}), 415,
-             "unsupported_media_type")
-    error_of(call(settings, "POST", "/echo", content=b'{"a": 1}', headers={"content-type": ""}), 415,
-             "unsupported_media_type")
-    error_of(call(settings, "POST", "/echo", content=b'{"a": "' + b"x" * 5000 + b'"}',
-                  headers={"content-type": "application/json"}), 413, "request_too_large")
+    error_of(
+        call(settings, "POST", "/echo", content=b'{"a": 1}', headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
+    error_of(
+        call(settings, "POST", "/echo", content=b'{"a": 1}', headers={"content-type": ""}),
+        415,
+        "unsupported_media_type",
+    )
+    error_of(
+        call(
+            settings,
+            "POST",
+            "/echo",
+            content=b'{"a": "' + b"x" * 5000 + b'"}',
+            headers={"content-type": "application/json"},
+        ),
+        413,
+        "request_too_large",
+    )
     error_of(call(settings, "POST", "/echo", json={"a": [[[[[[[[[[1]]]]]]]]]]}), 400, "invalid_json")
-    error_of(call(settings, "POST", "/echo", content=b"{nope", headers={"content-type": "application/json"}), 400,
-             "invalid_json")
+    error_of(
+        call(settings, "POST", "/echo", content=b"{nope", headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    )
 
 
 def test_chunked_body_over_the_limit_is_refused_while_it_arrives() -> None:
@@ -126,8 +144,11 @@ def test_chunked_body_over_the_limit_is_refused_while_it_arrives() -> None:
         for _ in range(10):
             yield b" " * 1000
 
-    error_of(call(settings, "POST", "/echo", content=chunks(), headers={"content-type": "application/json"}), 413,
-             "request_too_large")
+    error_of(
+        call(settings, "POST", "/echo", content=chunks(), headers={"content-type": "application/json"}),
+        413,
+        "request_too_large",
+    )
 
 
 def test_multipart_only_where_uploads_are_taken_and_bounded_there() -> None:
@@ -140,10 +161,12 @@ def test_multipart_only_where_uploads_are_taken_and_bounded_there() -> None:
 
 def test_bad_host_and_foreign_origin_are_refused() -> None:
     settings = SecuritySettings()
-    error_of(call(settings, "POST", "/echo", json={}, headers={"host": "rebind.attacker.example"}), 400,
-             "invalid_host")
-    error_of(call(settings, "POST", "/echo", json={}, headers={"origin": "https://attacker.example"}), 403,
-             "origin_not_allowed")
+    error_of(call(settings, "POST", "/echo", json={}, headers={"host": "rebind.attacker.example"}), 400, "invalid_host")
+    error_of(
+        call(settings, "POST", "/echo", json={}, headers={"origin": "https://attacker.example"}),
+        403,
+        "origin_not_allowed",
+    )
     assert call(settings, "POST", "/echo", json={}, headers={"origin": "http://127.0.0.1:8000"}).status_code == 200
 
 
