@@ -94,16 +94,24 @@ def fit_context(
     prepare: Callable[[list[ChatTurn]], T],
     budget: int,
     count_tokens: Callable[[str], int],
+    context_tokens: int | None = None,
 ) -> T:
-    """`prepare(turns)`; when that overflows the context, `prepare` of the middle-out cut (then tighter cuts)."""
-    try:
-        return prepare(list(turns))
-    except ContextLengthExceeded as overflow:
-        failure = overflow
-    counts = [count_tokens(turn.content) for turn in turns]  # once, for every attempt
+    """`prepare(turns)`; when that overflows the context, `prepare` of the middle-out cut (then tighter cuts).
+
+    With `context_tokens` (the model's context), a conversation whose turns alone hold more tokens is cut
+    without rendering and tokenizing it whole first: a huge request costs the work of its cut, not of itself.
+    """
+    counts = [count_tokens(turn.content) for turn in turns]  # once, for every attempt (short texts, one by one)
+    failure: ContextLengthExceeded | None = None
+    if context_tokens is None or sum(counts) <= context_tokens:
+        try:
+            return prepare(list(turns))
+        except ContextLengthExceeded as overflow:
+            failure = overflow
     for _ in range(FIT_ATTEMPTS):
         try:
             return prepare(middle_out(turns, budget, count_tokens, counts))
         except ContextLengthExceeded as overflow:
             failure, budget = overflow, int(budget * BUDGET_SHRINK)
+    assert failure is not None  # FIT_ATTEMPTS >= 1
     raise failure

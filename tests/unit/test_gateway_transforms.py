@@ -107,3 +107,17 @@ def test_middle_out_counts_each_turn_once() -> None:
     assert conversation_tokens(kept, words) <= 1000
     assert kept[0] == turns[0] and kept[-1] == turns[-1] and kept[1] == turns[1]
     assert len(counted) <= len(turns) + 2 * 8  # one count per turn, plus the last turn's re-counts
+
+
+def test_fit_context_cuts_a_huge_conversation_without_preparing_it_whole() -> None:
+    turns = conversation(5000)
+    prepared: list[int] = []
+
+    def prepare(fitted: list[ChatTurn]) -> int:
+        prepared.append(len(fitted))
+        return len(fitted)
+
+    assert fit_context(turns, prepare, 200, words, context_tokens=256) < len(turns)
+    assert prepared and max(prepared) < len(turns)  # the uncut conversation was never rendered
+    small = conversation(3)
+    assert fit_context(small, prepare, 5, words, context_tokens=10_000) == len(small)  # fits: tried uncut first
