@@ -111,7 +111,7 @@ async def test_store_records_owners_and_enforces_them_and_quotas(tmp_path: Path)
     source = write_adapter(tmp_path / "source")
     store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine())
     store.load_existing()
-    mine = dict(owner="key_a", admin=False, max_versions=2, max_adapters=2)
+    mine = {"owner": "key_a", "admin": False, "max_versions": 2, "max_adapters": 2}
     await store.add("alpha", source, source_label="upload", **mine)
     ownership = store.ownership("alpha")
     assert ownership is not None and ownership.owner == "key_a" and not ownership.shared
