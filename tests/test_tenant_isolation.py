@@ -64,7 +64,7 @@ def test_adapter_belongs_to_its_creator_and_is_hidden_from_other_keys(
     assert "private-a" not in {item["id"] for item in b.get("/v1/adapters").json()["data"]}
     assert "private-a" not in {card["id"] for card in b.get("/v1/models").json()["data"]}
     assert "private-a" not in {item["model"] for item in b.get("/v1/endpoints").json()["data"]}
-    assert_error(chat(b, model="private-a"), 404, "adapter_not_found", "model")
+    assert_error(chat(b, model="private-a"), 404, "adapter_not_found", "lora_name")
     assert_error(chat(b, lora_name="private-a"), 404, "adapter_not_found", "lora_name")
     over = b.post("/v1/adapters", json={"name": "private-a", "path": str(adapter_sources / "alpha")})
     assert_error(over, 404, "adapter_not_found", "name")

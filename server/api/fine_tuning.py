@@ -145,7 +145,9 @@ async def create_job(request: Request) -> Response:
     # key's `allowed_adapters` names.
     param = "lora_name" if body.lora_name else "suffix"
     authorize_adapter(principal, body.adapter, catalog.adapters.ownership(body.adapter), param=param, change=True)
-    charge = await gateway.charge(principal, request.app.state.settings.metering.fine_tuning_per_job, "a fine-tuning job")
+    charge = await gateway.charge(
+        principal, request.app.state.settings.metering.fine_tuning_per_job, "a fine-tuning job"
+    )
     asked_at = time.time()
     try:
         job = await _service(request).create(caller_of(request.scope), body.memory_group, body.adapter)
