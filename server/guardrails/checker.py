@@ -255,14 +255,17 @@ def checker_model_path(source: str) -> str:
     return resolve_packaged(source)
 
 
-def open_checker(settings: GuardrailSettings, model_path: Path | str) -> Checker:
-    """The configured backend on `model_path` (blocking: loads the model)."""
-    scorer: PairScorer
+def open_scorer(settings: GuardrailSettings, model_path: Path | str) -> PairScorer:
+    """The configured backend's model on `model_path` (blocking: loads it)."""
     if settings.backend == "llama-guard":
-        scorer = LlamaGuardScorer(str(model_path))
-    elif (Path(model_path) / GUARD_SPEC).exists():
-        scorer = PolicyGuardScorer(str(model_path), settings.quantize)
-    else:
-        scorer = ClassifierScorer(str(model_path), settings.quantize)
+        return LlamaGuardScorer(str(model_path))
+    if (Path(model_path) / GUARD_SPEC).exists():
+        return PolicyGuardScorer(str(model_path), settings.quantize)
+    return ClassifierScorer(str(model_path), settings.quantize)
+
+
+def open_checker(settings: GuardrailSettings, model_path: Path | str, scorer: PairScorer | None = None) -> Checker:
+    """The configured backend on `model_path` (blocking: loads the model, unless `scorer` is it already)."""
+    scorer = scorer or open_scorer(settings, model_path)
     name = settings.model.removeprefix(BUILTIN_PREFIX).rstrip("/").rsplit("/", 1)[-1]
     return Checker(name, scorer, settings.threshold, settings.max_batch, settings.evidence)

@@ -361,10 +361,10 @@ STREET = re.compile(
 PROFANITY_WORDS = (
     r"fuck\w*|f\*+k?\w*|f\*ck\w*|motherf\w*|shits?|shitty|shit(?:show|head|hole|storm)s?|bullshit|s\*+t|sh\*t|"
     r"crap|crappy|damn|damned|damnit|dammit|goddamn\w*|bitch\w*|bastards?|assholes?|arseholes?|a\*+hole|"
-    r"dick(?:head)?s?|piss(?:ed)?(?:\s+off)?|bollocks|wtf|ffs|stfu|cunts?|twats?|wankers?|dumbass\w*|jackass\w*|"
+    r"dickheads?|piss(?:ed)?(?:\s+off)?|bollocks|wtf|ffs|stfu|cunts?|twats?|wankers?|dumbass\w*|jackass\w*|"
     r"morons?|moronic|idiots?|idiotic|imbeciles?|retards?|retarded|douche\w*|pricks?|screw\s+you"
 )
-PROFANITY = re.compile(rf"(?<![\w*])(?:{PROFANITY_WORDS})(?![\w*])", re.IGNORECASE)
+PROFANITY = re.compile(rf"(?<![\w*-])(?:{PROFANITY_WORDS})(?![\w*-])", re.IGNORECASE)
 TERM_BOUNDARY = r"(?<![\w-]){}(?![\w-])"
 
 
