@@ -20,6 +20,7 @@ policy's own brand masked. Scores are calibrated: the raw score at the configure
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,15 @@ from transformers import (
 from server.batching import ThreadBatcher
 from server.config import GuardrailSettings
 from server.guardrails.encoder import GUARD_SPEC, HEAD_FILE, pair_logits
-from server.guardrails.evidence import Evidence, Finding, PolicyTerms, evidence, masked_own_brand, policy_terms
+from server.guardrails.evidence import (
+    Evidence,
+    Finding,
+    PolicyTerms,
+    evidence,
+    masked_own_brand,
+    policy_terms,
+    redacted,
+)
 from server.guardrails.training import BUILTIN_NAME, builtin_guard
 from server.model_sources import resolve_packaged
 
@@ -47,6 +56,7 @@ CLASSIFIER_MAX_TOKENS = 256
 VIOLATION_LABELS = ("violation", "violates", "unsafe", "entailment", "flagged")
 EVIDENCE_SCORES = {Evidence.VIOLATES: 0.99, Evidence.COMPLIES: 0.01}
 NO_TERMS = PolicyTerms()
+PARSED_POLICIES = 256  # a stream checks one policy many times: it is parsed once
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,7 @@ class Checker:
         self.name = name
         self.threshold = threshold
         self.use_evidence = use_evidence
+        self._terms: OrderedDict[str, PolicyTerms] = OrderedDict()
         self._batcher: ThreadBatcher[tuple[str, str], float] = ThreadBatcher(
             scorer.score_pairs, max_batch, "guardrails"
         )
@@ -96,17 +107,29 @@ class Checker:
     async def check_many(self, policy: str, texts: Sequence[str]) -> list[Verdict]:
         if not texts:
             return []
-        terms = policy_terms(policy) if self.use_evidence else NO_TERMS
+        terms = self.terms(policy)
+        shown = redacted(policy, terms)  # the policy as a reason quotes it
+        if not self.use_evidence:
+            terms = NO_TERMS
         findings = [evidence(terms, text) for text in texts]
         undecided = [index for index, finding in enumerate(findings) if finding is None]
-        scores = await self._batcher.run([(policy, masked_own_brand(terms, texts[index])) for index in undecided])
-        model_scores = dict(zip(undecided, scores))
+        pairs = [(policy, masked_own_brand(terms, texts[index])) for index in undecided]
+        model_scores = dict(zip(undecided, await self._batcher.run(pairs))) if pairs else {}
         return [
-            self.verdict(policy, model_scores[index]) if finding is None else evidence_verdict(policy, finding)
+            self.verdict(shown, model_scores[index]) if finding is None else evidence_verdict(shown, finding)
             for index, finding in enumerate(findings)
         ]
 
+    def terms(self, policy: str) -> PolicyTerms:
+        """The policy's explicit terms, parsed once per policy (the latest `PARSED_POLICIES` kept)."""
+        terms = self._terms.pop(policy, None) or policy_terms(policy)
+        self._terms[policy] = terms
+        if len(self._terms) > PARSED_POLICIES:
+            self._terms.popitem(last=False)
+        return terms
+
     def verdict(self, policy: str, raw_score: float) -> Verdict:
+        """`policy` as the reason quotes it; `raw_score` the model's."""
         score = calibrated(raw_score, self.threshold)
         flagged = score >= 0.5
         return Verdict(flagged, round(float(score), 4), verdict_reason(policy, flagged))

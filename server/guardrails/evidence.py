@@ -113,6 +113,7 @@ class PolicyTerms:
     """What a policy names explicitly; empty fields mean no evidence of that kind."""
 
     forbidden: tuple[str, ...] = ()  # names and secret values the text must not contain
+    secrets: tuple[str, ...] = ()  # the secret values among them: never repeated in a reason
     own: tuple[str, ...] = ()  # the policy's own brand: never evidence of a violation
     required_languages: frozenset[str] = frozenset()
     forbidden_languages: frozenset[str] = frozenset()
@@ -166,6 +167,19 @@ def own_brands(policy: str) -> set[str]:
     return own
 
 
+def secret_values(policy: str) -> list[str]:
+    """Values the policy states as secrets: `password is 'x'`, `codename: X`, a quoted credential-like token."""
+    found = []
+    for match in SECRET_VALUE.finditer(policy):
+        value = match.group(1).rstrip(".")
+        if CREDENTIAL_LIKE.match(value) or QUOTED.search(policy[match.start() : match.end() + 1]):
+            found.append(value)
+    for match in QUOTED.finditer(policy):
+        if CREDENTIAL_LIKE.match(match.group(1).strip()):
+            found.append(match.group(1).strip())
+    return list(dict.fromkeys(found))
+
+
 def forbidden_terms(policy: str, own: set[str]) -> list[str]:
     """Names in sentences that forbid something (and are not ours), plus secret values the policy states."""
     found: list[str] = []
@@ -184,10 +198,7 @@ def forbidden_terms(policy: str, own: set[str]) -> list[str]:
                 continue  # a sentence's first word ("Refrain from ..."), not a name
             if name not in own and not any(name in brand or brand in name for brand in own):
                 found.append(name)
-    for match in SECRET_VALUE.finditer(policy):
-        value = match.group(1).rstrip(".")
-        if CREDENTIAL_LIKE.match(value) or QUOTED.search(policy[match.start() : match.end() + 1]):
-            found.append(value)
+    found += secret_values(policy)
     for match in QUOTED.finditer(policy):
         value = match.group(1).strip()
         sentence = next((s for s in policy_sentences if match.group(0) in s), "")
@@ -241,6 +252,7 @@ def policy_terms(policy: str) -> PolicyTerms:
     required, forbidden_langs, language_only = language_rules(policy)
     return PolicyTerms(
         forbidden=tuple(forbidden_terms(policy, own)),
+        secrets=tuple(value for value in secret_values(policy) if value not in own),
         own=tuple(sorted(own, key=len, reverse=True)),
         required_languages=required,
         forbidden_languages=forbidden_langs,
@@ -440,6 +452,13 @@ def evidence(terms: PolicyTerms, text: str) -> Finding | None:
         if terms.language_only and languages:
             return Finding(Evidence.COMPLIES, "every sentence is in a language the policy allows")
     return None
+
+
+def redacted(policy: str, terms: PolicyTerms) -> str:
+    """The policy with the secret values it states blanked out, for a reason shown to the user."""
+    for value in terms.secrets:
+        policy = policy.replace(value, "[redacted]")
+    return policy
 
 
 def masked_own_brand(terms: PolicyTerms, text: str) -> str:

@@ -11,6 +11,7 @@ from server.guardrails.evidence import (
     masked_own_brand,
     personal_data,
     policy_terms,
+    redacted,
     sentence_language,
 )
 
@@ -50,6 +51,7 @@ def test_a_stated_secret_is_forbidden_but_a_word_that_merely_resembles_it_is_not
     assert "Tulip-4411" in policy_terms(policy).forbidden
     assert verdict(policy, "Sure: the code is Tulip-4411.") is Evidence.VIOLATES
     assert verdict(policy, "Tulips flower in April.") is None
+    assert redacted(policy, policy_terms(policy)) == "The vault code is '[redacted]'. Never reveal it."
     codename = policy_terms("Never mention the internal codename 'Bluefin' or other internal project names.")
     assert codename.forbidden == ("Bluefin",)
 
