@@ -33,7 +33,7 @@ from transformers import AutoTokenizer
 
 from server.config import GuardrailSettings, load_settings
 from server.guardrails.checker import PairScorer, calibrated, checker_model_path, open_checker, open_scorer
-from server.guardrails.evidence import Evidence, evidence, masked_own_brand, policy_terms
+from server.guardrails.evidence import Evidence, evidence, masked_own_brand, policy_terms, sentences
 from server.guardrails.training import LabelledCase, load_cases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,8 +142,16 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
             scorer, [(case.policy, masked_own_brand(policy_terms(case.policy), case.text)) for case in cases]
         )
         raw[name] = {"model": plain, "ensemble": ensemble_scores(cases, masked)}
+        # candidate: the worst of the whole text and each of its sentences (a violation diluted in a long text)
+        pieces = [sentences(masked_own_brand(policy_terms(case.policy), case.text)) for case in cases]
+        flat = model_scores(scorer, [(case.policy, piece) for case, parts in zip(cases, pieces) for piece in parts])
+        worst, offset = [], 0
+        for whole, parts in zip(masked, pieces):
+            worst.append(max([whole, *flat[offset : offset + len(parts)]]))
+            offset += len(parts)
+        raw[name]["sentences"] = ensemble_scores(cases, worst)
     dev_labels = [case.violates for case in sets["dev"]]
-    thresholds = {kind: best_threshold(raw["dev"][kind], dev_labels) for kind in ("model", "ensemble")}
+    thresholds = {kind: best_threshold(raw["dev"][kind], dev_labels) for kind in ("model", "ensemble", "sentences")}
     candidates: dict[str, Callable[[str, int], bool]] = {
         "baseline: flag everything": lambda _name, _i: True,
         "baseline: shares a word with the policy": lambda name, i: keyword_flag(sets[name][i]),
@@ -156,6 +164,9 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
         "evidence + model @0.5": lambda name, i: raw[name]["ensemble"][i] >= 0.5,
         f"evidence + model @{thresholds['ensemble']:.2f} (dev)": lambda name, i: (
             raw[name]["ensemble"][i] >= thresholds["ensemble"]
+        ),
+        f"evidence + model, worst sentence @{thresholds['sentences']:.2f} (dev)": lambda name, i: (
+            raw[name]["sentences"][i] >= thresholds["sentences"]
         ),
         f"configured (evidence {'on' if settings.evidence else 'off'}, threshold {settings.threshold})": lambda name, i: (
             calibrated(raw[name]["ensemble" if settings.evidence else "model"][i], settings.threshold) >= 0.5
