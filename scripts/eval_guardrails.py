@@ -45,9 +45,57 @@ WINDOW_TOKENS = 50  # sliding_window 5 x chunk_size 10: one token per stream chu
 LATENCY_CHECKS = 200
 SCORE_BATCH = 32
 STOPWORDS = frozenset(
-    "about after also always answer any been before being does doing don't every from have into just more most "
-    "never only other over reply replies should some such than that their them then there these they this those "
-    "user users very what when which while will with would your".split()
+    [
+        "about",
+        "after",
+        "also",
+        "always",
+        "answer",
+        "any",
+        "been",
+        "before",
+        "being",
+        "does",
+        "doing",
+        "don't",
+        "every",
+        "from",
+        "have",
+        "into",
+        "just",
+        "more",
+        "most",
+        "never",
+        "only",
+        "other",
+        "over",
+        "reply",
+        "replies",
+        "should",
+        "some",
+        "such",
+        "than",
+        "that",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "user",
+        "users",
+        "very",
+        "what",
+        "when",
+        "which",
+        "while",
+        "will",
+        "with",
+        "would",
+        "your",
+    ]
 )
 
 
@@ -173,7 +221,9 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
         ),
     }
     results = {
-        candidate: {name: scores_table(cases, [flag(name, i) for i in range(len(cases))]) for name, cases in sets.items()}
+        candidate: {
+            name: scores_table(cases, [flag(name, i) for i in range(len(cases))]) for name, cases in sets.items()
+        }
         for candidate, flag in candidates.items()
     }
     return {"thresholds_chosen_on_dev": thresholds, "candidates": results}

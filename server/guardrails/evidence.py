@@ -50,17 +50,135 @@ CLAUSE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
 # A capitalised name: words starting upper-case (inner capitals, digits, '&', '-' allowed), up to four of them.
 NAME = re.compile(r"\b[A-Z][\w&'\-]*(?:\s+(?:&\s+)?[A-Z][\w&\-]*){0,3}")
 NOT_NAMES = {
-    "never", "do", "don't", "dont", "not", "no", "only", "you", "we", "our", "the", "a", "an", "this", "that",
-    "these", "those", "it", "its", "i", "assistant", "always", "keep", "stay", "avoid", "reply", "respond",
-    "answer", "use", "be", "all", "any", "every", "each", "replies", "responses", "mention", "name", "refer",
-    "promote", "recommend", "internal", "confidential", "secret", "competitors", "competitor", "rivals", "rival",
-    "other", "others", "such", "like", "including", "e.g", "eg", "for", "if", "when", "under", "as", "in", "on",
-    "at", "with", "must", "should", "may", "please", "policy", "rule", "rules", "project", "codename",
-    "password", "company", "brand", "product", "products", "staff", "customers", "users", "user", "ai",
-    "english", "spanish", "french", "german", "italian", "portuguese", "dutch", "polish", "swedish", "chinese",
-    "japanese", "korean", "russian", "arabic", "hindi", "turkish", "id", "ids", "api", "apis", "pin", "pins",
-    "ssn", "iban", "ip", "url", "urls", "pdf", "ceo", "faq", "vpn", "wifi", "wi-fi", "sms", "otp", "pii", "social",
-    "security", "social security", "gdpr", "hipaa", "ok", "okay", "note", "important", "warning",
+    "never",
+    "do",
+    "don't",
+    "dont",
+    "not",
+    "no",
+    "only",
+    "you",
+    "we",
+    "our",
+    "the",
+    "a",
+    "an",
+    "this",
+    "that",
+    "these",
+    "those",
+    "it",
+    "its",
+    "i",
+    "assistant",
+    "always",
+    "keep",
+    "stay",
+    "avoid",
+    "reply",
+    "respond",
+    "answer",
+    "use",
+    "be",
+    "all",
+    "any",
+    "every",
+    "each",
+    "replies",
+    "responses",
+    "mention",
+    "name",
+    "refer",
+    "promote",
+    "recommend",
+    "internal",
+    "confidential",
+    "secret",
+    "competitors",
+    "competitor",
+    "rivals",
+    "rival",
+    "other",
+    "others",
+    "such",
+    "like",
+    "including",
+    "e.g",
+    "eg",
+    "for",
+    "if",
+    "when",
+    "under",
+    "as",
+    "in",
+    "on",
+    "at",
+    "with",
+    "must",
+    "should",
+    "may",
+    "please",
+    "policy",
+    "rule",
+    "rules",
+    "project",
+    "codename",
+    "password",
+    "company",
+    "brand",
+    "product",
+    "products",
+    "staff",
+    "customers",
+    "users",
+    "user",
+    "ai",
+    "english",
+    "spanish",
+    "french",
+    "german",
+    "italian",
+    "portuguese",
+    "dutch",
+    "polish",
+    "swedish",
+    "chinese",
+    "japanese",
+    "korean",
+    "russian",
+    "arabic",
+    "hindi",
+    "turkish",
+    "id",
+    "ids",
+    "api",
+    "apis",
+    "pin",
+    "pins",
+    "ssn",
+    "iban",
+    "ip",
+    "url",
+    "urls",
+    "pdf",
+    "ceo",
+    "faq",
+    "vpn",
+    "wifi",
+    "wi-fi",
+    "sms",
+    "otp",
+    "pii",
+    "social",
+    "security",
+    "social security",
+    "gdpr",
+    "hipaa",
+    "ok",
+    "okay",
+    "note",
+    "important",
+    "warning",
 }
 OWN_BRAND_CUES = re.compile(
     r"(?:\bwe\s+are|\bwe'?re|\bwe\s+sell|\bwe\s+make|\bassistant\s+(?:for|of|at)|\bbot\s+(?:for|of)|"
@@ -85,26 +203,62 @@ QUOTED = re.compile(r"['\"“‘]([^'\"“”‘’]{3,40})['\"”’]")
 CREDENTIAL_LIKE = re.compile(r"^(?=.*[A-Za-z])(?=.*\d)\S{5,}$|^[A-Z]{5,}$")
 
 LANGUAGE_NAMES = {
-    "english": "en", "spanish": "es", "castilian": "es", "french": "fr", "german": "de", "italian": "it",
-    "portuguese": "pt", "dutch": "nl", "polish": "pl", "swedish": "sv", "chinese": "zh", "mandarin": "zh",
-    "japanese": "ja", "korean": "ko", "russian": "ru", "arabic": "ar", "greek": "el", "hebrew": "he",
-    "hindi": "hi", "thai": "th", "ukrainian": "ru", "turkish": "tr",
+    "english": "en",
+    "spanish": "es",
+    "castilian": "es",
+    "french": "fr",
+    "german": "de",
+    "italian": "it",
+    "portuguese": "pt",
+    "dutch": "nl",
+    "polish": "pl",
+    "swedish": "sv",
+    "chinese": "zh",
+    "mandarin": "zh",
+    "japanese": "ja",
+    "korean": "ko",
+    "russian": "ru",
+    "arabic": "ar",
+    "greek": "el",
+    "hebrew": "he",
+    "hindi": "hi",
+    "thai": "th",
+    "ukrainian": "ru",
+    "turkish": "tr",
 }
 LANGUAGE_NAME = re.compile(r"\b(" + "|".join(LANGUAGE_NAMES) + r")\b", re.IGNORECASE)
-ONLY = re.compile(r"\b(only|exclusively|solely|must|always|all\s+(?:responses|replies|answers|output))\b", re.I)
+ONLY = re.compile(
+    r"\b(only|exclusively|solely|must|always|all\s+(?:responses|replies|answers|output))\b", re.IGNORECASE
+)
 
-DOSAGE_POLICY = re.compile(r"\b(dos(?:e|es|age|ages|ing)|how\s+much\s+(?:medicine|medication)|posology)\b", re.I)
+DOSAGE_POLICY = re.compile(
+    r"\b(dos(?:e|es|age|ages|ing)|how\s+much\s+(?:medicine|medication)|posology)\b", re.IGNORECASE
+)
 PROFANITY_POLICY = re.compile(
     r"\b(profan\w*|swear\w*|curs(?:e|es|ing)|obscen\w*|vulgar\w*|expletive\w*|bad\s+language|foul\s+language|"
     r"insult\w*|clean\s+language|language\s+clean|rude\s+words)\b",
     re.IGNORECASE,
 )
 PII_KINDS = {
-    "email": re.compile(r"\be-?mails?\b|\bcontact\s+details\b|\bpersonal\s+(?:data|information|details)\b", re.I),
-    "phone": re.compile(r"\bphone|\bmobile\s+numbers?|\btelephone|\bcontact\s+details\b|\bpersonal\s+(?:data|information|details)\b", re.I),
-    "card": re.compile(r"\b(?:credit|debit|payment|bank)\s*cards?\b|\bcard\s+numbers?\b|\bbank(?:ing)?\s+(?:account|details)|\biban\b|\baccount\s+numbers?\b|\bfinancial\s+details\b", re.I),
-    "ssn": re.compile(r"\bsocial\s+security|\bssns?\b|\bnational\s+insurance|\bid\s+numbers?\b|\bpersonal\s+(?:data|information|details)\b", re.I),
-    "address": re.compile(r"(?<!email )(?<!e-mail )\baddress(?:es)?\b|\bwhere\s+\w+\s+lives?\b|\bpersonal\s+(?:data|information|details)\b", re.I),
+    "email": re.compile(
+        r"\be-?mails?\b|\bcontact\s+details\b|\bpersonal\s+(?:data|information|details)\b", re.IGNORECASE
+    ),
+    "phone": re.compile(
+        r"\bphone|\bmobile\s+numbers?|\btelephone|\bcontact\s+details\b|\bpersonal\s+(?:data|information|details)\b",
+        re.IGNORECASE,
+    ),
+    "card": re.compile(
+        r"\b(?:credit|debit|payment|bank)\s*cards?\b|\bcard\s+numbers?\b|\bbank(?:ing)?\s+(?:account|details)|\biban\b|\baccount\s+numbers?\b|\bfinancial\s+details\b",
+        re.IGNORECASE,
+    ),
+    "ssn": re.compile(
+        r"\bsocial\s+security|\bssns?\b|\bnational\s+insurance|\bid\s+numbers?\b|\bpersonal\s+(?:data|information|details)\b",
+        re.IGNORECASE,
+    ),
+    "address": re.compile(
+        r"(?<!email )(?<!e-mail )\baddress(?:es)?\b|\bwhere\s+\w+\s+lives?\b|\bpersonal\s+(?:data|information|details)\b",
+        re.IGNORECASE,
+    ),
 }
 
 
@@ -162,7 +316,9 @@ def own_brands(policy: str) -> set[str]:
         for name, start in policy_names(sentence):
             before = sentence[:start]
             after = sentence[start + len(name) :]
-            if OWN_BRAND_CUES.search(before) or re.match(r"^['’]s\s+(?:own\s+)?(?:assistant|bot|support|helper)", after):
+            if OWN_BRAND_CUES.search(before) or re.match(
+                r"^['’]s\s+(?:own\s+)?(?:assistant|bot|support|helper)", after
+            ):
                 own.add(name)
     return own
 
@@ -189,7 +345,7 @@ def forbidden_terms(policy: str, own: set[str]) -> list[str]:
         if PERMISSION.search(sentence) or LANGUAGE_NAME.search(sentence):
             continue
         forbidding = PROHIBITION.search(sentence) or (
-            prohibits and re.search(r"\b(competitors?|rivals?|codename|secret)\b", sentence, re.I)
+            prohibits and re.search(r"\b(competitors?|rivals?|codename|secret)\b", sentence, re.IGNORECASE)
         )
         if not forbidding:
             continue
@@ -202,9 +358,9 @@ def forbidden_terms(policy: str, own: set[str]) -> list[str]:
     for match in QUOTED.finditer(policy):
         value = match.group(1).strip()
         sentence = next((s for s in policy_sentences if match.group(0) in s), "")
-        if (CREDENTIAL_LIKE.match(value) or " " not in value) and not PERMISSION.search(sentence):
-            if PROHIBITION.search(policy) and value.lower() not in NOT_NAMES:
-                found.append(value)
+        quotable = (CREDENTIAL_LIKE.match(value) or " " not in value) and not PERMISSION.search(sentence)
+        if quotable and PROHIBITION.search(sentence) and value.lower() not in NOT_NAMES:
+            found.append(value)
     return list(dict.fromkeys(term for term in found if term and term not in own))
 
 
@@ -218,7 +374,11 @@ def language_rules(policy: str) -> tuple[frozenset[str], frozenset[str], bool]:
         if not clause.strip():
             continue
         names = [LANGUAGE_NAMES[m.group(1).lower()] for m in LANGUAGE_NAME.finditer(clause)]
-        is_rule = bool(PROHIBITION.search(clause) or ONLY.search(clause) or re.search(r"\b(reply|respond|answer|write|use|speak)\b", clause, re.I))
+        is_rule = bool(
+            PROHIBITION.search(clause)
+            or ONLY.search(clause)
+            or re.search(r"\b(reply|respond|answer|write|use|speak)\b", clause, re.IGNORECASE)
+        )
         if is_rule:
             rules += 1
         if not names:
@@ -228,7 +388,9 @@ def language_rules(policy: str) -> tuple[frozenset[str], frozenset[str], bool]:
         for match in LANGUAGE_NAME.finditer(clause):
             code = LANGUAGE_NAMES[match.group(1).lower()]
             between = clause[negation.end() : match.start()] if negation else ""
-            if re.search(r"\b(other\s+than|except|besides|apart\s+from|but)\s+$", clause[: match.start()], re.I):
+            if re.search(
+                r"\b(other\s+than|except|besides|apart\s+from|but)\s+$", clause[: match.start()], re.IGNORECASE
+            ):
                 required.add(code)
             elif negation and negation.start() < match.start() and not ONLY.search(between):
                 forbidden.add(code)
@@ -236,7 +398,11 @@ def language_rules(policy: str) -> tuple[frozenset[str], frozenset[str], bool]:
                 required.add(code)
     if "foreign" in policy.lower() and required:
         pass  # "English only, no foreign phrases": the required set already says it
-    return frozenset(required - forbidden), frozenset(forbidden), bool(required or forbidden) and rules <= language_rules_seen
+    return (
+        frozenset(required - forbidden),
+        frozenset(forbidden),
+        bool(required or forbidden) and rules <= language_rules_seen,
+    )
 
 
 def permitted_words(policy: str) -> frozenset[str]:

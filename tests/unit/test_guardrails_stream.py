@@ -137,7 +137,9 @@ async def test_violation_in_the_final_partial_unit_is_caught_before_the_end() ->
 async def test_choices_are_windowed_apart_and_every_unfinished_one_is_cut() -> None:
     check = RecordingCheck()
     pieces = [(0, "x", None), (1, "y", None), (0, "x", None), (1, "BAD", None), (0, "", "stop"), (1, "", "stop")]
-    got, error = await drain(guarded(Source(pieces).run(), check, chunk_size=2, sliding_window=1, first_unit=2, **UNITS_ONLY))
+    got, error = await drain(
+        guarded(Source(pieces).run(), check, chunk_size=2, sliding_window=1, first_unit=2, **UNITS_ONLY)
+    )
     assert isinstance(error, GuardrailViolation)
     assert check.windows == ["xx", "yBAD"]
     assert [(d.index, d.text, d.finish_reason) for d in got] == [
