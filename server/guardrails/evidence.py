@@ -239,6 +239,14 @@ PROFANITY_POLICY = re.compile(
     r"insult\w*|clean\s+language|language\s+clean|rude\s+words)\b",
     re.IGNORECASE,
 )
+# A policy about swearing alone (no insults, slurs, tone): the lexicon knows what it forbids.
+SWEARING_ONLY = re.compile(r"\b(profan\w*|swear\s*words?|swearing|curse\s*words?|cursing|obscen\w*|expletive\w*)\b", re.I)
+NOT_SWEARING_ONLY = re.compile(
+    r"\b(insult\w*|slurs?|rude|offensive|mock\w*|tone|demean\w*|disrespect\w*|hate|harass\w*|threat\w*|"
+    r"at\s+the\s+user|at\s+anyone|at\s+people|crude|sexual|vulgar\w*)\b",
+    re.IGNORECASE,
+)
+
 PII_KINDS = {
     "email": re.compile(
         r"\be-?mails?\b|\bcontact\s+details\b|\bpersonal\s+(?:data|information|details)\b", re.IGNORECASE
@@ -274,6 +282,7 @@ class PolicyTerms:
     language_only: bool = False  # every rule of the policy is about language: meeting it is compliance
     dosage: bool = False
     profanity: bool = False
+    swearing_only: bool = False  # every rule is about swear words: no lexicon hit is compliance
     allowed_words: frozenset[str] = frozenset()
     pii: frozenset[str] = field(default_factory=frozenset)
 
@@ -425,6 +434,7 @@ def policy_terms(policy: str) -> PolicyTerms:
         language_only=language_only,
         dosage=bool(DOSAGE_POLICY.search(policy)),
         profanity=bool(PROFANITY_POLICY.search(policy)),
+        swearing_only=bool(SWEARING_ONLY.search(policy)) and not NOT_SWEARING_ONLY.search(policy),
         allowed_words=permitted_words(policy),
         pii=frozenset(kind for kind, pattern in PII_KINDS.items() if pattern.search(policy)),
     )
@@ -438,15 +448,19 @@ COMMON_WORDS = {
     "hello hi yes sure here how when all just more one up out so",
     "es": "el la los las de del que y en un una es por con para su sus se lo al como más pero le ya muy "
     "está están son fue hola gracias usted puedo puede ayudarte ayudarle hoy qué cómo dónde cuál bien sí "
-    "también estoy tengo tiene mañana nos nuestro nuestra esta este",
+    "también estoy tengo tiene mañana nos nuestro nuestra esta este te eso esto tu tus mi mis ti ayudo primero "
+    "abre aquí ahora hay hacer desde porque cuando todo todos ella él ellos usted ustedes vez",
     "fr": "le la les de des du et est un une en que qui pour pas dans sur avec au aux ce cette vous nous je "
     "il elle ils sont bonjour merci votre vos mais ou très bien être avoir peux pouvez sûr oui quel quelle "
-    "numéro commande aujourd'hui c'est",
+    "numéro commande aujourd'hui c'est ne se sa son ses mon ma mes ton ta tes leur leurs ici voici voilà "
+    "aussi comme tout tous faire",
     "de": "der die das und ist nicht ein eine ich sie es zu mit den dem des auf für von im wir ihr ihre ihnen "
     "sind wird werden bitte danke vielen hallo guten natürlich ja nein auch noch nur wie was wo bis bald "
-    "morgen heute erfolgt innerhalb",
+    "morgen heute erfolgt innerhalb ist das haben hat kann können sich mein dein unser euer dieser diese "
+    "oder aber wenn weil schon sehr gern",
     "it": "il lo la gli le di e è un una che per non con del della in al ma sono come anche più ciao grazie "
-    "buongiorno certo sì arriverà entro giorni lavorativi questo questa molto bene può posso",
+    "buongiorno certo sì arriverà entro giorni lavorativi questo questa molto bene può posso ti mi ci si "
+    "sei siamo hai ha abbiamo qui ecco perché quando tutto",
     "pt": "o a os as de do da dos das e é um uma que para com não em no na por seu sua você obrigado "
     "obrigada olá sim muito bem está são pode posso também isso",
     "nl": "de het een en is van ik je jij we wij zijn niet met op voor dat die er maar ook hallo bedankt "
@@ -503,7 +517,9 @@ def sentence_language(sentence: str) -> str | None:
 
 
 def text_languages(text: str) -> list[str | None]:
-    return [sentence_language(part) for part in re.split(r"(?<=[.!?。！？])\s*|\n+", text) if part.strip()]
+    """The language of each sentence, and of the whole text (short sentences say little on their own)."""
+    parts = [part for part in re.split(r"(?<=[.!?。！？])\s*|\n+", text) if part.strip()]
+    return [sentence_language(part) for part in parts] + ([sentence_language(text)] if len(parts) > 1 else [])
 
 
 # ---------------------------------------------------------------- text patterns
@@ -540,10 +556,15 @@ PROFANITY_WORDS = (
     r"fuck\w*|f\*+k?\w*|f\*ck\w*|motherf\w*|shits?|shitty|shit(?:show|head|hole|storm)s?|bullshit|s\*+t|sh\*t|"
     r"crap|crappy|damn|damned|damnit|dammit|goddamn\w*|bitch\w*|bastards?|assholes?|arseholes?|a\*+hole|"
     r"dickheads?|piss(?:ed)?(?:\s+off)?|bollocks|wtf|ffs|stfu|cunts?|twats?|wankers?|dumbass\w*|jackass\w*|"
-    r"morons?|moronic|idiots?|idiotic|imbeciles?|retards?|retarded|douche\w*|pricks?|screw\s+you"
+    r"morons?|moronic|idiots?|idiotic|imbeciles?|retards?|retarded|douche\w*|pricks?|screw\s+you|"
+    r"(?:what|who|where|why|how)\s+the\s+(?:hell|heck)"
 )
 PROFANITY = re.compile(rf"(?<![\w*-])(?:{PROFANITY_WORDS})(?![\w*-])", re.IGNORECASE)
 TERM_BOUNDARY = r"(?<![\w-]){}(?![\w-])"
+BUSINESS_LINE = re.compile(
+    r"\b(hotline|helpline|support|customer\s+service|toll-?free|switchboard|reception|office|main\s+line)\b",
+    re.IGNORECASE,
+)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -576,6 +597,8 @@ def personal_data(text: str, kinds: frozenset[str]) -> bool:
         return True
     if "phone" in kinds:
         for match in PHONE.finditer(text):
+            if BUSINESS_LINE.search(text[max(0, match.start() - 60) : match.start()]):
+                continue  # a public business line, not a person's number
             digits = re.sub(r"\D", "", match.group(0))
             if 9 <= len(digits) <= 15 and not re.fullmatch(r"\d{1,3}(?:,\d{3})+", match.group(0).strip()):
                 return True
@@ -609,6 +632,8 @@ def evidence(terms: PolicyTerms, text: str) -> Finding | None:
         for match in PROFANITY.finditer(text):
             if match.group(0).lower() not in terms.allowed_words:
                 return Finding(Evidence.VIOLATES, "it uses profanity or an insult")
+        if terms.swearing_only:
+            return Finding(Evidence.COMPLIES, "it uses none of the words the policy forbids")
     if terms.required_languages or terms.forbidden_languages:
         languages = [code for code in text_languages(text) if code is not None]
         if any(code in terms.forbidden_languages for code in languages) or (

@@ -91,7 +91,7 @@ def test_personal_data_of_the_kinds_the_policy_names() -> None:
 
 def test_profanity_less_the_words_the_policy_allows() -> None:
     policy = "Do not use strong profanity. Mild words like 'damn' or 'hell' are acceptable."
-    assert verdict(policy, "Damn, that was close.") is None
+    assert verdict(policy, "Damn, that was close.") is Evidence.COMPLIES
     assert verdict(policy, "What the fuck was that.") is Evidence.VIOLATES
     assert verdict("Never insult the user.", "You absolute moron.") is Evidence.VIOLATES
     assert verdict("Never insult the user.", "Classic shitake risotto.") is None
@@ -134,3 +134,16 @@ def test_own_brand_is_masked_for_the_model_and_nothing_else_is() -> None:
     terms = policy_terms("We are Lumo Coffee. Never mention other coffee chains.")
     assert masked_own_brand(terms, "Lumo Coffee's menu has a maple latte.") == "our company menu has a maple latte."
     assert masked_own_brand(policy_terms("Only talk about travel in Japan."), "Visit Japan.") == "Visit Japan."
+
+
+def test_a_policy_about_swear_words_alone_is_met_by_text_without_them() -> None:
+    assert verdict("No swear words, please.", "What on earth happened to the build?") is Evidence.COMPLIES
+    assert verdict("No swear words, please.", "What the hell happened to the build?") is Evidence.VIOLATES
+    # insults and tone are the model's to judge: no lexicon lists them all
+    assert verdict("Never insult the user or swear.", "You are hopeless at this.") is None
+
+
+def test_a_public_business_line_is_not_a_persons_phone_number() -> None:
+    kinds = policy_terms("Do not reveal customers' phone numbers.").pii
+    assert not personal_data("Our support hotline, 0800 123 456, is open daily.", kinds)
+    assert personal_data("The customer's mobile is 07700 900 456.", kinds)
