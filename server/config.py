@@ -146,7 +146,7 @@ class GuardrailSettings(_Strict):
         description="builtin:policy-guard (trained by `make model` from server/guardrails/data), a local dir or repo id",
     )
     threshold: float = Field(
-        0.5,
+        0.47,
         gt=0.0,
         lt=1.0,
         description="the model's raw score at or above which text violates (chosen on the dev set, "
