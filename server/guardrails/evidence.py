@@ -240,7 +240,9 @@ PROFANITY_POLICY = re.compile(
     re.IGNORECASE,
 )
 # A policy about swearing alone (no insults, slurs, tone): the lexicon knows what it forbids.
-SWEARING_ONLY = re.compile(r"\b(profan\w*|swear\s*words?|swearing|curse\s*words?|cursing|obscen\w*|expletive\w*)\b", re.I)
+SWEARING_ONLY = re.compile(
+    r"\b(profan\w*|swear\s*words?|swearing|curse\s*words?|cursing|obscen\w*|expletive\w*)\b", re.IGNORECASE
+)
 NOT_SWEARING_ONLY = re.compile(
     r"\b(insult\w*|slurs?|rude|offensive|mock\w*|tone|demean\w*|disrespect\w*|hate|harass\w*|threat\w*|"
     r"at\s+the\s+user|at\s+anyone|at\s+people|crude|sexual|vulgar\w*)\b",
