@@ -159,7 +159,16 @@ class GuardrailSettings(_Strict):
         "builtin:policy-guard",
         description="builtin:policy-guard (trained by `make model` from server/guardrails/data), a local dir or repo id",
     )
-    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="scores at or above it violate the policy")
+    threshold: float = Field(
+        0.47,
+        gt=0.0,
+        lt=1.0,
+        description="the model's raw score at or above which text violates (chosen on the dev set, "
+        "`make eval-guardrails`); returned scores are calibrated so that it reads 0.5",
+    )
+    evidence: bool = Field(
+        True, description="terms the policy names (competitors, secrets, languages, dosages, PII) decide first"
+    )
     quantize: bool = Field(
         True, description="classifier backend: int8 linear layers (CPU; eval F1 0.840 vs 0.826 fp32, p50 20 vs 29 ms)"
     )
