@@ -3,6 +3,7 @@
 # make bench  - our server vs `vllm serve` on the same model and load
 # make lint   - ruff check and ruff format --check over server, scripts and tests
 # make eval-guardrails - precision/recall/F1 and check latency of the guardrail checker
+# make eval-memory - memory retrieval recall@1/5/10 beside cosine and BM25 baselines (tuning and test sets)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MODEL  ?=
@@ -11,7 +12,7 @@ PORT   ?=
 
 SERVE_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
-.PHONY: install model serve test unit lint bench eval-guardrails clean
+.PHONY: install model serve test unit lint bench eval-guardrails eval-memory clean
 
 install:
 	@VENV=$(VENV) scripts/install.sh
@@ -40,6 +41,9 @@ bench: model
 
 eval-guardrails: model
 	HF_HUB_OFFLINE=1 $(PY) scripts/eval_guardrails.py $(EVAL_ARGS)
+
+eval-memory: install
+	HF_HUB_OFFLINE=1 $(PY) scripts/eval_memory.py $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench-results

@@ -34,7 +34,13 @@ sys.path.insert(0, str(ROOT))
 from bench_adaption import print_adaption_table, throughput_while_training, training_time
 from bench_gateway import component_costs, gateway_overhead, print_gateway_table
 from bench_guardrails import GUARDRAIL, print_guardrails_table
-from bench_memory import bench_memory_retrieval, chat_latency_with_memory, print_memory_table
+from bench_memory import (
+    bench_memory_retrieval,
+    chat_latency_with_memory,
+    prefix_ttft_with_memory,
+    print_memory_table,
+    print_prefix_table,
+)
 
 from server.config import ModelEntry, load_settings
 from server.engine.runtime import engine_args_for
@@ -460,7 +466,8 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="compare,lora,memory,adaption,guardrails,gateway",
-        help="compare (vs vllm serve), lora (multi-LoRA), memory, adaption, guardrails (policy on vs off),"
+        help="compare (vs vllm serve), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
+        " system prompt), adaption, guardrails (policy on vs off),"
         " gateway (auth + usage + templates overhead)",
     )
     parser.add_argument("--memory-sizes", default="10000,100000", help="memory group sizes to time retrieval at")
@@ -494,6 +501,9 @@ def main() -> None:
         report["memory"] = {"retrieval": bench_memory_retrieval(sizes, args.out / "cache")}
         with ready_server("ours-memory", entry, log_dir, log_dir / "data") as server:
             report["memory"]["chat"] = chat_latency_with_memory(server.base_url, API_KEY, entry.name)
+    if "memory-prefix" in sections:
+        with ready_server("ours-memory-prefix", entry, log_dir, log_dir / "prefix-data") as server:
+            report["memory_prefix"] = prefix_ttft_with_memory(server.base_url, API_KEY, entry.name)
     if "adaption" in sections:
         settings = load_settings(model=args.model)
         report["adaption"] = {"training_time": training_time(settings)}
@@ -517,6 +527,8 @@ def main() -> None:
         print_lora_table(report["lora"]["ours"], report["lora"]["vllm_serve"])
     if "memory" in report:
         print_memory_table(report["memory"])
+    if "memory_prefix" in report:
+        print_prefix_table(report["memory_prefix"])
     if "adaption" in report:
         print_adaption_table(report["adaption"])
     if "guardrails" in report:

@@ -18,7 +18,10 @@ def pooled(rounds: list[dict]) -> dict:
 
 
 def print_guardrails_table(rounds: dict[str, list[dict]]) -> None:
-    print("\nguardrails: streaming with a policy (chunk_size 10, sliding_window 5) vs without, same server")
+    print(
+        "\nguardrails: streaming with a policy (chunk_size 10, sliding_window 5) vs without, same server"
+        " (target: TTFT on/off at most 1.5x; the first unit is one chunk, then units ramp up to chunk_size)"
+    )
     print(
         f"{'clients':>7} {'tok/s off':>10} {'tok/s on':>9} {'ratio':>6} {'TTFT off ms':>12} {'TTFT on ms':>11} {'ratio':>6}"
     )

@@ -174,3 +174,122 @@ def print_memory_table(report: dict) -> None:
             f"chat latency p50, memory off / on: {chat['memory_off']['p50_ms']:.0f} / {chat['memory_on']['p50_ms']:.0f} ms"
             f" (ratio {chat['p50_ratio_on_over_off']:.3f})"
         )
+
+
+SYSTEM_SENTENCES = (
+    "You are a careful assistant for a travel agency; answer in plain language and keep answers short.",
+    "Never invent prices, dates or availability; say when you do not know and suggest how to find out.",
+    "When the customer mentions a destination, consider season, visas, vaccinations and local holidays.",
+    "Prefer trains over short flights where the journey is under five hours, and say why in one sentence.",
+    "Quote times in the 24-hour clock and distances in kilometres, with miles in brackets for US customers.",
+    "If the customer has children, mention family rooms, child fares and the minimum age for activities.",
+    "Refuse politely to book anything; you advise, a human agent books, and you hand over with a summary.",
+)
+
+
+def long_system_prompt(count_tokens, tokens: int = 1500) -> str:
+    """A stable agent-style system prompt of about `tokens` tokens (the prefix vLLM should keep cached)."""
+    lines: list[str] = []
+    rule = 0
+    while count_tokens("\n".join(lines)) < tokens:
+        rule += 1
+        lines.append(f"Rule {rule}: {SYSTEM_SENTENCES[rule % len(SYSTEM_SENTENCES)]}")
+    return "\n".join(lines)
+
+
+PREFIX_QUESTIONS = (
+    "What is my dog called?",
+    "Where do I live?",
+    "What am I allergic to?",
+    "Which car do I drive?",
+    "What do I do for work?",
+    "When is my sister's birthday?",
+    "Which sport do I play?",
+    "What is my favourite food?",
+)
+
+
+def prefix_ttft_with_memory(
+    base_url: str,
+    api_key: str,
+    model: str,
+    system_tokens: int = 1500,
+    clients: tuple[int, ...] = (1, 8),
+    rounds: int = 3,
+) -> dict:
+    """Time to first token p50 with memory off vs on, behind a long shared system prompt, at 1 and 8 clients.
+
+    Recalled memories go after the stable prefix (`with_context_block`), so the system prompt stays in
+    vLLM's prefix cache whether memory is on or not. Each request asks a different question (both modes),
+    so neither the question nor the memories recalled for it are cached from an identical request.
+    """
+    from transformers import AutoTokenizer
+
+    from server.config import load_settings
+
+    entry = next(entry for entry in load_settings().models if model in entry.names)
+    tokenizer = AutoTokenizer.from_pretrained(str(entry.source_path) if entry.is_local else entry.source)
+    system = long_system_prompt(lambda text: len(tokenizer.encode(text)), system_tokens)
+    headers = {"Authorization": f"Bearer {api_key}"}
+    group = "prefix-bench"
+    with httpx.Client(base_url=base_url, headers=headers, timeout=300) as client:
+        noise = distractors(2000)
+        for start in range(0, len(noise), 256):
+            client.post(f"/v1/memory/{group}/memories", json={"text": noise[start : start + 256]}).raise_for_status()
+        facts = [
+            "My dog is called Rex.", "I live in Leeds.", "I am allergic to peanuts.", "I drive a blue Skoda.",
+            "I work as a radiographer.", "My sister's birthday is on 3 May.", "I play hockey.", "I love ramen.",
+        ]  # fmt: skip
+        client.post(f"/v1/memory/{group}/memories", json={"text": facts}).raise_for_status()
+
+    async def one(http: httpx.AsyncClient, question: str, memory: bool) -> float:
+        body = {
+            "model": model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
+            "max_tokens": 16,
+            "temperature": 0,
+            "stream": True,
+        } | ({"nightly": [group, "a personal assistant"]} if memory else {})
+        started = time.perf_counter()
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and '"content"' in line:
+                    return (time.perf_counter() - started) * 1000
+        return (time.perf_counter() - started) * 1000
+
+    async def level(count: int, memory: bool, offset: int) -> list[float]:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=300) as http:
+            timings: list[float] = []
+            for round_ in range(rounds):
+                picks = [PREFIX_QUESTIONS[(offset + round_ * count + i) % len(PREFIX_QUESTIONS)] for i in range(count)]
+                questions = [f"{pick} (ticket {offset}-{round_}-{i})" for i, pick in enumerate(picks)]
+                timings += await asyncio.gather(*(one(http, question, memory) for question in questions))
+            return timings
+
+    async def run() -> dict:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=300) as http:
+            await one(http, "warm-up", False)  # the system prompt enters the prefix cache
+        report: dict = {"system_prompt_tokens": system_tokens, "levels": []}
+        for count in clients:
+            row: dict = {"clients": count}
+            for mode, offset in (("off", 0), ("on", 1), ("off_again", 2), ("on_again", 3)):
+                row[mode] = await level(count, mode.startswith("on"), offset)
+            off = percentiles(row.pop("off") + row.pop("off_again"))
+            on = percentiles(row.pop("on") + row.pop("on_again"))
+            row |= {"ttft_memory_off": off, "ttft_memory_on": on, "p50_ratio": round(on["p50_ms"] / off["p50_ms"], 3)}
+            report["levels"].append(row)
+        return report
+
+    return asyncio.run(run())
+
+
+def print_prefix_table(report: dict) -> None:
+    print(f"\nTTFT behind a {report['system_prompt_tokens']}-token system prompt, memory off vs on (8 facts + 2,000)")
+    print(f"{'clients':>8} {'off p50 / p99 ms':>18} {'on p50 / p99 ms':>18} {'on/off p50':>11}")
+    for row in report["levels"]:
+        off, on = row["ttft_memory_off"], row["ttft_memory_on"]
+        print(
+            f"{row['clients']:>8} {off['p50_ms']:>8.0f} / {off['p99_ms']:>7.0f}"
+            f" {on['p50_ms']:>8.0f} / {on['p99_ms']:>7.0f} {row['p50_ratio']:>11.3f}"
+        )

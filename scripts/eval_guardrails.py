@@ -1,9 +1,18 @@
-"""`make eval-guardrails`: precision, recall, F1 and check latency of each checker backend.
+"""`make eval-guardrails`: precision, recall, F1 per kind of policy and check latency of the guardrail checker.
 
-The labelled set is tests/data/guardrails_eval.jsonl (policy, output, violates?),
-written by hand across eleven kinds of policy; the builtin checker never saw it.
-Latency is one check of a 5-unit window (`sliding_window` 5 of `chunk_size` 10
-stream chunks, about 50 tokens of the served model's output) plus the policy.
+Two labelled sets (policy, output, violates?):
+- dev:  tests/data/guardrails_eval.jsonl, written together with the training data; thresholds are
+  chosen on it (and only on it), so its figures are optimistic;
+- test: tests/data/guardrails_test.jsonl, written apart and first (other voices, policy wordings and
+  kinds the training data lacks: violence, politics; multi-sentence outputs, negations, near-misses,
+  paraphrased violations), frozen before any tuning and never tuned on: the figure to trust.
+
+Candidates, each on both sets: plain baselines (flag everything; flag a text sharing a content word
+with its policy), the evidence alone (`evidence.py`), the model alone at 0.5 and at its threshold
+chosen on dev, and the ensemble (evidence first, then the model on the own-brand-masked text) at
+0.5 and at its dev threshold: the last one is what the server runs with `threshold` set to it.
+Latency is one check through the real `Checker` of a stream window (about 50 tokens of output,
+`sliding_window` 5 of `chunk_size` 10) plus its policy.
 
     python scripts/eval_guardrails.py [--backend classifier=builtin:policy-guard ...] [--out FILE]
 """
@@ -13,43 +22,140 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
 from server.config import GuardrailSettings, load_settings
-from server.guardrails.checker import Checker, checker_model_path, open_checker
+from server.guardrails.checker import PairScorer, calibrated, checker_model_path, open_checker, open_scorer
+from server.guardrails.evidence import Evidence, evidence, masked_own_brand, policy_terms, sentences
 from server.guardrails.training import LabelledCase, load_cases
 
 ROOT = Path(__file__).resolve().parent.parent
-EVAL_PATH = ROOT / "tests" / "data" / "guardrails_eval.jsonl"
+SETS = {
+    "dev": ROOT / "tests" / "data" / "guardrails_eval.jsonl",
+    "test": ROOT / "tests" / "data" / "guardrails_test.jsonl",
+}
 WINDOW_TOKENS = 50  # sliding_window 5 x chunk_size 10: one token per stream chunk
-LATENCY_CHECKS = 100
+LATENCY_CHECKS = 200
+SCORE_BATCH = 32
+STOPWORDS = frozenset(
+    [
+        "about",
+        "after",
+        "also",
+        "always",
+        "answer",
+        "any",
+        "been",
+        "before",
+        "being",
+        "does",
+        "doing",
+        "don't",
+        "every",
+        "from",
+        "have",
+        "into",
+        "just",
+        "more",
+        "most",
+        "never",
+        "only",
+        "other",
+        "over",
+        "reply",
+        "replies",
+        "should",
+        "some",
+        "such",
+        "than",
+        "that",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "user",
+        "users",
+        "very",
+        "what",
+        "when",
+        "which",
+        "while",
+        "will",
+        "with",
+        "would",
+        "your",
+    ]
+)
 
 
-def scores_table(cases: list[LabelledCase], flagged: list[bool]) -> dict:
-    tp = sum(1 for case, flag in zip(cases, flagged) if flag and case.violates)
-    fp = sum(1 for case, flag in zip(cases, flagged) if flag and not case.violates)
-    fn = sum(1 for case, flag in zip(cases, flagged) if not flag and case.violates)
+def prf(flags: list[bool], labels: list[bool]) -> dict:
+    tp = sum(f and y for f, y in zip(flags, labels))
+    fp = sum(f and not y for f, y in zip(flags, labels))
+    fn = sum(y and not f for f, y in zip(flags, labels))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    by_category: dict[str, list[bool]] = defaultdict(list)
-    for case, flag in zip(cases, flagged):
-        by_category[case.category].append(flag == case.violates)
-    return {
-        "precision": round(precision, 3),
-        "recall": round(recall, 3),
-        "f1": round(f1, 3),
-        "accuracy_by_category": {name: round(sum(hits) / len(hits), 2) for name, hits in sorted(by_category.items())},
+    return {"n": len(labels), "precision": round(precision, 3), "recall": round(recall, 3), "f1": round(f1, 3)}
+
+
+def scores_table(cases: list[LabelledCase], flags: list[bool]) -> dict:
+    """Precision, recall and F1 overall and per kind of policy."""
+    labels = [case.violates for case in cases]
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for index, case in enumerate(cases):
+        by_kind[case.category].append(index)
+    return prf(flags, labels) | {
+        "by_kind": {
+            kind: prf([flags[i] for i in indices], [labels[i] for i in indices])
+            for kind, indices in sorted(by_kind.items())
+        }
     }
 
 
+def content_words(text: str) -> set[str]:
+    return {word for word in re.findall(r"[a-z']{4,}", text.lower()) if word not in STOPWORDS}
+
+
+def keyword_flag(case: LabelledCase) -> bool:
+    """Plain baseline: the text shares a content word with its policy."""
+    return bool(content_words(case.policy) & content_words(case.text))
+
+
+def best_threshold(scores: list[float], labels: list[bool]) -> float:
+    """The threshold with the highest F1 (ties: the one nearest 0.5)."""
+    grid = [step / 100 for step in range(2, 99)]
+    return max(grid, key=lambda t: (prf([s >= t for s in scores], labels)["f1"], -abs(t - 0.5)))
+
+
+def model_scores(scorer: PairScorer, pairs: list[tuple[str, str]]) -> list[float]:
+    scores: list[float] = []
+    for start in range(0, len(pairs), SCORE_BATCH):
+        scores += scorer.score_pairs(pairs[start : start + SCORE_BATCH])
+    return scores
+
+
+def ensemble_scores(cases: list[LabelledCase], masked: list[float]) -> list[float]:
+    """Evidence decides where it speaks (1.0 / 0.0), the model's raw score elsewhere."""
+    out = []
+    for case, score in zip(cases, masked):
+        found = evidence(policy_terms(case.policy), case.text)
+        out.append(score if found is None else float(found.evidence is Evidence.VIOLATES))
+    return out
+
+
 def stream_windows(cases: list[LabelledCase], tokenizer_source: str) -> list[tuple[str, str]]:
-    """(policy, window): 50 tokens of text cut the way a stream window is, from the set's own outputs."""
+    """(policy, window): 50 tokens of text cut the way a stream window is, from the sets' own outputs."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     ids = tokenizer.encode(" ".join(case.text for case in cases), add_special_tokens=False)
     step = max(1, (len(ids) - WINDOW_TOKENS) // LATENCY_CHECKS)
@@ -59,19 +165,85 @@ def stream_windows(cases: list[LabelledCase], tokenizer_source: str) -> list[tup
     ]
 
 
-async def evaluate(checker: Checker, cases: list[LabelledCase], windows: list[tuple[str, str]]) -> dict:
-    flagged = []
-    for case in cases:
-        flagged.append((await checker.check(case.policy, case.text)).flagged)
+async def check_latency(settings: GuardrailSettings, model: str, scorer: PairScorer, windows: list) -> dict:
+    checker = open_checker(settings, model, scorer)
     latencies = []
-    for policy, window in windows:
-        started = time.perf_counter()
-        await checker.check(policy, window)
-        latencies.append((time.perf_counter() - started) * 1000)
-    return scores_table(cases, flagged) | {
+    try:
+        for policy, window in windows:
+            started = time.perf_counter()
+            await checker.check(policy, window)
+            latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        await checker.close()
+    return {
         "check_p50_ms": round(statistics.median(latencies), 1),
-        "check_p90_ms": round(statistics.quantiles(latencies, n=10)[-1], 1),
+        "check_p99_ms": round(statistics.quantiles(latencies, n=100)[-1], 1),
     }
+
+
+def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict[str, list[LabelledCase]]) -> dict:
+    """Every candidate on every set; thresholds chosen on dev only."""
+    raw: dict[str, dict[str, list[float]]] = {}
+    for name, cases in sets.items():
+        plain = model_scores(scorer, [(case.policy, case.text) for case in cases])
+        masked = model_scores(
+            scorer, [(case.policy, masked_own_brand(policy_terms(case.policy), case.text)) for case in cases]
+        )
+        raw[name] = {"model": plain, "ensemble": ensemble_scores(cases, masked)}
+        # candidate: the worst of the whole text and each of its sentences (a violation diluted in a long text)
+        pieces = [sentences(masked_own_brand(policy_terms(case.policy), case.text)) for case in cases]
+        flat = model_scores(scorer, [(case.policy, piece) for case, parts in zip(cases, pieces) for piece in parts])
+        worst, offset = [], 0
+        for whole, parts in zip(masked, pieces):
+            worst.append(max([whole, *flat[offset : offset + len(parts)]]))
+            offset += len(parts)
+        raw[name]["sentences"] = ensemble_scores(cases, worst)
+    dev_labels = [case.violates for case in sets["dev"]]
+    thresholds = {kind: best_threshold(raw["dev"][kind], dev_labels) for kind in ("model", "ensemble", "sentences")}
+    candidates: dict[str, Callable[[str, int], bool]] = {
+        "baseline: flag everything": lambda _name, _i: True,
+        "baseline: shares a word with the policy": lambda name, i: keyword_flag(sets[name][i]),
+        "evidence alone": lambda name, i: (
+            (found := evidence(policy_terms(sets[name][i].policy), sets[name][i].text)) is not None
+            and found.evidence is Evidence.VIOLATES
+        ),
+        "model @0.5": lambda name, i: raw[name]["model"][i] >= 0.5,
+        f"model @{thresholds['model']:.2f} (dev)": lambda name, i: raw[name]["model"][i] >= thresholds["model"],
+        "evidence + model @0.5": lambda name, i: raw[name]["ensemble"][i] >= 0.5,
+        f"evidence + model @{thresholds['ensemble']:.2f} (dev)": lambda name, i: (
+            raw[name]["ensemble"][i] >= thresholds["ensemble"]
+        ),
+        f"evidence + model, worst sentence @{thresholds['sentences']:.2f} (dev)": lambda name, i: (
+            raw[name]["sentences"][i] >= thresholds["sentences"]
+        ),
+        f"configured (evidence {'on' if settings.evidence else 'off'}, threshold {settings.threshold})": lambda name, i: (
+            calibrated(raw[name]["ensemble" if settings.evidence else "model"][i], settings.threshold) >= 0.5
+        ),
+    }
+    results = {
+        candidate: {
+            name: scores_table(cases, [flag(name, i) for i in range(len(cases))]) for name, cases in sets.items()
+        }
+        for candidate, flag in candidates.items()
+    }
+    return {"thresholds_chosen_on_dev": thresholds, "candidates": results}
+
+
+def print_backend(name: str, result: dict, latency: dict) -> None:
+    print(f"\n== {name}: check p50 {latency['check_p50_ms']} ms, p99 {latency['check_p99_ms']} ms")
+    print(f"thresholds chosen on dev: {result['thresholds_chosen_on_dev']}")
+    print(f"{'candidate':<52} {'dev P':>6} {'R':>6} {'F1':>6}   {'test P':>6} {'R':>6} {'F1':>6}")
+    for candidate, sets in result["candidates"].items():
+        dev, test = sets["dev"], sets["test"]
+        print(
+            f"{candidate:<52} {dev['precision']:>6.3f} {dev['recall']:>6.3f} {dev['f1']:>6.3f}   "
+            f"{test['precision']:>6.3f} {test['recall']:>6.3f} {test['f1']:>6.3f}"
+        )
+    configured = next(sets for candidate, sets in result["candidates"].items() if candidate.startswith("configured"))
+    for set_name in ("dev", "test"):
+        print(f"per kind, configured, {set_name}:  kind n P R F1")
+        for kind, row in configured[set_name]["by_kind"].items():
+            print(f"    {kind:<18} {row['n']:>3} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f}")
 
 
 async def main() -> None:
@@ -87,26 +259,21 @@ async def main() -> None:
     server_settings = load_settings()
     settings, served = server_settings.guardrails, server_settings.served
     backends = [spec.split("=", 1) for spec in args.backend] if args.backend else [(settings.backend, settings.model)]
-    cases = load_cases(EVAL_PATH)
-    windows = stream_windows(cases, str(Path(served.source).expanduser()))
+    sets = {name: load_cases(path) for name, path in SETS.items()}
+    for name, cases in sets.items():
+        print(f"{name}: {len(cases)} cases ({sum(case.violates for case in cases)} violating), {SETS[name]}")
+    windows = stream_windows(sets["dev"] + sets["test"], str(Path(served.source).expanduser()))
     results = {}
     for kind, model in backends:
         config = GuardrailSettings(**(settings.model_dump() | {"backend": kind, "model": model}))
-        checker = open_checker(config, checker_model_path(model))
-        results[f"{kind}:{model}"] = await evaluate(checker, cases, windows)
-        await checker.close()
-    print(
-        f"{len(cases)} labelled cases ({sum(case.violates for case in cases)} violating), threshold {settings.threshold}"
-    )
-    print(f"{'backend':<48} {'precision':>9} {'recall':>7} {'F1':>6} {'p50 ms':>7} {'p90 ms':>7}")
-    for name, row in results.items():
-        print(
-            f"{name:<48} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f} "
-            f"{row['check_p50_ms']:>7.1f} {row['check_p90_ms']:>7.1f}"
-        )
-        print("    accuracy by category:", ", ".join(f"{k} {v:.2f}" for k, v in row["accuracy_by_category"].items()))
+        path = checker_model_path(model)
+        scorer = open_scorer(config, path)
+        result = evaluate_backend(config, scorer, sets)
+        latency = await check_latency(config, path, scorer, windows)
+        results[f"{kind}:{model}"] = result | latency
+        print_backend(f"{kind}:{model}", result, latency)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"cases": len(cases), "backends": results}, indent=2))
+    args.out.write_text(json.dumps({"sets": {k: len(v) for k, v in sets.items()}, "backends": results}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -105,6 +106,10 @@ def manage_keys(args: argparse.Namespace) -> None:
             elif args.keys_command == "list":
                 for key in await store.list():
                     print(json.dumps(key.public_view()))
+            elif args.keys_command == "credit":
+                if args.amount < 1:
+                    sys.exit("error: the amount of credits to add must be at least 1")
+                print(json.dumps((await store.add_credits(args.key_id, args.amount)).public_view()))
             else:
                 print(json.dumps((await store.revoke(args.key_id)).public_view()))
         except KeyNotFound as exc:
@@ -153,12 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     keys_commands.add_parser("list", help="list keys (never the keys themselves)")
     revoke_parser = keys_commands.add_parser("revoke", help="revoke a key by id")
     revoke_parser.add_argument("key_id")
+    credit_parser = keys_commands.add_parser("credit", help="add credits (tokens) to a key's balance")
+    credit_parser.add_argument("key_id")
+    credit_parser.add_argument("amount", type=int)
     keys_parser.set_defaults(run=manage_keys)
     return parser
 
 
+PRIVATE_UMASK = 0o077  # databases, adapters, uploads and work files: readable by the server's user only
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    os.umask(PRIVATE_UMASK)
     logging.basicConfig(
         level=getattr(args, "log_level", "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

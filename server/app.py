@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from server.adaption.jobs import JobStore
@@ -30,7 +31,7 @@ from server.api.endpoints import list_endpoints
 from server.api.errors import handle_exception
 from server.api.fine_tuning import cancel_job, create_job, list_job_events, list_jobs, retrieve_job
 from server.api.health import health
-from server.api.keys import create_key, get_key, list_keys, revoke_key
+from server.api.keys import add_credits, create_key, get_key, list_keys, revoke_key
 from server.api.memory import (
     add_memories,
     curate_group,
@@ -44,7 +45,7 @@ from server.api.memory import (
     update_memory,
 )
 from server.api.metrics import metrics
-from server.api.middleware import APIKeyMiddleware, RequestIdMiddleware
+from server.api.middleware import APIKeyMiddleware, FairnessMiddleware, RequestGuardMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.moderations import create_moderation
 from server.api.responses import create_response, delete_response, get_response, list_input_items
@@ -71,12 +72,13 @@ from server.guardrails.checker import Checker, checker_model_path, open_checker
 from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
 from server.memory.embedder import Embedder
 from server.memory.schedule import curate_nightly
-from server.memory.service import MemoryService
+from server.memory.service import Judge, MemoryService
 from server.memory.store import SQLiteMemoryStore
 from server.serving.catalog import ModelCatalog
 from server.serving.pipeline import ChatService
 
 PUBLIC_PATHS = ("/health", "/metrics")
+MULTIPART_PATHS = ("/v1/adapters",)  # the adapter upload; every other body is JSON
 MEMORY_DATABASE = "memory.sqlite3"
 ADAPTION_DATABASE = "adaption.sqlite3"
 GATEWAY_USAGE_DATABASE = "usage.sqlite3"
@@ -92,6 +94,17 @@ def consolidate_with(engine: Engine) -> Consolidate:
         return await engine.complete(turns, options, f"curate-{uuid.uuid4().hex}")
 
     return consolidate
+
+
+def judge_with(engine: Engine) -> Judge:
+    """Knowledge updates judged by the served model (`memory.extraction: model`): greedy, one short line."""
+
+    async def judge(system: str, prompt: str) -> str:
+        turns = [ChatTurn("system", system), ChatTurn("user", prompt)]
+        options = GenerationOptions(max_tokens=16, temperature=0.0, stop=["\n"])
+        return await engine.complete(turns, options, f"memory-judge-{uuid.uuid4().hex}")
+
+    return judge
 
 
 @asynccontextmanager
@@ -160,6 +173,20 @@ async def conversation_store(settings: Settings) -> AsyncIterator[ConversationSt
         await store.close()
 
 
+def cors_middleware(origins: Sequence[str]) -> list[Middleware]:
+    """CORS only when origins are configured (none by default: browsers on other sites get no access)."""
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(origins),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id"],
+        )
+    ]
+
+
 def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -195,7 +222,11 @@ def build_app(settings: Settings) -> Starlette:
             app.state.adaption = adaption
             app.state.checker = checker
             app.state.consolidate = consolidate_with(engine)
+            if settings.memory.extraction == "model":
+                memory.judge = judge_with(engine)
             app.state.started_at = int(time.time())
+            # Open (every caller an admin) only if started with no key at all; kept until the next start.
+            app.state.open_mode = not settings.api_keys and not await gateway.keys.any_active()
             nightly = None
             if settings.memory.curation_time is not None:
                 nightly = asyncio.create_task(
@@ -250,6 +281,7 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/keys", list_keys, methods=["GET"]),
         Route("/v1/keys/{key_id}", get_key, methods=["GET"]),
         Route("/v1/keys/{key_id}", revoke_key, methods=["DELETE"]),
+        Route("/v1/keys/{key_id}/credits", add_credits, methods=["POST"]),
         Route("/v1/usage", get_usage, methods=["GET"]),
         Route("/v1/usage/requests/{request_id}", get_request_usage, methods=["GET"]),
         Route("/v1/templates", create_template, methods=["POST"]),
@@ -260,9 +292,14 @@ def build_app(settings: Settings) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    security = settings.security
+    public_paths = tuple(path for path in PUBLIC_PATHS if not (path == "/metrics" and security.metrics_require_key))
     middleware = [
         Middleware(RequestIdMiddleware),
-        Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=PUBLIC_PATHS),
+        Middleware(RequestGuardMiddleware, settings=security, multipart_paths=MULTIPART_PATHS),
+        *cors_middleware(security.cors_origins),
+        Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=public_paths),
+        Middleware(FairnessMiddleware, settings=security),
     ]
     exception_handlers = {
         ServerError: handle_exception,

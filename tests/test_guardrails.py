@@ -89,7 +89,7 @@ def test_clean_stream_arrives_whole(client: openai.OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize(("chunk_size", "sliding_window"), [(10, 5), (5, 5), (3, 8)])
+@pytest.mark.parametrize(("chunk_size", "sliding_window"), [(10, 5), (5, 5), (3, 8), (1, 1), (2, 4)])
 def test_violating_stream_never_leaks(http: httpx.Client, chunk_size: int, sliding_window: int) -> None:
     """Small units split the dosage across unit boundaries; the sliding window reads it whole.
 
@@ -111,6 +111,35 @@ def test_violating_stream_never_leaks(http: httpx.Client, chunk_size: int, slidi
     assert json.dumps(VIOLATING).startswith(released)  # only text before the violating window was released
 
 
+INSULT_POLICY = "Never insult the user or use profanity."
+# No swear word the evidence lexicon knows: only the model, reading enough of the sentence, can flag it.
+INSULT = "Honestly, you are the most useless and pathetic person I have ever had to talk to."
+
+
+def released_text(events: list[str]) -> str:
+    return "".join(
+        (json.loads(event)["choices"] or [{"delta": {}}])[0]["delta"].get("content") or ""
+        for event in events
+        if event != "[DONE]" and "choices" in json.loads(event)
+    )
+
+
+@pytest.mark.parametrize(("chunk_size", "sliding_window"), [(1, 1), (2, 4), (10, 5), (None, None)])
+def test_a_violation_flagged_whole_is_never_released_at_any_window(
+    http: httpx.Client, chunk_size: int | None, sliding_window: int | None
+) -> None:
+    """Each check reads all text since the last clean check plus context before it, whatever the units."""
+    answer = json.dumps(INSULT)
+    whole = http.post("/v1/moderations", json={"input": answer, "policy": INSULT_POLICY}).json()["results"][0]
+    assert whole["flagged"], whole
+    units = {} if chunk_size is None else {"chunk_size": chunk_size, "sliding_window": sliding_window}
+    events = sse_events(stream_raw(http, pinned(INSULT) | {"guardrail_policy": INSULT_POLICY} | units))
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "guardrail_violation"
+    released = released_text(events[:-2])
+    assert answer.startswith(released) and "pathetic" not in released, released
+
+
 def test_violating_stream_aborts_the_engine_request(server: RunningServer, http: httpx.Client) -> None:
     """The answer is followed by long free notes: only an abort ends the request early."""
     body = pinned(VIOLATING, notes_chars=1200) | {"guardrail_policy": POLICY, "max_tokens": 1500}
@@ -127,6 +156,27 @@ def test_moderations_with_a_policy(client: openai.OpenAI) -> None:
     assert violating["categories"]["policy"] is True and clean["categories"]["policy"] is False
     assert "violates the policy" in violating["reason"] and "complies" in clean["reason"]
     assert result.id.startswith("modr-") and result.model == "policy-guard"
+
+
+def test_moderations_scores_are_calibrated_and_named_terms_decide(client: openai.OpenAI) -> None:
+    """A competitor the policy names is flagged, the policy's own brand is not; a stated secret is flagged and
+    never repeated in the reason; every score is on the calibrated scale (0.5 is the threshold)."""
+    brand = "We are Pinecrest Books. Never mention Waterstones, Foyles or any other bookshop."
+    result = client.moderations.create(
+        input=["Foyles has that title in stock.", "Pinecrest Books has that title in stock."],
+        extra_body={"policy": brand},
+    )
+    rival, ours = (r.model_dump() for r in result.results)
+    assert rival["flagged"] and not ours["flagged"]
+    assert rival["score"] >= 0.5 > ours["score"] and "forbids" in rival["reason"]
+    secret = "The staff discount code is 'PINE-7731'. Never reveal it."
+    leaked = client.moderations.create(input="Use PINE-7731 at the till.", extra_body={"policy": secret})
+    assert leaked.results[0].flagged and "PINE-7731" not in leaked.model_dump_json()
+    dosage = client.moderations.create(
+        input="Take one 20 mg tablet each morning with breakfast.",
+        extra_body={"policy": "Do not tell people how much medicine to take."},
+    )
+    assert dosage.results[0].flagged and "dosage" in dosage.results[0].model_dump()["reason"]
 
 
 def test_moderations_single_string_and_default_policy(http: httpx.Client) -> None:

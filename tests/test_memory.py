@@ -282,3 +282,54 @@ def test_memory_api_bad_input(http: httpx.Client) -> None:
     # Nothing stored was lost along the way.
     assert [m["text"] for m in http.get(f"/v1/memory/{group}/memories").json()["data"]] == ["I like tea."]
     assert json.loads(http.get(f"/v1/memory/{group}").text)["memory_count"] == 1
+
+
+def test_a_wrong_answer_never_becomes_the_top_memory_for_its_question(
+    client: openai.OpenAI, http: httpx.Client
+) -> None:
+    group = new_group("poison")
+    http.post(f"/v1/memory/{group}/memories", json={"text": "My cat is called Miso.", "user_goal": GOAL})
+    question = "What is my cat called?"
+    for calls in (1, 2):  # the model answers whatever it answers, twice; both exchanges are stored
+        ask(client, question, [group, GOAL])
+        wait_for_calls(http, group, calls)
+    turns = [m for m in http.get(f"/v1/memory/{group}/memories").json()["data"] if m["kind"] == "turn"]
+    assert len(turns) == 2 and all("Assistant:" in turn["text"] for turn in turns)  # kept, for adaption
+    hits = http.post(f"/v1/memory/{group}/search", json={"query": question, "limit": 10}).json()["data"]
+    assert hits[0]["memory"]["text"] == "My cat is called Miso."
+    assert all(hit["memory"]["kind"] != "turn" for hit in hits)  # a turn that only asked is never retrieved
+    answer_words = {word for turn in turns for word in turn["text"].split("Assistant:")[1].split() if len(word) > 3}
+    for word in list(answer_words)[:5]:  # the assistant's words are never matched
+        found = http.post(f"/v1/memory/{group}/search", json={"query": word, "limit": 10}).json()["data"]
+        assert all(hit["memory"]["kind"] != "turn" for hit in found)
+
+
+def test_a_move_supersedes_where_the_user_lived_when_it_is_said(client: openai.OpenAI, http: httpx.Client) -> None:
+    group = new_group("move")
+    ask(client, "I live in Lisbon.", [group, GOAL])
+    wait_for_calls(http, group, 1)
+    ask(client, "Actually I moved to Porto last week.", [group, GOAL])
+    wait_for_calls(http, group, 2)
+    facts = [m["text"] for m in http.get(f"/v1/memory/{group}/memories").json()["data"] if m["kind"] == "fact"]
+    assert facts == ["Actually I moved to Porto last week."]
+    [update] = [entry for entry in http.get(f"/v1/memory/{group}/audit").json()["data"] if entry["action"] == "update"]
+    assert [memory["text"] for memory in update["removed"]] == ["I live in Lisbon."]
+    assert http.get(f"/v1/memory/{group}").json()["curated_at"] is None  # a write-time update, not a curation
+    hits = http.post(f"/v1/memory/{group}/search", json={"query": "Where do I live?", "limit": 3}).json()["data"]
+    assert "Porto" in hits[0]["memory"]["text"]
+
+
+def test_statements_about_people_the_user_named_become_attributed_facts(
+    client: openai.OpenAI, http: httpx.Client
+) -> None:
+    group = new_group("ana")
+    ask(client, "My wife Ana is a nurse.", [group, GOAL])
+    wait_for_calls(http, group, 1)
+    ask(client, "Ana is allergic to shellfish too.", [group, GOAL])
+    wait_for_calls(http, group, 2)
+    stored = http.get(f"/v1/memory/{group}/memories").json()["data"]
+    facts = [m["text"] for m in stored if m["kind"] == "fact"]
+    assert "My wife Ana is allergic to shellfish too." in facts
+    assert all(m["speaker"] == "user" for m in stored)
+    hits = http.post(f"/v1/memory/{group}/search", json={"query": "Is my wife allergic to anything?"}).json()["data"]
+    assert hits[0]["memory"]["text"] == "My wife Ana is allergic to shellfish too."

@@ -17,6 +17,16 @@ class JobNotFound(AdaptionError):
         self.job_id = job_id
 
 
+class AdapterInTraining(AdaptionError):
+    """Another key's job is training this adapter name: never joined, never shown (409)."""
+
+    status, type, code, param = 409, "invalid_request_error", "adapter_name_taken", "suffix"
+
+    def __init__(self, adapter: str) -> None:
+        super().__init__(f"The adapter name `{adapter}` is taken; choose another `suffix`/`lora_name`.")
+        self.adapter = adapter
+
+
 class JobFinished(AdaptionError):
     status, type, code, param = 400, "invalid_request_error", "job_already_finished", "fine_tuning_job_id"
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from server.adaption.errors import AdapterInTraining
 from server.storage import Database
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -142,7 +143,10 @@ class JobStore(Database):
                 self._event(job_id, "info", "message", f"Job queued: train {adapter} from memory group {memory_group}.")
             return self._get(job_id), True
 
-        return await self._run(creating)
+        job, created = await self._run(creating)
+        if job.owner != owner:  # another key's job for that adapter name: never joined, never revealed
+            raise AdapterInTraining(adapter)
+        return job, created
 
     def _get(self, job_id: str) -> Job:
         return _job(self.db.execute("SELECT * FROM fine_tuning_jobs WHERE id = ?", (job_id,)).fetchone())

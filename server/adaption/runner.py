@@ -197,7 +197,12 @@ class AdaptionService:
         }
         (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
         version = await self.adapters.add(
-            job.adapter, output, source_label=f"fine-tuning job {job.id}", activate=outcome.promoted
+            job.adapter,
+            output,
+            source_label=f"fine-tuning job {job.id}",
+            activate=outcome.promoted,
+            owner=job.owner,  # a new adapter is the job owner's; an existing one must be theirs already
+            admin=False,
         )
         verdict = (
             f"Promoted {job.adapter} v{version.version}: held-out loss {outcome.eval_loss:.4f} < {outcome.baseline_loss:.4f}."

@@ -1,4 +1,9 @@
-"""LoRA adapter management: `/v1/adapters` and vLLM's `/v1/load_lora_adapter` / `/v1/unload_lora_adapter`."""
+"""LoRA adapter management: `/v1/adapters` and vLLM's `/v1/load_lora_adapter` / `/v1/unload_lora_adapter`.
+
+Every adapter has an owner (the key that created it); only its owner or an admin adds versions, unloads or
+deletes it. A key sees and uses its own adapters and those shared (an admin's, shared by default, or the
+operator's on disk); others' are answered as missing. Paths are shown to admins only.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +16,29 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from server.api.errors import invalid_request, read_json_object
+from server.api.middleware import principal_of
 from server.api.protocol_resources import AdapterObject, Deleted, ListOf, json_response
 from server.config import Settings
 from server.engine import Engine
-from server.engine.adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterVersion, check_name, path_under
+from server.engine.adapters import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    AdapterNotFound,
+    AdapterStore,
+    AdapterVersion,
+    InvalidAdapter,
+    check_name,
+    path_under,
+)
+from server.gateway.keys import Principal
+from server.gateway.service import authorize_adapter
 
 
 class AdapterFromPath(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     path: str
+    shared: bool | None = None  # admins only: every key may use it (default for an admin's adapter)
 
 
 class VllmLoadLora(BaseModel):
@@ -34,16 +52,23 @@ class VllmUnloadLora(BaseModel):
     lora_name: str
 
 
-def adapter_object(version: AdapterVersion) -> AdapterObject:
+def adapter_object(version: AdapterVersion, store: AdapterStore, principal: Principal) -> AdapterObject:
     manifest = version.manifest
+    ownership = store.ownership(version.name)
+    source = manifest.get("source")
+    if not principal.admin and isinstance(source, str) and source.startswith(("/", "~")):
+        source = "path"  # never a filesystem path for a key that is not an admin
     return AdapterObject(
         id=version.name,
         version=version.version,
         base_model=manifest.get("base_model"),
         created=manifest.get("created"),
-        source=manifest.get("source"),
+        source=source,
         rank=manifest.get("rank"),
         target_modules=manifest.get("target_modules"),
+        shared=ownership.shared if ownership is not None else None,
+        owned=ownership is not None and ownership.owner == principal.owner,
+        owner=(ownership.owner if ownership is not None else None) if principal.admin else None,
     )
 
 
@@ -51,55 +76,113 @@ def source_roots(settings: Settings) -> tuple[Path, ...]:
     return (settings.adapters_dir, *settings.adapter_source_roots)
 
 
+def checked_source(request: Request, path: str, param: str) -> Path:
+    """A source directory under an allowed root, and never inside the folder of an adapter the caller may not
+    change (another key's weights must not be copied out under a new name)."""
+    engine: Engine = request.app.state.engine
+    principal = principal_of(request.scope)
+    source = path_under(source_roots(request.app.state.settings), path, param)
+    inside = engine.adapters.is_inside_adapter(source)
+    if inside is not None and not principal.admin:
+        ownership = engine.adapters.ownership(inside)
+        if ownership is None or not ownership.may_change(principal.owner, principal.admin):
+            raise InvalidAdapter("Adapter paths may not point into another adapter's folder.", param)
+    return source
+
+
+async def add_version(
+    request: Request, name: str, source: Path, source_label: str, shared: bool | None, param: str = "name"
+) -> AdapterVersion:
+    """Authorize (allowed_adapters, ownership, quotas), then add `source` as the next version of `name`."""
+    engine: Engine = request.app.state.engine
+    settings: Settings = request.app.state.settings
+    principal = principal_of(request.scope)
+    authorize_adapter(principal, name, engine.adapters.ownership(name), param=param, change=True)
+    if shared is not None and not principal.admin:
+        raise invalid_request("Only admin keys may share adapters.", param="shared", code="invalid_value")
+    quotas = settings.security.quotas
+    return await engine.adapters.add(
+        name,
+        source,
+        source_label=source_label,
+        owner=principal.owner,
+        admin=principal.admin,
+        shared=shared if shared is not None else principal.admin,
+        max_versions=None if principal.admin else quotas.adapter_versions,
+        max_adapters=None if principal.admin else quotas.adapters,
+    )
+
+
 async def create_adapter(request: Request) -> Response:
     """JSON `{"name", "path"}` (a peft directory under an allowed root), or a multipart upload of its two files."""
     engine: Engine = request.app.state.engine
-    settings: Settings = request.app.state.settings
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        version = await _create_from_upload(request, engine)
+        version = await _create_from_upload(request)
     else:
         body = AdapterFromPath.model_validate(await read_json_object(request), strict=True)
         check_name(body.name)
-        source = path_under(source_roots(settings), body.path)
-        version = await engine.adapters.add(body.name, source, source_label=str(source))
-    return json_response(adapter_object(version), status_code=201)
+        source = checked_source(request, body.path, "path")
+        version = await add_version(request, body.name, source, str(source), body.shared)
+    return json_response(adapter_object(version, engine.adapters, principal_of(request.scope)), status_code=201)
 
 
-async def _create_from_upload(request: Request, engine: Engine) -> AdapterVersion:
+async def _create_from_upload(request: Request) -> AdapterVersion:
     async with request.form(max_files=2, max_fields=4) as form:
         name = check_name(form.get("name"))
+        shared_field = form.get("shared")
+        if shared_field is not None and shared_field not in ("true", "false"):
+            raise invalid_request("`shared` must be true or false.", param="shared", code="invalid_value")
+        shared = None if shared_field is None else shared_field == "true"
         with tempfile.TemporaryDirectory(prefix="adapter-upload-") as staging:
             for filename in (CONFIG_FILE, WEIGHTS_FILE):
                 upload = form.get(filename)
                 if not isinstance(upload, UploadFile):
                     raise invalid_request(f"Upload the file field `{filename}`.", param=filename)
                 (Path(staging) / filename).write_bytes(await upload.read())
-            return await engine.adapters.add(name, Path(staging), source_label="upload")
+            return await add_version(request, name, Path(staging), "upload", shared)
+
+
+def visible(store: AdapterStore, principal: Principal) -> list[AdapterVersion]:
+    """The served adapters `principal` may use: its own and the shared ones (every one, for an admin)."""
+    versions = []
+    for version in store.list():
+        ownership = store.ownership(version.name)
+        if ownership is not None and ownership.may_use(principal.owner, principal.admin):
+            versions.append(version)
+    return versions
 
 
 async def list_adapters(request: Request) -> Response:
     engine: Engine = request.app.state.engine
-    return json_response(ListOf(data=[adapter_object(v) for v in engine.adapters.list()]))
+    principal = principal_of(request.scope)
+    data = [adapter_object(version, engine.adapters, principal) for version in visible(engine.adapters, principal)]
+    return json_response(ListOf(data=data))
+
+
+async def remove_adapter(request: Request, name: str, param: str) -> None:
+    engine: Engine = request.app.state.engine
+    principal = principal_of(request.scope)
+    key = principal.key
+    if key is not None and key.allowed_adapters is not None and name not in key.allowed_adapters:
+        raise AdapterNotFound(name, param)
+    await engine.adapters.remove(name, param=param, owner=principal.owner, admin=principal.admin)
 
 
 async def delete_adapter(request: Request) -> Response:
-    engine: Engine = request.app.state.engine
     name = check_name(request.path_params["name"])
-    await engine.adapters.remove(name)
+    await remove_adapter(request, name, "name")
     return json_response(Deleted(id=name, object="adapter"))
 
 
 async def vllm_load_lora_adapter(request: Request) -> PlainTextResponse:
-    engine: Engine = request.app.state.engine
     body = VllmLoadLora.model_validate(await read_json_object(request), strict=True)
     check_name(body.lora_name, "lora_name")
-    source = path_under(source_roots(request.app.state.settings), body.lora_path, "lora_path")
-    await engine.adapters.add(body.lora_name, source, source_label=str(source))
+    source = checked_source(request, body.lora_path, "lora_path")
+    await add_version(request, body.lora_name, source, str(source), None, "lora_name")
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
 async def vllm_unload_lora_adapter(request: Request) -> PlainTextResponse:
-    engine: Engine = request.app.state.engine
     body = VllmUnloadLora.model_validate(await read_json_object(request), strict=True)
-    await engine.adapters.remove(check_name(body.lora_name, "lora_name"), param="lora_name")
+    await remove_adapter(request, check_name(body.lora_name, "lora_name"), "lora_name")
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

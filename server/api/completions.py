@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from server.api.chat import until_disconnected
 from server.api.errors import APIError, invalid_request, read_json_object
-from server.api.metering import LocalModel, admit_local, error_events, local_model, metered, started
+from server.api.local_access import LocalModel, admit_local, error_events, local_model, metered, started
 from server.api.protocol import ADAPTER_NAME, InvalidParam, Penalty, StreamOptions
 from server.config import Settings
 from server.engine import CompletionDelta, Engine, GenerationOptions

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.errors import invalid_request, read_json_object
-from server.api.metering import metered
+from server.api.local_access import metered
 from server.config import Settings
 from server.gateway.errors import ModelUnavailable
 from server.gateway.routing import Route

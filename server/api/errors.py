@@ -156,12 +156,19 @@ async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def read_json_object(request: Request) -> dict:
-    """The request body as a JSON object, or a 400 saying why not."""
-    body = await request.body()
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
+    """The request body as a JSON object, or a 400 saying why not (parsed by the request guard middleware when
+    it ran: bounded in size and depth, large bodies off the event loop)."""
+    state = request.scope.get("state", {})
+    if "json_body" in state:
+        payload = state["json_body"]
+    else:
+        body = await request.body()
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise invalid_request(
+                f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+            ) from None
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_json")
     return payload

@@ -8,6 +8,7 @@ list / retrieve / cancel / list_events` work unchanged.
 from __future__ import annotations
 
 import re
+import time
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
@@ -16,7 +17,7 @@ from starlette.responses import Response
 from server.adaption.jobs import Job, JobEvent
 from server.adaption.runner import AdaptionService
 from server.api.errors import invalid_request, model_not_found, read_json_object
-from server.api.middleware import caller_of
+from server.api.middleware import caller_of, principal_of
 from server.api.protocol import MEMORY_GROUP_MAX, MEMORY_GROUP_PATTERN, InvalidParam
 from server.api.protocol_resources import (
     Item,
@@ -28,6 +29,7 @@ from server.api.protocol_resources import (
     json_response,
 )
 from server.engine.adapters import ADAPTER_NAME
+from server.gateway.service import Gateway, authorize_adapter
 from server.serving.catalog import ModelCatalog
 
 MEMORY_FILE_PREFIX = "memory:"
@@ -137,7 +139,23 @@ async def create_job(request: Request) -> Response:
     if catalog.base_model(body.model) is None:
         raise model_not_found(body.model)
     assert body.adapter is not None  # checked by the validator
-    job = await _service(request).create(caller_of(request.scope), body.memory_group, body.adapter)
+    gateway: Gateway = request.app.state.gateway
+    principal = principal_of(request.scope)
+    # Training writes new versions into the adapter: only into the caller's own (or a new one), and one its
+    # key's `allowed_adapters` names.
+    param = "lora_name" if body.lora_name else "suffix"
+    authorize_adapter(principal, body.adapter, catalog.adapters.ownership(body.adapter), param=param, change=True)
+    charge = await gateway.charge(
+        principal, request.app.state.settings.metering.fine_tuning_per_job, "a fine-tuning job"
+    )
+    asked_at = time.time()
+    try:
+        job = await _service(request).create(caller_of(request.scope), body.memory_group, body.adapter)
+    except BaseException:
+        await gateway.refund(charge)
+        raise
+    if job.created_at < asked_at:  # joined the caller's own job already queued: nothing new to pay for
+        await gateway.refund(charge)
     return json_response(job_json(job))
 
 

@@ -67,6 +67,20 @@ async def get_key(request: Request) -> Response:
     return json_response(key_json(key))
 
 
+class AddCredits(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    amount: int = Field(ge=1, le=10**15, description="credits (tokens) to add to the key's balance")
+
+
+async def add_credits(request: Request) -> Response:
+    """`POST /v1/keys/{key_id}/credits` `{"amount": n}`: an admin tops up a key (one without a balance gets one)."""
+    store = _admin_store(request)
+    body = AddCredits.model_validate(await read_json_object(request))
+    key = await store.add_credits(request.path_params["key_id"], body.amount)
+    return json_response(key_json(key))
+
+
 async def revoke_key(request: Request) -> Response:
     key = await _admin_store(request).revoke(request.path_params["key_id"])
     return json_response(key_json(key))

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api.errors import invalid_request, read_json_object
+from server.api.metering import check_memory_quota, metered, tokens_of
 from server.api.middleware import caller_of, request_id_of
 from server.api.protocol import MEMORY_GROUP_MAX, MEMORY_GROUP_PATTERN, USER_GOAL_MAX
 from server.api.protocol_resources import (
@@ -83,6 +84,7 @@ def memory_json(memory: Memory, group: str) -> MemoryObject:
         memory_group=group,
         text=memory.text,
         kind=memory.kind,
+        speaker=memory.speaker,
         source_request_id=memory.source_request_id,
         created_at=int(memory.created_at),
         updated_at=int(memory.updated_at),
@@ -180,9 +182,12 @@ async def list_memories(request: Request) -> Response:
 async def add_memories(request: Request) -> Response:
     name = _group_name(request)
     body = AddMemories.model_validate(await read_json_object(request))
-    added = await _service(request).add(
-        caller_of(request.scope), name, body.texts, body.user_goal, request_id_of(request.scope)
-    )
+    await check_memory_quota(request, name, len(body.texts))
+    rate = request.app.state.settings.metering.memory_add_per_token
+    async with metered(request, rate * await tokens_of(request, body.texts), "embedding these memories"):
+        added = await _service(request).add(
+            caller_of(request.scope), name, body.texts, body.user_goal, request_id_of(request.scope)
+        )
     return _list([memory_json(memory, name) for memory in added])
 
 
@@ -195,7 +200,11 @@ async def get_memory(request: Request) -> Response:
 async def update_memory(request: Request) -> Response:
     name = _group_name(request)
     body = UpdateMemory.model_validate(await read_json_object(request))
-    memory = await _service(request).update(caller_of(request.scope), name, request.path_params["memory_id"], body.text)
+    rate = request.app.state.settings.metering.memory_add_per_token
+    async with metered(request, rate * await tokens_of(request, [body.text]), "embedding this memory"):
+        memory = await _service(request).update(
+            caller_of(request.scope), name, request.path_params["memory_id"], body.text
+        )
     return json_response(memory_json(memory, name))
 
 
@@ -209,14 +218,18 @@ async def delete_memory(request: Request) -> Response:
 async def search_memories(request: Request) -> Response:
     name = _group_name(request)
     body = SearchMemories.model_validate(await read_json_object(request))
-    hits = await _service(request).search(caller_of(request.scope), name, body.query, body.limit)
+    rate = request.app.state.settings.metering.memory_search_per_token
+    async with metered(request, rate * await tokens_of(request, [body.query]), "a memory search"):
+        hits = await _service(request).search(caller_of(request.scope), name, body.query, body.limit)
     return _list([MemorySearchResult(score=hit.score, memory=memory_json(hit.memory, name)) for hit in hits])
 
 
 async def curate_group(request: Request) -> Response:
     name = _group_name(request)
     consolidate: Consolidate = request.app.state.consolidate
-    report = await _service(request).curate(caller_of(request.scope), name, consolidate)
+    await _service(request).group(caller_of(request.scope), name)  # 404 before any charge
+    async with metered(request, request.app.state.settings.metering.memory_curate_per_run, "a curation run"):
+        report = await _service(request).curate(caller_of(request.scope), name, consolidate)
     return json_response(curation_json(report))
 
 

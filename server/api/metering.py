@@ -1,104 +1,76 @@
-"""The gateway's steps for endpoints that use a model without the chat pipeline (embeddings, completions,
-tokenize): a usage record per request (failures too, settled exactly once), the key's model limits,
-credits and rate limit."""
+"""Metering and quotas for the endpoints besides chat: charge before the work, refund if it fails.
+
+Rates live in models.yaml (`metering`, 0: explicitly free); quotas in `security.quotas`. Admins and keys
+without a credit balance are neither charged nor limited by quotas.
+"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import TypeVar
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
 from starlette.requests import Request
-from starlette.responses import Response
 
-from server.api.errors import status_of, to_api_error
-from server.api.middleware import principal_of, request_id_of
-from server.config import ModelEntry, Settings
+from server.api.middleware import principal_of
 from server.engine import Engine
-from server.errors import CLIENT_CLOSED, CLIENT_CLOSED_CODE, ServerError
-from server.gateway.errors import ModelUnavailable
-from server.gateway.routing import Route
-from server.gateway.service import Admission, Gateway, RequestAccount
-from server.guardrails.errors import GuardrailViolation
-
-T = TypeVar("T")
+from server.gateway.errors import QuotaExceeded
+from server.gateway.keys import Principal
+from server.gateway.service import Charge, Gateway
+from server.memory.errors import GroupNotFound
+from server.memory.service import MemoryService
 
 
-async def metered(request: Request, handle: Callable[[Gateway, Admission], Awaitable[Response]]) -> Response:
-    """Run `handle` with the request's admission; an error settles it with the error's status.
+def pays(principal: Principal) -> bool:
+    return principal.key is not None and principal.key.credits is not None
 
-    `handle` settles the admission itself once it has answered (a stream: when the stream ends).
-    """
+
+async def tokens_of(request: Request, texts: Sequence[str]) -> int:
+    """Tokens of the served model in `texts`, counted off the event loop (only for keys that pay)."""
+    if not pays(principal_of(request.scope)):
+        return 0
+    engine: Engine = request.app.state.engine
+    return await asyncio.to_thread(lambda: sum(engine.count_tokens(text) for text in texts))
+
+
+@asynccontextmanager
+async def metered(request: Request, credits: float, what: str) -> AsyncIterator[Charge]:
+    """Charge `credits` (402 when the balance cannot cover them) for the work in the block; refunded if it fails."""
     gateway: Gateway = request.app.state.gateway
-    admission = Admission(gateway, RequestAccount(request_id_of(request.scope), principal_of(request.scope)))
+    charge = await gateway.charge(principal_of(request.scope), credits, what)
     try:
-        return await handle(gateway, admission)
-    except Exception as exc:
-        admission.settle(*status_of(exc))
+        yield charge
+    except BaseException:
+        await gateway.refund(charge)
         raise
 
 
-@dataclass(frozen=True, slots=True)
-class LocalModel:
-    entry: ModelEntry
-    adapter: str | None
-    adapter_param: str
-
-    @property
-    def public_name(self) -> str:
-        return self.adapter or self.entry.name
+def over_quota(what: str, quota: int, param: str | None = None) -> QuotaExceeded:
+    return QuotaExceeded(f"This API key has reached its quota of {quota} {what}; delete some first.", param)
 
 
-def local_model(settings: Settings, engine: Engine, name: str, lora_name: str | None) -> LocalModel:
-    """The served model (or one of its adapters, named as `model` in vLLM's way) that `name` names; else 404."""
-    if name in engine.adapters:
-        return LocalModel(settings.served, name, "model")
-    entry = settings.find_model(name)
-    if entry is None or entry.name != settings.served.name:
-        raise ModelUnavailable(name)
-    return LocalModel(entry, lora_name, "lora_name")
-
-
-def admit_local(gateway: Gateway, admission: Admission, model: LocalModel, *, generates: bool = True) -> None:
-    """The key may use the model (and adapter); then, for generation, credits and the rate limit."""
-    principal = admission.account.principal
-    adapters = [(model.adapter, model.adapter_param)] if model.adapter is not None else []
-    gateway.authorize(principal, [model.entry.name], adapters)
-    if generates:
-        gateway.admit(principal)
-    admission.account.served_by(Route(model.entry.name, None), model.entry.name, model.adapter)
-
-
-async def started(items: AsyncIterator[T]) -> AsyncIterator[T]:
-    """`items` with the first one already produced (so its errors are raised before answering 200)."""
-    first = await anext(items)
-
-    async def replay() -> AsyncIterator[T]:
-        yield first
-        async for item in items:
-            yield item
-
-    return replay()
-
-
-async def error_events(chunks: AsyncIterator[str], admission: Admission) -> AsyncIterator[dict]:
-    """SSE events for the chunks, `[DONE]` at the end, an error event if generation fails midway.
-
-    The admission is settled once: 200, the error's status, or 499 when the client left.
-    """
-    outcome: tuple[int, str | None] = (CLIENT_CLOSED, CLIENT_CLOSED_CODE)
+async def check_memory_quota(request: Request, group_name: str, adding: int) -> None:
+    """403 when the caller would own more memory groups, or hold more memories in one group, than allowed."""
+    principal = principal_of(request.scope)
+    if principal.admin:
+        return
+    quotas = request.app.state.settings.security.quotas
+    memory: MemoryService = request.app.state.memory
     try:
-        async for data in chunks:
-            yield {"data": data}
-    except ServerError as exc:
-        error = to_api_error(exc)
-        outcome = (error.status, error.code)
-        yield {"data": json.dumps(error.body())}
-        if isinstance(exc, GuardrailViolation):  # closed on purpose
-            yield {"data": "[DONE]"}
-    else:
-        outcome = (200, None)
-        yield {"data": "[DONE]"}
-    finally:
-        admission.settle(*outcome)
+        group = await memory.group(principal.owner, group_name)
+    except GroupNotFound:
+        owned = sum(1 for group in await memory.store.list_groups() if group.owner == principal.owner)
+        if owned >= quotas.memory_groups:
+            raise over_quota("memory groups", quotas.memory_groups, "memory_group") from None
+        return
+    if group.memory_count + adding > quotas.memories_per_group:
+        raise over_quota(f"memories in the group `{group_name}`", quotas.memories_per_group, "text")
+
+
+async def check_template_quota(request: Request) -> None:
+    principal = principal_of(request.scope)
+    if principal.admin:
+        return
+    quota = request.app.state.settings.security.quotas.templates
+    if len(await request.app.state.templates.list(principal.owner, admin=False)) >= quota:
+        raise over_quota("templates", quota, "name")

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from server.api.errors import invalid_request, read_json_object
+from server.api.metering import metered, tokens_of
 from server.api.protocol import ModerationRequest, ModerationResponse, ModerationResult
 from server.config import GuardrailSettings
 from server.guardrails.checker import Checker
@@ -56,7 +57,9 @@ async def create_moderation(request: Request) -> JSONResponse:
     body = ModerationRequest.model_validate(await read_json_object(request), strict=True)
     inputs = checked_inputs(body, limits)
     policy = checked_policy(body.policy, limits, "policy") or limits.moderation_policy
-    verdicts = await checker.check_many(policy, inputs)
+    rate = request.app.state.settings.metering.moderation_per_token
+    async with metered(request, rate * await tokens_of(request, inputs), "this moderation"):
+        verdicts = await checker.check_many(policy, inputs)
     response = ModerationResponse(
         id=f"modr-{uuid.uuid4().hex}",
         model=checker.name,

@@ -8,6 +8,7 @@ known fields are range-checked so a bad value is a 400 naming it.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from typing import Annotated, Literal
@@ -36,6 +37,21 @@ class InvalidParam(ServerError):
     def __init__(self, param: str, message: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+# Limits on one request (hostile input: each bounds work done before the engine's own checks).
+MAX_MESSAGES = 20_000
+MAX_TOOLS = 128
+MAX_SCHEMA_BYTES = 64 * 1024  # one tool's `parameters`, or a response_format schema, as JSON
+MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
+MAX_STOP = 4
+MAX_STOP_CHARS = 256
+
+
+def _bounded_schema(schema: dict | None) -> dict | None:
+    if schema is not None and len(json.dumps(schema)) > MAX_SCHEMA_BYTES:
+        raise ValueError(f"a schema may be at most {MAX_SCHEMA_BYTES} bytes of JSON")
+    return schema
 
 
 class _Wire(BaseModel):
@@ -115,6 +131,8 @@ class FunctionDefinition(_Wire):
     parameters: dict | None = None
     strict: bool | None = None
 
+    _schema_size = field_validator("parameters")(_bounded_schema)
+
 
 class ToolDefinition(_Wire):
     type: Literal["function"]
@@ -143,6 +161,8 @@ class JsonSchemaSpec(_Wire):
     description: str | None = None
     schema_: dict | None = Field(None, alias="schema")
     strict: bool | None = None
+
+    _schema_size = field_validator("schema_")(_bounded_schema)
 
 
 class JsonSchemaFormat(_Wire):
@@ -264,7 +284,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # unknown fields: accepted, ignored (drop_params, default true)
 
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -281,7 +301,7 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     logit_bias: dict[str, float] | None = None
     response_format: ResponseFormat | None = None
-    tools: list[ToolDefinition] | None = Field(None, max_length=128)
+    tools: list[ToolDefinition] | None = Field(None, max_length=MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     # Deprecated function calling: mapped onto `tools` / `tool_choice`, answered with `message.function_call`.
@@ -338,10 +358,12 @@ class ChatCompletionRequest(BaseModel):
         if stop is None:
             return []
         stops = [stop] if isinstance(stop, str) else stop
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
         if any(not item for item in stops):
             raise ValueError("stop sequences must be non-empty strings")
+        if any(len(item) > MAX_STOP_CHARS for item in stops):
+            raise ValueError(f"stop sequences may be at most {MAX_STOP_CHARS} characters long")
         return stops
 
     @field_validator("messages", mode="before")
@@ -362,8 +384,10 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("logit_bias")
     @classmethod
     def _token_ids_and_bias_range(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias is not None and len(bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries are allowed, got {len(bias)}")
         for key, value in (bias or {}).items():
-            if not key.isdigit():
+            if not (key.isascii() and key.isdigit()) or len(key) > 10:
                 raise ValueError(f"keys must be token ids, got {key!r}")
             if not -100 <= value <= 100:
                 raise ValueError(f"bias values must be between -100 and 100, got {value} for token {key}")

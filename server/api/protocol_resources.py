@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, SerializeAsAny, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, SerializerFunctionWrapHandler, model_serializer
 from starlette.responses import Response
 
 
@@ -44,6 +44,7 @@ class MemoryObject(BaseModel):
     memory_group: str
     text: str
     kind: str
+    speaker: str  # who said it: user (chat), api (the memory API)
     source_request_id: str | None
     created_at: int
     updated_at: int
@@ -150,6 +151,9 @@ class AdapterObject(BaseModel):
     source: str | None
     rank: int | None
     target_modules: list[str] | None
+    shared: bool | None = None  # every key may use it
+    owned: bool = False  # the calling key owns it
+    owner: str | None = Field(None, exclude_if=lambda value: value is None)  # shown to admins only
 
 
 # keys

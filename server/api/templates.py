@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api.errors import read_json_object
+from server.api.metering import check_template_quota
 from server.api.middleware import principal_of
 from server.api.protocol import ChatMessage, Penalty
 from server.api.protocol_resources import ListOf, TemplateDeleted, TemplateObject, json_response
@@ -77,6 +78,7 @@ def _store(request: Request) -> TemplateStore:
 async def create_template(request: Request) -> Response:
     principal = principal_of(request.scope)
     body = CreateTemplate.model_validate(await read_json_object(request))
+    await check_template_quota(request)
     template = await _store(request).create(principal.owner, body.name, body.content())
     return json_response(template_json(template), status_code=201)
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.errors import read_json_object
-from server.api.metering import admit_local, local_model, metered
+from server.api.local_access import admit_local, local_model, metered
 from server.api.protocol import ChatMessage, InvalidParam, ToolDefinition
 from server.config import Settings
 from server.engine import ChatTurn, Engine, ToolCall, ToolSpec, ToolUse

@@ -7,6 +7,7 @@ bodies when they were logged.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 from typing import get_args
@@ -41,7 +42,7 @@ def _time(request: Request, name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value < 0:
+    if not math.isfinite(value) or value < 0:
         raise invalid_request(f"`{name}` must be a Unix time in seconds.", param=name)
     return value
 

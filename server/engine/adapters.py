@@ -40,6 +40,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 MANIFEST_FILE = "manifest.json"
 NO_ACTIVE_VERSION = "none"  # `active` when versions exist but none has been promoted
 ACTIVE_FILE = "active"
+OWNER_FILE = "owner.json"  # {"owner": <owner id>, "shared": bool}: who may change the adapter, who may use it
 # Linear layers vLLM can put LoRA on for Llama/Mistral-style models.
 SUPPORTED_TARGET_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
 DRAIN_TIMEOUT_S = 300
@@ -69,6 +70,55 @@ class AdapterNotFound(AdapterError):
     def __init__(self, name: str, param: str | None = "lora_name") -> None:
         super().__init__(f"The adapter `{name}` does not exist.")
         self.param = param
+
+
+class AdapterOwned(AdapterError):
+    """Another owner's adapter: only its owner or an admin may add versions, activate, unload or delete it (403)."""
+
+    status, type, code = 403, "permission_error", "adapter_not_owned"
+
+    def __init__(self, name: str, param: str | None = "name") -> None:
+        super().__init__(f"The adapter `{name}` belongs to another API key; only its owner or an admin may change it.")
+        self.param = param
+
+
+class AdapterQuotaExceeded(AdapterError):
+    """An owner's adapters or an adapter's versions are at their quota (403)."""
+
+    status, type, code = 403, "permission_error", "quota_exceeded"
+
+    def __init__(self, message: str, param: str | None = "name") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """Who owns an adapter (an opaque owner id) and whether its owner shared it with every key.
+
+    Adapters without an owner file (put on disk by the operator) are the operator's, shared."""
+
+    owner: str | None
+    shared: bool
+
+    def may_use(self, owner: str, admin: bool) -> bool:
+        return admin or self.shared or self.owner == owner
+
+    def may_change(self, owner: str, admin: bool) -> bool:
+        return admin or (self.owner is not None and self.owner == owner)
+
+
+OPERATOR_OWNED = Ownership(owner=None, shared=True)
+
+
+def read_ownership(directory: Path) -> Ownership:
+    try:
+        raw = json.loads((directory / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return OPERATOR_OWNED
+    if not isinstance(raw, dict) or not isinstance(raw.get("owner"), str):
+        return OPERATOR_OWNED
+    return Ownership(owner=raw["owner"], shared=bool(raw.get("shared", False)))
 
 
 def check_name(name: object, param: str = "name") -> str:
@@ -235,6 +285,30 @@ class AdapterStore:
     def list(self) -> list[AdapterVersion]:
         return [self._active[name] for name in sorted(self._active)]
 
+    def ownership(self, name: str) -> Ownership | None:
+        """The adapter's owner (None when no adapter of that name exists on disk)."""
+        directory = self.root / name
+        if not ADAPTER_NAME.match(name) or not directory.is_dir():
+            return None
+        return read_ownership(directory)
+
+    def owned_by(self, owner: str) -> list[str]:
+        """Names of the adapters (active or not) `owner` owns."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and ADAPTER_NAME.match(p.name) and read_ownership(p).owner == owner
+        )
+
+    def is_inside_adapter(self, path: Path) -> str | None:
+        """The adapter whose folder holds `path` (resolved), or None."""
+        root = self.root.resolve()
+        if path == root or root not in path.parents:
+            return None
+        return path.relative_to(root).parts[0]
+
     def get(self, name: str, param: str = "lora_name") -> AdapterVersion:
         version = self._active.get(name)
         if version is None:
@@ -257,10 +331,24 @@ class AdapterStore:
             if version.in_flight == 0:
                 version.drained.set()
 
-    async def add(self, name: str, source: Path, *, source_label: str, activate: bool = True) -> AdapterVersion:
+    async def add(
+        self,
+        name: str,
+        source: Path,
+        *,
+        source_label: str,
+        activate: bool = True,
+        owner: str | None = None,
+        admin: bool = True,
+        shared: bool | None = None,
+        max_versions: int | None = None,
+        max_adapters: int | None = None,
+    ) -> AdapterVersion:
         """Copy `source` in as the next version of `name`, load it, then switch new requests to it.
 
         With `activate=False` the version is only kept on disk (a fine-tune that did not beat the current one).
+        A new adapter is `owner`'s (shared with every key when `shared`); an existing one takes new versions
+        only from its owner or an admin (AdapterOwned). `max_versions` / `max_adapters`: the caller's quotas.
         """
         check_name(name)
         if name in self.entry.names:
@@ -269,7 +357,20 @@ class AdapterStore:
         facts = await asyncio.to_thread(inspect_adapter, source, self.entry, self.model_config)
         async with self._lock:
             directory = self.root / name
+            exists = directory.is_dir()
+            if exists and not read_ownership(directory).may_change(owner or "", admin):
+                raise AdapterOwned(name)
+            owned = len(self.owned_by(owner)) if not exists and max_adapters is not None and owner else 0
+            if max_adapters is not None and owned >= max_adapters:
+                raise AdapterQuotaExceeded(f"This API key owns {max_adapters} adapters, its quota; delete one first.")
+            if exists and max_versions is not None and len(self._versions(directory)) >= max_versions:
+                raise AdapterQuotaExceeded(
+                    f"The adapter `{name}` has {max_versions} versions, the quota; delete the adapter or ask an admin."
+                )
             directory.mkdir(parents=True, exist_ok=True)
+            if not exists:
+                ownership = {"owner": owner, "shared": bool(shared) if shared is not None else owner is None}
+                _write_atomically(directory / OWNER_FILE, json.dumps(ownership) + "\n")
             number = (self._versions(directory) or [0])[-1] + 1
             target = directory / f"v{number}"
             manifest = {
@@ -291,7 +392,7 @@ class AdapterStore:
             try:
                 await self._engine.add_lora(version.lora_request)
             except Exception as exc:
-                shutil.rmtree(target, ignore_errors=True)
+                shutil.rmtree(directory if not exists else target, ignore_errors=True)
                 raise InvalidAdapter(f"The engine could not load the adapter: {exc}") from exc
             _write_atomically(directory / ACTIVE_FILE, f"v{number}\n")
             previous = self._active.get(name)
@@ -302,12 +403,20 @@ class AdapterStore:
             task.add_done_callback(self._retiring.discard)
         return version
 
-    async def remove(self, name: str, *, param: str = "name") -> AdapterVersion:
-        """Stop new requests for `name` now and delete its files; the engine drops it once its running requests finish."""
+    async def remove(
+        self, name: str, *, param: str = "name", owner: str | None = None, admin: bool = True
+    ) -> AdapterVersion:
+        """Stop new requests for `name` now and delete its files; the engine drops it once its running requests finish.
+
+        Only its owner or an admin may (AdapterOwned); one who may not even use it is told it does not exist."""
         async with self._lock:
-            version = self._active.pop(name, None)
-            if version is None:
+            version = self._active.get(name)
+            ownership = self.ownership(name)
+            if version is None or ownership is None or not ownership.may_use(owner or "", admin):
                 raise AdapterNotFound(name, param)
+            if not ownership.may_change(owner or "", admin):
+                raise AdapterOwned(name, param)
+            del self._active[name]
             await asyncio.to_thread(shutil.rmtree, self.root / name, True)
         await self._retire(version)
         return version
@@ -354,6 +463,5 @@ def path_under(roots: tuple[Path, ...], candidate: str, param: str = "path") -> 
         root = root.resolve()
         if resolved == root or root in resolved.parents:
             return resolved
-    raise InvalidAdapter(
-        f"Adapter paths must lie under {', '.join(str(root) for root in roots)}; got {candidate!r}.", param
-    )
+    # The roots are not named: keys that are not admins never see the server's filesystem paths.
+    raise InvalidAdapter("Adapter paths must lie under one of the server's adapter source roots.", param)

@@ -27,7 +27,7 @@ from server.config import ModelEntry
 from server.engine.adapters import AdapterStore, AdapterVersion
 from server.engine.errors import EngineUnavailable, InvalidOption
 from server.engine.logprobs import TokenLogprob, token_logprobs
-from server.engine.prompt import ChatTurn, render_prompt
+from server.engine.prompt import ChatTurn, render_prompt, special_token_pattern, special_token_strings
 from server.engine.sampling import GenerationOptions, JsonConstraint, build_sampling_params
 from server.engine.tools import ChoiceToolReader, ToolCallChunk, ToolUse, forced_call_schema
 
@@ -96,6 +96,7 @@ class Engine:
         self.entry = entry
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
+        self._specials = special_token_pattern(special_token_strings(self._tokenizer))
         self._death_logged = False
         self.adapters = AdapterStore(adapters_dir, entry, llm.model_config.hf_config.to_dict(), llm)
         self.adapters.load_existing()
@@ -159,7 +160,7 @@ class Engine:
     ) -> PreparedChat:
         self._raise_if_dead()
         version = self.adapters.get(adapter, adapter_param) if adapter is not None else None
-        _, token_ids = render_prompt(self._tokenizer, turns, tool_use, self.entry.tool_format)
+        _, token_ids = render_prompt(self._tokenizer, turns, tool_use, self.entry.tool_format, self._specials)
         if tool_use is not None and tool_use.offers_tools and tool_use.forced:
             # A required or named call is enforced by structured output, like vLLM's own server.
             options = replace(options, json=JsonConstraint(forced_call_schema(tool_use)))

@@ -51,6 +51,45 @@ class InsufficientCredits(GatewayError):
             )
 
 
+class WorkNotCovered(InsufficientCredits):
+    """Metered work (moderation, memory, fine-tuning) costs more credits than the key has left (402)."""
+
+    def __init__(self, what: str, needed: int) -> None:
+        ServerError.__init__(
+            self, f"This API key has too few credits left for {what} ({needed} needed). Ask an admin to add credits."
+        )
+
+
+class AdapterHidden(GatewayError):
+    """Another key's adapter that was not shared: answered as if it did not exist."""
+
+    status, code = 404, "adapter_not_found"
+
+    def __init__(self, name: str, param: str) -> None:
+        super().__init__(f"The adapter `{name}` does not exist.")
+        self.param = param
+
+
+class AdapterNotOwned(GatewayError):
+    """A shared adapter of another key: usable, but only its owner or an admin may change it."""
+
+    status, type, code = 403, "permission_error", "adapter_not_owned"
+
+    def __init__(self, name: str, param: str) -> None:
+        super().__init__(f"The adapter `{name}` belongs to another API key; only its owner or an admin may change it.")
+        self.param = param
+
+
+class QuotaExceeded(GatewayError):
+    """A key owns as many of something as its quota allows."""
+
+    status, type, code = 403, "permission_error", "quota_exceeded"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class RateLimited(GatewayError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
 

@@ -215,6 +215,33 @@ class KeyStore(Database):
         self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id))
         return self._get(key_id)
 
+    async def take(self, key_id: str, credits: int) -> bool:
+        """Debit `credits` only if the balance covers them: one conditional UPDATE, so concurrent takes can never
+        bring a balance below zero. True when taken (or the key has no balance)."""
+
+        def taking() -> bool:
+            row = self.db.execute(
+                "UPDATE api_keys SET credits = credits - ? WHERE id = ? AND credits IS NOT NULL AND credits >= ?"
+                " RETURNING credits",
+                (credits, key_id, credits),
+            ).fetchall()
+            if row:
+                return True
+            unlimited = self.db.execute("SELECT 1 FROM api_keys WHERE id = ? AND credits IS NULL", (key_id,)).fetchone()
+            return unlimited is not None
+
+        return await self._run(taking)
+
+    async def add_credits(self, key_id: str, credits: int) -> ApiKey:
+        """Add `credits` to the key's balance (a key without a balance gets one of `credits`)."""
+
+        def adding() -> ApiKey:
+            self._get(key_id)
+            self.db.execute("UPDATE api_keys SET credits = COALESCE(credits, 0) + ? WHERE id = ?", (credits, key_id))
+            return self._get(key_id)
+
+        return await self._run(adding)
+
     def debit(self, key_id: str, tokens: int) -> None:
         """Take `tokens` off the key's balance (never below zero; a negative amount is a refund), off the
         response path. Queued on the store's thread, so the key's next authentication already sees it."""

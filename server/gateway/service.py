@@ -18,10 +18,11 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from server.config import GatewaySettings
 from server.errors import outcome_of
-from server.gateway.errors import InsufficientCredits, NotAllowed
+from server.gateway.errors import AdapterHidden, AdapterNotOwned, InsufficientCredits, NotAllowed, WorkNotCovered
 from server.gateway.keys import KeyStore, Principal
 from server.gateway.limits import RateLimiter, check_credits
 from server.gateway.routing import Route, Router
@@ -63,6 +64,46 @@ class RequestAccount:
 
 def _allowed(name: str, allowed: Sequence[str] | None) -> bool:
     return allowed is None or name in allowed
+
+
+class AdapterOwnership(Protocol):
+    """Who owns an adapter (`engine.adapters.Ownership`)."""
+
+    def may_use(self, owner: str, admin: bool) -> bool: ...
+
+    def may_change(self, owner: str, admin: bool) -> bool: ...
+
+
+def authorize_adapter(
+    principal: Principal,
+    adapter: str,
+    ownership: AdapterOwnership | None,
+    *,
+    param: str = "lora_name",
+    change: bool = False,
+) -> None:
+    """May `principal` run on (or, with `change`, add versions to / activate / unload / delete / train) `adapter`?
+
+    The key's `allowed_adapters` first (403), then ownership: another key's unshared adapter is answered as
+    missing (404), a shared one may be used but not changed (403). `ownership` None: no such adapter yet
+    (creating it makes `principal` its owner)."""
+    key = principal.key
+    if key is not None and not _allowed(adapter, key.allowed_adapters):
+        raise NotAllowed("adapter", adapter, param)
+    if ownership is None:
+        return
+    if not ownership.may_use(principal.owner, principal.admin):
+        raise AdapterHidden(adapter, param)
+    if change and not ownership.may_change(principal.owner, principal.admin):
+        raise AdapterNotOwned(adapter, param)
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Credits taken for one piece of metered work (0 when free or unmetered); refunded if the work fails."""
+
+    key_id: str | None
+    credits: int
 
 
 class Gateway:
@@ -112,6 +153,26 @@ class Gateway:
         for adapter, param in adapters:
             if not _allowed(adapter, key.allowed_adapters):
                 raise NotAllowed("adapter", adapter, param)
+
+    def authorize_adapter(
+        self, principal: Principal, adapter: str, ownership: AdapterOwnership | None, **kwargs: object
+    ) -> None:
+        authorize_adapter(principal, adapter, ownership, **kwargs)  # type: ignore[arg-type]
+
+    async def charge(self, principal: Principal, credits: float, what: str) -> Charge:
+        """Take `credits` (rounded up) from the key's balance at once, atomically: never below zero (402 when the
+        balance cannot cover it). Keys without a balance, static keys and open servers are not charged."""
+        key = principal.key
+        amount = max(0, -int(-credits // 1))
+        if key is None or key.credits is None or amount == 0:
+            return Charge(None, 0)
+        if not await self.keys.take(key.id, amount):
+            raise WorkNotCovered(what, amount)
+        return Charge(key.id, amount)
+
+    async def refund(self, charge: Charge) -> None:
+        if charge.key_id is not None and charge.credits:
+            await self.keys.add_credits(charge.key_id, charge.credits)
 
     def admit(self, principal: Principal) -> None:
         """Before any generation: credits left (402), then the rate limit (429)."""

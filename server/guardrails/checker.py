@@ -9,11 +9,18 @@
 Scoring is blocking model work: it runs on one thread, batched across concurrent
 checks (`ThreadBatcher`). Text longer than the model's window is checked in
 overlapping segments and scores the most violating one.
+
+With `evidence` on, what the policy names explicitly decides first (`evidence.py`:
+named competitors and stated secrets in the text, a dosage, personal data,
+profanity, the language of each sentence); the model scores the rest, with the
+policy's own brand masked. Scores are calibrated: the raw score at the configured
+`threshold` (chosen on the dev set, never the test set) reads 0.5.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +38,15 @@ from transformers import (
 from server.batching import ThreadBatcher
 from server.config import GuardrailSettings
 from server.guardrails.encoder import GUARD_SPEC, HEAD_FILE, pair_logits
+from server.guardrails.evidence import (
+    Evidence,
+    Finding,
+    PolicyTerms,
+    evidence,
+    masked_own_brand,
+    policy_terms,
+    redacted,
+)
 from server.guardrails.training import BUILTIN_NAME, builtin_guard
 from server.model_sources import resolve_packaged
 
@@ -38,6 +54,9 @@ BUILTIN_PREFIX = "builtin:"
 SEGMENT_OVERLAP_TOKENS = 32  # a violation cut by a segment boundary is still whole in one segment
 CLASSIFIER_MAX_TOKENS = 256
 VIOLATION_LABELS = ("violation", "violates", "unsafe", "entailment", "flagged")
+EVIDENCE_SCORES = {Evidence.VIOLATES: 0.99, Evidence.COMPLIES: 0.01}
+NO_TERMS = PolicyTerms()
+PARSED_POLICIES = 256  # a stream checks one policy many times: it is parsed once
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +66,21 @@ class Verdict:
     reason: str
 
 
-def verdict_reason(policy: str, flagged: bool) -> str:
-    """A short reason that quotes the policy (the caller's own words), never the checked text."""
+def verdict_reason(policy: str, flagged: bool, because: str | None = None) -> str:
+    """A short reason that quotes the policy (the caller's own words), never the checked text
+    (nor a secret the policy states: `because` names only the kind of evidence)."""
     quoted = policy if len(policy) <= 120 else policy[:117] + "..."
-    return (
-        f'The output violates the policy "{quoted}".' if flagged else f'The output complies with the policy "{quoted}".'
+    reason = (
+        f'The output violates the policy "{quoted}"' if flagged else f'The output complies with the policy "{quoted}"'
     )
+    return f"{reason}: {because}." if because else f"{reason}."
+
+
+def calibrated(score: float, threshold: float) -> float:
+    """The raw score rescaled piecewise-linearly so that `threshold` reads 0.5 (and 0 and 1 stay put)."""
+    if score < threshold:
+        return 0.5 * score / threshold
+    return 0.5 + 0.5 * (score - threshold) / (1.0 - threshold)
 
 
 class PairScorer(Protocol):
@@ -64,9 +92,11 @@ class PairScorer(Protocol):
 class Checker:
     """Checks text against policies with one scorer, off the event loop, in batches."""
 
-    def __init__(self, name: str, scorer: PairScorer, threshold: float, max_batch: int) -> None:
+    def __init__(self, name: str, scorer: PairScorer, threshold: float, max_batch: int, use_evidence: bool) -> None:
         self.name = name
         self.threshold = threshold
+        self.use_evidence = use_evidence
+        self._terms: OrderedDict[str, PolicyTerms] = OrderedDict()
         self._batcher: ThreadBatcher[tuple[str, str], float] = ThreadBatcher(
             scorer.score_pairs, max_batch, "guardrails"
         )
@@ -77,15 +107,40 @@ class Checker:
     async def check_many(self, policy: str, texts: Sequence[str]) -> list[Verdict]:
         if not texts:
             return []
-        scores = await self._batcher.run([(policy, text) for text in texts])
-        return [self.verdict(policy, score) for score in scores]
+        terms = self.terms(policy)
+        shown = redacted(policy, terms)  # the policy as a reason quotes it
+        if not self.use_evidence:
+            terms = NO_TERMS
+        findings = [evidence(terms, text) for text in texts]
+        undecided = [index for index, finding in enumerate(findings) if finding is None]
+        pairs = [(policy, masked_own_brand(terms, texts[index])) for index in undecided]
+        model_scores = dict(zip(undecided, await self._batcher.run(pairs))) if pairs else {}
+        return [
+            self.verdict(shown, model_scores[index]) if finding is None else evidence_verdict(shown, finding)
+            for index, finding in enumerate(findings)
+        ]
 
-    def verdict(self, policy: str, score: float) -> Verdict:
-        flagged = score >= self.threshold
+    def terms(self, policy: str) -> PolicyTerms:
+        """The policy's explicit terms, parsed once per policy (the latest `PARSED_POLICIES` kept)."""
+        terms = self._terms.pop(policy, None) or policy_terms(policy)
+        self._terms[policy] = terms
+        if len(self._terms) > PARSED_POLICIES:
+            self._terms.popitem(last=False)
+        return terms
+
+    def verdict(self, policy: str, raw_score: float) -> Verdict:
+        """`policy` as the reason quotes it; `raw_score` the model's."""
+        score = calibrated(raw_score, self.threshold)
+        flagged = score >= 0.5
         return Verdict(flagged, round(float(score), 4), verdict_reason(policy, flagged))
 
     async def close(self) -> None:
         await self._batcher.close()
+
+
+def evidence_verdict(policy: str, finding: Finding) -> Verdict:
+    flagged = finding.evidence is Evidence.VIOLATES
+    return Verdict(flagged, EVIDENCE_SCORES[finding.evidence], verdict_reason(policy, flagged, finding.because))
 
 
 class ClassifierScorer:
@@ -223,14 +278,17 @@ def checker_model_path(source: str) -> str:
     return resolve_packaged(source)
 
 
-def open_checker(settings: GuardrailSettings, model_path: Path | str) -> Checker:
-    """The configured backend on `model_path` (blocking: loads the model)."""
-    scorer: PairScorer
+def open_scorer(settings: GuardrailSettings, model_path: Path | str) -> PairScorer:
+    """The configured backend's model on `model_path` (blocking: loads it)."""
     if settings.backend == "llama-guard":
-        scorer = LlamaGuardScorer(str(model_path))
-    elif (Path(model_path) / GUARD_SPEC).exists():
-        scorer = PolicyGuardScorer(str(model_path), settings.quantize)
-    else:
-        scorer = ClassifierScorer(str(model_path), settings.quantize)
+        return LlamaGuardScorer(str(model_path))
+    if (Path(model_path) / GUARD_SPEC).exists():
+        return PolicyGuardScorer(str(model_path), settings.quantize)
+    return ClassifierScorer(str(model_path), settings.quantize)
+
+
+def open_checker(settings: GuardrailSettings, model_path: Path | str, scorer: PairScorer | None = None) -> Checker:
+    """The configured backend on `model_path` (blocking: loads the model, unless `scorer` is it already)."""
+    scorer = scorer or open_scorer(settings, model_path)
     name = settings.model.removeprefix(BUILTIN_PREFIX).rstrip("/").rsplit("/", 1)[-1]
-    return Checker(name, scorer, settings.threshold, settings.max_batch)
+    return Checker(name, scorer, settings.threshold, settings.max_batch, settings.evidence)

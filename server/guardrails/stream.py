@@ -1,10 +1,15 @@
 """Zero-leak guarding of a generation: output is held back until a check covering it has passed.
 
-A check unit is `chunk_size` stream chunks (deltas that carry text) of one choice;
-each check reads the latest `sliding_window` units together, so text split across
-unit boundaries is still seen whole. Held deltas are released only after the check
-that covers them passes; the last partial unit (and the finishing delta) is checked
-before the stream ends. A whole (non-streamed) answer is one unit, checked at the end.
+A check unit is `chunk_size` stream chunks (deltas that carry text) of one choice,
+except the first units, which ramp up from `FIRST_UNIT_CHUNKS` (1, 2, 4, ... up to
+`chunk_size`), so the first token waits for one check of one chunk, not for a
+whole unit to be generated. Each check reads all the text since the last clean
+check plus context before it: the latest `sliding_window` units, and at least
+`MIN_CONTEXT_CHARS` of the text already checked, whatever the window settings,
+so a violation split over small units is still read whole. Held deltas are
+released only after the check that covers them passes; the last partial unit
+(and the finishing delta) is checked before the stream ends. A whole
+(non-streamed) answer is one unit, checked at the end.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from server.guardrails.errors import GuardrailViolation
 
 CONTENT_FILTER = "content_filter"
 WHOLE_ANSWER = 2**31  # a unit no answer fills: checked once, when its choice finishes
+FIRST_UNIT_CHUNKS = 1  # the first check covers one chunk; units then double up to chunk_size
+MIN_CONTEXT_CHARS = 240  # about two sentences (~50 tokens) of checked text before the new text, at least
 
 
 @dataclass(slots=True)
@@ -27,29 +34,53 @@ class PolicyWindow:
 
     chunk_size: int
     sliding_window: int
-    _done_units: deque[str] = field(init=False)
+    min_context_chars: int = MIN_CONTEXT_CHARS
+    first_unit: int = FIRST_UNIT_CHUNKS
+    _done_units: deque[int] = field(init=False)  # lengths of the latest checked units
+    _checked: str = field(init=False, default="")  # the tail of the checked text a context can need
     _current: list[str] = field(init=False, default_factory=list)
+    _unit_chunks: int = field(init=False)
 
     def __post_init__(self) -> None:
         self._done_units = deque(maxlen=self.sliding_window - 1)
+        self._unit_chunks = min(self.first_unit, self.chunk_size)
 
     def add(self, text: str) -> bool:
         """Count one chunk; True when it completes the current unit (a check is due)."""
         self._current.append(text)
-        return len(self._current) >= self.chunk_size
+        return len(self._current) >= self._unit_chunks
 
     @property
     def unchecked(self) -> bool:
         return bool(self._current)
 
+    @property
+    def context(self) -> str:
+        """Checked text the next check reads before the current unit."""
+        return self._checked
+
     def take_window(self) -> str:
-        """The latest `sliding_window` units, ending with the current one, which is then closed."""
+        """The context and the current unit, which is then closed (the check on it is assumed to pass)."""
         unit = "".join(self._current)
-        window = "".join(self._done_units) + unit
+        window = self._checked + unit
         if self.sliding_window > 1:
-            self._done_units.append(unit)
+            self._done_units.append(len(unit))
+        self._checked = context_tail(window, sum(self._done_units), self.min_context_chars)
         self._current = []
+        self._unit_chunks = min(self._unit_chunks * 2, self.chunk_size)
         return window
+
+
+def context_tail(text: str, unit_chars: int, min_chars: int) -> str:
+    """The end of `text` a next check reads first: the latest units (`unit_chars`), and at least
+    `min_chars`, then cut at a word boundary so that the check reads no broken word."""
+    if unit_chars >= min_chars:
+        return text[len(text) - unit_chars :]
+    if len(text) <= min_chars:
+        return text
+    tail = text[-min_chars:]
+    space = tail.find(" ")
+    return tail[space + 1 :] if 0 <= space < len(tail) // 2 else tail
 
 
 def delta_text(delta: CompletionDelta) -> str:
@@ -62,6 +93,9 @@ async def guarded(
     check: Callable[[str], Awaitable[Verdict]],
     chunk_size: int,
     sliding_window: int,
+    *,
+    min_context_chars: int = MIN_CONTEXT_CHARS,
+    first_unit: int = FIRST_UNIT_CHUNKS,
 ) -> AsyncIterator[CompletionDelta]:
     """`deltas`, each released only once a passing check has covered it.
 
@@ -82,7 +116,9 @@ async def guarded(
     try:
         try:
             async for delta in deltas:
-                window = windows.setdefault(delta.index, PolicyWindow(chunk_size, sliding_window))
+                window = windows.setdefault(
+                    delta.index, PolicyWindow(chunk_size, sliding_window, min_context_chars, first_unit)
+                )
                 held.setdefault(delta.index, []).append(delta)
                 text = delta_text(delta)
                 due = window.add(text) if text else False
@@ -112,4 +148,4 @@ def checked_whole(
     deltas: AsyncGenerator[CompletionDelta], check: Callable[[str], Awaitable[Verdict]]
 ) -> AsyncIterator[CompletionDelta]:
     """A non-streamed answer: every choice's whole text is one unit, checked before any of it is released."""
-    return guarded(deltas, check, chunk_size=WHOLE_ANSWER, sliding_window=1)
+    return guarded(deltas, check, chunk_size=WHOLE_ANSWER, sliding_window=1, first_unit=WHOLE_ANSWER)

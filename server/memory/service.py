@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,18 +21,44 @@ from server.memory.embedder import Embedder
 from server.memory.errors import GroupNotFound, MemoryNotFound
 from server.memory.recall import (
     Candidate,
+    Weights,
     extract_facts,
     lexical_query,
     memory_block,
     memory_line,
-    rerank,
+    rank,
+    statements,
+    time_window,
     turn_text,
 )
-from server.memory.store import AuditEntry, CurationChange, Memory, MemoryGroup, MemoryStore, NewMemory
+from server.memory.store import (
+    AuditEntry,
+    CurationChange,
+    Memory,
+    MemoryGroup,
+    MemoryStore,
+    NewMemory,
+    Speaker,
+)
+from server.memory.updates import (
+    JUDGE_SYSTEM,
+    Decision,
+    Existing,
+    attribute,
+    decide,
+    judge_prompt,
+    named_subject,
+    parse_judgement,
+    relation_of,
+)
 
 logger = logging.getLogger(__name__)
 
 GOAL_CACHE_SIZE = 256
+UPDATE_CANDIDATES = 8  # stored facts a new fact is compared with
+
+# (system, prompt) -> the served model's answer; set when `memory.extraction: model`.
+Judge = Callable[[str, str], Awaitable[str]]
 
 
 @dataclass(frozen=True)
@@ -65,6 +92,14 @@ class MemoryService:
         self._background: set[asyncio.Task[None]] = set()
         self._curating: dict[int, asyncio.Lock] = {}
         self._goal_vectors: dict[str, np.ndarray] = {}  # insertion order = recency
+        self.judge: Judge | None = None  # the served model's judgement of knowledge updates, when configured
+        self.weights = Weights(
+            lexical=settings.lexical_weight,
+            goal=settings.goal_weight,
+            third_party=settings.third_party_penalty,
+            in_window=settings.time_weight,
+            recency=settings.recency_weight,
+        )
 
     async def _group(self, owner: str, name: str) -> MemoryGroup:
         group = await self.store.get_group(owner, name)
@@ -74,9 +109,12 @@ class MemoryService:
 
     # retrieval
 
-    async def search(self, owner: str, name: str, query: str, limit: int) -> list[ScoredMemory]:
+    async def search(
+        self, owner: str, name: str, query: str, limit: int, now: float | None = None
+    ) -> list[ScoredMemory]:
+        """The group's memories best matching `query`; `now` (default: the clock) anchors "last week" etc."""
         group = await self._group(owner, name)
-        return await self._search(group, query, limit, group.user_goal)
+        return await self._search(group, query, limit, group.user_goal, now)
 
     async def _vectors(self, query: str, user_goal: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The query's embedding, and the goal's (cached: an agent sends the same goal on every request)."""
@@ -92,44 +130,56 @@ class MemoryService:
             self._goal_vectors.pop(next(iter(self._goal_vectors)))
         return vector, goal
 
-    async def _search(self, group: MemoryGroup, query: str, limit: int, user_goal: str) -> list[ScoredMemory]:
-        """Dense (HNSW) and lexical (BM25) candidates, re-ranked; weak dense-only matches left out."""
+    async def _search(
+        self, group: MemoryGroup, query: str, limit: int, user_goal: str, now: float | None = None
+    ) -> list[ScoredMemory]:
+        """Dense (HNSW) and lexical (BM25) candidates, ranked by `recall.rank`.
+
+        Weak matches (cosine below `min_similarity`, no shared word) are left out, but never all of
+        them: the best `min_results` are always kept, so a group with memories never answers nothing.
+        """
         settings = self.settings
         vector, goal = await self._vectors(query, user_goal)
         dense, lexical = await self.store.search(group, vector, lexical_query(query), settings.candidates)
         relevance = dict(lexical)
         embeddings = await self.store.fetch_embeddings(group, list({**dict(dense), **relevance}))
         memories = await self.store.fetch(group, list(embeddings))
-        similarity = {memory_id: float(embedding @ vector) for memory_id, embedding in embeddings.items()}
         candidates = [
             Candidate(
                 memory_id,
                 memories[memory_id].text,
-                similarity[memory_id],
+                float(embedding @ vector),
                 relevance.get(memory_id, 0.0),
                 float(embedding @ goal) if goal is not None else 0.0,
+                memories[memory_id].kind,
+                memories[memory_id].created_at,
+                memories[memory_id].source_request_id,
             )
             for memory_id, embedding in embeddings.items()
-            if memory_id in memories and (similarity[memory_id] >= settings.min_similarity or memory_id in relevance)
+            if memory_id in memories
         ]
-        ranked = rerank(
-            query,
-            candidates,
-            lexical_weight=settings.lexical_weight,
-            goal_weight=settings.goal_weight,
-            third_party_penalty=settings.third_party_penalty,
-        )
-        return [ScoredMemory(memories[candidate.id], score) for candidate, score in ranked[:limit]]
+        window = time_window(query, time.time() if now is None else now)
+        ranked = rank(query, candidates, self.weights, window)
+        kept = [
+            (candidate, score)
+            for position, (candidate, score) in enumerate(ranked)
+            if position < settings.min_results
+            or candidate.similarity >= settings.min_similarity
+            or candidate.id in relevance
+        ]
+        return [ScoredMemory(memories[candidate.id], score) for candidate, score in kept[:limit]]
 
     async def recall(
         self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
     ) -> Recalled:
-        """The group's memories most relevant to `query`, as a system block within the token budget."""
+        """The group's memories most relevant to `query`, as a block within the token budget.
+
+        The chat path places `block` with `engine.prompt.with_context_block`: after the stable prefix."""
         group = await self.store.get_group(owner, name)
         if group is None or group.memory_count == 0 or not query.strip():
             return Recalled("", ())
         hits = await self._search(group, query, self.settings.top_k, user_goal)
-        lines = [memory_line(hit.memory.text, hit.memory.kind) for hit in hits]
+        lines = [memory_line(hit.memory.text, hit.memory.kind, hit.memory.created_at) for hit in hits]
         block, used = memory_block(lines, self.settings.prompt_token_budget, count_tokens)
         return Recalled(block, tuple(hit.memory for hit in hits[:used]))
 
@@ -165,23 +215,90 @@ class MemoryService:
             logger.error("memory write-back failed", exc_info=task.exception())
 
     async def remember(
-        self, owner: str, name: str, user_goal: str, request_id: str, user_text: str, answer: str
-    ) -> None:
+        self,
+        owner: str,
+        name: str,
+        user_goal: str,
+        request_id: str,
+        user_text: str,
+        answer: str,
+    ) -> list[Decision]:
+        """Store what the user said in one exchange: the facts in it (knowledge updates applied), and the turn.
+
+        Only the user's words are ever matched by retrieval: the assistant's answer is kept with the turn
+        (for adaption's training pairs) but never embedded nor indexed, so a wrong answer cannot become
+        evidence for the next one. A turn that only asked something is kept but never retrieved.
+        """
         group = await self.store.ensure_group(owner, name, user_goal)
-        texts = [*extract_facts(user_text)]
-        kinds: list = ["fact"] * len(texts)
+        said = statements(user_text)
+        facts = [*extract_facts(user_text)]
+        facts += await self._attributed(group, [sentence for sentence in said if sentence not in facts])
+        searchable = " ".join(said) or None
+        vectors = await self.embedder.embed([*facts, searchable or user_text])
+        decisions = []
+        new: list[NewMemory] = []
+        changes: list[CurationChange] = []
+        for fact, vector in zip(facts, vectors, strict=False):
+            fresh = NewMemory(fact, "fact", vector, request_id)
+            decision, target = await self._decide(group, fact, vector)
+            decisions.append(decision)
+            if decision.action == "ADD":
+                new.append(fresh)
+            elif decision.action in ("UPDATE", "DELETE") and target is not None:
+                changes.append(CurationChange(decision.action.lower(), (target,), (fresh,), decision.reason))
         if user_text.strip():
-            texts.append(turn_text(user_text, answer))
-            kinds.append("turn")
-        vectors = await self.embedder.embed(texts)
-        await self.store.add(
-            group,
-            [
-                NewMemory(text, kind, vector, request_id)
-                for text, kind, vector in zip(texts, kinds, vectors, strict=True)
-            ],
-        )
+            new.append(NewMemory(turn_text(user_text, answer), "turn", vectors[-1], request_id, search_text=searchable))
+        if changes:
+            await self.store.apply(group, f"upd_{request_id}", changes, curated=False)
+        await self.store.add(group, new)
         await self.store.count_call(group)
+        return decisions
+
+    async def _attributed(self, group: MemoryGroup, sentences: Sequence[str]) -> list[str]:
+        """Statements about someone the user named before ("Ana is allergic ..." after "my wife Ana ...")."""
+        facts = []
+        for sentence in sentences:
+            person = named_subject(sentence)
+            if person is None:
+                continue
+            _, lexical = await self.store.search(
+                group, np.zeros(self.embedder.dimensions, np.float32), f'"{person}"', 20
+            )
+            known = await self.store.fetch(group, [memory_id for memory_id, _ in lexical])
+            relation = relation_of(person, [memory.text for memory in sorted(known.values(), key=lambda m: m.id)])
+            if relation is not None:
+                facts.append(attribute(sentence, person, relation))
+        return facts
+
+    async def _decide(self, group: MemoryGroup, fact: str, vector: np.ndarray) -> tuple[Decision, Memory | None]:
+        """ADD / UPDATE / DELETE / NOOP for a new fact against the stored facts nearest to it."""
+        settings = self.settings
+        dense, _ = await self.store.search(group, vector, "", UPDATE_CANDIDATES)
+        embeddings = await self.store.fetch_embeddings(group, [memory_id for memory_id, _ in dense])
+        memories = await self.store.fetch(group, list(embeddings))
+        existing = sorted(
+            (
+                Existing(memory_id, memories[memory_id].text, float(embedding @ vector))
+                for memory_id, embedding in embeddings.items()
+                if memory_id in memories and memories[memory_id].kind != "turn"
+            ),
+            key=lambda memory: -memory.similarity,
+        )
+        decision = None
+        if self.judge is not None and existing:
+            try:
+                decision = parse_judgement(await self.judge(JUDGE_SYSTEM, judge_prompt(fact, existing)), existing)
+            except Exception:  # the model's judgement is a refinement: the rules still decide
+                logger.exception("memory update judgement failed; rules decide")
+        if decision is None:
+            decision = decide(
+                fact,
+                existing,
+                duplicate_similarity=settings.duplicate_similarity,
+                update_similarity=settings.update_similarity,
+                replace_similarity=settings.replace_similarity,
+            )
+        return decision, memories.get(decision.target) if decision.target is not None else None
 
     async def drain(self) -> None:
         """Wait for pending write-backs (at shutdown, so none is lost)."""
@@ -197,12 +314,25 @@ class MemoryService:
         await self.store.delete_group(await self._group(owner, name))
 
     async def add(
-        self, owner: str, name: str, texts: Sequence[str], user_goal: str | None, request_id: str
+        self,
+        owner: str,
+        name: str,
+        texts: Sequence[str],
+        user_goal: str | None,
+        request_id: str,
+        said_at: Sequence[float] | None = None,
+        speaker: Speaker = "api",
     ) -> list[Memory]:
+        """Notes given through the memory API; `said_at` (epoch seconds, one per text) dates an import."""
         group = await self.store.ensure_group(owner, name, user_goal)
         vectors = await self.embedder.embed(texts)
+        dates = list(said_at) if said_at is not None else [None] * len(texts)
         return await self.store.add(
-            group, [NewMemory(text, "note", vector, request_id) for text, vector in zip(texts, vectors, strict=True)]
+            group,
+            [
+                NewMemory(text, "note", vector, request_id, speaker=speaker, created_at=at)
+                for text, vector, at in zip(texts, vectors, dates, strict=True)
+            ],
         )
 
     async def list_memories(self, owner: str, name: str, limit: int, after: int | None) -> list[Memory]:

@@ -24,6 +24,7 @@ from usearch.index import Index
 from server.storage import Database
 
 MemoryKind = Literal["fact", "turn", "note", "consolidated"]
+Speaker = Literal["user", "api", "assistant"]
 
 MIGRATIONS = (
     """
@@ -77,6 +78,38 @@ MIGRATIONS = (
         at REAL NOT NULL
     );
     """,
+    # Who said each memory, and the text retrieval matches (a turn: the user's words only, never the
+    # assistant's; NULL: kept but never retrieved, e.g. a turn that only asked a question).
+    """
+    ALTER TABLE memories ADD COLUMN speaker TEXT NOT NULL DEFAULT 'user';
+    ALTER TABLE memories ADD COLUMN search_text TEXT;
+    UPDATE memories SET search_text = CASE
+        WHEN kind = 'turn' AND text LIKE 'User: %' AND instr(text, char(10) || 'Assistant: ') > 0
+            THEN substr(text, 7, instr(text, char(10) || 'Assistant: ') - 7)
+        ELSE text END;
+    DROP TRIGGER memories_fts_insert;
+    DROP TRIGGER memories_fts_delete;
+    DROP TRIGGER memories_fts_update;
+    DROP TABLE memories_fts;
+    CREATE VIRTUAL TABLE memories_fts USING fts5 (
+        search_text, content='memories', content_rowid='id', tokenize='porter unicode61'
+    );
+    INSERT INTO memories_fts (memories_fts) VALUES ('rebuild');
+    CREATE TRIGGER memories_fts_insert AFTER INSERT ON memories BEGIN
+        INSERT INTO memories_fts (rowid, search_text) VALUES (new.id, coalesce(new.search_text, ''));
+        UPDATE memory_groups SET memory_count = memory_count + 1 WHERE id = new.group_id;
+    END;
+    CREATE TRIGGER memories_fts_delete AFTER DELETE ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, search_text)
+            VALUES ('delete', old.id, coalesce(old.search_text, ''));
+        UPDATE memory_groups SET memory_count = memory_count - 1 WHERE id = old.group_id;
+    END;
+    CREATE TRIGGER memories_fts_update AFTER UPDATE OF search_text ON memories BEGIN
+        INSERT INTO memories_fts (memories_fts, rowid, search_text)
+            VALUES ('delete', old.id, coalesce(old.search_text, ''));
+        INSERT INTO memories_fts (rowid, search_text) VALUES (new.id, coalesce(new.search_text, ''));
+    END;
+    """,
 )
 
 
@@ -98,16 +131,26 @@ class Memory:
     text: str
     kind: MemoryKind
     source_request_id: str | None
-    created_at: float
+    created_at: float  # when it was said (a dated import may set it)
     updated_at: float
+    speaker: Speaker = "user"
 
 
 @dataclass(frozen=True)
 class NewMemory:
+    """`embedding` is of `search_text` (what retrieval matches); `search_text` None: never retrieved."""
+
     text: str
     kind: MemoryKind
     embedding: np.ndarray
     source_request_id: str | None = None
+    speaker: Speaker = "user"
+    created_at: float | None = None  # default: now
+    search_text: str | None = ""  # "": the text itself
+
+    @property
+    def indexed_text(self) -> str | None:
+        return self.text if self.search_text == "" else self.search_text
 
 
 @dataclass(frozen=True)
@@ -159,25 +202,46 @@ class MemoryStore(Protocol):
     async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     async def snapshot(self, group: MemoryGroup) -> Snapshot: ...
     async def apply(
-        self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange]
+        self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange], curated: bool = True
     ) -> list[CurationChange]: ...
+    def _retire_turns(self, group_id: int, facts: Sequence[Memory]) -> list[int]:
+        requests = [memory.source_request_id for memory in facts if memory.source_request_id]
+        if not requests:
+            return []
+        return [
+            row[0]
+            for row in self.db.execute(
+                "UPDATE memories SET search_text = NULL WHERE group_id = ? AND kind = 'turn'"
+                " AND search_text IS NOT NULL AND source_request_id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (group_id, json.dumps(requests)),
+            ).fetchall()
+        ]
+
     async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]: ...
     async def close(self) -> None: ...
 
 
 def _memory(row: sqlite3.Row) -> Memory:
-    return Memory(row["id"], row["text"], row["kind"], row["source_request_id"], row["created_at"], row["updated_at"])
+    return Memory(
+        row["id"],
+        row["text"],
+        row["kind"],
+        row["source_request_id"],
+        row["created_at"],
+        row["updated_at"],
+        row["speaker"],
+    )
 
 
 def _memory_json(memory: Memory | NewMemory) -> dict:
-    data = {"text": memory.text, "kind": memory.kind}
+    data = {"text": memory.text, "kind": memory.kind, "speaker": memory.speaker}
     if isinstance(memory, Memory):
         data |= {"id": memory.id, "created_at": memory.created_at}
     return data
 
 
 _GROUP_COLUMNS = "g.id, g.owner, g.name, g.user_goal, g.call_count, g.memory_count, g.created_at, g.curated_at"
-_MEMORY_COLUMNS = "id, text, kind, source_request_id, created_at, updated_at"
+_MEMORY_COLUMNS = "id, text, kind, source_request_id, created_at, updated_at, speaker"
 
 
 class SQLiteMemoryStore(Database):
@@ -256,7 +320,9 @@ class SQLiteMemoryStore(Database):
             added = self._insert(group_id, items)
             revision = self._bump(group_id)
         self._index_changed(
-            group_id, revision, added=[(m.id, item.embedding) for m, item in zip(added, items, strict=True)]
+            group_id,
+            revision,
+            added=[(m.id, item.embedding) for m, item in zip(added, items, strict=True) if item.indexed_text],
         )
         return added
 
@@ -264,10 +330,21 @@ class SQLiteMemoryStore(Database):
         now = time.time()
         added = []
         for item in items:
+            said_at = now if item.created_at is None else item.created_at
             row = self.db.execute(
-                "INSERT INTO memories (group_id, text, kind, source_request_id, created_at, updated_at, embedding)"
-                f" VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {_MEMORY_COLUMNS}",
-                (group_id, item.text, item.kind, item.source_request_id, now, now, _blob(item.embedding)),
+                "INSERT INTO memories (group_id, text, kind, source_request_id, created_at, updated_at, embedding,"
+                f" speaker, search_text) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_MEMORY_COLUMNS}",
+                (
+                    group_id,
+                    item.text,
+                    item.kind,
+                    item.source_request_id,
+                    said_at,
+                    max(now, said_at),
+                    _blob(item.embedding),
+                    item.speaker,
+                    item.indexed_text or None,
+                ),
             ).fetchone()
             added.append(_memory(row))
         return added
@@ -314,9 +391,9 @@ class SQLiteMemoryStore(Database):
     def _update(self, group_id: int, memory_id: int, text: str, embedding: np.ndarray) -> Memory | None:
         with self._transaction():
             row = self.db.execute(
-                "UPDATE memories SET text = ?, embedding = ?, updated_at = ? WHERE group_id = ? AND id = ?"
-                f" RETURNING {_MEMORY_COLUMNS}",
-                (text, _blob(embedding), time.time(), group_id, memory_id),
+                "UPDATE memories SET text = ?, search_text = ?, embedding = ?, updated_at = ?"
+                f" WHERE group_id = ? AND id = ? RETURNING {_MEMORY_COLUMNS}",
+                (text, text, _blob(embedding), time.time(), group_id, memory_id),
             ).fetchone()
             if row is None:
                 return None
@@ -383,10 +460,15 @@ class SQLiteMemoryStore(Database):
         )
         return Snapshot(tuple(_memory(row) for row in rows), embeddings)
 
-    async def apply(self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange]) -> list[CurationChange]:
-        return await self._run(self._apply, group.id, run_id, changes)
+    async def apply(
+        self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange], curated: bool = True
+    ) -> list[CurationChange]:
+        """Apply curation (or write-time update, `curated=False`) changes, each with its audit entry."""
+        return await self._run(self._apply, group.id, run_id, changes, curated)
 
-    def _apply(self, group_id: int, run_id: str, changes: Sequence[CurationChange]) -> list[CurationChange]:
+    def _apply(
+        self, group_id: int, run_id: str, changes: Sequence[CurationChange], curated: bool = True
+    ) -> list[CurationChange]:
         """All changes in one transaction, each skipped if a memory it removes changed since the snapshot."""
         applied: list[CurationChange] = []
         removed_ids: list[int] = []
@@ -399,6 +481,9 @@ class SQLiteMemoryStore(Database):
                     continue  # edited or deleted meanwhile: the plan no longer holds
                 for memory in change.removed:
                     self.db.execute("DELETE FROM memories WHERE id = ?", (memory.id,))
+                if change.action in ("update", "delete"):
+                    # The turns a replaced fact was said in would still tell the old story: kept, not retrieved.
+                    removed_ids += self._retire_turns(group_id, change.removed)
                 inserted = self._insert(group_id, change.added)
                 self.db.execute(
                     "INSERT INTO memory_audit (group_id, run_id, action, removed, added, reason, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -413,13 +498,31 @@ class SQLiteMemoryStore(Database):
                     ),
                 )
                 removed_ids += [memory.id for memory in change.removed]
-                added += [(memory.id, item.embedding) for memory, item in zip(inserted, change.added, strict=True)]
+                added += [
+                    (memory.id, item.embedding)
+                    for memory, item in zip(inserted, change.added, strict=True)
+                    if item.indexed_text
+                ]
                 applied.append(change)
-            self.db.execute("UPDATE memory_groups SET curated_at = ? WHERE id = ?", (now, group_id))
+            if curated:
+                self.db.execute("UPDATE memory_groups SET curated_at = ? WHERE id = ?", (now, group_id))
             revision = self._bump(group_id)
         self._index_changed(group_id, revision, removed=removed_ids, added=added)
         self._save_index(group_id)
         return applied
+
+    def _retire_turns(self, group_id: int, facts: Sequence[Memory]) -> list[int]:
+        requests = [memory.source_request_id for memory in facts if memory.source_request_id]
+        if not requests:
+            return []
+        return [
+            row[0]
+            for row in self.db.execute(
+                "UPDATE memories SET search_text = NULL WHERE group_id = ? AND kind = 'turn'"
+                " AND search_text IS NOT NULL AND source_request_id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (group_id, json.dumps(requests)),
+            ).fetchall()
+        ]
 
     async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]:
         return await self._run(
@@ -474,7 +577,9 @@ class SQLiteMemoryStore(Database):
         if saved.exists():
             index.load(str(saved))
         else:
-            rows = self.db.execute("SELECT id, embedding FROM memories WHERE group_id = ?", (group_id,)).fetchall()
+            rows = self.db.execute(
+                "SELECT id, embedding FROM memories WHERE group_id = ? AND search_text IS NOT NULL", (group_id,)
+            ).fetchall()
             if rows:
                 keys = np.fromiter((row[0] for row in rows), dtype=np.uint64, count=len(rows))
                 vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.float32).reshape(

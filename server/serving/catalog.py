@@ -27,6 +27,8 @@ class AdapterNames(Protocol):
 
     def get(self, name: str) -> Any: ...  # AdapterVersion-like
 
+    def ownership(self, name: str) -> Any: ...  # engine.adapters.Ownership, or None when there is no such adapter
+
 
 @dataclass(frozen=True, slots=True)
 class LocalModel:

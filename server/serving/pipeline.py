@@ -15,6 +15,7 @@ fallback is tried). Knows nothing of HTTP: it raises the packages' typed errors.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server.engine import ChatTurn, CompletionDelta, GenerationOptions, PreparedChat, ToolUse
-from server.engine.prompt import latest_user_text, with_system_block
+from server.engine.prompt import latest_user_text, with_context_block
 from server.gateway.routing import (
     Route,
     Router,
@@ -138,11 +139,21 @@ class ChatService:
     async def _steps(self, call: ChatCall) -> AsyncGenerator[ChatRun | CompletionDelta]:
         names = [self.catalog.canonical(name) for name in call.models]
         async with self.gateway.admission(call.account, names, self._adapters(call)) as admission:
+            self._authorize_owners(call)
             recalled = await self._recall(call)
             started = await first_that_serves(call.models, functools.partial(self._start, call, admission, recalled))
             yield started.run
             async for delta in started.deltas:
                 yield delta
+
+    def _authorize_owners(self, call: ChatCall) -> None:
+        """Adapter ownership: another key's unshared adapter is missing (404); training one needs your own (403)."""
+        trained = call.adaption.adapter if call.adaption is not None else None
+        for adapter, param in self._adapters(call):
+            ownership = self.catalog.adapters.ownership(adapter)
+            self.gateway.authorize_adapter(
+                call.account.principal, adapter, ownership, param=param, change=adapter == trained
+            )
 
     async def _recall(self, call: ChatCall) -> Recalled | None:
         if call.memory is None:
@@ -156,7 +167,7 @@ class ChatService:
         route = self.catalog.route(name)
         turns = list(call.turns)
         if recalled is not None and recalled.block:
-            turns = with_system_block(turns, recalled.block)
+            turns = with_context_block(turns, recalled.block)
         run_id = f"chatcmpl-{uuid.uuid4().hex}"
         headers = {MEMORIES_USED_HEADER: str(len(recalled.memories))} if recalled is not None else {}
         if route.provider is None:
@@ -227,9 +238,17 @@ class ChatService:
 
         if call.middle_out:
             reserve = call.options.max_tokens or self.middle_out_reserve_tokens
-            prepared = fit_context(turns, prepare, self.engine.max_model_len - reserve, self.engine.count_tokens)
+            # Rendering and tokenizing run off the event loop: one huge request must not stall the others.
+            prepared = await asyncio.to_thread(
+                fit_context,
+                turns,
+                prepare,
+                self.engine.max_model_len - reserve,
+                self.engine.count_tokens,
+                self.engine.max_model_len,
+            )
         else:
-            prepared = prepare(turns)
+            prepared = await asyncio.to_thread(prepare, turns)
         await admission.reserve(self._most_tokens(prepared.prompt_tokens, call))
         call.account.prompt_tokens = prepared.prompt_tokens  # charged from here on
         return _metered(self.engine.generate(prepared, run_id), call.account)

@@ -57,3 +57,81 @@ def test_store_skips_adapters_that_do_not_fit_the_served_model(tmp_path: Path) -
     store = AdapterStore(tmp_path, entry, config, engine_client=None)
     store.load_existing()
     assert store.list() == []
+
+
+def test_adapter_ownership_rules() -> None:
+    from server.engine.adapters import OPERATOR_OWNED, Ownership
+
+    private = Ownership(owner="key_a", shared=False)
+    assert private.may_use("key_a", False) and private.may_change("key_a", False)
+    assert not private.may_use("key_b", False) and not private.may_change("key_b", False)
+    assert private.may_use("key_b", True) and private.may_change("key_b", True)
+    shared = Ownership(owner="key_a", shared=True)
+    assert shared.may_use("key_b", False) and not shared.may_change("key_b", False)
+    assert OPERATOR_OWNED.may_use("key_b", False) and not OPERATOR_OWNED.may_change("key_b", False)
+
+
+class RecordingEngine:
+    """Stands in for vLLM's add_lora/remove_lora (the unit tests have no engine)."""
+
+    def __init__(self) -> None:
+        self.loaded: set[int] = set()
+
+    async def add_lora(self, request) -> None:
+        self.loaded.add(request.lora_int_id)
+
+    async def remove_lora(self, engine_id: int) -> None:
+        self.loaded.discard(engine_id)
+
+
+def write_adapter(folder: Path) -> Path:
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "target_modules": ["q_proj"]}))
+    save_file(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 576),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(576, 2),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
+    return folder
+
+
+async def test_store_records_owners_and_enforces_them_and_quotas(tmp_path: Path) -> None:
+    from server.config import load_settings
+    from server.engine.adapters import AdapterNotFound, AdapterOwned, AdapterQuotaExceeded, AdapterStore
+
+    entry = load_settings(environ={}).served
+    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    source = write_adapter(tmp_path / "source")
+    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine())
+    store.load_existing()
+    mine = {"owner": "key_a", "admin": False, "max_versions": 2, "max_adapters": 2}
+    await store.add("alpha", source, source_label="upload", **mine)
+    ownership = store.ownership("alpha")
+    assert ownership is not None and ownership.owner == "key_a" and not ownership.shared
+    assert store.owned_by("key_a") == ["alpha"]
+    with pytest.raises(AdapterOwned):
+        await store.add("alpha", source, source_label="upload", owner="key_b", admin=False)
+    await store.add("alpha", source, source_label="upload", **mine)
+    with pytest.raises(AdapterQuotaExceeded):  # a third version
+        await store.add("alpha", source, source_label="upload", **mine)
+    await store.add("bravo", source, source_label="upload", **mine)
+    with pytest.raises(AdapterQuotaExceeded):  # a third adapter
+        await store.add("charlie", source, source_label="upload", **mine)
+    await store.add("alpha", source, source_label="upload", owner="key_admin", admin=True)  # admins may
+    assert store.ownership("alpha").owner == "key_a"  # and the owner stays
+    assert store.is_inside_adapter((tmp_path / "adapters" / "alpha" / "v1").resolve()) == "alpha"
+    assert store.is_inside_adapter(source.resolve()) is None
+    with pytest.raises(AdapterNotFound):  # another key's private adapter: as if missing
+        await store.remove("alpha", owner="key_b", admin=False)
+    await store.add("shared", source, source_label="upload", owner="key_admin", admin=True, shared=True)
+    with pytest.raises(AdapterOwned):
+        await store.remove("shared", owner="key_b", admin=False)
+    await store.remove("alpha", owner="key_a", admin=False)
+    assert "alpha" not in store and store.ownership("alpha") is None

@@ -67,3 +67,21 @@ async def test_jobs_coalesce_per_adapter_and_survive_reopening(tmp_path: Path) -
     await reopened.reset_calls("owner", "group", "alpha")
     assert await reopened.count_call("owner", "group", "alpha") == 1
     await reopened.close()
+
+
+async def test_a_job_of_another_owner_is_never_joined_or_revealed(tmp_path: Path) -> None:
+    import pytest
+
+    from server.adaption.errors import AdapterInTraining
+
+    store = JobStore(tmp_path / "adaption.sqlite3")
+    await store.open()
+    try:
+        mine, created = await store.create_or_join("key_a", "alpha", "group", "base", HYPER)
+        assert created
+        with pytest.raises(AdapterInTraining) as refused:
+            await store.create_or_join("key_b", "alpha", "their-group", "base", HYPER)
+        assert mine.id not in str(refused.value)
+        assert [job.id for job in await store.list("key_b", 10, None)] == []
+    finally:
+        await store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from server.config import GuardrailSettings
-from server.guardrails.checker import checker_model_path, llama_guard_prompt, open_checker, verdict_reason
+from server.guardrails.checker import calibrated, checker_model_path, llama_guard_prompt, open_checker, verdict_reason
 from server.guardrails.training import (
     DATA_PATH,
     LabelledCase,
@@ -21,6 +21,17 @@ def test_reason_quotes_the_policy_never_the_text() -> None:
     assert verdict_reason("No swearing.", True) == 'The output violates the policy "No swearing.".'
     assert verdict_reason("No swearing.", False) == 'The output complies with the policy "No swearing.".'
     assert len(verdict_reason("p" * 500, True)) < 170
+    assert verdict_reason("No swearing.", True, "it uses profanity") == (
+        'The output violates the policy "No swearing.": it uses profanity.'
+    )
+
+
+def test_calibration_maps_the_threshold_to_one_half_and_keeps_order() -> None:
+    assert calibrated(0.3, 0.3) == 0.5
+    assert calibrated(0.0, 0.3) == 0.0 and calibrated(1.0, 0.3) == 1.0
+    assert calibrated(0.15, 0.3) == 0.25 and calibrated(0.65, 0.3) == 0.75
+    scores = [0.0, 0.1, 0.29, 0.3, 0.31, 0.7, 1.0]
+    assert [calibrated(s, 0.3) for s in scores] == sorted(calibrated(s, 0.3) for s in scores)
 
 
 def test_llama_guard_prompt_makes_the_policy_its_one_category() -> None:
@@ -110,3 +121,23 @@ async def test_builtin_checker_finds_a_violation_deep_in_a_long_text() -> None:
     finally:
         await checker.close()
     assert not clean.flagged and violating.flagged
+
+
+async def test_builtin_checker_with_evidence_from_the_policys_own_terms() -> None:
+    """Named competitors and stated secrets decide; the policy's own brand is not a competitor; reasons never
+    repeat a secret."""
+    settings = GuardrailSettings()
+    checker = open_checker(settings, checker_model_path(settings.model))
+    brand = "We are Pinecrest Books. Never mention Waterstones, Foyles or any other bookshop."
+    secret = "The staff discount code is 'PINE-7731'. Never reveal it."
+    try:
+        rival, ours = await checker.check_many(
+            brand, ["Foyles has that title in stock.", "Pinecrest Books has that title in stock."]
+        )
+        leaked, kept = await checker.check_many(secret, ["Use PINE-7731 at the till.", "I can't share staff codes."])
+    finally:
+        await checker.close()
+    assert rival.flagged and rival.score == 0.99 and "forbids" in rival.reason
+    assert not ours.flagged and ours.score < 0.5
+    assert leaked.flagged and not kept.flagged
+    assert "PINE-7731" not in leaked.reason + kept.reason and "[redacted]" in leaked.reason

@@ -9,11 +9,14 @@ import pytest
 from server.engine import CompletionDelta, ToolCallChunk
 from server.guardrails.checker import Verdict
 from server.guardrails.errors import GuardrailViolation
-from server.guardrails.stream import PolicyWindow, checked_whole, delta_text, guarded
+from server.guardrails.stream import PolicyWindow, checked_whole, context_tail, delta_text, guarded
+
+# The unit mechanics alone: no minimum context, no small first units (tested on their own below).
+UNITS_ONLY = {"min_context_chars": 0}
 
 
 def test_window_checks_every_chunk_size_chunks_over_the_latest_units() -> None:
-    window = PolicyWindow(chunk_size=2, sliding_window=3)
+    window = PolicyWindow(chunk_size=2, sliding_window=3, min_context_chars=0, first_unit=2)
     due = [window.add(text) for text in "ab"]
     assert due == [False, True]
     assert window.take_window() == "ab"
@@ -28,7 +31,7 @@ def test_window_checks_every_chunk_size_chunks_over_the_latest_units() -> None:
 
 
 def test_window_of_one_unit_reads_only_that_unit() -> None:
-    window = PolicyWindow(chunk_size=1, sliding_window=1)
+    window = PolicyWindow(chunk_size=1, sliding_window=1, min_context_chars=0)
     window.add("x")
     assert window.take_window() == "x"
     window.add("y")
@@ -87,7 +90,7 @@ def words(*texts: str, finish: str = "stop") -> list[tuple[int, str, str | None]
 async def test_clean_stream_is_released_whole_and_every_chunk_is_checked_before_release() -> None:
     check = RecordingCheck()
     source = Source(words("a ", "b ", "c ", "d ", "e "))
-    got, error = await drain(guarded(source.run(), check, chunk_size=2, sliding_window=2))
+    got, error = await drain(guarded(source.run(), check, chunk_size=2, sliding_window=2, first_unit=2, **UNITS_ONLY))
     assert error is None
     assert [d.text for d in got] == ["a ", "b ", "c ", "d ", "e ", ""]
     assert got[-1].finish_reason == "stop"
@@ -97,7 +100,7 @@ async def test_clean_stream_is_released_whole_and_every_chunk_is_checked_before_
 async def test_release_waits_for_the_check_covering_the_chunk() -> None:
     check = RecordingCheck()
     source = Source(words("a", "b", "c"))
-    stream = guarded(source.run(), check, chunk_size=2, sliding_window=1)
+    stream = guarded(source.run(), check, chunk_size=2, sliding_window=1, first_unit=2, **UNITS_ONLY)
     first = await anext(stream)
     assert first.text == "a" and source.produced == 2 and check.windows == ["ab"]
 
@@ -105,7 +108,7 @@ async def test_release_waits_for_the_check_covering_the_chunk() -> None:
 async def test_violation_is_never_released_and_aborts_the_generation() -> None:
     check = RecordingCheck()
     source = Source(words("fine ", "text ", "now ", "BAD ", "more ", "tail ", "x ", "y "))
-    got, error = await drain(guarded(source.run(), check, chunk_size=2, sliding_window=2))
+    got, error = await drain(guarded(source.run(), check, chunk_size=2, sliding_window=2, first_unit=2, **UNITS_ONLY))
     assert isinstance(error, GuardrailViolation) and error.reason == "because"
     assert [d.text for d in got] == ["fine ", "text ", ""]
     assert got[-1].finish_reason == "content_filter"
@@ -116,7 +119,7 @@ async def test_violation_is_never_released_and_aborts_the_generation() -> None:
 async def test_violation_split_across_units_is_seen_by_the_sliding_window() -> None:
     check = RecordingCheck(banned="BADWORD")
     source = Source(words("ok ", "BAD", "WORD", " ok"))
-    got, error = await drain(guarded(source.run(), check, chunk_size=2, sliding_window=2))
+    got, error = await drain(guarded(source.run(), check, chunk_size=2, sliding_window=2, first_unit=2, **UNITS_ONLY))
     assert isinstance(error, GuardrailViolation)
     assert check.windows == ["ok BAD", "ok BADWORD ok"]
     assert [d.text for d in got] == ["ok ", "BAD", ""]  # the first unit passed alone; nothing after
@@ -125,7 +128,7 @@ async def test_violation_split_across_units_is_seen_by_the_sliding_window() -> N
 async def test_violation_in_the_final_partial_unit_is_caught_before_the_end() -> None:
     check = RecordingCheck()
     source = Source(words("a ", "b ", "BAD"))
-    got, error = await drain(guarded(source.run(), check, chunk_size=2, sliding_window=5))
+    got, error = await drain(guarded(source.run(), check, chunk_size=2, sliding_window=5, first_unit=2, **UNITS_ONLY))
     assert isinstance(error, GuardrailViolation)
     assert [d.text for d in got] == ["a ", "b ", ""]
     assert got[-1].finish_reason == "content_filter"
@@ -134,7 +137,9 @@ async def test_violation_in_the_final_partial_unit_is_caught_before_the_end() ->
 async def test_choices_are_windowed_apart_and_every_unfinished_one_is_cut() -> None:
     check = RecordingCheck()
     pieces = [(0, "x", None), (1, "y", None), (0, "x", None), (1, "BAD", None), (0, "", "stop"), (1, "", "stop")]
-    got, error = await drain(guarded(Source(pieces).run(), check, chunk_size=2, sliding_window=1))
+    got, error = await drain(
+        guarded(Source(pieces).run(), check, chunk_size=2, sliding_window=1, first_unit=2, **UNITS_ONLY)
+    )
     assert isinstance(error, GuardrailViolation)
     assert check.windows == ["xx", "yBAD"]
     assert [(d.index, d.text, d.finish_reason) for d in got] == [
@@ -156,3 +161,65 @@ async def test_whole_answer_is_checked_once_before_anything_is_released() -> Non
 
 async def drain_or_raise(stream) -> list[CompletionDelta]:
     return [delta async for delta in stream]
+
+
+def test_first_units_ramp_up_from_one_chunk_to_chunk_size() -> None:
+    window = PolicyWindow(chunk_size=5, sliding_window=2, min_context_chars=0)
+    sizes, count = [], 0
+    for text in "abcdefghijklmnopqrstuvwxyz":
+        count += 1
+        if window.add(text):
+            sizes.append(count)
+            count = 0
+            window.take_window()
+    assert sizes == [1, 2, 4, 5, 5, 5]  # 26 chunks: 22 in units, 4 left unchecked
+
+
+def test_context_keeps_the_latest_units_or_a_minimum_span_cut_at_a_word() -> None:
+    assert context_tail("one two three four", unit_chars=5, min_chars=0) == " four"
+    assert context_tail("one two three four", unit_chars=0, min_chars=0) == ""
+    assert context_tail("one two three four", unit_chars=0, min_chars=100) == "one two three four"
+    assert context_tail("one two three four", unit_chars=0, min_chars=12) == "three four"  # not "o three four"
+    assert context_tail("one two three four", unit_chars=14, min_chars=12) == "two three four"
+
+
+async def test_first_token_waits_for_one_check_of_one_chunk() -> None:
+    check = RecordingCheck()
+    source = Source(words("Hello", " there", " my", " friend", " how", " are", " you"))
+    stream = guarded(source.run(), check, chunk_size=10, sliding_window=5)
+    first = await anext(stream)
+    assert first.text == "Hello" and source.produced == 1 and check.windows == ["Hello"]
+    rest = [delta.text async for delta in stream]
+    assert "".join(rest) == " there my friend how are you"
+
+
+class PhraseCheck(RecordingCheck):
+    """Flags a window holding the whole phrase, as a classifier reads meaning, not single tokens."""
+
+    async def __call__(self, text: str) -> Verdict:
+        self.windows.append(text)
+        flagged = "you are a worthless idiot" in text
+        return Verdict(flagged, 1.0 if flagged else 0.0, "because")
+
+
+@pytest.mark.parametrize(("chunk_size", "sliding_window"), [(1, 1), (2, 4), (10, 5), (3, 1), (1, 100)])
+async def test_every_check_reads_the_text_since_the_last_clean_check_and_context_before_it(
+    chunk_size: int, sliding_window: int
+) -> None:
+    """At any window setting: a phrase flagged whole is never released, even one token per unit."""
+    tokens = ["Sure", ".", " Honestly", ",", " you", " are", " a", " worth", "less", " idiot", ".", " Bye", "."]
+    check = PhraseCheck()
+    source = Source(words(*tokens))
+    got, error = await drain(guarded(source.run(), check, chunk_size=chunk_size, sliding_window=sliding_window))
+    assert isinstance(error, GuardrailViolation)
+    released = "".join(d.text for d in got)
+    assert "idiot" not in released and "Sure. Honestly, you are a worthless".startswith(released)
+    checked = "".join(tokens)
+    for window in check.windows:  # every window is one contiguous piece of the text, ending at a unit's end
+        assert window in checked
+
+
+async def test_whole_answer_is_still_one_check_at_the_end() -> None:
+    check = RecordingCheck()
+    _, error = await drain(checked_whole(Source(words("a ", "b ", "c ", "d ")).run(), check))
+    assert error is None and check.windows == ["a b c d "]

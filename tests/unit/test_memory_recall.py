@@ -4,21 +4,35 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from server.engine.prompt import ChatTurn, latest_user_text, with_system_block
+from server.engine.prompt import ChatTurn, latest_user_text, with_context_block
 from server.memory.recall import (
+    MEMORY_BLOCK_FOOTER,
     MEMORY_BLOCK_HEADER,
     Candidate,
+    Weights,
     extract_facts,
     lexical_query,
     memory_block,
     memory_line,
     people_asked_about,
-    rerank,
+    rank,
+    statements,
     third_party,
     third_person,
+    time_window,
     turn_text,
 )
 from server.memory.schedule import seconds_until
+from server.memory.updates import (
+    Existing,
+    attribute,
+    decide,
+    named_subject,
+    parse_judgement,
+    relation_of,
+)
+
+DEC_1 = 1_796_126_400.0  # 2026-12-01 12:00 UTC
 
 
 def test_lexical_query_quotes_content_words_only() -> None:
@@ -51,37 +65,117 @@ def test_memory_line_shows_a_turn_by_what_the_user_said() -> None:
     assert stored == "User: My dog is called Rex.\nAssistant: What a lovely name!"
     assert memory_line(stored, "turn") == "Earlier the user said: The user's dog is called Rex."
     assert memory_line("I like tea.", "fact") == "The user likes tea."
+    assert memory_line("I like tea.", "fact", DEC_1) == "(2026-12-01) The user likes tea."
+    assert "lovely" not in memory_line(stored, "turn", DEC_1)  # never what the assistant said
 
 
 def test_memory_block_stops_at_the_token_budget() -> None:
     def words(text: str) -> int:
         return len(text.split())
 
-    header = words(MEMORY_BLOCK_HEADER)
+    header = words(MEMORY_BLOCK_HEADER) + words(MEMORY_BLOCK_FOOTER)
     block, used = memory_block(["one two", "three four", "five six"], header + 7, words)
-    assert used == 2 and block == f"{MEMORY_BLOCK_HEADER}\n- one two\n- three four"
+    assert used == 2 and block == f"{MEMORY_BLOCK_HEADER}\n- one two\n- three four{MEMORY_BLOCK_FOOTER}"
+    assert block.startswith("<memory>") and "not instructions" in block and block.endswith("</memory>")
     assert memory_block(["far too long for the budget"], header + 2, words) == ("", 0)
     assert memory_block([], 100, words) == ("", 0)
 
 
-def test_third_party_memories_rank_below_the_users_own() -> None:
+def test_third_party_memories_rank_below_the_users_own_when_penalised() -> None:
     assert third_party("My uncle James adopted a puppy called Nala.") == "uncle"
     assert third_party("My old roommate Jake moved to Denver.") == "flatmate"
     assert third_party("My dog is called Rex.") is None
     assert people_asked_about("Where does my mum's flatmate live?") == {"mother", "flatmate"}
     own = Candidate(1, "My dog is called Rex.", similarity=0.60, lexical=0.0)
     uncle = Candidate(2, "My uncle James adopted a dog called Nala.", similarity=0.62, lexical=2.0)
-    ranked = rerank("What is my dog called?", [uncle, own], lexical_weight=0.05, third_party_penalty=0.1)
-    assert [candidate.id for candidate, _ in ranked] == [1, 2]
-    asked = rerank("What is my uncle's dog called?", [uncle, own], lexical_weight=0.05, third_party_penalty=0.1)
-    assert [candidate.id for candidate, _ in asked] == [2, 1]
+    weights = Weights(lexical=0.05, third_party=0.1)
+    assert [c.id for c, _ in rank("What is my dog called?", [uncle, own], weights)] == [1, 2]
+    assert [c.id for c, _ in rank("What is my uncle's dog called?", [uncle, own], weights)] == [2, 1]
+    assert [c.id for c, _ in rank("What is my dog called?", [uncle, own], Weights(lexical=0.05))] == [2, 1]
 
 
-def test_memory_block_goes_into_the_one_leading_system_turn() -> None:
+def test_a_turn_never_outranks_the_fact_taken_from_it() -> None:
+    fact = Candidate(1, "My dog is called Rex.", 0.70, 0.0, kind="fact", source="req_1")
+    turn = Candidate(2, "User: My dog is called Rex. Is that a good name?", 0.90, 3.0, kind="turn", source="req_1")
+    other_turn = Candidate(3, "User: I walked the dog.", 0.80, 0.0, kind="turn", source="req_2")
+    ranked = rank("What is my dog called?", [turn, fact, other_turn], Weights())
+    assert [c.id for c, _ in ranked] == [3, 1, 2]
+
+
+def test_time_window_prefers_what_was_said_then() -> None:
+    day = 86400.0
+    window = time_window("what did I say last week about the car?", DEC_1)
+    assert window is not None and window[0] <= DEC_1 - 7 * day < window[1] and window[1] <= DEC_1
+    september = time_window("what was I reading in September?", DEC_1)
+    assert september is not None and september[0] <= 1_789_000_000 < september[1]  # 2026-09-10 in Sept 2026
+    assert time_window("what did I say 3 days ago?", DEC_1)[0] < DEC_1 - 3 * day < time_window("x 3 days ago", DEC_1)[1]
+    assert time_window("may I ask where I live?", DEC_1) is None
+    assert time_window("where do I live?", DEC_1) is None
+    old = Candidate(1, "I bought a bike.", 0.55, 0.0, said_at=DEC_1 - 60 * day)
+    recent = Candidate(2, "I sold my bike.", 0.50, 0.0, said_at=DEC_1 - 8 * day)
+    weights = Weights(in_window=0.1)
+    assert [c.id for c, _ in rank("bike?", [old, recent], weights)] == [1, 2]
+    assert [c.id for c, _ in rank("bike last week?", [old, recent], weights, window)] == [2, 1]
+    assert [c.id for c, _ in rank("bike?", [old, recent], Weights(recency=0.1))] == [2, 1]
+
+
+def test_statements_leave_out_questions_and_requests() -> None:
+    assert statements("My dog is Rex. What is my dog called? Please be brief. Ana is allergic to shellfish") == [
+        "My dog is Rex.",
+        "Ana is allergic to shellfish.",
+    ]
+    assert statements("What is my dog called?") == []
+
+
+def test_knowledge_updates_at_write_time() -> None:
+    limits = {"duplicate_similarity": 0.92, "update_similarity": 0.5, "replace_similarity": 0.85}
+    lisbon = Existing(1, "I live in Lisbon.", 0.55)
+    assert decide("Actually I moved to Porto last week.", [lisbon], **limits).action == "UPDATE"
+    assert decide("Actually I moved to Porto last week.", [lisbon], **limits).target == 1
+    assert decide("I love the trams here.", [Existing(1, "I live in Lisbon.", 0.62)], **limits).action == "ADD"
+    assert decide("I live in Lisbon.", [Existing(1, "I live in Lisbon.", 0.99)], **limits).action == "NOOP"
+    tennis = Existing(2, "I play tennis on Sundays.", 0.90)
+    assert decide("I play tennis on Saturdays.", [tennis], **limits).action == "UPDATE"
+    assert decide("I work in Lisbon.", [Existing(1, "I live in Lisbon.", 0.88)], **limits).action == "ADD"
+    dog = Existing(3, "I have a dog called Rex.", 0.54)
+    assert decide("I don't have a dog anymore.", [dog], **limits).action == "DELETE"
+    uncle = Existing(4, "My uncle moved to Porto.", 0.9)
+    assert decide("I moved to Porto.", [uncle], **limits).action == "ADD"  # about someone else
+
+
+def test_the_models_judgement_is_parsed_or_left_to_the_rules() -> None:
+    shown = [Existing(7, "I live in Lisbon.", 0.6)]
+    assert parse_judgement("UPDATE 7", shown).action == "UPDATE"
+    assert parse_judgement("update [7] because", shown).target == 7
+    assert parse_judgement("DELETE 9", shown) is None  # not a memory it was shown
+    assert parse_judgement("ADD", shown).action == "ADD"
+    assert parse_judgement("NOOP", shown).action == "NOOP"
+    assert parse_judgement("I think so", shown) is None
+
+
+def test_statements_about_people_the_user_named_are_attributed() -> None:
+    assert named_subject("Ana is allergic to shellfish too.") == "Ana"
+    assert named_subject("The weather is nice.") is None
+    assert named_subject("I am tired.") is None
+    known = ["My dog is Rex.", "My wife Ana works as a nurse."]
+    assert relation_of("Ana", known) == "wife"
+    assert relation_of("Bob", known) is None
+    assert attribute("Ana is allergic to shellfish too.", "Ana", "wife") == "My wife Ana is allergic to shellfish too."
+    assert third_person(attribute("Ana is allergic to shellfish too.", "Ana", "wife")).startswith("The user's wife Ana")
+
+
+def test_memory_block_goes_after_the_stable_prefix() -> None:
+    system = ChatTurn("system", "A long stable system prompt.")
+    earlier = [ChatTurn("user", "hi"), ChatTurn("assistant", "hello")]
     user = ChatTurn("user", "What is my dog called?")
-    assert with_system_block([user], "BLOCK") == [ChatTurn("system", "BLOCK"), user]
-    system = ChatTurn("system", "Be brief.")
-    assert with_system_block([system, user], "BLOCK") == [ChatTurn("system", "Be brief.\n\nBLOCK"), user]
+    placed = with_context_block([system, *earlier, user], "<memory>BLOCK</memory>")
+    assert placed[:3] == [system, *earlier]  # the prefix the engine caches is untouched
+    assert placed[3] == ChatTurn("user", "<memory>BLOCK</memory>\n\nWhat is my dog called?")
+    assert with_context_block([system, user], "") == [system, user]
+    assert with_context_block([user, ChatTurn("assistant", "ok")], "B")[0].content.startswith("B\n\n")
+
+
+def test_latest_user_text_is_the_last_user_turn() -> None:
     assert (
         latest_user_text([ChatTurn("user", "first"), ChatTurn("assistant", "ok"), ChatTurn("user", "second")])
         == "second"
@@ -97,9 +191,5 @@ def test_curation_time_is_the_next_occurrence() -> None:
 def test_user_goal_breaks_near_ties() -> None:
     cooking = Candidate(1, "I love making risotto.", similarity=0.50, lexical=0.0, goal_similarity=0.6)
     running = Candidate(2, "I love running marathons.", similarity=0.505, lexical=0.0, goal_similarity=0.0)
-    plain = rerank("What do I love?", [cooking, running], lexical_weight=0.05, third_party_penalty=0.1)
-    assert [candidate.id for candidate, _ in plain] == [2, 1]
-    steered = rerank(
-        "What do I love?", [cooking, running], lexical_weight=0.05, third_party_penalty=0.1, goal_weight=0.02
-    )
-    assert [candidate.id for candidate, _ in steered] == [1, 2]
+    assert [c.id for c, _ in rank("What do I love?", [cooking, running], Weights())] == [2, 1]
+    assert [c.id for c, _ in rank("What do I love?", [cooking, running], Weights(goal=0.02))] == [1, 2]

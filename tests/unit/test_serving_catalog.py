@@ -36,6 +36,9 @@ class Adapters:
     def get(self, name: str) -> Version:
         return self.versions[name]
 
+    def ownership(self, name: str) -> None:
+        return None
+
 
 CATALOG = ModelCatalog(SERVED, Adapters("alpha"), PROVIDERS)
 

@@ -82,6 +82,9 @@ class NoAdapters:
     def get(self, name: str) -> object:
         raise KeyError(name)
 
+    def ownership(self, name: str) -> None:
+        return None
+
 
 @dataclass
 class FakeMemory:

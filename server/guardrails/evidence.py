@@ -1,0 +1,664 @@
+"""Deterministic evidence from what a policy names explicitly, combined with the classifier's score.
+
+A small cross-encoder generalises poorly to the exact strings a policy spells
+out: the competitors it lists, the secret it states, the language it requires.
+These are read from the policy with patterns and looked up in the text:
+
+- named terms: names the policy forbids (competitors, codenames) and secret
+  values it states (`password is 'Marigold-77'`); the policy's own brand
+  (`We are X`, `X's assistant`, `our product, X`) is never one of them;
+- language: the languages a policy requires or forbids, against the language of
+  each sentence of the text (common-word and script identification);
+- dosages: an amount with a unit of medicine, under a policy about dosages;
+- personal data: e-mail addresses, phone, card, IBAN and social security
+  numbers, street addresses, under a policy naming that kind of data;
+- profanity: swear words and direct insults, under a policy about profanity,
+  less the words the policy itself allows.
+
+`policy_terms(policy)` parses once; `evidence(terms, text)` is per text. The
+result is `VIOLATES` (a hit), `COMPLIES` (a language policy met by every
+sentence) or `None` (no evidence: the classifier decides). Pure functions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Evidence(Enum):
+    VIOLATES = "violates"
+    COMPLIES = "complies"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    evidence: Evidence
+    because: str  # the kind of evidence, never the text's words nor a secret's value
+
+
+# ---------------------------------------------------------------- policy parsing
+
+PROHIBITION = re.compile(
+    r"\b(never|not|no|don'?t|doesn'?t|avoid|forbid\w*|prohibit\w*|refrain|confidential|secret|private|without)\b|n't\b",
+    re.IGNORECASE,
+)
+PERMISSION = re.compile(r"\b(acceptable|allowed|permitted|fine|okay|ok|may use|can use|are accepted)\b", re.IGNORECASE)
+SENTENCE_SPLIT = re.compile(r"(?<=[.!?;:])\s+|\n+")
+CLAUSE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
+# A capitalised name: words starting upper-case (inner capitals, digits, '&', '-' allowed), up to four of them.
+NAME = re.compile(r"\b[A-Z][\w&'\-]*(?:\s+(?:&\s+)?[A-Z][\w&\-]*){0,3}")
+NOT_NAMES = {
+    "never",
+    "do",
+    "don't",
+    "dont",
+    "not",
+    "no",
+    "only",
+    "you",
+    "we",
+    "our",
+    "the",
+    "a",
+    "an",
+    "this",
+    "that",
+    "these",
+    "those",
+    "it",
+    "its",
+    "i",
+    "assistant",
+    "always",
+    "keep",
+    "stay",
+    "avoid",
+    "reply",
+    "respond",
+    "answer",
+    "use",
+    "be",
+    "all",
+    "any",
+    "every",
+    "each",
+    "replies",
+    "responses",
+    "mention",
+    "name",
+    "refer",
+    "promote",
+    "recommend",
+    "internal",
+    "confidential",
+    "secret",
+    "competitors",
+    "competitor",
+    "rivals",
+    "rival",
+    "other",
+    "others",
+    "such",
+    "like",
+    "including",
+    "e.g",
+    "eg",
+    "for",
+    "if",
+    "when",
+    "under",
+    "as",
+    "in",
+    "on",
+    "at",
+    "with",
+    "must",
+    "should",
+    "may",
+    "please",
+    "policy",
+    "rule",
+    "rules",
+    "project",
+    "codename",
+    "password",
+    "company",
+    "brand",
+    "product",
+    "products",
+    "staff",
+    "customers",
+    "users",
+    "user",
+    "ai",
+    "english",
+    "spanish",
+    "french",
+    "german",
+    "italian",
+    "portuguese",
+    "dutch",
+    "polish",
+    "swedish",
+    "chinese",
+    "japanese",
+    "korean",
+    "russian",
+    "arabic",
+    "hindi",
+    "turkish",
+    "id",
+    "ids",
+    "api",
+    "apis",
+    "pin",
+    "pins",
+    "ssn",
+    "iban",
+    "ip",
+    "url",
+    "urls",
+    "pdf",
+    "ceo",
+    "faq",
+    "vpn",
+    "wifi",
+    "wi-fi",
+    "sms",
+    "otp",
+    "pii",
+    "social",
+    "security",
+    "social security",
+    "gdpr",
+    "hipaa",
+    "ok",
+    "okay",
+    "note",
+    "important",
+    "warning",
+}
+OWN_BRAND_CUES = re.compile(
+    r"(?:\bwe\s+are|\bwe'?re|\bwe\s+sell|\bwe\s+make|\bassistant\s+(?:for|of|at)|\bbot\s+(?:for|of)|"
+    r"\bsupport\s+(?:for|at)|\bwork\s+(?:for|at)|\binside|\bwithin|"
+    r"\bour\s+(?:own\s+)?(?:brand|company|product|service|app|store|shop|bank|platform|business|firm)s?"
+    r"(?:\s+is|\s+are|\s+called|\s+named)?,?|"
+    r"\bon\s+behalf\s+of|\brepresent(?:ing|s)?|\bworking\s+for|\bhere\s+at)\s+(?:the\s+|a\s+|an\s+)?$",
+    re.IGNORECASE,
+)
+COMPETITOR_CUE = re.compile(
+    r"\b(competitors?|competing|rivals?|other\s+\w+|such\s+as|like|including|e\.g\.|mention|name|recommend|"
+    r"refer\s+to|talk\s+about|bring\s+up|discuss|reveal|disclose|share)\b",
+    re.IGNORECASE,
+)
+SECRET_VALUE = re.compile(
+    r"\b(?:password|passcode|passphrase|pass|pw|pin|code|codename|code\s+name|key|token|secret|combination)"
+    r"(?:\s+(?:is|was|reads))?\s*(?:[:=]|\bis\b)?\s*['\"“‘]?([^\s'\"”’,;)]{4,})",
+    re.IGNORECASE,
+)
+QUOTED = re.compile(r"['\"“‘]([^'\"“”‘’]{3,40})['\"”’]")
+# A token that looks like a credential or codename: mixed letters and digits, or an upper-case word.
+CREDENTIAL_LIKE = re.compile(r"^(?=.*[A-Za-z])(?=.*\d)\S{5,}$|^[A-Z]{5,}$")
+
+LANGUAGE_NAMES = {
+    "english": "en",
+    "spanish": "es",
+    "castilian": "es",
+    "french": "fr",
+    "german": "de",
+    "italian": "it",
+    "portuguese": "pt",
+    "dutch": "nl",
+    "polish": "pl",
+    "swedish": "sv",
+    "chinese": "zh",
+    "mandarin": "zh",
+    "japanese": "ja",
+    "korean": "ko",
+    "russian": "ru",
+    "arabic": "ar",
+    "greek": "el",
+    "hebrew": "he",
+    "hindi": "hi",
+    "thai": "th",
+    "ukrainian": "ru",
+    "turkish": "tr",
+}
+LANGUAGE_NAME = re.compile(r"\b(" + "|".join(LANGUAGE_NAMES) + r")\b", re.IGNORECASE)
+ONLY = re.compile(
+    r"\b(only|exclusively|solely|must|always|all\s+(?:responses|replies|answers|output))\b", re.IGNORECASE
+)
+
+DOSAGE_POLICY = re.compile(
+    r"\b(dos(?:e|es|age|ages|ing)|how\s+much\s+(?:medicine|medication)|posology)\b", re.IGNORECASE
+)
+PROFANITY_POLICY = re.compile(
+    r"\b(profan\w*|swear\w*|curs(?:e|es|ing)|obscen\w*|vulgar\w*|expletive\w*|bad\s+language|foul\s+language|"
+    r"insult\w*|clean\s+language|language\s+clean|rude\s+words)\b",
+    re.IGNORECASE,
+)
+# A policy about swearing alone (no insults, slurs, tone): the lexicon knows what it forbids.
+SWEARING_ONLY = re.compile(
+    r"\b(profan\w*|swear\s*words?|swearing|curse\s*words?|cursing|obscen\w*|expletive\w*)\b", re.IGNORECASE
+)
+NOT_SWEARING_ONLY = re.compile(
+    r"\b(insult\w*|slurs?|rude|offensive|mock\w*|tone|demean\w*|disrespect\w*|hate|harass\w*|threat\w*|"
+    r"at\s+the\s+user|at\s+anyone|at\s+people|crude|sexual|vulgar\w*)\b",
+    re.IGNORECASE,
+)
+
+PII_KINDS = {
+    "email": re.compile(
+        r"\be-?mails?\b|\bcontact\s+details\b|\bpersonal\s+(?:data|information|details)\b", re.IGNORECASE
+    ),
+    "phone": re.compile(
+        r"\bphone|\bmobile\s+numbers?|\btelephone|\bcontact\s+details\b|\bpersonal\s+(?:data|information|details)\b",
+        re.IGNORECASE,
+    ),
+    "card": re.compile(
+        r"\b(?:credit|debit|payment|bank)\s*cards?\b|\bcard\s+numbers?\b|\bbank(?:ing)?\s+(?:account|details)|\biban\b|\baccount\s+numbers?\b|\bfinancial\s+details\b",
+        re.IGNORECASE,
+    ),
+    "ssn": re.compile(
+        r"\bsocial\s+security|\bssns?\b|\bnational\s+insurance|\bid\s+numbers?\b|\bpersonal\s+(?:data|information|details)\b",
+        re.IGNORECASE,
+    ),
+    "address": re.compile(
+        r"(?<!email )(?<!e-mail )\baddress(?:es)?\b|\bwhere\s+\w+\s+lives?\b|\bpersonal\s+(?:data|information|details)\b",
+        re.IGNORECASE,
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTerms:
+    """What a policy names explicitly; empty fields mean no evidence of that kind."""
+
+    forbidden: tuple[str, ...] = ()  # names and secret values the text must not contain
+    secrets: tuple[str, ...] = ()  # the secret values among them: never repeated in a reason
+    own: tuple[str, ...] = ()  # the policy's own brand: never evidence of a violation
+    required_languages: frozenset[str] = frozenset()
+    forbidden_languages: frozenset[str] = frozenset()
+    language_only: bool = False  # every rule of the policy is about language: meeting it is compliance
+    dosage: bool = False
+    profanity: bool = False
+    swearing_only: bool = False  # every rule is about swear words: no lexicon hit is compliance
+    allowed_words: frozenset[str] = frozenset()
+    pii: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.forbidden
+            or self.required_languages
+            or self.forbidden_languages
+            or self.dosage
+            or self.profanity
+            or self.pii
+        )
+
+
+def sentences(text: str) -> list[str]:
+    return [part.strip() for part in CLAUSE_SPLIT.split(text) if part.strip()]
+
+
+def policy_names(sentence: str) -> list[tuple[str, int]]:
+    """Capitalised names in a policy sentence with their offsets, less leading function words."""
+    names = []
+    for match in NAME.finditer(sentence):
+        words = match.group(0).split()
+        start = match.start()
+        while words and words[0].lower().strip("'") in NOT_NAMES:
+            start = sentence.index(words[1], start + len(words[0])) if len(words) > 1 else start
+            words = words[1:]
+        while words and words[-1].lower().strip("'") in NOT_NAMES:
+            words = words[:-1]
+        name = " ".join(words).removesuffix("'s").removesuffix("’s").strip("-'")
+        if len(name) >= 2 and name.lower() not in NOT_NAMES:
+            names.append((name, start))
+    return names
+
+
+def own_brands(policy: str) -> set[str]:
+    own = set()
+    for sentence in sentences(policy):
+        for name, start in policy_names(sentence):
+            before = sentence[:start]
+            after = sentence[start + len(name) :]
+            if OWN_BRAND_CUES.search(before) or re.match(
+                r"^['’]s\s+(?:own\s+)?(?:assistant|bot|support|helper)", after
+            ):
+                own.add(name)
+    return own
+
+
+def secret_values(policy: str) -> list[str]:
+    """Values the policy states as secrets: `password is 'x'`, `codename: X`, a quoted credential-like token."""
+    found = []
+    for match in SECRET_VALUE.finditer(policy):
+        value = match.group(1).rstrip(".")
+        if CREDENTIAL_LIKE.match(value) or QUOTED.search(policy[match.start() : match.end() + 1]):
+            found.append(value)
+    for match in QUOTED.finditer(policy):
+        if CREDENTIAL_LIKE.match(match.group(1).strip()):
+            found.append(match.group(1).strip())
+    return list(dict.fromkeys(found))
+
+
+def forbidden_terms(policy: str, own: set[str]) -> list[str]:
+    """Names in sentences that forbid something (and are not ours), plus secret values the policy states."""
+    found: list[str] = []
+    policy_sentences = sentences(policy)
+    prohibits = any(PROHIBITION.search(sentence) for sentence in policy_sentences)
+    for sentence in policy_sentences:
+        if PERMISSION.search(sentence) or LANGUAGE_NAME.search(sentence):
+            continue
+        forbidding = PROHIBITION.search(sentence) or (
+            prohibits and re.search(r"\b(competitors?|rivals?|codename|secret)\b", sentence, re.IGNORECASE)
+        )
+        if not forbidding:
+            continue
+        for name, start in policy_names(sentence):
+            if start == 0 and " " not in name and name[1:].islower() and policy.count(name) == 1:
+                continue  # a sentence's first word ("Refrain from ..."), not a name
+            if name not in own and not any(name in brand or brand in name for brand in own):
+                found.append(name)
+    found += secret_values(policy)
+    for match in QUOTED.finditer(policy):
+        value = match.group(1).strip()
+        sentence = next((s for s in policy_sentences if match.group(0) in s), "")
+        quotable = (CREDENTIAL_LIKE.match(value) or " " not in value) and not PERMISSION.search(sentence)
+        if quotable and PROHIBITION.search(sentence) and value.lower() not in NOT_NAMES:
+            found.append(value)
+    return list(dict.fromkeys(term for term in found if term and term not in own))
+
+
+def language_rules(policy: str) -> tuple[frozenset[str], frozenset[str], bool]:
+    """(required, forbidden, language_only): the languages a policy asks for and those it rules out."""
+    required: set[str] = set()
+    forbidden: set[str] = set()
+    rules = 0
+    language_rules_seen = 0
+    for clause in re.split(r"(?<=[.!?;])\s+|\n+|,\s*(?=(?:but|and)\s)", policy):
+        if not clause.strip():
+            continue
+        names = [LANGUAGE_NAMES[m.group(1).lower()] for m in LANGUAGE_NAME.finditer(clause)]
+        is_rule = bool(
+            PROHIBITION.search(clause)
+            or ONLY.search(clause)
+            or re.search(r"\b(reply|respond|answer|write|use|speak)\b", clause, re.IGNORECASE)
+        )
+        if is_rule:
+            rules += 1
+        if not names:
+            continue
+        language_rules_seen += 1
+        negation = PROHIBITION.search(clause)
+        for match in LANGUAGE_NAME.finditer(clause):
+            code = LANGUAGE_NAMES[match.group(1).lower()]
+            between = clause[negation.end() : match.start()] if negation else ""
+            if re.search(
+                r"\b(other\s+than|except|besides|apart\s+from|but)\s+$", clause[: match.start()], re.IGNORECASE
+            ):
+                required.add(code)
+            elif negation and negation.start() < match.start() and not ONLY.search(between):
+                forbidden.add(code)
+            else:
+                required.add(code)
+    if "foreign" in policy.lower() and required:
+        pass  # "English only, no foreign phrases": the required set already says it
+    return (
+        frozenset(required - forbidden),
+        frozenset(forbidden),
+        bool(required or forbidden) and rules <= language_rules_seen,
+    )
+
+
+def permitted_words(policy: str) -> frozenset[str]:
+    words: set[str] = set()
+    for sentence in sentences(policy):
+        if PERMISSION.search(sentence):
+            words |= {w.lower() for w in re.findall(r"['\"“‘]?([A-Za-z*]+)['\"”’]?", sentence)}
+    return frozenset(words)
+
+
+def policy_terms(policy: str) -> PolicyTerms:
+    own = own_brands(policy)
+    required, forbidden_langs, language_only = language_rules(policy)
+    return PolicyTerms(
+        forbidden=tuple(forbidden_terms(policy, own)),
+        secrets=tuple(value for value in secret_values(policy) if value not in own),
+        own=tuple(sorted(own, key=len, reverse=True)),
+        required_languages=required,
+        forbidden_languages=forbidden_langs,
+        language_only=language_only,
+        dosage=bool(DOSAGE_POLICY.search(policy)),
+        profanity=bool(PROFANITY_POLICY.search(policy)),
+        swearing_only=bool(SWEARING_ONLY.search(policy)) and not NOT_SWEARING_ONLY.search(policy),
+        allowed_words=permitted_words(policy),
+        pii=frozenset(kind for kind, pattern in PII_KINDS.items() if pattern.search(policy)),
+    )
+
+
+# ---------------------------------------------------------------- language identification
+
+COMMON_WORDS = {
+    "en": "the and is are was you your to of in it for that this with on be have has not we our can will at "
+    "from by or as do does an if my me they their there what which would should could about please thank thanks "
+    "hello hi yes sure here how when all just more one up out so",
+    "es": "el la los las de del que y en un una es por con para su sus se lo al como más pero le ya muy "
+    "está están son fue hola gracias usted puedo puede ayudarte ayudarle hoy qué cómo dónde cuál bien sí "
+    "también estoy tengo tiene mañana nos nuestro nuestra esta este te eso esto tu tus mi mis ti ayudo primero "
+    "abre aquí ahora hay hacer desde porque cuando todo todos ella él ellos usted ustedes vez",
+    "fr": "le la les de des du et est un une en que qui pour pas dans sur avec au aux ce cette vous nous je "
+    "il elle ils sont bonjour merci votre vos mais ou très bien être avoir peux pouvez sûr oui quel quelle "
+    "numéro commande aujourd'hui c'est ne se sa son ses mon ma mes ton ta tes leur leurs ici voici voilà "
+    "aussi comme tout tous faire",
+    "de": "der die das und ist nicht ein eine ich sie es zu mit den dem des auf für von im wir ihr ihre ihnen "
+    "sind wird werden bitte danke vielen hallo guten natürlich ja nein auch noch nur wie was wo bis bald "
+    "morgen heute erfolgt innerhalb ist das haben hat kann können sich mein dein unser euer dieser diese "
+    "oder aber wenn weil schon sehr gern",
+    "it": "il lo la gli le di e è un una che per non con del della in al ma sono come anche più ciao grazie "
+    "buongiorno certo sì arriverà entro giorni lavorativi questo questa molto bene può posso ti mi ci si "
+    "sei siamo hai ha abbiamo qui ecco perché quando tutto",
+    "pt": "o a os as de do da dos das e é um uma que para com não em no na por seu sua você obrigado "
+    "obrigada olá sim muito bem está são pode posso também isso",
+    "nl": "de het een en is van ik je jij we wij zijn niet met op voor dat die er maar ook hallo bedankt "
+    "dank graag alstublieft morgen",
+    "pl": "i w na z że się nie jest to do jak co ale od po czy dla tak dzień dobry dziękuję proszę jestem "
+    "pan pani jutro",
+    "sv": "och att det som en är på för med inte jag du vi till av har hej tack mycket",
+}
+COMMON = {code: frozenset(words.split()) for code, words in COMMON_WORDS.items()}
+LETTER_CUES = {
+    "es": "ñ¿¡",
+    "de": "ßäöü",
+    "fr": "çœêëîû",
+    "pt": "ãõ",
+    "pl": "ąęłńśźżć",
+    "it": "",
+    "nl": "",
+    "sv": "å",
+}
+SCRIPTS = (
+    ("zh", re.compile(r"[\u4e00-\u9fff]")),
+    ("ja", re.compile(r"[\u3040-\u30ff]")),
+    ("ko", re.compile(r"[\uac00-\ud7af]")),
+    ("ru", re.compile(r"[\u0400-\u04ff]")),
+    ("ar", re.compile(r"[\u0600-\u06ff]")),
+    ("el", re.compile(r"[\u0370-\u03ff]")),
+    ("he", re.compile(r"[\u0590-\u05ff]")),
+    ("hi", re.compile(r"[\u0900-\u097f]")),
+    ("th", re.compile(r"[\u0e00-\u0e7f]")),
+)
+WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
+
+
+def sentence_language(sentence: str) -> str | None:
+    """The sentence's language code, or None when there is too little to tell."""
+    letters = [ch for ch in sentence if ch.isalpha()]
+    if not letters:
+        return None
+    for code, script in SCRIPTS:
+        if len(script.findall(sentence)) >= max(2, len(letters) // 3):
+            return "ja" if code == "zh" and SCRIPTS[1][1].search(sentence) else code
+    words = [word.lower() for word in WORD.findall(sentence)]
+    scores = {code: sum(word in common for word in words) for code, common in COMMON.items()}
+    lowered = sentence.lower()
+    for code, cues in LETTER_CUES.items():
+        scores[code] += 2 * sum(lowered.count(cue) for cue in cues)
+    ranked = sorted(scores.items(), key=lambda item: item[1], reverse=True)
+    (best, top), (_, second) = ranked[0], ranked[1]
+    if top >= 2 and top >= 2 * second and top >= 0.25 * len(words):
+        return best
+    if len(words) <= 3 and top >= 1 and top > second and best != "en":
+        return best
+    return None
+
+
+def text_languages(text: str) -> list[str | None]:
+    """The language of each sentence, and of the whole text (short sentences say little on their own)."""
+    parts = [part for part in re.split(r"(?<=[.!?。！？])\s*|\n+", text) if part.strip()]
+    return [sentence_language(part) for part in parts] + ([sentence_language(text)] if len(parts) > 1 else [])
+
+
+# ---------------------------------------------------------------- text patterns
+
+NUMBER_WORDS = (
+    r"(?:\d+(?:[.,]\d+)?|half|a\s+half|one|two|three|four|five|six|seven|eight|nine|ten|twelve|fifteen|twenty|"
+    r"a|an|a\s+quarter(?:\s+of)?(?:\s+a)?|one\s+and\s+a\s+half|a\s+couple\s+of|a\s+few)"
+)
+DOSE_UNIT = (
+    r"(?:mg|milligrams?|mcg|µg|micrograms?|g|grams?|ml|mls|millilit(?:re|er)s?|cc|iu|units?|tablets?|pills?|"
+    r"capsules?|caplets?|drops?|puffs?|sprays?|teaspoons?(?:ful)?|tsp|tablespoons?|tbsp|doses?|sachets?|lozenges?)"
+)
+DOSAGE = re.compile(rf"\b{NUMBER_WORDS}\s*(?:-|\s)?\s*{DOSE_UNIT}\b", re.IGNORECASE)
+DOSE_FREQUENCY = re.compile(
+    r"\b(every\s+(?:\d+|two|three|four|five|six|eight|twelve)\s*(?:-\s*\d+\s*)?hours?|(?:once|twice|three\s+times|"
+    r"four\s+times|\d\s*x)\s+(?:a|per|each)\s+day|(?:once|twice)\s+daily|at\s+bedtime|before\s+(?:bed|meals))\b",
+    re.IGNORECASE,
+)
+MEDICINE = re.compile(
+    r"\b(syrup|tablet|pill|capsule|dose|medicine|medication|paracetamol|acetaminophen|ibuprofen|aspirin|"
+    r"amoxicillin|antibiotic|insulin|drops|inhaler|\w+(?:cillin|mycin|profen|olol|pril|statin|azole|zepam))\b",
+    re.IGNORECASE,
+)
+EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
+PHONE = re.compile(r"(?<![\w/])\+?\(?\d[\d ()\-.]{7,}\d(?![\w/])")
+CARD = re.compile(r"\b(?:\d[ -]?){13,19}\b")
+IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){3,7}(?:\s?[A-Z0-9]{1,4})?\b")
+SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b|\b(?:ssn|social\s+security(?:\s+number)?)\b[^.]{0,20}\d{4}", re.IGNORECASE)
+STREET = re.compile(
+    r"\b\d{1,5}\s+(?:[A-Z][a-z]+\s+){1,3}(?:Street|St|Road|Rd|Lane|Ln|Avenue|Ave|Drive|Dr|Way|Close|Court|Ct|"
+    r"Place|Pl|Boulevard|Blvd|Terrace|Crescent|Gardens|Square)\b"
+)
+PROFANITY_WORDS = (
+    r"fuck\w*|f\*+k?\w*|f\*ck\w*|motherf\w*|shits?|shitty|shit(?:show|head|hole|storm)s?|bullshit|s\*+t|sh\*t|"
+    r"crap|crappy|damn|damned|damnit|dammit|goddamn\w*|bitch\w*|bastards?|assholes?|arseholes?|a\*+hole|"
+    r"dickheads?|piss(?:ed)?(?:\s+off)?|bollocks|wtf|ffs|stfu|cunts?|twats?|wankers?|dumbass\w*|jackass\w*|"
+    r"morons?|moronic|idiots?|idiotic|imbeciles?|retards?|retarded|douche\w*|pricks?|screw\s+you|"
+    r"(?:what|who|where|why|how)\s+the\s+(?:hell|heck)"
+)
+PROFANITY = re.compile(rf"(?<![\w*-])(?:{PROFANITY_WORDS})(?![\w*-])", re.IGNORECASE)
+TERM_BOUNDARY = r"(?<![\w-]){}(?![\w-])"
+BUSINESS_LINE = re.compile(
+    r"\b(hotline|helpline|support|customer\s+service|toll-?free|switchboard|reception|office|main\s+line)\b",
+    re.IGNORECASE,
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    total = 0
+    for position, digit in enumerate(reversed(digits)):
+        value = int(digit) * (2 if position % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def contains_term(text: str, term: str) -> bool:
+    pattern = TERM_BOUNDARY.format(re.escape(term))
+    flags = 0 if CREDENTIAL_LIKE.match(term) and not term.isupper() else re.IGNORECASE
+    return re.search(pattern, text, flags) is not None
+
+
+def personal_data(text: str, kinds: frozenset[str]) -> bool:
+    if "email" in kinds and EMAIL.search(text):
+        return True
+    if "card" in kinds:
+        if IBAN.search(text):
+            return True
+        for match in CARD.finditer(text):
+            digits = re.sub(r"\D", "", match.group(0))
+            if 13 <= len(digits) <= 19 and luhn_valid(digits):
+                return True
+    if "ssn" in kinds and SSN.search(text):
+        return True
+    if "address" in kinds and STREET.search(text):
+        return True
+    if "phone" in kinds:
+        for match in PHONE.finditer(text):
+            if BUSINESS_LINE.search(text[max(0, match.start() - 60) : match.start()]):
+                continue  # a public business line, not a person's number
+            digits = re.sub(r"\D", "", match.group(0))
+            if 9 <= len(digits) <= 15 and not re.fullmatch(r"\d{1,3}(?:,\d{3})+", match.group(0).strip()):
+                return True
+    return False
+
+
+def dosage_instruction(text: str) -> bool:
+    """An amount with a unit of medicine; a count of tablets or spoons needs a medicine or a schedule nearby."""
+    for match in DOSAGE.finditer(text):
+        unit = match.group(0).lower()
+        if re.search(r"\d\s*-?\s*(mg|mcg|µg|ml|iu|milligram|microgram|millilit)", unit):
+            return True
+        window = text[max(0, match.start() - 80) : match.end() + 80]
+        if MEDICINE.search(window) or DOSE_FREQUENCY.search(window):
+            return True
+    return False
+
+
+def evidence(terms: PolicyTerms, text: str) -> Finding | None:
+    """What the policy's explicit terms say about `text`: a violation, compliance, or nothing."""
+    if terms.empty:
+        return None
+    for term in terms.forbidden:
+        if contains_term(text, term):
+            return Finding(Evidence.VIOLATES, "it contains a name or value the policy forbids")
+    if terms.dosage and dosage_instruction(text):
+        return Finding(Evidence.VIOLATES, "it states a dosage")
+    if terms.pii and personal_data(text, terms.pii):
+        return Finding(Evidence.VIOLATES, "it contains personal data of a kind the policy names")
+    if terms.profanity:
+        for match in PROFANITY.finditer(text):
+            if match.group(0).lower() not in terms.allowed_words:
+                return Finding(Evidence.VIOLATES, "it uses profanity or an insult")
+        if terms.swearing_only:
+            return Finding(Evidence.COMPLIES, "it uses none of the words the policy forbids")
+    if terms.required_languages or terms.forbidden_languages:
+        languages = [code for code in text_languages(text) if code is not None]
+        if any(code in terms.forbidden_languages for code in languages) or (
+            terms.required_languages and any(code not in terms.required_languages for code in languages)
+        ):
+            return Finding(Evidence.VIOLATES, "it is written in a language the policy rules out")
+        if terms.language_only and languages:
+            return Finding(Evidence.COMPLIES, "every sentence is in a language the policy allows")
+    return None
+
+
+def redacted(policy: str, terms: PolicyTerms) -> str:
+    """The policy with the secret values it states blanked out, for a reason shown to the user."""
+    for value in terms.secrets:
+        policy = policy.replace(value, "[redacted]")
+    return policy
+
+
+def masked_own_brand(terms: PolicyTerms, text: str) -> str:
+    """The text with the policy's own brand replaced by "our company": naming ourselves is no violation,
+    but the classifier reads any brand under a competitor policy as one."""
+    for brand in terms.own:
+        if brand in terms.forbidden:
+            continue
+        text = re.sub(TERM_BOUNDARY.format(re.escape(brand)) + r"(?:['’]s)?", "our company", text)
+    return text

@@ -1,0 +1,149 @@
+"""Evidence from what a policy names explicitly (pure functions): parsing the policy, then reading the text."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.guardrails.evidence import (
+    Evidence,
+    dosage_instruction,
+    evidence,
+    masked_own_brand,
+    personal_data,
+    policy_terms,
+    redacted,
+    sentence_language,
+)
+
+
+def verdict(policy: str, text: str) -> Evidence | None:
+    found = evidence(policy_terms(policy), text)
+    return found.evidence if found else None
+
+
+def test_competitors_named_by_the_policy_are_forbidden_and_its_own_brand_is_not() -> None:
+    terms = policy_terms("We are Zestly, a meal-kit company. Never mention rival kits like HelloFresh or Blue Apron.")
+    assert terms.forbidden == ("HelloFresh", "Blue Apron") and terms.own == ("Zestly",)
+    terms = policy_terms("You represent TaskFlow. Do not name competitors such as Asana, Trello or Jira.")
+    assert set(terms.forbidden) == {"Asana", "Trello", "Jira"} and terms.own == ("TaskFlow",)
+    assert policy_terms("Do not mention Zoom or other video-call products; we are Vidra.").own == ("Vidra",)
+    assert policy_terms("Only discuss our own brand, Solara; do not refer to other makers.").own == ("Solara",)
+    assert policy_terms("You are Kitewing Air's assistant. Never name other airlines.").own == ("Kitewing Air",)
+
+
+def test_a_named_competitor_in_the_text_is_a_violation_and_our_brand_alone_is_no_evidence() -> None:
+    policy = "We are Zestly. Never mention rival meal-kit companies like HelloFresh or Blue Apron."
+    assert verdict(policy, "Honestly, Blue Apron's boxes are cheaper this month.") is Evidence.VIOLATES
+    assert verdict(policy, "Zestly boxes arrive on Mondays.") is None
+    assert verdict(policy, "Have you tried hellofresh?") is Evidence.VIOLATES  # any case
+    assert verdict(policy, "Our blue aprons are sold out.") is None  # names match whole words only
+    assert verdict(policy, "Fresh herbs come in every box.") is None
+
+
+def test_sentence_initial_verbs_and_generic_acronyms_are_not_names() -> None:
+    assert policy_terms("Refrain from suggesting other streaming services. Our service is StreamLark.").forbidden == ()
+    assert policy_terms("Do not output API keys or access tokens.").forbidden == ()
+    assert policy_terms("Never recommend products from Samsung.").forbidden == ("Samsung",)
+
+
+def test_a_stated_secret_is_forbidden_but_a_word_that_merely_resembles_it_is_not() -> None:
+    policy = "The vault code is 'Tulip-4411'. Never reveal it."
+    assert "Tulip-4411" in policy_terms(policy).forbidden
+    assert verdict(policy, "Sure: the code is Tulip-4411.") is Evidence.VIOLATES
+    assert verdict(policy, "Tulips flower in April.") is None
+    assert redacted(policy, policy_terms(policy)) == "The vault code is '[redacted]'. Never reveal it."
+    codename = policy_terms("Never mention the internal codename 'Bluefin' or other internal project names.")
+    assert codename.forbidden == ("Bluefin",)
+
+
+@pytest.mark.parametrize(
+    ("text", "dosage"),
+    [
+        ("Take 400 mg of ibuprofen with food.", True),
+        ("Two 500mg tablets every six hours is the usual amount.", True),
+        ("Give him 5 ml of the syrup at bedtime.", True),
+        ("A quarter of a teaspoon of the drops twice a day.", True),
+        ("The pharmacy opens at 9 am on floor 2.", False),
+        ("Ask your pharmacist how much to take.", False),
+        ("Add two teaspoons of sugar to the batter.", False),
+    ],
+)
+def test_dosage_patterns(text: str, dosage: bool) -> None:
+    assert dosage_instruction(text) is dosage
+
+
+def test_dosage_evidence_only_under_a_dosage_policy() -> None:
+    assert verdict("No dosing instructions.", "Take 400 mg twice a day.") is Evidence.VIOLATES
+    assert verdict("Only talk about cooking.", "Take 400 mg twice a day.") is None
+
+
+def test_personal_data_of_the_kinds_the_policy_names() -> None:
+    kinds = policy_terms("Never reveal customers' email addresses or phone numbers.").pii
+    assert kinds == {"email", "phone"}
+    assert personal_data("Write to ana.ruiz@example.org today.", kinds)
+    assert personal_data("Call her on +44 7700 900 123.", kinds)
+    assert not personal_data("We sold 1,250,000 units in 2023.", kinds)
+    card = policy_terms("Never output credit card numbers.").pii
+    assert personal_data("Card: 4111 1111 1111 1111", card)
+    assert not personal_data("Order 1234 5678 9012 3456 shipped.", card)  # fails the Luhn check
+    assert personal_data("He lives at 42 Harbour Road.", policy_terms("Never reveal home addresses.").pii)
+
+
+def test_profanity_less_the_words_the_policy_allows() -> None:
+    policy = "Do not use strong profanity. Mild words like 'damn' or 'hell' are acceptable."
+    assert verdict(policy, "Damn, that was close.") is Evidence.COMPLIES
+    assert verdict(policy, "What the fuck was that.") is Evidence.VIOLATES
+    assert verdict("Never insult the user.", "You absolute moron.") is Evidence.VIOLATES
+    assert verdict("Never insult the user.", "Classic shitake risotto.") is None
+
+
+@pytest.mark.parametrize(
+    ("sentence", "language"),
+    [
+        ("Thanks, your parcel is on its way and should arrive tomorrow.", "en"),
+        ("Gracias, su paquete llegará mañana por la tarde.", "es"),
+        ("Merci, votre colis est en route et arrivera demain.", "fr"),
+        ("Danke, Ihr Paket ist unterwegs und kommt morgen an.", "de"),
+        ("Grazie, il pacco arriverà domani in giornata.", "it"),
+        ("Obrigado, o seu pacote chega amanhã.", "pt"),
+        ("Спасибо, ваша посылка уже в пути.", "ru"),
+        ("谢谢，您的包裹明天到。", "zh"),
+        ("OK.", None),
+    ],
+)
+def test_sentence_language(sentence: str, language: str | None) -> None:
+    assert sentence_language(sentence) == language
+
+
+def test_language_policies_require_or_forbid() -> None:
+    english = "Answer in English only."
+    assert verdict(english, "¡Claro que sí! Le ayudo con su pedido.") is Evidence.VIOLATES
+    assert verdict(english, "Sure, I can help with your order today.") is Evidence.COMPLIES
+    assert verdict(english, "Your parcel ships today. Merci beaucoup et à bientôt !") is Evidence.VIOLATES
+    assert verdict("Do not use any language other than English.", "Thanks, that is all for today.") is (
+        Evidence.COMPLIES
+    )
+    no_german = "Never reply in German."
+    assert verdict(no_german, "Danke, das ist alles für heute.") is Evidence.VIOLATES
+    assert verdict(no_german, "Gracias, eso es todo por hoy.") is Evidence.COMPLIES
+    # a language rule beside another rule: meeting the language says nothing about the other rule
+    assert verdict("Reply in English and never discuss prices.", "It costs ten dollars.") is None
+
+
+def test_own_brand_is_masked_for_the_model_and_nothing_else_is() -> None:
+    terms = policy_terms("We are Lumo Coffee. Never mention other coffee chains.")
+    assert masked_own_brand(terms, "Lumo Coffee's menu has a maple latte.") == "our company menu has a maple latte."
+    assert masked_own_brand(policy_terms("Only talk about travel in Japan."), "Visit Japan.") == "Visit Japan."
+
+
+def test_a_policy_about_swear_words_alone_is_met_by_text_without_them() -> None:
+    assert verdict("No swear words, please.", "What on earth happened to the build?") is Evidence.COMPLIES
+    assert verdict("No swear words, please.", "What the hell happened to the build?") is Evidence.VIOLATES
+    # insults and tone are the model's to judge: no lexicon lists them all
+    assert verdict("Never insult the user or swear.", "You are hopeless at this.") is None
+
+
+def test_a_public_business_line_is_not_a_persons_phone_number() -> None:
+    kinds = policy_terms("Do not reveal customers' phone numbers.").pii
+    assert not personal_data("Our support hotline, 0800 123 456, is open daily.", kinds)
+    assert personal_data("The customer's mobile is 07700 900 456.", kinds)
