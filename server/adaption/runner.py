@@ -1,4 +1,9 @@
-"""The adaption service: counts calls, queues jobs, runs the training worker process, promotes what beats the current adapter.
+"""The adaption service: counts calls, queues jobs, runs the training worker process, promotes what learned.
+
+A job teaches the group's facts as they are now (`dataset.curriculum`) and is
+promoted only if it recalls them on held-out questions better than the base
+model (and no worse than the served version) while the shipped general set
+stays within tolerance (`promotion`).
 
 One job trains at a time, in a child process (`server.adaption.worker`), so the
 server's event loop and engine never wait on training. A job left `running` by
