@@ -127,9 +127,12 @@ def recall_end_to_end(
                 "train_examples": result.get("train_examples"),
                 "probe_recall": result.get("recall"),
                 "probe_recall_base": result.get("baseline_recall"),
+                "general_correct": result.get("general_correct"),
+                "general_correct_base": result.get("baseline_general_correct"),
+                "general_examples": result.get("general_examples"),
+                "general_tolerance": result.get("general_tolerance"),
                 "general_loss": result.get("general_loss"),
                 "general_loss_base": result.get("baseline_general_loss"),
-                "general_loss_tolerance": result.get("general_loss_tolerance"),
                 "verdict": result.get("verdict"),
                 "base": recall(client, model, chosen, {}),
                 "adapter": recall(client, model, chosen, {"lora_name": adapter, "adaption_inference": True}),
@@ -152,18 +155,19 @@ def recall_end_to_end(
 def print_adaption_table(report: dict) -> None:
     print("\nadaption: facts told through chat -> triggered job -> recall on hand-written questions (memory off)")
     print(
-        f"  {'facts':>5} {'adapter':>8} {'base':>6} {'promoted':>8} {'general loss (base, tol)':>26}"
+        f"  {'facts':>5} {'adapter':>8} {'base':>6} {'promoted':>8} {'general right (base) / loss (base)':>36}"
         f" {'train s':>8} {'job s':>7} {'examples':>8}"
     )
     for run in report["runs"]:
         general = (
-            f"{run['general_loss']:.3f} ({run['general_loss_base']:.3f}, +{run['general_loss_tolerance']:.0%})"
+            f"{run['general_correct']}/{run['general_examples']} ({run['general_correct_base']})"
+            f" / {run['general_loss']:.3f} ({run['general_loss_base']:.3f})"
             if run["general_loss"] is not None
             else "-"
         )
         print(
             f"  {run['facts']:>5} {run['adapter']['recall']:>8.0%} {run['base']['recall']:>6.0%}"
-            f" {str(run['promoted']):>8} {general:>26} {run['train_seconds'] or 0:>8.0f} {run['job_wall_s']:>7.0f}"
+            f" {str(run['promoted']):>8} {general:>36} {run['train_seconds'] or 0:>8.0f} {run['job_wall_s']:>7.0f}"
             f" {run['train_examples'] or 0:>8}"
         )
     if "throughput_ratio_training_over_idle" in report:

@@ -142,15 +142,15 @@ class AdaptionSettings(_Strict):
     target_modules: tuple[str, ...] = Field(
         ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), min_length=1
     )
-    epochs: int = Field(5, ge=1, le=100)
+    epochs: int = Field(3, ge=1, le=100)
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
     batch_size: int = Field(8, ge=1, le=256)
     max_examples: int = Field(2048, ge=2, description="most training examples (the newest memories' are kept)")
     questions_per_fact: int = Field(6, ge=1, le=16, description="training questions per fact, in varied wordings")
     probes_per_fact: int = Field(2, ge=1, le=8, description="held-out questions per fact, in other wordings")
     probe_max_tokens: int = Field(24, ge=4, le=256, description="answer length the recall probes generate")
-    general_loss_tolerance: float = Field(
-        0.1, ge=0.0, le=10.0, description="largest relative rise of the general set's loss a promoted version may cause"
+    general_tolerance: float = Field(
+        0.05, ge=0.0, le=1.0, description="share of the general set a promoted version may answer wrong beyond the base"
     )
     seed: int = 0
     cpu_threads: int = Field(1, ge=1, description="threads the worker may use on a CPU box (serving keeps the rest)")

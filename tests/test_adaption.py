@@ -102,7 +102,9 @@ def test_facts_told_through_chat_train_an_adapter_that_recalls_them(client: open
     # The job's own promotion test: held-out questions in template wordings, against the base model on the same ones.
     assert result["facts"] == len(FACTS) and result["turns"] == len(FACTS) and result["probes"] == 2 * len(FACTS)
     assert result["recall"] > result["baseline_recall"]
-    assert result["general_loss"] <= result["baseline_general_loss"] * (1 + result["general_loss_tolerance"])
+    allowed = int(result["general_tolerance"] * result["general_examples"])
+    assert result["general_correct"] >= result["baseline_general_correct"] - allowed
+    assert result["general_loss"] > 0 and result["baseline_general_loss"] > 0
     assert len(result["data_hash"]) == 64 and result["verdict"].startswith("it names the fact for")
 
     assert served_by(client, adapter) == f"{adapter}@v1"
@@ -117,7 +119,7 @@ def test_job_events_report_progress_and_the_eval_figures(client: openai.OpenAI, 
     assert steps and steps[0].data["step"] == steps[0].data["total_steps"]  # newest first
     assert all(event.object == "fine_tuning.job.event" for event in events)
     messages = [event.message for event in events]
-    assert any(m.startswith("Base model: names the fact for ") and "general-set loss" in m for m in messages)
+    assert any(m.startswith("Base model: names the fact for ") and "answered right, loss" in m for m in messages)
     assert any(m.startswith("New version: names the fact for ") for m in messages)
     assert any(m.startswith("Training data: 5 facts, each asked in several wordings, and 5 real exchanges") for m in messages)
     assert any(m.startswith(f"Promoted {taught['adapter']} v1: it names the fact for") for m in messages)

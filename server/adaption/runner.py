@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -58,33 +59,34 @@ def _named(figures: dict) -> str:
 
 def promotion(result: dict, tolerance: float) -> Verdict:
     """Promote only if (a) the new version names the trained facts for more held-out questions than the base model
-    (and for no fewer than the version being served), and (b) its loss on the general set rises by at most
-    `tolerance` (relative) over the base model's."""
+    (and for no fewer than the version being served), and (b) on the general set it answers at most `tolerance`
+    (a fraction of the set) fewer questions right than the base model. The general set's loss is reported beside."""
     base, current, new = result["base"], result.get("current"), result["new"]
     recall = (
         f"it names the fact for {_named(new)} held-out questions about the trained facts"
         f" (base model: {_named(base)}{f'; version served now: {_named(current)}' if current else ''})"
     )
+    size = round(base["general_correct"] / base["general_accuracy"]) if base["general_accuracy"] else 0
+    allowed = math.floor(tolerance * size + 1e-9)
     rise = new["general_loss"] / base["general_loss"] - 1 if base["general_loss"] else 0.0
     general = (
-        f"general-set loss {new['general_loss']:.3f} against the base model's {base['general_loss']:.3f}"
-        f" ({rise:+.1%}; tolerance +{tolerance:.0%})"
+        f"general set: {new['general_correct']} of {size} answered right against the base model's"
+        f" {base['general_correct']} (at most {allowed} fewer allowed), loss {new['general_loss']:.3f} against"
+        f" {base['general_loss']:.3f} ({rise:+.1%})"
     )
     if new["recalled"] <= base["recalled"]:
         return Verdict(False, f"{recall}: no better than the base model, so it has not learned the facts; {general}.")
     if current is not None and new["recalled"] < current["recalled"]:
         return Verdict(False, f"{recall}: fewer than the version served now; {general}.")
-    if rise > tolerance:
-        return Verdict(
-            False, f"{recall}, but {general}: it would lose more of what the model knew than the tolerance allows."
-        )
+    if new["general_correct"] < base["general_correct"] - allowed:
+        return Verdict(False, f"{recall}, but {general}: it would lose more of what the model knew than allowed.")
     return Verdict(True, f"{recall}; {general}.")
 
 
 def eval_message(stage: str, figures: dict) -> str:
     return (
-        f"{stage}: names the fact for {_named(figures)} held-out questions;"
-        f" general-set loss {figures['general_loss']:.3f}."
+        f"{stage}: names the fact for {_named(figures)} held-out questions; general set:"
+        f" {figures['general_correct']} answered right, loss {figures['general_loss']:.3f}."
     )
 
 
@@ -123,7 +125,7 @@ class AdaptionService:
             "questions_per_fact": settings.questions_per_fact,
             "probes_per_fact": settings.probes_per_fact,
             "probe_max_tokens": settings.probe_max_tokens,
-            "general_loss_tolerance": settings.general_loss_tolerance,
+            "general_tolerance": settings.general_tolerance,
             "seed": settings.seed,
         }
 
@@ -238,7 +240,7 @@ class AdaptionService:
         result = await self.run_worker(job, memories, spec_base)
         if (await self.jobs.get(job.id)).status == "cancelled":
             return
-        tolerance = job.hyperparameters.get("general_loss_tolerance", self.settings.general_loss_tolerance)
+        tolerance = job.hyperparameters.get("general_tolerance", self.settings.general_tolerance)
         verdict = promotion(result, tolerance)
         output = self.work_dir / job.id / "adapter"
         manifest = {
@@ -255,9 +257,12 @@ class AdaptionService:
             "baseline_recall": result["base"]["recall"],
             "current_recall": result["current"]["recall"] if result["current"] else None,
             "current_version": current_version if result["current"] else None,
+            "general_correct": result["new"]["general_correct"],
+            "baseline_general_correct": result["base"]["general_correct"],
+            "general_examples": result["general_examples"],
+            "general_tolerance": tolerance,
             "general_loss": result["new"]["general_loss"],
             "baseline_general_loss": result["base"]["general_loss"],
-            "general_loss_tolerance": tolerance,
             "train_seconds": result["train_seconds"],
             "samples": result["samples"],
             "promoted": verdict.promoted,
@@ -304,6 +309,7 @@ class AdaptionService:
             "probes": probes,
             "general": general_set(),
             "output_dir": str(folder / "adapter"),
+            "base_cache": str(self.work_dir / "base-general.json"),
         }
         (folder / "spec.json").write_text(json.dumps(spec))
         await self.jobs.add_metrics(

@@ -16,6 +16,7 @@ version before training, for the new version after), `step` (step, loss),
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -109,7 +110,7 @@ def generate(model: Any, tokenizer: Any, questions: list[str], max_new_tokens: i
 
 
 class Evaluator:
-    """Recall of the probes (answer-level) and loss on the general set (token-level), for one model at a time."""
+    """Recall of the probes, and the general set (loss and answers), for one model at a time."""
 
     def __init__(self, tokenizer: Any, spec: dict, device: str) -> None:
         hyper = spec["hyperparameters"]
@@ -127,17 +128,48 @@ class Evaluator:
             pad_batch(general[start : start + self.batch_size], pad_id, device)
             for start in range(0, len(general), self.batch_size)
         ]
+        self.general_items = spec["general"]
+        self.cache_key = hashlib.sha256(
+            json.dumps([spec["model_dir"], spec["general"], self.max_new_tokens, self.batch_size]).encode()
+        ).hexdigest()
 
-    def __call__(self, model: Any) -> dict:
+    def general_figures(self, model: Any) -> dict:
+        """Loss on the general set's reference answers, and how many of its questions are answered right."""
+        answers = generate(
+            model,
+            self.tokenizer,
+            [item["question"] for item in self.general_items],
+            self.max_new_tokens,
+            self.batch_size,
+            self.device,
+        )
+        correct = sum(names_value(a, item["key"]) for a, item in zip(answers, self.general_items, strict=True))
+        return {
+            "general_loss": mean_loss(model, self.general),
+            "general_correct": correct,
+            "general_accuracy": correct / len(answers) if answers else None,
+        }
+
+    def __call__(self, model: Any, cache: Path | None = None) -> dict:
+        """`cache`: where the base model's general figures are kept between jobs (they depend on nothing else)."""
         answers = generate(
             model, self.tokenizer, [p["question"] for p in self.probes], self.max_new_tokens, self.batch_size, self.device
         )
         hits = [names_value(answer, probe["value"]) for answer, probe in zip(answers, self.probes, strict=True)]
+        general = None
+        if cache is not None and cache.exists():
+            stored = json.loads(cache.read_text())
+            general = stored["figures"] if stored.get("key") == self.cache_key else None
+        if general is None:
+            general = self.general_figures(model)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps({"key": self.cache_key, "figures": general}))
         return {
             "recall": sum(hits) / len(hits) if hits else None,
             "recalled": sum(hits),
             "probes": len(hits),
-            "general_loss": mean_loss(model, self.general),
+            **general,
             "answers": answers,
         }
 
@@ -163,7 +195,7 @@ def train(spec: dict) -> dict:
     evaluate = Evaluator(tokenizer, spec, device)
 
     started = time.perf_counter()
-    base = evaluate(model)
+    base = evaluate(model, Path(spec["base_cache"]) if spec.get("base_cache") else None)
     current = None
     if spec.get("current_adapter"):
         with_current = PeftModel.from_pretrained(model, spec["current_adapter"])
