@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -188,6 +189,7 @@ def train(spec: dict) -> dict:
     else:
         device = "cpu"
         torch.set_num_threads(spec["cpu_threads"])
+        os.nice(spec.get("cpu_niceness", 10))  # the CPUs serving shares with training go to serving first
 
     tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(device)
