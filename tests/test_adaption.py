@@ -1,5 +1,6 @@
-"""Adaption end to end on the embedded model: memories cross the threshold, a LoRA trains in its own process,
-gets promoted, and has measurably learned the facts; plus the jobs API and bad input."""
+"""Adaption end to end on the embedded model: facts told through chat cross the threshold, a LoRA trains in its own
+process, is promoted on held-out recall, and answers hand-written questions about the facts with memory off; a later
+version keeps the old facts and follows memory updates; plus the jobs API, its events and bad input."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ LATER_FACTS = {
     "My horse is named Thunderclap.": ("Thunderclap", "Name of my horse?"),
     "I am allergic to shellfish.": ("shellfish", "Which food am I allergic to?"),
 }
-MOVED = ("I live in Winnipeg.", "Winnipeg", "Which town is my home?")
+MOVED = ("I live in Winnipeg.", "Winnipeg", "Which town is my home?")  # the home fact, updated in memory
 
 
 def answer(client: openai.OpenAI, question: str, **extra) -> str:
@@ -130,8 +131,9 @@ def test_a_later_version_keeps_old_facts_learns_new_ones_and_follows_memory_upda
 ) -> None:
     group, adapter = taught["group"], taught["adapter"]
     memories = http.get(f"/v1/memory/{group}/memories", params={"limit": 100}).json()["data"]
-    home = next(m for m in memories if m["text"] == "I live in Tromso.")
-    http.patch(f"/v1/memory/{group}/memories/{home['id']}", json={"text": MOVED[0]}).raise_for_status()
+    home = next(m for m in memories if m["kind"] != "turn" and "Tromso" in m["text"])
+    moved = home["text"].replace("Tromso", MOVED[1])
+    http.patch(f"/v1/memory/{group}/memories/{home['id']}", json={"text": moved}).raise_for_status()
     trigger = {"nightly": [group, GOAL], "finetune_thresh": len(LATER_FACTS), "min_finetune_group": 5, "lora_name": adapter}
     for fact in LATER_FACTS:
         client.chat.completions.create(
