@@ -167,7 +167,7 @@ def print_adaption_table(report: dict) -> None:
         )
         print(
             f"  {run['facts']:>5} {run['adapter']['recall']:>8.0%} {run['base']['recall']:>6.0%}"
-            f" {str(run['promoted']):>8} {general:>36} {run['train_seconds'] or 0:>8.0f} {run['job_wall_s']:>7.0f}"
+            f" {run['promoted']!s:>8} {general:>36} {run['train_seconds'] or 0:>8.0f} {run['job_wall_s']:>7.0f}"
             f" {run['train_examples'] or 0:>8}"
         )
     if "throughput_ratio_training_over_idle" in report:

@@ -42,7 +42,9 @@ def answer(client: openai.OpenAI, question: str, **extra) -> str:
 
 def recalled(client: openai.OpenAI, facts: dict[str, tuple[str, str]], **extra) -> list[str]:
     """The facts whose hand-written question gets an answer naming the fact (memory off)."""
-    return [fact for fact, (value, question) in facts.items() if value.lower() in answer(client, question, **extra).lower()]
+    return [
+        fact for fact, (value, question) in facts.items() if value.lower() in answer(client, question, **extra).lower()
+    ]
 
 
 def served_by(client: openai.OpenAI, adapter: str) -> str:
@@ -90,7 +92,13 @@ def taught(client: openai.OpenAI, http: httpx.Client) -> dict:
         if job is not None and job.status == "running" and not served_during_training:
             served_during_training = answer(client, "Hi") is not None  # serving goes on while the worker trains
         time.sleep(0.5)
-    return {"group": group, "adapter": adapter, "job": job, "base_recalled": base_recalled, "served": served_during_training}
+    return {
+        "group": group,
+        "adapter": adapter,
+        "job": job,
+        "base_recalled": base_recalled,
+        "served": served_during_training,
+    }
 
 
 def test_facts_told_through_chat_train_an_adapter_that_recalls_them(client: openai.OpenAI, taught: dict) -> None:
@@ -110,7 +118,9 @@ def test_facts_told_through_chat_train_an_adapter_that_recalls_them(client: open
 
     assert served_by(client, adapter) == f"{adapter}@v1"
     learned = recalled(client, FACTS, lora_name=adapter, adaption_inference=True)
-    print(f"\nhand-written questions answered with the fact: adapter {len(learned)}/5, base {len(taught['base_recalled'])}/5")
+    print(
+        f"\nhand-written questions answered with the fact: adapter {len(learned)}/5, base {len(taught['base_recalled'])}/5"
+    )
     assert len(learned) >= 4 and len(learned) > len(taught["base_recalled"])
 
 
@@ -122,7 +132,9 @@ def test_job_events_report_progress_and_the_eval_figures(client: openai.OpenAI, 
     messages = [event.message for event in events]
     assert any(m.startswith("Base model: names the fact for ") and "answered right, loss" in m for m in messages)
     assert any(m.startswith("New version: names the fact for ") for m in messages)
-    assert any(m.startswith("Training data: 5 facts, each asked in several wordings, and 5 real exchanges") for m in messages)
+    assert any(
+        m.startswith("Training data: 5 facts, each asked in several wordings, and 5 real exchanges") for m in messages
+    )
     assert any(m.startswith(f"Promoted {taught['adapter']} v1: it names the fact for") for m in messages)
 
 
@@ -134,7 +146,12 @@ def test_a_later_version_keeps_old_facts_learns_new_ones_and_follows_memory_upda
     home = next(m for m in memories if m["kind"] != "turn" and "Tromso" in m["text"])
     moved = home["text"].replace("Tromso", MOVED[1])
     http.patch(f"/v1/memory/{group}/memories/{home['id']}", json={"text": moved}).raise_for_status()
-    trigger = {"nightly": [group, GOAL], "finetune_thresh": len(LATER_FACTS), "min_finetune_group": 5, "lora_name": adapter}
+    trigger = {
+        "nightly": [group, GOAL],
+        "finetune_thresh": len(LATER_FACTS),
+        "min_finetune_group": 5,
+        "lora_name": adapter,
+    }
     for fact in LATER_FACTS:
         client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": fact}], max_tokens=8, extra_body=trigger

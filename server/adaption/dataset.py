@@ -56,8 +56,8 @@ def second_person(text: str) -> str:
     return _FIRST_PERSON_WORD.sub(rewrite, text)
 
 
-_THIRD_PERSON_BE = re.compile(r"^the user (is|was|has)\b", re.I)
-_THIRD_PERSON_VERB = re.compile(r"^the user (\w+)\b", re.I)
+_THIRD_PERSON_BE = re.compile(r"^the user (is|was|has)\b", re.IGNORECASE)
+_THIRD_PERSON_VERB = re.compile(r"^the user (\w+)\b", re.IGNORECASE)
 
 
 def first_person(text: str) -> str:
@@ -108,16 +108,53 @@ class Probe:
     fact: str
 
 
-_ARTICLE = re.compile(r"^(?:a|an|the|some)\s+", re.I)
+_ARTICLE = re.compile(r"^(?:a|an|the|some)\s+", re.IGNORECASE)
 _STOPWORDS = frozenset(
-    "a an the and or of to in on at for with my your our their his her its is are was were be been i you me "
-    "some very really quite that this these those it".split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "with",
+        "my",
+        "your",
+        "our",
+        "their",
+        "his",
+        "her",
+        "its",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "i",
+        "you",
+        "me",
+        "some",
+        "very",
+        "really",
+        "quite",
+        "that",
+        "this",
+        "these",
+        "those",
+        "it",
+    ]
 )
 _TIME_VALUE = re.compile(
     r"^(?:\d{3,4}s?|(?:in\s+)?(?:january|february|march|april|may|june|july|august|september|october|november|"
     r"december|spring|summer|autumn|fall|winter|mondays?|tuesdays?|wednesdays?|thursdays?|fridays?|saturdays?|"
     r"sundays?|weekends?)\b.*)$",
-    re.I,
+    re.IGNORECASE,
 )
 _IRREGULAR_PAST = {
     "grew": "grow", "went": "go", "met": "meet", "bought": "buy", "made": "make", "had": "have", "got": "get",
@@ -152,10 +189,10 @@ def _clean(text: str) -> str:
 
 
 def _possessive_frame(fact: str, noun: str, verb: str, value: str) -> Frame:
-    """"My <noun> <is|are> [called] <value>"."""
+    """ "My <noun> <is|are> [called] <value>"."""
     plural = verb in ("are", "were")
     be = "are" if plural else "is"
-    named = re.match(r"^(?:called|named)\s+(.+)$", value, re.I)
+    named = re.match(r"^(?:called|named)\s+(.+)$", value, re.IGNORECASE)
     if named:
         value = named.group(1)
         answer = f"Your {noun} {be} called {value}."
@@ -194,7 +231,7 @@ def _possessive_frame(fact: str, noun: str, verb: str, value: str) -> Frame:
 
 
 def _verb_frame(fact: str, verb: str, prep: str | None, value: str) -> Frame:
-    """"I <verb> [<prep>] <value>": direct questions where the verb's base form is known, else embedded ones."""
+    """ "I <verb> [<prep>] <value>": direct questions where the verb's base form is known, else embedded ones."""
     words = verb.split()
     head, rest = words[0].lower(), " ".join(words[1:])
     past = head in _IRREGULAR_PAST or head.endswith("ed")
@@ -228,10 +265,10 @@ def _verb_frame(fact: str, verb: str, prep: str | None, value: str) -> Frame:
 
 
 def _be_frame(fact: str, verb: str, rest: str) -> Frame | None:
-    """"I am <...>" / "I was <...>"."""
+    """ "I am <...>" / "I was <...>"."""
     be = "are" if verb.lower() in ("am", "'m") else "were"
     past = be == "were"
-    born = re.match(r"^born\s+(in|on|at)\s+(.+)$", rest, re.I)
+    born = re.match(r"^born\s+(in|on|at)\s+(.+)$", rest, re.IGNORECASE)
     if born:
         wh = "when" if _TIME_VALUE.match(born.group(2)) or born.group(1).lower() == "on" else "where"
         value = born.group(2)
@@ -245,7 +282,7 @@ def _be_frame(fact: str, verb: str, rest: str) -> Frame | None:
         )
         probes = (f"Remind me {wh} I was born, would you?", f"Any idea {wh} I was born?", f"I forgot {wh} I was born.")
         return Frame(fact, answer, value, train, probes)
-    relation = re.match(r"^(\w+)\s+(to|of|in|about|from|with|at|for)\s+(.+)$", rest, re.I)
+    relation = re.match(r"^(\w+)\s+(to|of|in|about|from|with|at|for)\s+(.+)$", rest, re.IGNORECASE)
     if relation and not _ARTICLE.match(rest):
         adjective, prep, value = relation.groups()
         clause = f"what I am {adjective} {prep}" if not past else f"what I was {adjective} {prep}"
@@ -259,7 +296,7 @@ def _be_frame(fact: str, verb: str, rest: str) -> Frame | None:
         )
         probes = (f"Remind me {clause}, would you?", f"Any idea {clause}?", f"I forgot {clause}. Can you tell me?")
         return Frame(fact, answer, value, train, probes)
-    origin = re.match(r"^from\s+(.+)$", rest, re.I)
+    origin = re.match(r"^from\s+(.+)$", rest, re.IGNORECASE)
     if origin:
         value = origin.group(1)
         answer = f"You {be} from {value}."
@@ -309,14 +346,14 @@ def _fallback_frame(fact: str) -> Frame | None:
     return Frame(fact, answer, value, train, probes)
 
 
-_IS_MY = re.compile(r"^(?P<value>[\w' -]+?)\s+(?P<verb>is|are|was|were)\s+my\s+(?P<noun>[\w' -]+)$", re.I)
-_MY = re.compile(r"^my\s+(?P<noun>[\w' -]+?)\s+(?P<verb>is|are|was|were|'s)\s+(?P<value>.+)$", re.I)
-_I_BE = re.compile(r"^(?:i\s+(?P<verb>am|was)|i(?P<short>'m))\s+(?P<rest>.+)$", re.I)
+_IS_MY = re.compile(r"^(?P<value>[\w' -]+?)\s+(?P<verb>is|are|was|were)\s+my\s+(?P<noun>[\w' -]+)$", re.IGNORECASE)
+_MY = re.compile(r"^my\s+(?P<noun>[\w' -]+?)\s+(?P<verb>is|are|was|were|'s)\s+(?P<value>.+)$", re.IGNORECASE)
+_I_BE = re.compile(r"^(?:i\s+(?P<verb>am|was)|i(?P<short>'m))\s+(?P<rest>.+)$", re.IGNORECASE)
 _I_VERB_PREP = re.compile(
     r"^i\s+(?P<verb>\w+(?:\s+up|\s+out)?)\s+(?P<prep>in|at|near|from|to|into|as|for|with|on|about|by)\s+(?P<value>.+)$",
-    re.I,
+    re.IGNORECASE,
 )
-_I_VERB = re.compile(r"^i\s+(?P<verb>\w+)\s+(?P<value>.+)$", re.I)
+_I_VERB = re.compile(r"^i\s+(?P<verb>\w+)\s+(?P<value>.+)$", re.IGNORECASE)
 _NOT_VERBS = frozenset({"think", "guess", "believe", "feel", "want", "need", "would", "will", "can", "could", "should"})
 
 

@@ -77,7 +77,9 @@ def mean_loss(model: Any, batches: list[dict[str, Any]]) -> float | None:
     return total / max(count, 1)
 
 
-def generate(model: Any, tokenizer: Any, questions: list[str], max_new_tokens: int, batch_size: int, device: str) -> list[str]:
+def generate(
+    model: Any, tokenizer: Any, questions: list[str], max_new_tokens: int, batch_size: int, device: str
+) -> list[str]:
     """Greedy answers to `questions`, each asked alone in the served chat format."""
     import torch
 
@@ -122,7 +124,9 @@ class Evaluator:
         self.max_new_tokens = hyper["probe_max_tokens"]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         general = [
-            tokenize(tokenizer, [{"role": "user", "content": g["question"]}, {"role": "assistant", "content": g["answer"]}])
+            tokenize(
+                tokenizer, [{"role": "user", "content": g["question"]}, {"role": "assistant", "content": g["answer"]}]
+            )
             for g in spec["general"]
         ]
         self.general = [
@@ -154,7 +158,12 @@ class Evaluator:
     def __call__(self, model: Any, cache: Path | None = None) -> dict:
         """`cache`: where the base model's general figures are kept between jobs (they depend on nothing else)."""
         answers = generate(
-            model, self.tokenizer, [p["question"] for p in self.probes], self.max_new_tokens, self.batch_size, self.device
+            model,
+            self.tokenizer,
+            [p["question"] for p in self.probes],
+            self.max_new_tokens,
+            self.batch_size,
+            self.device,
         )
         hits = [names_value(answer, probe["value"]) for answer, probe in zip(answers, self.probes, strict=True)]
         general = None

@@ -91,7 +91,10 @@ def test_curriculum_teaches_each_fact_in_several_wordings_plus_the_real_exchange
     rex = [example for example in taught.train if "Rex" in example[-1]["content"]]
     assert len(rex) == 4 + 1  # four questions, and the fact among what the model remembers about the user
     assert len({example[0]["content"] for example in rex}) == 5
-    assert [{"role": "user", "content": "My dog is called Rex."}, {"role": "assistant", "content": "What a lovely name!"}] in taught.train
+    assert [
+        {"role": "user", "content": "My dog is called Rex."},
+        {"role": "assistant", "content": "What a lovely name!"},
+    ] in taught.train
     assert all(example[-1]["role"] == "assistant" for example in taught.train)
     assert len(taught.probes) == 4 and {probe.value for probe in taught.probes} == {"Rex", "Porto"}
     trained_questions = {example[0]["content"].lower() for example in taught.train}

@@ -51,7 +51,9 @@ def test_promotion_keeps_the_served_version_when_the_new_one_recalls_less() -> N
 def test_the_shipped_general_set() -> None:
     general = general_set()
     assert len(general) >= 40
-    assert all(set(item) == {"question", "answer", "key"} and item["key"].lower() in item["answer"].lower() for item in general)
+    assert all(
+        set(item) == {"question", "answer", "key"} and item["key"].lower() in item["answer"].lower() for item in general
+    )
 
 
 async def test_jobs_coalesce_per_adapter_and_survive_reopening(tmp_path: Path) -> None:
