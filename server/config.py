@@ -149,6 +149,10 @@ class AdaptionSettings(_Strict):
     questions_per_fact: int = Field(6, ge=1, le=16, description="training questions per fact, in varied wordings")
     probes_per_fact: int = Field(2, ge=1, le=8, description="held-out questions per fact, in other wordings")
     probe_max_tokens: int = Field(24, ge=4, le=256, description="answer length the recall probes generate")
+    replay_examples: int = Field(
+        40, ge=0, le=1000, description="everyday prompts answered by the base model and taught beside the facts"
+    )
+    replay_max_tokens: int = Field(48, ge=8, le=512, description="length of the base model's replay answers")
     general_tolerance: float = Field(
         0.05, ge=0.0, le=1.0, description="share of the general set a promoted version may answer wrong beyond the base"
     )

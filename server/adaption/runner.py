@@ -34,10 +34,16 @@ logger = logging.getLogger(__name__)
 
 
 GENERAL_SET = Path(__file__).parent / "data" / "general.jsonl"
+REPLAY_SET = Path(__file__).parent / "data" / "replay.jsonl"
 
 
 def general_set(path: Path = GENERAL_SET) -> list[dict]:
     """The fixed general set shipped with the project: questions with reference answers the model should keep."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def replay_set(path: Path = REPLAY_SET) -> list[dict]:
+    """Everyday prompts (none of the general set's) whose base-model answers are taught alongside the facts."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -125,6 +131,8 @@ class AdaptionService:
             "questions_per_fact": settings.questions_per_fact,
             "probes_per_fact": settings.probes_per_fact,
             "probe_max_tokens": settings.probe_max_tokens,
+            "replay_examples": settings.replay_examples,
+            "replay_max_tokens": settings.replay_max_tokens,
             "general_tolerance": settings.general_tolerance,
             "seed": settings.seed,
         }
@@ -251,6 +259,7 @@ class AdaptionService:
             "facts": result["facts"],
             "turns": result["turns"],
             "train_examples": result["train_examples"],
+            "replay_examples": result["replay_examples"],
             "probes": result["probes"],
             "train_loss": result["train_loss"],
             "recall": result["new"]["recall"],
@@ -308,6 +317,7 @@ class AdaptionService:
             "train": train,
             "probes": probes,
             "general": general_set(),
+            "replay": replay_set(),
             "output_dir": str(folder / "adapter"),
             "base_cache": str(self.work_dir / "base-general.json"),
         }
@@ -315,7 +325,8 @@ class AdaptionService:
         await self.jobs.add_metrics(
             job.id,
             f"Training data: {taught.facts} facts, each asked in several wordings, and {taught.turns} real exchanges:"
-            f" {len(train)} examples; {len(probes)} held-out questions in other wordings test recall.",
+            f" {len(train)} examples, with the base model's own answers to up to {hyper.get('replay_examples', 0)}"
+            f" everyday prompts; {len(probes)} held-out questions in other wordings test recall.",
             {"facts": taught.facts, "turns": taught.turns, "train_examples": len(train), "probes": len(probes)},
         )
         stderr = (folder / "worker.log").open("w")

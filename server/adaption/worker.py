@@ -184,6 +184,37 @@ class Evaluator:
         }
 
 
+def complete_sentences(text: str) -> str:
+    """`text` up to its last complete sentence (a reply cut off by the length limit is not taught as finished)."""
+    ends = [text.rfind(mark) for mark in (".", "!", "?")]
+    end = max(ends)
+    return text[: end + 1].strip() if end > 0 else ""
+
+
+def replay_examples(model: Any, tokenizer: Any, spec: dict, device: str) -> list[list[dict[str, str]]]:
+    """The base model's own answers to everyday prompts (the shipped replay set, apart from the general set),
+    taught alongside the facts so that questions not about the user keep being answered as before.
+    Cached like the base model's general figures: they depend only on the model and the prompts."""
+    hyper = spec["hyperparameters"]
+    prompts = [item["question"] for item in spec.get("replay", [])][: hyper.get("replay_examples", 0)]
+    if not prompts:
+        return []
+    cache = Path(spec["base_cache"]).with_name("base-replay.json") if spec.get("base_cache") else None
+    key = hashlib.sha256(json.dumps([spec["model_dir"], prompts, hyper["replay_max_tokens"]]).encode()).hexdigest()
+    if cache is not None and cache.exists() and (stored := json.loads(cache.read_text())).get("key") == key:
+        answers = stored["answers"]
+    else:
+        answers = generate(model, tokenizer, prompts, hyper["replay_max_tokens"], hyper["batch_size"], device)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"key": key, "answers": answers}))
+    return [
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": complete_sentences(answer)}]
+        for prompt, answer in zip(prompts, answers, strict=True)
+        if complete_sentences(answer)
+    ]
+
+
 def train(spec: dict) -> dict:
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -224,7 +255,8 @@ def train(spec: dict) -> dict:
     )
     model = get_peft_model(model, config)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hyper["learning_rate"])
-    encoded = [tokenize(tokenizer, example) for example in spec["train"]]
+    replay = replay_examples(model, tokenizer, spec, device)
+    encoded = [tokenize(tokenizer, example) for example in spec["train"] + replay]
     batch_size = hyper["batch_size"]
     steps_per_epoch = math.ceil(len(encoded) / batch_size)
     total_steps = hyper["epochs"] * steps_per_epoch
@@ -260,6 +292,7 @@ def train(spec: dict) -> dict:
         "steps": step,
         "trained_tokens": hyper["epochs"] * sum(sum(1 for label in labels if label != -100) for _, labels in encoded),
         "train_examples": len(encoded),
+        "replay_examples": len(replay),
         "probes": len(spec["probes"]),
         "general_examples": len(spec["general"]),
         "base": _figures(base),
