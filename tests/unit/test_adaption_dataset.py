@@ -16,6 +16,8 @@ from server.adaption.dataset import (
     names_value,
     second_person,
 )
+from server.adaption.runner import general_set, replay_set
+from server.adaption.worker import complete_sentences
 from server.memory.recall import turn_text
 
 BENCH_FACTS = Path(__file__).resolve().parents[1] / "data" / "adaption_facts.jsonl"
@@ -122,3 +124,15 @@ def test_the_bench_questions_are_written_apart_from_the_templates() -> None:
         assert names_value(built.answer, row["value"]), row
         templated = {q.lower() for q in built.train_questions + built.probe_questions}
         assert not templated & {q.lower() for q in row["questions"]}, row
+
+
+def test_replayed_answers_are_cut_to_their_last_complete_sentence() -> None:
+    assert complete_sentences("Paris is the capital. It has many") == "Paris is the capital."
+    assert complete_sentences("Hello! How are you? I am") == "Hello! How are you?"
+    assert complete_sentences("no sentence end here") == ""
+
+
+def test_the_replay_prompts_are_none_of_the_general_sets_questions() -> None:
+    general = {item["question"].lower() for item in general_set()}
+    replay = [item["question"].lower() for item in replay_set()]
+    assert len(replay) >= 40 and not general & set(replay)
