@@ -26,6 +26,7 @@ LATER_FACTS = {
     "My horse is named Thunderclap.": ("Thunderclap", "Name of my horse?"),
     "I am allergic to shellfish.": ("shellfish", "Which food am I allergic to?"),
 }
+TRAINING_TIMEOUT_S = 2400  # a job trains on a shared CPU at low priority: minutes, more when the box is busy
 MOVED = ("I live in Winnipeg.", "Winnipeg", "Which town is my home?")  # the home fact, updated in memory
 
 
@@ -63,7 +64,7 @@ def job_for(client: openai.OpenAI, adapter: str, after: str | None = None):
     return jobs[0] if jobs and jobs[0].id != after else None
 
 
-def finished(client: openai.OpenAI, adapter: str, after: str | None = None, timeout_s: float = 900):
+def finished(client: openai.OpenAI, adapter: str, after: str | None = None, timeout_s: float = TRAINING_TIMEOUT_S):
     """The adapter's newest job (not `after`) once it has finished."""
     deadline = time.monotonic() + timeout_s
     while (job := job_for(client, adapter, after)) is None or job.status in ("queued", "running"):
@@ -85,7 +86,7 @@ def taught(client: openai.OpenAI, http: httpx.Client) -> dict:
         )
     job = None
     served_during_training = False
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + TRAINING_TIMEOUT_S
     while job is None or job.status in ("queued", "running"):
         assert time.monotonic() < deadline, job
         job = job_for(client, adapter)
