@@ -31,7 +31,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_adaption import print_adaption_table, throughput_while_training, training_time
+from bench_adaption import print_adaption_table, recall_end_to_end
 from bench_gateway import component_costs, gateway_overhead, print_gateway_table
 from bench_guardrails import GUARDRAIL, print_guardrails_table
 from bench_memory import (
@@ -470,6 +470,7 @@ def main() -> None:
         " system prompt), adaption, guardrails (policy on vs off),"
         " gateway (auth + usage + templates overhead)",
     )
+    parser.add_argument("--adaption-facts", default="8,20,50", help="fact counts the adaption section teaches")
     parser.add_argument("--memory-sizes", default="10000,100000", help="memory group sizes to time retrieval at")
     args = parser.parse_args()
 
@@ -505,14 +506,13 @@ def main() -> None:
         with ready_server("ours-memory-prefix", entry, log_dir, log_dir / "prefix-data") as server:
             report["memory_prefix"] = prefix_ttft_with_memory(server.base_url, API_KEY, entry.name)
     if "adaption" in sections:
-        settings = load_settings(model=args.model)
-        report["adaption"] = {"training_time": training_time(settings)}
         with ready_server("ours-adaption", entry, log_dir, log_dir / "adaption-data") as server:
 
             def measure() -> dict:
                 return asyncio.run(run_level(server.base_url, [entry.name], 8, 24, args.output_tokens)).summary()
 
-            report["adaption"]["serving"] = throughput_while_training(server.base_url, API_KEY, entry.name, measure)
+            counts = [int(part) for part in args.adaption_facts.split(",")]
+            report["adaption"] = recall_end_to_end(server.base_url, API_KEY, entry.name, counts, measure)
     if "guardrails" in sections:
         report["guardrails"] = bench_guardrails(entry, levels, args.output_tokens, log_dir)
     if "gateway" in sections:

@@ -137,13 +137,25 @@ class MemorySettings(_Strict):
 class AdaptionSettings(_Strict):
     """LoRA fine-tuning from memories (`finetune_thresh`, `lora_name`, `adaption_inference`)."""
 
-    rank: int = Field(8, ge=1, description="LoRA rank (at most the served model's lora.max_lora_rank)")
-    alpha: int = Field(16, ge=1)
-    target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1)
+    rank: int = Field(16, ge=1, description="LoRA rank (at most the served model's lora.max_lora_rank)")
+    alpha: int = Field(32, ge=1)
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), min_length=1
+    )
     epochs: int = Field(3, ge=1, le=100)
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
-    max_examples: int = Field(512, ge=2)
-    held_out_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    batch_size: int = Field(8, ge=1, le=256)
+    max_examples: int = Field(2048, ge=2, description="most training examples (the newest memories' are kept)")
+    questions_per_fact: int = Field(6, ge=1, le=16, description="training questions per fact, in varied wordings")
+    probes_per_fact: int = Field(2, ge=1, le=8, description="held-out questions per fact, in other wordings")
+    probe_max_tokens: int = Field(24, ge=4, le=256, description="answer length the recall probes generate")
+    replay_examples: int = Field(
+        40, ge=0, le=1000, description="everyday prompts answered by the base model and taught beside the facts"
+    )
+    replay_max_tokens: int = Field(48, ge=8, le=512, description="length of the base model's replay answers")
+    general_tolerance: float = Field(
+        0.05, ge=0.0, le=1.0, description="share of the general set a promoted version may answer wrong beyond the base"
+    )
     seed: int = 0
     cpu_threads: int = Field(1, ge=1, description="threads the worker may use on a CPU box (serving keeps the rest)")
     gpu_memory_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the GPU the worker may take")
