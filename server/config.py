@@ -278,6 +278,15 @@ class MeteringSettings(_Strict):
     fine_tuning_per_job: int = Field(5000, ge=0, description="a fine-tuning job: per job queued")
 
 
+class ResilienceSettings(_Strict):
+    """How the server heals and stops: engine restarts after a crash, the drain on SIGTERM."""
+
+    engine_restart_attempts: int = Field(5, ge=0, description="restarts tried after the engine core dies (0: none)")
+    engine_restart_backoff_s: float = Field(1.0, gt=0, description="first wait between restarts; doubles each try")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight requests")
+    task_restart_backoff_s: float = Field(1.0, gt=0, description="first wait before a failed background task restarts")
+
+
 class Settings(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     default_model: str
@@ -299,6 +308,7 @@ class Settings(_Strict):
     security: SecuritySettings = SecuritySettings()
     metering: MeteringSettings = MeteringSettings()
     providers: tuple[ProviderEntry, ...] = ()
+    resilience: ResilienceSettings = ResilienceSettings()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -382,7 +392,8 @@ def load_settings(
     LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated), LLM_SERVER_ADAPTERS_DIR,
     LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR,
     LLM_SERVER_LOG_BODIES (false/0: never store request and response bodies),
-    LLM_SERVER_DATABASE_URL (postgresql://...: the gateway's stores in PostgreSQL).
+    LLM_SERVER_DATABASE_URL (postgresql://...: the gateway's stores in PostgreSQL),
+    LLM_SERVER_SHUTDOWN_GRACE_S (seconds SIGTERM waits for in-flight requests).
     """
     env = os.environ if environ is None else environ
     config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
@@ -420,6 +431,8 @@ def load_settings(
             **merged.get("gateway", {}),
             "log_bodies": env["LLM_SERVER_LOG_BODIES"].lower() in ("1", "true", "yes"),
         }
+    if env.get("LLM_SERVER_SHUTDOWN_GRACE_S"):
+        merged["resilience"] = {**merged.get("resilience", {}), "shutdown_grace_s": env["LLM_SERVER_SHUTDOWN_GRACE_S"]}
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
