@@ -29,6 +29,7 @@ from server.adaption.jobs import Job, JobEvent, JobStore
 from server.config import AdaptionSettings, ModelEntry
 from server.engine.adapters import AdapterNotFound, AdapterStore
 from server.memory.service import MemoryService
+from server.supervision import start_supervised, stop
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,8 @@ class AdaptionService:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._process: asyncio.subprocess.Process | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._current: str | None = None  # the job being trained
+        self.restart_backoff_s = 1.0
 
     @property
     def hyperparameters(self) -> dict:
@@ -138,23 +141,38 @@ class AdaptionService:
         }
 
     async def start(self) -> None:
-        """Queue what a previous run left unfinished, then start training jobs one by one."""
+        """Start training jobs one by one, supervised: a failure of the loop itself is logged and the loop restarts."""
+        self._worker = start_supervised("fine-tuning loop", self._work, self.restart_backoff_s)
+
+    async def _requeue_unfinished(self) -> None:
+        """Queue what a previous run (of the server, or of this loop before it failed) left unfinished."""
         for job in await self.jobs.active():
             if job.status == "running":
                 await self.jobs.update(
                     job.id,
                     status="queued",
-                    message="The server restarted during training; the job runs again from the start.",
+                    message="Training was interrupted; the job runs again from the start.",
                 )
-            self._queue.put_nowait(job.id)
-        self._worker = asyncio.create_task(self._work())
+            self._queue.put_nowait(job.id)  # a job queued twice runs once: the second sees it is no longer queued
 
-    async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.kill()  # the job stays `running` in the store: the next start runs it again
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop the loop and the training worker; the job it was training is queued again for the next start."""
+        job_id = self._current
+        await stop(self._worker)  # first, so the worker's exit is not taken for a failed job
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), grace_s)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if job_id is not None:
+            current = await self.jobs.get(job_id)
+            if current is not None and current.status == "running":
+                await self.jobs.update(
+                    job_id, status="queued", message="The server shut down during training; the job runs again."
+                )
 
     # the trigger and the jobs API
 
@@ -201,10 +219,12 @@ class AdaptionService:
     # training
 
     async def _work(self) -> None:
+        await self._requeue_unfinished()
         while True:
             job = await self.jobs.get(await self._queue.get())
             if job is None or job.status != "queued":
                 continue  # cancelled while waiting
+            self._current = job.id
             try:
                 await self._train(job)
             except asyncio.CancelledError:
@@ -221,6 +241,7 @@ class AdaptionService:
                         level="error",
                         message=f"Training failed: {exc}",
                     )
+            self._current = None
 
     async def _memories(self, owner: str, group: str) -> list[MemoryRecord]:
         """The group's memories as they are now (updates and deletions included), oldest first."""
