@@ -167,11 +167,13 @@ class Engine:
         self.restarting = True
         dead = self._llm
         try:
+            dead.output_processor.propagate_error(EngineDeadError())
+            await asyncio.to_thread(dead.shutdown)  # reaps what is left of the dead engine's processes
             for attempt in range(1, self._restart_attempts + 1):
                 wait_s = self._restart_backoff_s * 2 ** (attempt - 1)
-                dead.output_processor.propagate_error(EngineDeadError())
-                await asyncio.to_thread(dead.shutdown)
-                logger.warning("restarting vLLM engine for %s (try %d of %d)", self.entry.name, attempt, self._restart_attempts)
+                logger.warning(
+                    "restarting vLLM engine for %s (try %d of %d)", self.entry.name, attempt, self._restart_attempts
+                )
                 try:
                     # In a thread: the engine core takes seconds to start, and the event loop keeps
                     # answering (503 with Retry-After) meanwhile. vLLM starts its output handler on first use.
