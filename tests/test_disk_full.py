@@ -4,6 +4,7 @@ keep working, nothing is corrupted, and writes resume once space is freed. The s
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -30,23 +31,19 @@ def small_data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(directory: Path) -> Path:
-    """Write a file until the filesystem is full; it is the space to free later."""
+    """Write a file until the filesystem is full, down to its last bytes; it is the space to free later."""
     filler = directory / "filler"
-    block = b"\0" * (1 << 16)
-    with filler.open("wb") as handle:
-        try:
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (1 << 20, 1 << 12, 1):
             while True:
-                handle.write(block)
-                handle.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    with filler.open("ab") as handle:  # the last few bytes too, so small writes fail as well
-        try:
-            while True:
-                handle.write(b"\0")
-                handle.flush()
-        except OSError:
-            pass
+                try:
+                    os.write(descriptor, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(descriptor)
     return filler
 
 

@@ -26,7 +26,7 @@ from tests.conftest import (
 )
 
 GROUP = "drain-group"
-TOKENS = 40
+TOKENS = 64
 
 
 def ask(base_url: str, key: str, index: int, stream: bool) -> tuple[str, int, str]:
@@ -98,7 +98,7 @@ def test_sigterm_drains_in_flight_requests_and_streams_then_exits(tmp_path: Path
             answered = [future.result(timeout=180) for future in futures]
         assert all(tokens == TOKENS for _, tokens, _ in answered), answered
         assert all(end in ("complete", "data: [DONE]") for _, _, end in answered), answered
-        assert server.process.wait(timeout=120) == 0
+        assert server.process.wait(timeout=120) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     finally:
         server.stop()
     log = server.log()
@@ -134,9 +134,11 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, own_env: d
             server.process.wait(timeout=30)
             for future in futures:
                 try:
-                    answered.append(future.result(timeout=60))
+                    outcome = future.result(timeout=60)
                 except (httpx.HTTPError, AssertionError):
-                    pass  # in flight when the server died: not acknowledged
+                    continue  # in flight when the server died: not acknowledged
+                if outcome[2] in ("complete", "data: [DONE]"):  # the whole response reached the client
+                    answered.append(outcome)
     finally:
         server.stop()
         _kill_orphans(server)
