@@ -128,9 +128,11 @@ def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path, own_env: d
             key = new_key(admin, credits=1_000_000)
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(ask, server.base_url, key["key"], index, index % 2 == 0) for index in range(24)]
-            while len([f for f in futures if f.done()]) < 8:  # some acknowledged, more in flight
+            while sum(1 for f in futures if f.done()) < 8:  # some acknowledged, more in flight
                 time.sleep(0.05)
             server.process.send_signal(signal.SIGKILL)
+            failed_before = [repr(f.exception()) for f in futures if f.done() and f.exception() is not None]
+            assert not failed_before  # under load, before the kill, every request succeeds
             server.process.wait(timeout=30)
             for future in futures:
                 try:
