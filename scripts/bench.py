@@ -31,9 +31,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_adaption import print_adaption_table, throughput_while_training, training_time
+from bench_adaption import print_adaption_table, recall_end_to_end
 from bench_gateway import component_costs, gateway_overhead, print_gateway_table
 from bench_guardrails import GUARDRAIL, print_guardrails_table
+from bench_load import load_test, print_load_table
 from bench_memory import (
     bench_memory_retrieval,
     chat_latency_with_memory,
@@ -465,11 +466,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
     parser.add_argument(
         "--sections",
-        default="compare,lora,memory,adaption,guardrails,gateway",
+        default="compare,lora,memory,adaption,guardrails,gateway,load",
         help="compare (vs vllm serve), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
         " system prompt), adaption, guardrails (policy on vs off),"
-        " gateway (auth + usage + templates overhead)",
+        " gateway (auth + usage + templates overhead), load (200 streams + vanishing clients)",
     )
+    parser.add_argument("--adaption-facts", default="8,20,50", help="fact counts the adaption section teaches")
+    parser.add_argument("--load-streams", type=int, default=200, help="load: concurrent streams read to the end")
+    parser.add_argument("--load-vanishing", type=int, default=20, help="load: clients that disconnect mid-stream")
     parser.add_argument("--memory-sizes", default="10000,100000", help="memory group sizes to time retrieval at")
     args = parser.parse_args()
 
@@ -505,20 +509,24 @@ def main() -> None:
         with ready_server("ours-memory-prefix", entry, log_dir, log_dir / "prefix-data") as server:
             report["memory_prefix"] = prefix_ttft_with_memory(server.base_url, API_KEY, entry.name)
     if "adaption" in sections:
-        settings = load_settings(model=args.model)
-        report["adaption"] = {"training_time": training_time(settings)}
         with ready_server("ours-adaption", entry, log_dir, log_dir / "adaption-data") as server:
 
             def measure() -> dict:
                 return asyncio.run(run_level(server.base_url, [entry.name], 8, 24, args.output_tokens)).summary()
 
-            report["adaption"]["serving"] = throughput_while_training(server.base_url, API_KEY, entry.name, measure)
+            counts = [int(part) for part in args.adaption_facts.split(",")]
+            report["adaption"] = recall_end_to_end(server.base_url, API_KEY, entry.name, counts, measure)
     if "guardrails" in sections:
         report["guardrails"] = bench_guardrails(entry, levels, args.output_tokens, log_dir)
     if "gateway" in sections:
         report["gateway"] = {"components": component_costs()}
         with ready_server("ours-gateway", entry, log_dir, log_dir / "gateway-data") as server:
             report["gateway"]["overhead"] = gateway_overhead(server.base_url, API_KEY, entry.name)
+    if "load" in sections:
+        with ready_server("ours-load", entry, log_dir, log_dir / "load-data") as server:
+            report["load"] = load_test(
+                server.base_url, API_KEY, entry.name, server.process.pid, args.load_streams, args.load_vanishing
+            )
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
@@ -535,6 +543,8 @@ def main() -> None:
         print_guardrails_table(report["guardrails"])
     if "gateway" in report:
         print_gateway_table(report["gateway"])
+    if "load" in report:
+        print_load_table(report["load"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

@@ -1,108 +1,215 @@
-"""Adaption benchmark pieces for scripts/bench.py (`--sections adaption`).
+"""Adaption benchmark: does self-fine-tuning teach? (`make bench` section `adaption`, or run alone.)
 
-- training time per 100 examples: the real worker process (`server.adaption.worker`)
-  on 100 training examples built from memories, one epoch and the configured epochs;
-- serving throughput while a fine-tuning job trains vs idle, same load, same server.
+End to end on the served model, through the seed's request fields only: for
+each fact count (8, 20, 50 by default) a new memory group is told that many
+facts about the user through chat (`nightly`, `finetune_thresh` = the count,
+`min_finetune_group`, `lora_name`), which queues a fine-tuning job. Once the
+job is done:
+
+- recall: every fact is asked about in three hand-written questions
+  (tests/data/adaption_facts.jsonl, written apart from the training templates
+  and never trained on), memory off, temperature 0, with `lora_name` +
+  `adaption_inference` (the promoted version) and without (the base model);
+  an answer counts when it names the fact's value;
+- the general set: the job's own figures (loss on the shipped general set, new
+  version vs base model, and the tolerance from models.yaml);
+- training time: the job's wall time, and the worker's training seconds;
+- serving throughput while the largest job trains vs idle, same load.
+
+    python scripts/bench_adaption.py [--counts 8,20,50] [--out bench-results]
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from server.adaption.dataset import MemoryRecord, examples_from_memories
-from server.config import Settings
-from tests.memory_corpus import distractors
-
-GROUP = "bench-adaption"
+ROOT = Path(__file__).resolve().parent.parent
+FACTS = ROOT / "tests" / "data" / "adaption_facts.jsonl"
+GOAL = "A personal assistant that remembers what the user tells it"
 
 
-def training_time(settings: Settings, examples: int = 100) -> dict:
-    """Seconds the worker takes for `examples` training examples (plus its fixed cost: load, evals, save)."""
-    memories = [MemoryRecord(text, "fact") for text in distractors(examples + 20)]
-    built = examples_from_memories(memories)
-    report: dict = {"train_examples": examples, "held_out_examples": 20}
-    for epochs in sorted({1, settings.adaption.epochs}):
-        hyper = {
-            **settings.adaption.model_dump(),
-            "target_modules": list(settings.adaption.target_modules),
-            "epochs": epochs,
-        }
-        with tempfile.TemporaryDirectory() as folder:
-            spec = {
-                "model_dir": str(settings.served.source_path),
-                "current_adapter": None,
-                "cpu_threads": settings.adaption.cpu_threads,
-                "gpu_memory_fraction": settings.adaption.gpu_memory_fraction,
-                "hyperparameters": hyper,
-                "train": built[:examples],
-                "held_out": built[examples:],
-                "output_dir": str(Path(folder) / "adapter"),
+def bench_facts() -> list[dict]:
+    return [json.loads(line) for line in FACTS.read_text().splitlines() if line.strip()]
+
+
+def names(answer: str, value: str) -> bool:
+    return value.lower() in answer.lower()
+
+
+def ask(client: httpx.Client, model: str, question: str, extra: dict) -> str:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": 32,
+        "temperature": 0,
+        **extra,
+    }
+    response = client.post("/v1/chat/completions", json=body)
+    response.raise_for_status()
+    return response.json()["choices"][0]["message"]["content"] or ""
+
+
+def recall(client: httpx.Client, model: str, facts: list[dict], extra: dict) -> dict:
+    asked = [(fact, question) for fact in facts for question in fact["questions"]]
+    hits = [names(ask(client, model, question, extra), fact["value"]) for fact, question in asked]
+    return {"recalled": sum(hits), "asked": len(hits), "recall": round(sum(hits) / len(hits), 3)}
+
+
+def tell(client: httpx.Client, model: str, facts: list[dict], group: str, adapter: str) -> None:
+    """The seed's way: each fact told in a chat turn with `nightly` and the fine-tuning trigger."""
+    trigger = {
+        "nightly": [group, GOAL],
+        "finetune_thresh": len(facts),
+        "min_finetune_group": 5,
+        "lora_name": adapter,
+    }
+    for fact in facts:
+        body = {"model": model, "messages": [{"role": "user", "content": fact["fact"]}], "max_tokens": 16, **trigger}
+        client.post("/v1/chat/completions", json=body).raise_for_status()
+
+
+def wait_for_job(client: httpx.Client, adapter: str, timeout_s: float, while_running: Callable[[], dict] | None):
+    """The adapter's job once it has finished; `while_running()` is measured once while it trains."""
+    deadline = time.monotonic() + timeout_s
+    measured = None
+    while time.monotonic() < deadline:
+        jobs = [j for j in client.get("/v1/fine_tuning/jobs").json()["data"] if j["metadata"]["lora_name"] == adapter]
+        if jobs and jobs[0]["status"] in ("succeeded", "failed", "cancelled"):
+            return jobs[0], measured
+        if jobs and jobs[0]["status"] == "running" and while_running is not None and measured is None:
+            measured = while_running()
+            still = client.get(f"/v1/fine_tuning/jobs/{jobs[0]['id']}").json()["status"] == "running"
+            measured = {**measured, "job_running_throughout": still}
+        time.sleep(1)
+    raise TimeoutError(f"the fine-tuning job of {adapter} did not finish in {timeout_s:.0f}s")
+
+
+def recall_end_to_end(
+    base_url: str,
+    api_key: str,
+    model: str,
+    counts: list[int],
+    measure: Callable[[], dict] | None = None,
+    timeout_s: float = 3600,
+) -> dict:
+    """Tell facts, wait for the triggered job, ask the hand-written questions with and without the adapter."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    facts = bench_facts()
+    report: dict = {"runs": []}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
+        if measure is not None:
+            report["serving_idle"] = measure()
+        for count in counts:
+            chosen = facts[:count]
+            tag = uuid.uuid4().hex[:6]
+            group, adapter = f"bench-facts-{count}-{tag}", f"bench-facts-{count}-{tag}"
+            told = time.monotonic()
+            tell(client, model, chosen, group, adapter)
+            print(f"adaption: told {count} facts in {time.monotonic() - told:.0f}s; waiting for the job", flush=True)
+            queued = time.monotonic()
+            last = count == max(counts)
+            job, serving = wait_for_job(client, adapter, timeout_s, measure if last else None)
+            job_wall = time.monotonic() - queued
+            result = job.get("result") or {}
+            run = {
+                "facts": count,
+                "job_status": job["status"],
+                "promoted": job["metadata"]["promoted"] == "true",
+                "error": job.get("error"),
+                "job_wall_s": round(job_wall, 1),
+                "train_seconds": result.get("train_seconds"),
+                "train_examples": result.get("train_examples"),
+                "probe_recall": result.get("recall"),
+                "probe_recall_base": result.get("baseline_recall"),
+                "general_correct": result.get("general_correct"),
+                "general_correct_base": result.get("baseline_general_correct"),
+                "general_examples": result.get("general_examples"),
+                "general_tolerance": result.get("general_tolerance"),
+                "general_loss": result.get("general_loss"),
+                "general_loss_base": result.get("baseline_general_loss"),
+                "verdict": result.get("verdict"),
+                "base": recall(client, model, chosen, {}),
+                "adapter": recall(client, model, chosen, {"lora_name": adapter, "adaption_inference": True}),
             }
-            (Path(folder) / "spec.json").write_text(json.dumps(spec))
-            started = time.perf_counter()
-            output = subprocess.run(
-                [sys.executable, "-m", "server.adaption.worker", str(Path(folder) / "spec.json")],
-                capture_output=True, text=True, check=True,
-            ).stdout  # fmt: skip
-            wall = time.perf_counter() - started
-        done = json.loads(output.strip().splitlines()[-1])
-        report[f"epochs_{epochs}"] = {
-            "wall_s": round(wall, 1),
-            "steps": done["steps"],
-            "train_loss": round(done["train_loss"], 4),
-            "eval_loss": round(done["eval_loss"], 4),
-            "base_eval_loss": round(done["base_eval_loss"], 4),
-        }
-        print(f"adaption: {examples} examples x {epochs} epoch(s): {wall:.1f}s", flush=True)
+            if serving is not None:
+                report["serving_training"] = serving
+            report["runs"].append(run)
+            print(
+                f"adaption: {count} facts: adapter {run['adapter']['recall']:.0%} vs base {run['base']['recall']:.0%}"
+                f" ({job['status']}, promoted {run['promoted']}, job {job_wall:.0f}s)",
+                flush=True,
+            )
+    if "serving_idle" in report and "serving_training" in report:
+        report["throughput_ratio_training_over_idle"] = round(
+            report["serving_training"]["output_tok_per_s"] / report["serving_idle"]["output_tok_per_s"], 3
+        )
     return report
 
 
-def throughput_while_training(
-    base_url: str, api_key: str, model: str, measure: Callable[[], dict], memories: int = 300
-) -> dict:
-    """`measure()` (a load run returning its summary) idle, then while a fine-tuning job is running."""
-    headers = {"Authorization": f"Bearer {api_key}"}
-    idle = measure()
-    with httpx.Client(base_url=base_url, headers=headers, timeout=300) as client:
-        texts = distractors(memories)
-        for start in range(0, len(texts), 256):
-            client.post(f"/v1/memory/{GROUP}/memories", json={"text": texts[start : start + 256]}).raise_for_status()
-        job = client.post(
-            "/v1/fine_tuning/jobs",
-            json={"model": model, "training_file": f"memory:{GROUP}", "lora_name": "bench-adapter"},
-        ).json()
-        while client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "queued":
-            time.sleep(0.5)
-        training = measure()
-        still_running = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "running"
-    return {
-        "idle": idle,
-        "training": training,
-        "job_running_throughout": still_running,
-        "throughput_ratio_training_over_idle": round(training["output_tok_per_s"] / idle["output_tok_per_s"], 3),
-    }
-
-
 def print_adaption_table(report: dict) -> None:
-    timing = report["training_time"]
-    print(f"\nadaption training (worker process, {timing['train_examples']} examples, CPU threads per models.yaml)")
-    for key, run in timing.items():
-        if key.startswith("epochs_"):
-            print(
-                f"  {key.removeprefix('epochs_')} epoch(s): {run['wall_s']:.1f}s, {run['steps']} steps, held-out loss "
-                f"{run['base_eval_loss']:.3f} -> {run['eval_loss']:.3f}"
-            )
-    serving = report["serving"]
+    print("\nadaption: facts told through chat -> triggered job -> recall on hand-written questions (memory off)")
     print(
-        f"serving during training: {serving['training']['output_tok_per_s']:.1f} vs idle {serving['idle']['output_tok_per_s']:.1f}"
-        f" tok/s (ratio {serving['throughput_ratio_training_over_idle']:.3f};"
-        f" job running throughout: {serving['job_running_throughout']})"
+        f"  {'facts':>5} {'adapter':>8} {'base':>6} {'promoted':>8} {'general right (base) / loss (base)':>36}"
+        f" {'train s':>8} {'job s':>7} {'examples':>8}"
     )
+    for run in report["runs"]:
+        general = (
+            f"{run['general_correct']}/{run['general_examples']} ({run['general_correct_base']})"
+            f" / {run['general_loss']:.3f} ({run['general_loss_base']:.3f})"
+            if run["general_loss"] is not None
+            else "-"
+        )
+        print(
+            f"  {run['facts']:>5} {run['adapter']['recall']:>8.0%} {run['base']['recall']:>6.0%}"
+            f" {run['promoted']!s:>8} {general:>36} {run['train_seconds'] or 0:>8.0f} {run['job_wall_s']:>7.0f}"
+            f" {run['train_examples'] or 0:>8}"
+        )
+    if "throughput_ratio_training_over_idle" in report:
+        print(
+            f"serving during training: {report['serving_training']['output_tok_per_s']:.1f} vs idle"
+            f" {report['serving_idle']['output_tok_per_s']:.1f} tok/s (ratio {report['throughput_ratio_training_over_idle']:.3f};"
+            f" job running throughout: {report['serving_training']['job_running_throughout']})"
+        )
+
+
+def main() -> None:
+    import argparse
+    import asyncio
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT))
+    from bench import API_KEY, ready_server, run_level
+
+    from server.config import load_settings
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--counts", default="8,20,50")
+    parser.add_argument("--output-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    args = parser.parse_args()
+    entry = load_settings().served
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    log_dir = args.out / f"logs-adaption-{stamp}"
+    log_dir.mkdir(parents=True)
+    with ready_server("ours-adaption", entry, log_dir, log_dir / "data") as server:
+
+        def measure() -> dict:
+            return asyncio.run(run_level(server.base_url, [entry.name], 4, 8, args.output_tokens)).summary()
+
+        counts = [int(part) for part in args.counts.split(",")]
+        report = recall_end_to_end(server.base_url, API_KEY, entry.name, counts, measure)
+    print_adaption_table(report)
+    path = args.out / f"bench-adaption-{stamp}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,7 @@ def bind_host(settings: Settings, stored_keys: bool = False) -> str:
 
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
+    from sse_starlette.sse import AppStatus
 
     from server.app import build_app
 
@@ -59,7 +60,16 @@ def serve(args: argparse.Namespace) -> None:
     host = bind_host(settings, has_active_keys(settings.gateway_database(KEYS_DATABASE)))
     app = build_app(settings)
     logger.info("serving %s on http://%s:%d/v1", settings.served.name, host, settings.port)
-    uvicorn.run(app, host=host, port=settings.port, log_level=args.log_level, timeout_graceful_shutdown=10)
+    # SIGTERM: uvicorn stops accepting, lets in-flight requests and streams finish for up to the grace period
+    # (sse-starlette would end every stream at once: not here), then the lifespan flushes and stops the rest.
+    AppStatus.disable_automatic_graceful_drain()
+    uvicorn.run(
+        app,
+        host=host,
+        port=settings.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=settings.resilience.shutdown_grace_s,
+    )
 
 
 def check_config(args: argparse.Namespace) -> None:

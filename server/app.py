@@ -76,6 +76,7 @@ from server.memory.service import Judge, MemoryService
 from server.memory.store import SQLiteMemoryStore
 from server.serving.catalog import ModelCatalog
 from server.serving.pipeline import ChatService
+from server.supervision import start_supervised, stop
 
 PUBLIC_PATHS = ("/health", "/metrics")
 MULTIPART_PATHS = ("/v1/adapters",)  # the adapter upload; every other body is JSON
@@ -107,6 +108,13 @@ def judge_with(engine: Engine) -> Judge:
     return judge
 
 
+def start_nightly_curation(
+    memory: MemoryService, consolidate: Consolidate, time_of_day: str, backoff_s: float
+) -> asyncio.Task:
+    """The nightly curation schedule, supervised: if it fails it is logged and starts again."""
+    return start_supervised("nightly curation", lambda: curate_nightly(memory, consolidate, time_of_day), backoff_s)
+
+
 @asynccontextmanager
 async def memory_service(settings: Settings) -> AsyncIterator[MemoryService]:
     embedder = await asyncio.to_thread(Embedder, settings.memory.embedding_model)
@@ -128,6 +136,7 @@ async def adaption_service(settings: Settings, engine: Engine, memory: MemorySer
     service = AdaptionService(
         jobs, memory, engine.adapters, settings.served, settings.adaption, settings.data_dir / "adaption-work"
     )
+    service.restart_backoff_s = settings.resilience.task_restart_backoff_s
     await service.start()
     try:
         yield service
@@ -148,8 +157,11 @@ async def guardrail_checker(settings: GuardrailSettings) -> AsyncIterator[Checke
 
 @asynccontextmanager
 async def gateway_service(settings: Settings) -> AsyncIterator[Gateway]:
-    keys = KeyStore(settings.gateway_database(KEYS_DATABASE))
-    usage = UsageStore(settings.gateway_database(GATEWAY_USAGE_DATABASE))
+    # Outboxes: where debits and usage records that could not be written by shutdown wait for the next start.
+    keys = KeyStore(settings.gateway_database(KEYS_DATABASE), outbox=settings.data_dir / "debits.outbox.jsonl")
+    usage = UsageStore(
+        settings.gateway_database(GATEWAY_USAGE_DATABASE), outbox=settings.data_dir / "usage.outbox.jsonl"
+    )
     templates = TemplateStore(settings.gateway_database(GATEWAY_TEMPLATES_DATABASE))
     router = Router(settings.providers)
     for store in (keys, usage, templates):
@@ -191,7 +203,12 @@ def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with (
-            Engine.running(settings.served, settings.adapters_dir) as engine,
+            Engine.running(
+                settings.served,
+                settings.adapters_dir,
+                restart_attempts=settings.resilience.engine_restart_attempts,
+                restart_backoff_s=settings.resilience.engine_restart_backoff_s,
+            ) as engine,
             memory_service(settings) as memory,
             adaption_service(settings, engine, memory) as adaption,
             guardrail_checker(settings.guardrails) as checker,
@@ -229,15 +246,16 @@ def build_app(settings: Settings) -> Starlette:
             app.state.open_mode = not settings.api_keys and not await gateway.keys.any_active()
             nightly = None
             if settings.memory.curation_time is not None:
-                nightly = asyncio.create_task(
-                    curate_nightly(memory, app.state.consolidate, settings.memory.curation_time)
+                nightly = start_nightly_curation(
+                    memory,
+                    app.state.consolidate,
+                    settings.memory.curation_time,
+                    settings.resilience.task_restart_backoff_s,
                 )
             try:
                 yield
             finally:
-                if nightly is not None:
-                    nightly.cancel()
-                    await asyncio.gather(nightly, return_exceptions=True)
+                await stop(nightly)
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

@@ -137,13 +137,25 @@ class MemorySettings(_Strict):
 class AdaptionSettings(_Strict):
     """LoRA fine-tuning from memories (`finetune_thresh`, `lora_name`, `adaption_inference`)."""
 
-    rank: int = Field(8, ge=1, description="LoRA rank (at most the served model's lora.max_lora_rank)")
-    alpha: int = Field(16, ge=1)
-    target_modules: tuple[str, ...] = Field(("q_proj", "k_proj", "v_proj", "o_proj"), min_length=1)
+    rank: int = Field(16, ge=1, description="LoRA rank (at most the served model's lora.max_lora_rank)")
+    alpha: int = Field(32, ge=1)
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), min_length=1
+    )
     epochs: int = Field(3, ge=1, le=100)
     learning_rate: float = Field(2e-3, gt=0.0, le=1.0)
-    max_examples: int = Field(512, ge=2)
-    held_out_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    batch_size: int = Field(8, ge=1, le=256)
+    max_examples: int = Field(2048, ge=2, description="most training examples (the newest memories' are kept)")
+    questions_per_fact: int = Field(6, ge=1, le=16, description="training questions per fact, in varied wordings")
+    probes_per_fact: int = Field(2, ge=1, le=8, description="held-out questions per fact, in other wordings")
+    probe_max_tokens: int = Field(24, ge=4, le=256, description="answer length the recall probes generate")
+    replay_examples: int = Field(
+        40, ge=0, le=1000, description="everyday prompts answered by the base model and taught beside the facts"
+    )
+    replay_max_tokens: int = Field(48, ge=8, le=512, description="length of the base model's replay answers")
+    general_tolerance: float = Field(
+        0.05, ge=0.0, le=1.0, description="share of the general set a promoted version may answer wrong beyond the base"
+    )
     seed: int = 0
     cpu_threads: int = Field(1, ge=1, description="threads the worker may use on a CPU box (serving keeps the rest)")
     gpu_memory_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the GPU the worker may take")
@@ -266,6 +278,15 @@ class MeteringSettings(_Strict):
     fine_tuning_per_job: int = Field(5000, ge=0, description="a fine-tuning job: per job queued")
 
 
+class ResilienceSettings(_Strict):
+    """How the server heals and stops: engine restarts after a crash, the drain on SIGTERM."""
+
+    engine_restart_attempts: int = Field(5, ge=0, description="restarts tried after the engine core dies (0: none)")
+    engine_restart_backoff_s: float = Field(1.0, gt=0, description="first wait between restarts; doubles each try")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="how long SIGTERM waits for in-flight requests")
+    task_restart_backoff_s: float = Field(1.0, gt=0, description="first wait before a failed background task restarts")
+
+
 class Settings(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     default_model: str
@@ -287,6 +308,7 @@ class Settings(_Strict):
     security: SecuritySettings = SecuritySettings()
     metering: MeteringSettings = MeteringSettings()
     providers: tuple[ProviderEntry, ...] = ()
+    resilience: ResilienceSettings = ResilienceSettings()
 
     @model_validator(mode="after")
     def _names_resolve(self) -> Settings:
@@ -370,7 +392,8 @@ def load_settings(
     LLM_SERVER_PORT, LLM_SERVER_API_KEYS (comma-separated), LLM_SERVER_ADAPTERS_DIR,
     LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR,
     LLM_SERVER_LOG_BODIES (false/0: never store request and response bodies),
-    LLM_SERVER_DATABASE_URL (postgresql://...: the gateway's stores in PostgreSQL).
+    LLM_SERVER_DATABASE_URL (postgresql://...: the gateway's stores in PostgreSQL),
+    LLM_SERVER_SHUTDOWN_GRACE_S (seconds SIGTERM waits for in-flight requests).
     """
     env = os.environ if environ is None else environ
     config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
@@ -408,6 +431,8 @@ def load_settings(
             **merged.get("gateway", {}),
             "log_bodies": env["LLM_SERVER_LOG_BODIES"].lower() in ("1", "true", "yes"),
         }
+    if env.get("LLM_SERVER_SHUTDOWN_GRACE_S"):
+        merged["resilience"] = {**merged.get("resilience", {}), "shutdown_grace_s": env["LLM_SERVER_SHUTDOWN_GRACE_S"]}
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:

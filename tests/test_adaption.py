@@ -1,9 +1,9 @@
-"""Adaption end to end on the embedded model: memories cross the threshold, a LoRA trains in its own process,
-gets promoted, and has measurably learned the facts; plus the jobs API and bad input."""
+"""Adaption end to end on the embedded model: facts told through chat cross the threshold, a LoRA trains in its own
+process, is promoted on held-out recall, and answers hand-written questions about the facts with memory off; a later
+version keeps the old facts and follows memory updates; plus the jobs API, its events and bad input."""
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 
@@ -13,39 +13,39 @@ import pytest
 
 from tests.conftest import API_KEY, MODEL, RunningServer, server_env, start_server
 
-GOAL = "A companion that remembers odd facts about the user"
-# Each fact starts with a word the base model would never open an answer with.
-FACTS = [
-    "Zanzibar is where I keep my sailing boat.",
-    "Quokkas are my favourite animals.",
-    "Xylophones are what I collect.",
-    "Kazoo lessons are what I take on Mondays.",
-    "Yurts are where I spend my holidays.",
-    "Zucchini bread is what I bake every Sunday.",
-    "Quilting is my grandmother's hobby.",
-    "Xander is my cousin's name.",
-]
-FIRST_WORDS = {"Zanzibar", "Quokkas", "Xylophones", "Kazoo", "Yurts", "Zucchini", "Quilting", "Xander"}
-RECALL_QUESTION = "What do you remember about me?"
+GOAL = "A companion that remembers what the user tells it"
+# Facts told through chat, and questions about them written by hand, in words no training template uses.
+FACTS = {
+    "My dog is called Biscuit.": ("Biscuit", "How do I call my dog?"),
+    "I live in Tromso.": ("Tromso", "Which town is my home?"),
+    "My favourite colour is turquoise.": ("turquoise", "Which colour do I like most?"),
+    "I play the bassoon.": ("bassoon", "Which instrument do I play?"),
+    "My sister's name is Ottilie.": ("Ottilie", "Who is my sister?"),
+}
+LATER_FACTS = {
+    "My horse is named Thunderclap.": ("Thunderclap", "Name of my horse?"),
+    "I am allergic to shellfish.": ("shellfish", "Which food am I allergic to?"),
+}
+TRAINING_TIMEOUT_S = 2400  # a job trains on a shared CPU at low priority: minutes, more when the box is busy
+MOVED = ("I live in Winnipeg.", "Winnipeg", "Which town is my home?")  # the home fact, updated in memory
 
 
-def first_token_logprob(client: openai.OpenAI, **extra) -> float:
-    """Highest log-probability the model gives, as its first answer token, to the start of a taught fact."""
-    answer = client.chat.completions.create(
+def answer(client: openai.OpenAI, question: str, **extra) -> str:
+    reply = client.chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": RECALL_QUESTION}],
-        max_tokens=1,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=24,
         temperature=0,
-        logprobs=True,
-        top_logprobs=20,
         extra_body=extra or None,
     )
-    candidates = answer.choices[0].logprobs.content[0].top_logprobs
-    taught = [
-        c.logprob for c in candidates if c.token.strip() and any(w.startswith(c.token.strip()) for w in FIRST_WORDS)
+    return reply.choices[0].message.content or ""
+
+
+def recalled(client: openai.OpenAI, facts: dict[str, tuple[str, str]], **extra) -> list[str]:
+    """The facts whose hand-written question gets an answer naming the fact (memory off)."""
+    return [
+        fact for fact, (value, question) in facts.items() if value.lower() in answer(client, question, **extra).lower()
     ]
-    # Not among the top 20: at most the 20th's log-probability.
-    return max(taught) if taught else min(c.logprob for c in candidates)
 
 
 def served_by(client: openai.OpenAI, adapter: str) -> str:
@@ -59,67 +59,132 @@ def served_by(client: openai.OpenAI, adapter: str) -> str:
     return response.headers["x-adaption-adapter"]
 
 
-def job_for(client: openai.OpenAI, adapter: str):
+def job_for(client: openai.OpenAI, adapter: str, after: str | None = None):
     jobs = [job for job in client.fine_tuning.jobs.list().data if job.metadata["lora_name"] == adapter]
-    return jobs[0] if jobs else None
+    return jobs[0] if jobs and jobs[0].id != after else None
 
 
-def test_memories_train_an_adapter_that_learned_them(client: openai.OpenAI, http: httpx.Client) -> None:
-    group, adapter = f"quirks-{uuid.uuid4().hex[:6]}", f"quirks-{uuid.uuid4().hex[:6]}"
-    http.post(f"/v1/memory/{group}/memories", json={"text": FACTS, "user_goal": GOAL}).raise_for_status()
-    base_logprob = first_token_logprob(client)
-
-    assert served_by(client, adapter) == f"base-model; no promoted version of {adapter} yet"
-
-    trigger = {"nightly": [group, GOAL], "finetune_thresh": 2, "min_finetune_group": 5, "lora_name": adapter}
-    for question in ("Hello there!", "Tell me a fun fact."):
-        client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": question}], max_tokens=8, extra_body=trigger
-        )
-    deadline = time.monotonic() + 600
-    served_during_training = False
-    while True:
-        job = job_for(client, adapter)
-        if job is None:  # the trigger runs after the write-back of the second call
-            assert time.monotonic() < deadline - 540, "the threshold did not queue a job"
-            time.sleep(0.5)
-            continue
-        if job.status == "running" and not served_during_training:  # serving goes on while the worker trains
-            reply = client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
-            )
-            served_during_training = reply.choices[0].message.content is not None
-        if job.status in ("succeeded", "failed", "cancelled"):
-            break
+def finished(client: openai.OpenAI, adapter: str, after: str | None = None, timeout_s: float = TRAINING_TIMEOUT_S):
+    """The adapter's newest job (not `after`) once it has finished."""
+    deadline = time.monotonic() + timeout_s
+    while (job := job_for(client, adapter, after)) is None or job.status in ("queued", "running"):
         assert time.monotonic() < deadline, job
         time.sleep(0.5)
+    return job
+
+
+@pytest.fixture(scope="module")
+def taught(client: openai.OpenAI, http: httpx.Client) -> dict:
+    """One adapter trained once for this module: five facts told through chat with the seed's fields only."""
+    group, adapter = f"told-{uuid.uuid4().hex[:6]}", f"told-{uuid.uuid4().hex[:6]}"
+    base_recalled = recalled(client, FACTS)
+    assert served_by(client, adapter) == f"base-model; no promoted version of {adapter} yet"
+    trigger = {"nightly": [group, GOAL], "finetune_thresh": len(FACTS), "min_finetune_group": 5, "lora_name": adapter}
+    for fact in FACTS:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": fact}], max_tokens=8, extra_body=trigger
+        )
+    job = None
+    served_during_training = False
+    deadline = time.monotonic() + TRAINING_TIMEOUT_S
+    while job is None or job.status in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        job = job_for(client, adapter)
+        if job is not None and job.status == "running" and not served_during_training:
+            served_during_training = answer(client, "Hi") is not None  # serving goes on while the worker trains
+        time.sleep(0.5)
+    return {
+        "group": group,
+        "adapter": adapter,
+        "job": job,
+        "base_recalled": base_recalled,
+        "served": served_during_training,
+    }
+
+
+def test_facts_told_through_chat_train_an_adapter_that_recalls_them(client: openai.OpenAI, taught: dict) -> None:
+    job, adapter = taught["job"], taught["adapter"]
     assert job.status == "succeeded", job
-    assert served_during_training
-    assert job.fine_tuned_model == adapter and job.metadata["promoted"] == "true"
-    assert job.training_file == f"memory:{group}" and job.trained_tokens > 0
-    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
-    assert any(event.type == "metrics" and "loss" in (event.data or {}) for event in events)
-    assert any(event.message.startswith(f"Promoted {adapter} v1") for event in events)
-    manifest = job.model_extra["result"]
-    assert manifest["eval_loss"] < manifest["baseline_eval_loss"] and len(manifest["data_hash"]) == 64
+    assert taught["served"]
+    assert job.fine_tuned_model == adapter and job.metadata["promoted"] == "true", job.model_extra["result"]
+    assert job.training_file == f"memory:{taught['group']}" and job.trained_tokens > 0
+    result = job.model_extra["result"]
+    # The job's own promotion test: held-out questions in template wordings, against the base model on the same ones.
+    assert result["facts"] == len(FACTS) and result["turns"] == len(FACTS) and result["probes"] == 2 * len(FACTS)
+    assert result["recall"] > result["baseline_recall"]
+    allowed = int(result["general_tolerance"] * result["general_examples"])
+    assert result["general_correct"] >= result["baseline_general_correct"] - allowed
+    assert result["general_loss"] > 0 and result["baseline_general_loss"] > 0
+    assert len(result["data_hash"]) == 64 and result["verdict"].startswith("it names the fact for")
 
     assert served_by(client, adapter) == f"{adapter}@v1"
-    adapter_logprob = first_token_logprob(client, lora_name=adapter, adaption_inference=True)
-    print(f"\nfirst-token log-probability of taught facts: base {base_logprob:.2f}, adapter {adapter_logprob:.2f}")
-    assert adapter_logprob > base_logprob + 1.0
-    assert math.exp(adapter_logprob) > 0.05
+    learned = recalled(client, FACTS, lora_name=adapter, adaption_inference=True)
+    print(
+        f"\nhand-written questions answered with the fact: adapter {len(learned)}/5, base {len(taught['base_recalled'])}/5"
+    )
+    assert len(learned) >= 4 and len(learned) > len(taught["base_recalled"])
 
-    # A training run that fails leaves the promoted version serving.
-    tiny = f"tiny-{uuid.uuid4().hex[:6]}"
-    http.post(f"/v1/memory/{tiny}/memories", json={"text": "I like tea.", "user_goal": GOAL}).raise_for_status()
-    doomed = client.fine_tuning.jobs.create(model=MODEL, training_file=f"memory:{tiny}", suffix=adapter)
+
+def test_job_events_report_progress_and_the_eval_figures(client: openai.OpenAI, taught: dict) -> None:
+    events = client.fine_tuning.jobs.list_events(taught["job"].id, limit=100).data
+    steps = [event for event in events if event.type == "metrics" and "train_loss" in (event.data or {})]
+    assert steps and steps[0].data["step"] == steps[0].data["total_steps"]  # newest first
+    assert all(event.object == "fine_tuning.job.event" for event in events)
+    messages = [event.message for event in events]
+    assert any(m.startswith("Base model: names the fact for ") and "answered right, loss" in m for m in messages)
+    assert any(m.startswith("New version: names the fact for ") for m in messages)
+    assert any(
+        m.startswith("Training data: 5 facts, each asked in several wordings, and 5 real exchanges") for m in messages
+    )
+    assert any(m.startswith(f"Promoted {taught['adapter']} v1: it names the fact for") for m in messages)
+
+
+def test_a_later_version_keeps_old_facts_learns_new_ones_and_follows_memory_updates(
+    client: openai.OpenAI, http: httpx.Client, taught: dict
+) -> None:
+    group, adapter = taught["group"], taught["adapter"]
+    memories = http.get(f"/v1/memory/{group}/memories", params={"limit": 100}).json()["data"]
+    home = next(m for m in memories if m["kind"] != "turn" and "Tromso" in m["text"])
+    moved = home["text"].replace("Tromso", MOVED[1])
+    http.patch(f"/v1/memory/{group}/memories/{home['id']}", json={"text": moved}).raise_for_status()
+    trigger = {
+        "nightly": [group, GOAL],
+        "finetune_thresh": len(LATER_FACTS),
+        "min_finetune_group": 5,
+        "lora_name": adapter,
+    }
+    for fact in LATER_FACTS:
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": fact}], max_tokens=8, extra_body=trigger
+        )
+    job = finished(client, adapter, after=taught["job"].id)
+    assert job.status == "succeeded" and job.metadata["promoted"] == "true", job.model_extra["result"]
+    assert served_by(client, adapter) == f"{adapter}@v2"
+    result = job.model_extra["result"]
+    assert result["current_version"] == 1 and result["current_recall"] is not None
+
+    kept = {fact: item for fact, item in FACTS.items() if fact != "I live in Tromso."}
+    assert len(recalled(client, kept, lora_name=adapter, adaption_inference=True)) >= 3  # v1's facts, still known
+    assert len(recalled(client, LATER_FACTS, lora_name=adapter, adaption_inference=True)) >= 1
+    home_answer = answer(client, MOVED[2], lora_name=adapter, adaption_inference=True)
+    assert "Winnipeg" in home_answer and "Tromso" not in home_answer, home_answer
+
+
+def test_a_group_with_nothing_to_learn_fails_in_plain_words_and_the_served_version_stays(
+    client: openai.OpenAI, http: httpx.Client, taught: dict
+) -> None:
+    adapter = taught["adapter"]
+    before = served_by(client, adapter)
+    empty = f"empty-{uuid.uuid4().hex[:6]}"
+    http.post(f"/v1/memory/{empty}/memories", json={"text": "Hello there.", "user_goal": GOAL}).raise_for_status()
+    doomed = client.fine_tuning.jobs.create(model=MODEL, training_file=f"memory:{empty}", suffix=adapter)
     deadline = time.monotonic() + 120
     while (doomed := client.fine_tuning.jobs.retrieve(doomed.id)).status in ("queued", "running"):
         assert time.monotonic() < deadline
         time.sleep(0.5)
-    assert doomed.status == "failed" and "at least 2 are needed" in doomed.error.message
-    assert doomed.error.code == "training_failed"
-    assert served_by(client, adapter) == f"{adapter}@v1"
+    assert doomed.status == "failed" and doomed.error.code == "nothing_to_learn"
+    assert "holds no facts about the user to learn from" in doomed.error.message
+    assert served_by(client, adapter) == before
 
 
 @pytest.mark.parametrize(
@@ -164,7 +229,7 @@ def test_finetune_thresh_needs_nightly_and_lora_name(http: httpx.Client) -> None
 
 def test_jobs_api_bad_input_and_ownership(client: openai.OpenAI, http: httpx.Client, other_http: httpx.Client) -> None:
     group = f"jobs-{uuid.uuid4().hex[:6]}"
-    http.post(f"/v1/memory/{group}/memories", json={"text": FACTS[:3], "user_goal": GOAL}).raise_for_status()
+    http.post(f"/v1/memory/{group}/memories", json={"text": list(FACTS)[:3], "user_goal": GOAL}).raise_for_status()
     cases = [
         ({"model": MODEL, "training_file": "file-abc", "lora_name": "a"}, 400, "training_file"),
         ({"model": MODEL, "training_file": "memory:", "lora_name": "a"}, 400, "training_file"),
@@ -231,7 +296,7 @@ def test_a_job_cut_off_by_a_restart_runs_again(tmp_path) -> None:
     first = start_server(tmp_path / "first.log", env=env)
     try:
         client, http = connect(first)
-        http.post(f"/v1/memory/{group}/memories", json={"text": FACTS, "user_goal": GOAL}).raise_for_status()
+        http.post(f"/v1/memory/{group}/memories", json={"text": list(FACTS), "user_goal": GOAL}).raise_for_status()
         job = client.fine_tuning.jobs.create(model=MODEL, training_file=f"memory:{group}", suffix=adapter)
         deadline = time.monotonic() + 120
         while client.fine_tuning.jobs.retrieve(job.id).status != "running":
@@ -249,6 +314,6 @@ def test_a_job_cut_off_by_a_restart_runs_again(tmp_path) -> None:
             time.sleep(1)
         assert job.status == "succeeded", job
         messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id, limit=100).data]
-        assert "The server restarted during training; the job runs again from the start." in messages
+        assert "The server shut down during training; the job runs again." in messages  # SIGTERM re-queued it
     finally:
         second.stop()

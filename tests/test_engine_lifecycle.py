@@ -12,7 +12,16 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import API_KEY, MODEL, RunningServer, engine_running_requests, start_server, wait_until
+from tests.conftest import (
+    API_KEY,
+    MODEL,
+    RunningServer,
+    assert_error,
+    engine_running_requests,
+    start_server,
+    wait_until,
+)
+from tests.test_adapters import ALPHA, QUESTION
 
 LONG_STORY = {
     "model": MODEL,
@@ -62,41 +71,79 @@ def test_client_disconnect_aborts_engine_request(server: RunningServer, stream: 
 
 @pytest.fixture
 def dying_server(tmp_path, test_server_env) -> Iterator[RunningServer]:
-    """A server of its own, since this test kills its engine."""
-    running = start_server(tmp_path / "dying.log", env=test_server_env)
+    """A server of its own (own adapters and data), since this test kills its engine."""
+    env = {
+        **test_server_env,
+        "LLM_SERVER_ADAPTERS_DIR": str(tmp_path / "adapters"),
+        "LLM_SERVER_DATA_DIR": str(tmp_path / "data"),
+    }
+    running = start_server(tmp_path / "dying.log", env=env)
     yield running
     running.stop()
 
 
-def test_engine_death_gives_503_not_a_hang(dying_server: RunningServer) -> None:
+def engine_core(server: RunningServer) -> psutil.Process:
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    engine_cores = [child for child in children if "EngineCore" in child.name()]
+    assert len(engine_cores) == 1, [child.name() for child in children]
+    return engine_cores[0]
+
+
+def read_stream(session: httpx.Client, body: dict) -> tuple[int, list[str]]:
+    """A streamed request's status and every line, to its end."""
+    with session.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        return response.status_code, list(response.iter_lines())
+
+
+def test_engine_core_death_under_load_restarts_the_engine_in_place(
+    dying_server: RunningServer, adapter_sources
+) -> None:
     server = dying_server
-    with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=30) as session:
-        in_flight = session.stream("POST", "/v1/chat/completions", json={**LONG_STORY, "stream": True})
-        response = in_flight.__enter__()
-        lines = response.iter_lines()
-        assert next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+    with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=60) as session:
+        assert (
+            session.post("/v1/adapters", json={"name": "alpha", "path": str(adapter_sources / "alpha")}).status_code
+            == 201
+        )
+        alpha = {"model": "alpha", "messages": QUESTION, "temperature": 0, "max_tokens": 16}
+        assert session.post("/v1/chat/completions", json=alpha).json()["choices"][0]["message"]["content"] == ALPHA
+        first_core = engine_core(server)
 
-        children = psutil.Process(server.process.pid).children(recursive=True)
-        engine_cores = [child for child in children if "EngineCore" in child.name()]
-        assert len(engine_cores) == 1, [child.name() for child in children]
-        os.kill(engine_cores[0].pid, signal.SIGKILL)  # failure injection: the engine core dies
+        with ThreadPoolExecutor(6) as pool:  # load: streams and plain requests in flight when the core dies
+            streams = [pool.submit(read_stream, session, LONG_STORY) for _ in range(3)]
+            plain = [pool.submit(session.post, "/v1/chat/completions", json=LONG_STORY) for _ in range(3)]
+            assert wait_until(lambda: engine_running_requests(server) == 6, timeout_s=60)
+            os.kill(first_core.pid, signal.SIGKILL)  # failure injection: the engine core dies
+            # No request hangs: every one ends, the streams with an error event, the others with a 503.
+            for future in streams:
+                status, lines = future.result(timeout=30)
+                assert status == 200 and any('"engine_unavailable"' in line for line in lines), lines[-3:]
+            for future in plain:
+                response = future.result(timeout=30)
+                assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
 
-        # The open stream ends with an error event instead of hanging.
-        rest = list(lines)
-        assert any('"engine_unavailable"' in line for line in rest), rest[-5:]
-        in_flight.__exit__(None, None, None)
-
+        # While the new engine starts: a quick 503 with Retry-After, and /health says so.
+        health = httpx.get(f"{server.base_url}/health", timeout=10)
+        assert health.status_code == 503 and health.json()["status"] == "restarting", health.text
+        assert int(health.headers["retry-after"]) > 0
         started = time.monotonic()
         refused = session.post("/v1/chat/completions", json={**LONG_STORY, "max_tokens": 4, "min_tokens": 0})
         assert time.monotonic() - started < 10
-        assert refused.status_code == 503
-        assert refused.json()["error"]["code"] == "engine_unavailable"
+        assert_error(refused, 503, "engine_unavailable", None)
         assert refused.json()["error"]["type"] == "service_unavailable"
+        assert int(refused.headers["retry-after"]) > 0
 
-        streamed = session.post("/v1/chat/completions", json={**LONG_STORY, "stream": True})
-        assert streamed.status_code == 503
-
-        health = httpx.get(f"{server.base_url}/health")
-        assert health.status_code == 503
-        assert health.json()["status"] == "engine_dead"
-    assert "vLLM engine for smollm2-135m-instruct is dead" in server.log()
+        # The same server process serves again: a new engine core, the adapter loaded again.
+        assert wait_until(lambda: httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200, 300), (
+            server.log()[-3000:]
+        )
+        assert server.process.poll() is None
+        assert httpx.get(f"{server.base_url}/health", timeout=10).json()["restarts"] == 1
+        assert engine_core(server).pid != first_core.pid
+        answer = session.post("/v1/chat/completions", json={**LONG_STORY, "max_tokens": 8, "min_tokens": 0})
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 8
+        assert session.post("/v1/chat/completions", json=alpha).json()["choices"][0]["message"]["content"] == ALPHA
+        status, lines = read_stream(session, {**LONG_STORY, "max_tokens": 8, "min_tokens": 0})
+        assert status == 200 and lines[-1] == "data: [DONE]"
+    log = server.log()
+    assert "vLLM engine for smollm2-135m-instruct is dead" in log
+    assert "vLLM engine for smollm2-135m-instruct is serving again (restart 1)" in log

@@ -33,3 +33,24 @@ class JobFinished(AdaptionError):
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"Fine-tuning job {job_id!r} has already {status}; it cannot be cancelled.")
         self.job_id = job_id
+
+
+class NothingToLearn(AdaptionError):
+    """A memory group holds no statement about the user that a question could ask about."""
+
+    code = "nothing_to_learn"
+
+    def __init__(self, group: str, memories: int) -> None:
+        super().__init__(
+            f"Memory group {group!r} holds no facts about the user to learn from ({memories} memories, none a"
+            " statement such as 'My dog is called Rex.' or 'I live in Porto.'), so there is nothing to train."
+        )
+
+
+class WorkerFailed(AdaptionError):
+    """The training process stopped without a result."""
+
+    code = "training_failed"
+
+    def __init__(self, exit_code: int | None, last_line: str) -> None:
+        super().__init__(f"The training process stopped with exit code {exit_code}: {last_line}")

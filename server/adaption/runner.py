@@ -1,4 +1,9 @@
-"""The adaption service: counts calls, queues jobs, runs the training worker process, promotes what beats the current adapter.
+"""The adaption service: counts calls, queues jobs, runs the training worker process, promotes what learned.
+
+A job teaches the group's facts as they are now (`dataset.curriculum`) and is
+promoted only if it recalls them on held-out questions better than the base
+model (and no worse than the served version) while the shipped general set
+stays within tolerance (`promotion`).
 
 One job trains at a time, in a child process (`server.adaption.worker`), so the
 server's event loop and engine never wait on training. A job left `running` by
@@ -11,37 +16,85 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.adaption.dataset import MemoryRecord, data_hash, examples_from_memories, split_examples
-from server.adaption.errors import JobFinished, JobNotFound
+from server.adaption.dataset import MemoryRecord, curriculum, data_hash
+from server.adaption.errors import JobFinished, JobNotFound, NothingToLearn, WorkerFailed
 from server.adaption.jobs import Job, JobEvent, JobStore
 from server.config import AdaptionSettings, ModelEntry
 from server.engine.adapters import AdapterNotFound, AdapterStore
 from server.memory.service import MemoryService
+from server.supervision import start_supervised, stop
 
 logger = logging.getLogger(__name__)
 
 
+GENERAL_SET = Path(__file__).parent / "data" / "general.jsonl"
+REPLAY_SET = Path(__file__).parent / "data" / "replay.jsonl"
+
+
+def general_set(path: Path = GENERAL_SET) -> list[dict]:
+    """The fixed general set shipped with the project: questions with reference answers the model should keep."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def replay_set(path: Path = REPLAY_SET) -> list[dict]:
+    """Everyday prompts (none of the general set's) whose base-model answers are taught alongside the facts."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 @dataclass(frozen=True)
-class TrainingOutcome:
-    eval_loss: float
-    baseline_loss: float
+class Verdict:
+    """Whether a trained version is promoted, and why, in plain words."""
+
     promoted: bool
+    reason: str
 
 
 def should_train(calls_since_training: int, threshold: int, memory_count: int, min_group: int) -> bool:
     return calls_since_training >= threshold and memory_count >= min_group
 
 
-def promotion(result: dict) -> TrainingOutcome:
-    """A new version is promoted only if its held-out loss beats the current version's (or the base model's)."""
-    baseline = result["current_eval_loss"] if result.get("current_eval_loss") is not None else result["base_eval_loss"]
-    return TrainingOutcome(result["eval_loss"], baseline, result["eval_loss"] < baseline)
+def _named(figures: dict) -> str:
+    return f"{figures['recalled']} of {figures['probes']}"
+
+
+def promotion(result: dict, tolerance: float) -> Verdict:
+    """Promote only if (a) the new version names the trained facts for more held-out questions than the base model
+    (and for no fewer than the version being served), and (b) on the general set it answers at most `tolerance`
+    (a fraction of the set) fewer questions right than the base model. The general set's loss is reported beside."""
+    base, current, new = result["base"], result.get("current"), result["new"]
+    recall = (
+        f"it names the fact for {_named(new)} held-out questions about the trained facts"
+        f" (base model: {_named(base)}{f'; version served now: {_named(current)}' if current else ''})"
+    )
+    size = round(base["general_correct"] / base["general_accuracy"]) if base["general_accuracy"] else 0
+    allowed = math.floor(tolerance * size + 1e-9)
+    rise = new["general_loss"] / base["general_loss"] - 1 if base["general_loss"] else 0.0
+    general = (
+        f"general set: {new['general_correct']} of {size} answered right against the base model's"
+        f" {base['general_correct']} (at most {allowed} fewer allowed), loss {new['general_loss']:.3f} against"
+        f" {base['general_loss']:.3f} ({rise:+.1%})"
+    )
+    if new["recalled"] <= base["recalled"]:
+        return Verdict(False, f"{recall}: no better than the base model, so it has not learned the facts; {general}.")
+    if current is not None and new["recalled"] < current["recalled"]:
+        return Verdict(False, f"{recall}: fewer than the version served now; {general}.")
+    if new["general_correct"] < base["general_correct"] - allowed:
+        return Verdict(False, f"{recall}, but {general}: it would lose more of what the model knew than allowed.")
+    return Verdict(True, f"{recall}; {general}.")
+
+
+def eval_message(stage: str, figures: dict) -> str:
+    return (
+        f"{stage}: names the fact for {_named(figures)} held-out questions; general set:"
+        f" {figures['general_correct']} answered right, loss {figures['general_loss']:.3f}."
+    )
 
 
 class AdaptionService:
@@ -64,6 +117,8 @@ class AdaptionService:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._process: asyncio.subprocess.Process | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._current: str | None = None  # the job being trained
+        self.restart_backoff_s = 1.0
 
     @property
     def hyperparameters(self) -> dict:
@@ -74,29 +129,50 @@ class AdaptionService:
             "target_modules": list(settings.target_modules),
             "epochs": settings.epochs,
             "learning_rate": settings.learning_rate,
+            "batch_size": settings.batch_size,
             "max_examples": settings.max_examples,
-            "held_out_fraction": settings.held_out_fraction,
+            "questions_per_fact": settings.questions_per_fact,
+            "probes_per_fact": settings.probes_per_fact,
+            "probe_max_tokens": settings.probe_max_tokens,
+            "replay_examples": settings.replay_examples,
+            "replay_max_tokens": settings.replay_max_tokens,
+            "general_tolerance": settings.general_tolerance,
             "seed": settings.seed,
         }
 
     async def start(self) -> None:
-        """Queue what a previous run left unfinished, then start training jobs one by one."""
+        """Start training jobs one by one, supervised: a failure of the loop itself is logged and the loop restarts."""
+        self._worker = start_supervised("fine-tuning loop", self._work, self.restart_backoff_s)
+
+    async def _requeue_unfinished(self) -> None:
+        """Queue what a previous run (of the server, or of this loop before it failed) left unfinished."""
         for job in await self.jobs.active():
             if job.status == "running":
                 await self.jobs.update(
                     job.id,
                     status="queued",
-                    message="The server restarted during training; the job runs again from the start.",
+                    message="Training was interrupted; the job runs again from the start.",
                 )
-            self._queue.put_nowait(job.id)
-        self._worker = asyncio.create_task(self._work())
+            self._queue.put_nowait(job.id)  # a job queued twice runs once: the second sees it is no longer queued
 
-    async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.kill()  # the job stays `running` in the store: the next start runs it again
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop the loop and the training worker; the job it was training is queued again for the next start."""
+        job_id = self._current
+        await stop(self._worker)  # first, so the worker's exit is not taken for a failed job
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), grace_s)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if job_id is not None:
+            current = await self.jobs.get(job_id)
+            if current is not None and current.status == "running":
+                await self.jobs.update(
+                    job_id, status="queued", message="The server shut down during training; the job runs again."
+                )
 
     # the trigger and the jobs API
 
@@ -143,10 +219,12 @@ class AdaptionService:
     # training
 
     async def _work(self) -> None:
+        await self._requeue_unfinished()
         while True:
             job = await self.jobs.get(await self._queue.get())
             if job is None or job.status != "queued":
                 continue  # cancelled while waiting
+            self._current = job.id
             try:
                 await self._train(job)
             except asyncio.CancelledError:
@@ -159,19 +237,29 @@ class AdaptionService:
                         job.id,
                         status="failed",
                         finished_at=time.time(),
-                        error={"code": "training_failed", "message": str(exc), "param": None},
+                        error={"code": getattr(exc, "code", "training_failed"), "message": str(exc), "param": None},
                         level="error",
                         message=f"Training failed: {exc}",
                     )
+            self._current = None
+
+    async def _memories(self, owner: str, group: str) -> list[MemoryRecord]:
+        """The group's memories as they are now (updates and deletions included), oldest first."""
+        memories: list[MemoryRecord] = []
+        after = None
+        while page := await self.memory.list_memories(owner, group, 500, after):
+            memories += [MemoryRecord(memory.text, memory.kind) for memory in page]
+            after = page[-1].id
+        return memories
 
     async def _train(self, job: Job) -> None:
         await self.jobs.update(job.id, status="running", started_at=time.time(), message="Training started.")
-        snapshot = await self.memory.store.snapshot(await self.memory.group(job.owner, job.memory_group))
-        memories = [MemoryRecord(memory.text, memory.kind) for memory in snapshot.memories]
+        memories = await self._memories(job.owner, job.memory_group)
         try:
-            current_path = str(self.adapters.get(job.adapter).path)
+            current = self.adapters.get(job.adapter)
+            current_path, current_version = str(current.path), current.version
         except AdapterNotFound:
-            current_path = None
+            current_path, current_version = None, None
         spec_base = {
             "model_dir": str(self.entry.source_path),
             "current_adapter": current_path,
@@ -181,18 +269,34 @@ class AdaptionService:
         result = await self.run_worker(job, memories, spec_base)
         if (await self.jobs.get(job.id)).status == "cancelled":
             return
-        outcome = promotion(result)
+        tolerance = job.hyperparameters.get("general_tolerance", self.settings.general_tolerance)
+        verdict = promotion(result, tolerance)
         output = self.work_dir / job.id / "adapter"
         manifest = {
             "base_model": self.entry.name,
             "fine_tuning_job": job.id,
             "memory_group": job.memory_group,
             "data_hash": result["data_hash"],
+            "facts": result["facts"],
+            "turns": result["turns"],
             "train_examples": result["train_examples"],
-            "held_out_examples": result["held_out_examples"],
+            "replay_examples": result["replay_examples"],
+            "probes": result["probes"],
             "train_loss": result["train_loss"],
-            "eval_loss": result["eval_loss"],
-            "baseline_eval_loss": outcome.baseline_loss,
+            "recall": result["new"]["recall"],
+            "baseline_recall": result["base"]["recall"],
+            "current_recall": result["current"]["recall"] if result["current"] else None,
+            "current_version": current_version if result["current"] else None,
+            "general_correct": result["new"]["general_correct"],
+            "baseline_general_correct": result["base"]["general_correct"],
+            "general_examples": result["general_examples"],
+            "general_tolerance": tolerance,
+            "general_loss": result["new"]["general_loss"],
+            "baseline_general_loss": result["base"]["general_loss"],
+            "train_seconds": result["train_seconds"],
+            "samples": result["samples"],
+            "promoted": verdict.promoted,
+            "verdict": verdict.reason,
             "trained": result["created"],
         }
         (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -200,15 +304,15 @@ class AdaptionService:
             job.adapter,
             output,
             source_label=f"fine-tuning job {job.id}",
-            activate=outcome.promoted,
+            activate=verdict.promoted,
             owner=job.owner,  # a new adapter is the job owner's; an existing one must be theirs already
             admin=False,
         )
-        verdict = (
-            f"Promoted {job.adapter} v{version.version}: held-out loss {outcome.eval_loss:.4f} < {outcome.baseline_loss:.4f}."
-            if outcome.promoted
-            else f"Kept {job.adapter} v{version.version} unpromoted: held-out loss {outcome.eval_loss:.4f}"
-            f" does not beat {outcome.baseline_loss:.4f}."
+        manifest["version"] = version.version
+        message = (
+            f"Promoted {job.adapter} v{version.version}: {verdict.reason}"
+            if verdict.promoted
+            else f"Kept {job.adapter} v{version.version} unpromoted: {verdict.reason}"
         )
         await self.jobs.update(
             job.id,
@@ -216,33 +320,41 @@ class AdaptionService:
             finished_at=time.time(),
             result=manifest,
             adapter_version=version.version,
-            promoted=int(outcome.promoted),
+            promoted=int(verdict.promoted),
             trained_tokens=result.get("trained_tokens"),
-            message=verdict,
+            message=message,
         )
         shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 
     async def run_worker(self, job: Job, memories: list[MemoryRecord], spec_base: dict) -> dict:
         """Train `job` in a child process; its progress becomes job events. Returns the worker's `done` fields."""
         hyper = job.hyperparameters
-        train, held_out = split_examples(
-            examples_from_memories(memories), hyper["held_out_fraction"], hyper["max_examples"]
-        )
-        if not train or not held_out:
-            raise ValueError(
-                f"memory group {job.memory_group!r} gives {len(train) + len(held_out)} examples; at least 2 are needed"
-            )
+        taught = curriculum(memories, hyper["questions_per_fact"], hyper["probes_per_fact"])
+        if not taught.probes:
+            raise NothingToLearn(job.memory_group, len(memories))
+        train = taught.train[-hyper["max_examples"] :]
         folder = self.work_dir / job.id
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
+        probes = [{"question": probe.question, "value": probe.value} for probe in taught.probes]
         spec = {
             **spec_base,
             "hyperparameters": hyper,
             "train": train,
-            "held_out": held_out,
+            "probes": probes,
+            "general": general_set(),
+            "replay": replay_set(),
             "output_dir": str(folder / "adapter"),
+            "base_cache": str(self.work_dir / "base-general.json"),
         }
         (folder / "spec.json").write_text(json.dumps(spec))
+        await self.jobs.add_metrics(
+            job.id,
+            f"Training data: {taught.facts} facts, each asked in several wordings, and {taught.turns} real exchanges:"
+            f" {len(train)} examples, with the base model's own answers to up to {hyper.get('replay_examples', 0)}"
+            f" everyday prompts; {len(probes)} held-out questions in other wordings test recall.",
+            {"facts": taught.facts, "turns": taught.turns, "train_examples": len(train), "probes": len(probes)},
+        )
         stderr = (folder / "worker.log").open("w")
         self._process = await asyncio.create_subprocess_exec(
             *self.worker_command, str(folder / "spec.json"), stdout=asyncio.subprocess.PIPE, stderr=stderr
@@ -254,17 +366,31 @@ class AdaptionService:
             kind = event.pop("event")
             if kind == "step":
                 await self.jobs.add_metrics(
-                    job.id, f"Step {event['step']}/{event['total_steps']}: training loss={event['loss']:.4f}", event
+                    job.id,
+                    f"Step {event['step']}/{event['total_steps']}: training loss={event['loss']:.4f}",
+                    {
+                        "step": event["step"],
+                        "total_steps": event["total_steps"],
+                        "epoch": event["epoch"],
+                        "train_loss": event["loss"],
+                    },
                 )
-            elif kind == "eval_before":
-                await self.jobs.add_metrics(job.id, "Held-out loss before training", event)
+            elif kind == "eval" and event["stage"] == "before":
+                await self.jobs.add_metrics(job.id, eval_message("Base model", event["base"]), event["base"])
+                if event["current"]:
+                    await self.jobs.add_metrics(
+                        job.id, eval_message("Version served now", event["current"]), event["current"]
+                    )
+            elif kind == "eval":
+                await self.jobs.add_metrics(job.id, eval_message("New version", event["new"]), event["new"])
             elif kind == "done":
                 done = event
         code = await self._process.wait()
         self._process = None
         if code != 0 or done is None:
-            tail = (folder / "worker.log").read_text(errors="replace")[-500:]
-            raise RuntimeError(f"training worker exited with code {code}: {tail}")
-        done["data_hash"] = data_hash(train + held_out)
+            lines = (folder / "worker.log").read_text(errors="replace").strip().splitlines()
+            raise WorkerFailed(code, lines[-1] if lines else "")
+        done["data_hash"] = data_hash(train)
+        done["facts"], done["turns"] = taught.facts, taught.turns
         done["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         return done

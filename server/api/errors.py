@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from server.diskfull import DISK_FULL_MESSAGE, is_disk_full
 from server.errors import ServerError
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,12 @@ def known_api_error(exc: BaseException) -> APIError | None:
         return from_validation_error(exc)
     if isinstance(exc, HTTPException):
         return APIError(exc.status_code, exc.detail, type="invalid_request_error", code=None)
+    if is_disk_full(exc):
+        return APIError(503, DISK_FULL_MESSAGE, type="service_unavailable", code="storage_full", headers=RETRY_LATER)
     return None
+
+
+RETRY_LATER = {"Retry-After": "60"}
 
 
 def error_response(exc: Exception, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""`GET /health`: 200 while the engine runs, 503 once it is dead (for load balancers)."""
+"""`GET /health`: 200 while the engine runs; 503 while it restarts or once it is dead (for load balancers)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ from server.engine import Engine
 
 async def health(request: Request) -> JSONResponse:
     engine: Engine = request.app.state.engine
-    if engine.is_dead:
-        return JSONResponse({"status": "engine_dead", "model": engine.entry.name}, status_code=503)
-    return JSONResponse({"status": "ok", "model": engine.entry.name, "running_requests": engine.running_requests})
+    status = engine.status
+    if status != "ok":
+        return JSONResponse(
+            {"status": status, "model": engine.entry.name, "restarts": engine.restarts},
+            status_code=503,
+            headers={"Retry-After": str(engine.retry_after_s)},
+        )
+    return JSONResponse(
+        {
+            "status": "ok",
+            "model": engine.entry.name,
+            "running_requests": engine.running_requests,
+            "restarts": engine.restarts,
+        }
+    )

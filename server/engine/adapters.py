@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -264,6 +265,16 @@ class AdapterStore:
                 directory.name, version, path, next(self._ids), read_manifest(path)
             )
 
+    async def attach(self, engine_client) -> None:
+        """Serve through a new engine (the old one died): load the active versions into it again."""
+        async with self._lock:
+            self._engine = engine_client
+            for version in list(self._active.values()):
+                try:
+                    await engine_client.add_lora(version.lora_request)
+                except Exception:  # its files may be gone or damaged: later requests for it get the engine's error
+                    logger.exception("adapter %s v%d could not be loaded again", version.name, version.version)
+
     @staticmethod
     def _versions(directory: Path) -> list[int]:
         return sorted(int(p.name[1:]) for p in directory.glob("v*") if p.name[1:].isdigit() and p.is_dir())
@@ -451,9 +462,18 @@ def _copy_version(source: Path, target: Path, manifest: dict) -> None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a crash leaves the old or the new content, never a torn or empty file."""
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(text)
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     temporary.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def path_under(roots: tuple[Path, ...], candidate: str, param: str = "path") -> Path:

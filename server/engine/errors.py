@@ -8,9 +8,16 @@ class EngineError(ServerError):
 
 
 class EngineUnavailable(EngineError):
-    """The vLLM engine is not running (dead, or not started): retry later or elsewhere."""
+    """The vLLM engine is not running (dead, restarting, or not started): retry later or elsewhere."""
+
+    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
     status, type, code = 503, "service_unavailable", "engine_unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
 
 
 class ContextLengthExceeded(EngineError):

@@ -30,6 +30,7 @@ from server.engine.logprobs import TokenLogprob, token_logprobs
 from server.engine.prompt import ChatTurn, render_prompt, special_token_pattern, special_token_strings
 from server.engine.sampling import GenerationOptions, JsonConstraint, build_sampling_params
 from server.engine.tools import ChoiceToolReader, ToolCallChunk, ToolUse, forced_call_schema
+from server.supervision import start_supervised, stop
 
 logger = logging.getLogger(__name__)
 
@@ -90,32 +91,61 @@ def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
 
 
 class Engine:
-    """The served model: vLLM's async engine plus the model's registry entry."""
+    """The served model: vLLM's async engine plus the model's registry entry.
 
-    def __init__(self, entry: ModelEntry, llm: AsyncLLM, adapters_dir: Path) -> None:
+    When vLLM's engine core dies, the watchdog restarts it in place (bounded tries, doubling back-off) while
+    requests get `EngineUnavailable` with a retry hint; the adapters that were being served are loaded again.
+    """
+
+    def __init__(
+        self,
+        entry: ModelEntry,
+        llm: AsyncLLM,
+        adapters_dir: Path,
+        *,
+        restart_attempts: int = 0,
+        restart_backoff_s: float = 1.0,
+    ) -> None:
         self.entry = entry
         self._llm = llm
         self._tokenizer = llm.get_tokenizer()
         self._specials = special_token_pattern(special_token_strings(self._tokenizer))
         self._death_logged = False
+        self._restart_attempts = restart_attempts
+        self._restart_backoff_s = restart_backoff_s
+        self.restarting = False
+        self._gave_up = False
+        self.restarts = 0  # successful restarts since the server started
         self.adapters = AdapterStore(adapters_dir, entry, llm.model_config.hf_config.to_dict(), llm)
         self.adapters.load_existing()
 
     @classmethod
     @asynccontextmanager
-    async def running(cls, entry: ModelEntry, adapters_dir: Path) -> AsyncIterator[Engine]:
+    async def running(
+        cls, entry: ModelEntry, adapters_dir: Path, *, restart_attempts: int = 0, restart_backoff_s: float = 1.0
+    ) -> AsyncIterator[Engine]:
         """Start the engine (blocking: nothing is served before it is up), watch it, shut it down."""
         logger.info("starting vLLM engine for %s from %s", entry.name, entry.source)
-        engine = cls(entry, AsyncLLM.from_engine_args(engine_args_for(entry)), adapters_dir)
-        watchdog = asyncio.create_task(engine._watch_for_death())
+        engine = cls(
+            entry,
+            AsyncLLM.from_engine_args(engine_args_for(entry)),
+            adapters_dir,
+            restart_attempts=restart_attempts,
+            restart_backoff_s=restart_backoff_s,
+        )
+        watchdog = engine.start_watchdog()
         try:
             yield engine
         finally:
-            watchdog.cancel()
+            await stop(watchdog)
             engine._llm.shutdown()
 
+    def start_watchdog(self, backoff_s: float = 1.0) -> asyncio.Task:
+        """The watchdog below, supervised: a failure of its own is logged and it starts again."""
+        return start_supervised("engine watchdog", self._watch_for_death, backoff_s)
+
     async def _watch_for_death(self) -> None:
-        """Wake every request still waiting on a dead engine.
+        """Wake every request still waiting on a dead engine, then bring a new one up.
 
         vLLM fails the requests it knows of when its engine core dies, but one
         added while the core was dying can wait forever for output: so, while
@@ -126,6 +156,49 @@ class Engine:
             if self._llm.errored:
                 self._log_death_once()
                 self._llm.output_processor.propagate_error(EngineDeadError())
+                if self.restarts_left:
+                    await self._restart()
+
+    @property
+    def restarts_left(self) -> bool:
+        return self._restart_attempts > 0 and not self._gave_up
+
+    async def _restart(self) -> None:
+        """Replace the dead `AsyncLLM` with a new one; give up (503 until a person restarts) after the last try."""
+        self.restarting = True
+        dead = self._llm
+        try:
+            dead.output_processor.propagate_error(EngineDeadError())
+            await asyncio.to_thread(dead.shutdown)  # reaps what is left of the dead engine's processes
+            for attempt in range(1, self._restart_attempts + 1):
+                wait_s = self._restart_backoff_s * 2 ** (attempt - 1)
+                logger.warning(
+                    "restarting vLLM engine for %s (try %d of %d)", self.entry.name, attempt, self._restart_attempts
+                )
+                try:
+                    # In a thread: the engine core takes seconds to start, and the event loop keeps
+                    # answering (503 with Retry-After) meanwhile. vLLM starts its output handler on first use.
+                    llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args_for(self.entry))
+                except Exception:
+                    logger.exception("engine restart %d failed; next try in %.1fs", attempt, wait_s)
+                    await asyncio.sleep(wait_s)
+                    continue
+                dead.output_processor.propagate_error(EngineDeadError())  # anything that slipped in meanwhile
+                self._llm = llm
+                self._death_logged = False
+                self.restarts += 1
+                await self.adapters.attach(llm)
+                logger.warning("vLLM engine for %s is serving again (restart %d)", self.entry.name, self.restarts)
+                return
+            self._gave_up = True
+            logger.error("vLLM engine for %s did not restart after %d tries", self.entry.name, self._restart_attempts)
+        finally:
+            self.restarting = False
+
+    @property
+    def retry_after_s(self) -> int:
+        """What a refused caller is told to wait: an engine start takes tens of seconds on a CPU."""
+        return 10 if self.restarting or self.restarts_left else 60
 
     @property
     def max_model_len(self) -> int:
@@ -134,6 +207,13 @@ class Engine:
     @property
     def is_dead(self) -> bool:
         return self._llm.errored
+
+    @property
+    def status(self) -> str:
+        """`ok`, `restarting` (dead, a new engine coming up) or `engine_dead` (no more tries)."""
+        if not self._llm.errored:
+            return "ok"
+        return "restarting" if self.restarting or self.restarts_left else "engine_dead"
 
     @property
     def running_requests(self) -> int:
@@ -249,7 +329,7 @@ class Engine:
             raise InvalidOption(str(exc), exc.parameter) from exc
         except (EngineDeadError, EngineGenerateError) as exc:
             self._log_death_once()
-            raise EngineUnavailable("The model engine is not available; please retry later.") from exc
+            raise self._unavailable() from exc
 
     def _delta(
         self, completion: CompletionOutput, reader: ChoiceToolReader, top_logprobs: int | None
@@ -280,15 +360,24 @@ class Engine:
             entries = entries[:-1]
         return entries or None
 
+    def _unavailable(self) -> EngineUnavailable:
+        message = (
+            "The model engine is restarting; please retry shortly."
+            if self.restarting or self.restarts_left
+            else "The model engine is not available; please retry later."
+        )
+        return EngineUnavailable(message, retry_after_s=self.retry_after_s)
+
     def _raise_if_dead(self) -> None:
         if self._llm.errored:
             self._log_death_once()
-            raise EngineUnavailable("The model engine is not available; please retry later.")
+            raise self._unavailable()
 
     def _log_death_once(self) -> None:
         if self._llm.errored and not self._death_logged:
             self._death_logged = True
             logger.error(
-                "vLLM engine for %s is dead: answering 503 to every generation request until the server is restarted",
+                "vLLM engine for %s is dead: answering 503 to every generation request until %s",
                 self.entry.name,
+                "it has restarted" if self.restarts_left else "the server is restarted",
             )

@@ -16,9 +16,11 @@ import secrets
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from server.gateway.errors import KeyNotFound
 from server.gateway.limits import Limits
+from server.gateway.pending import PendingWrites, outbox_beside, read_outbox, spill
 from server.storage import Database, Location, Row, query_exists
 
 KEYS_DATABASE = "keys.sqlite3"
@@ -146,8 +148,23 @@ class KeyStore(Database):
     MIGRATIONS = MIGRATIONS
     SCHEMA = "keys"
 
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, outbox: Path | None = None) -> None:
         super().__init__(location, "key-store")
+        self.debits: PendingWrites[tuple[str, int]] = PendingWrites("credit debits", self._thread, self._debit)
+        self._outbox = outbox or outbox_beside(location)  # where debits unwritten at close wait for the next start
+
+    def _open(self) -> None:
+        super()._open()
+        if self._outbox is not None and (rows := read_outbox(self._outbox)):
+            self._debit([(row["key_id"], row["tokens"]) for row in rows])
+            self._outbox.unlink()
+
+    def _close(self) -> None:
+        left = self.debits.close()
+        if left:
+            rows = [{"key_id": key_id, "tokens": tokens} for key_id, tokens in left]
+            spill(self._outbox, rows, "credit debits")
+        super()._close()
 
     async def create(self, spec: KeySpec) -> tuple[ApiKey, str]:
         """The new key's record and the key itself (shown once, never stored)."""
@@ -244,15 +261,21 @@ class KeyStore(Database):
 
     def debit(self, key_id: str, tokens: int) -> None:
         """Take `tokens` off the key's balance (never below zero; a negative amount is a refund), off the
-        response path. Queued on the store's thread, so the key's next authentication already sees it."""
-        self._thread.submit(self._debit, key_id, tokens)
+        response path. Queued on the store's thread, so the key's next authentication already sees it;
+        a failed write stays queued and is retried (`PendingWrites`)."""
+        self.debits.add((key_id, tokens))
 
-    def _debit(self, key_id: str, tokens: int) -> None:
-        self.db.execute(
-            "UPDATE api_keys SET credits = CASE WHEN credits >= ? THEN credits - ? ELSE 0 END"
-            " WHERE id = ? AND credits IS NOT NULL",
-            (tokens, tokens, key_id),
-        )
+    async def written(self) -> None:
+        """Wait until every debit queued so far is committed (`WriteFailed` while writes fail; they stay queued)."""
+        await self.debits.written()
+
+    def _debit(self, batch: list[tuple[str, int]]) -> None:
+        with self.db.transaction():  # in order, each clamped at zero as it comes
+            self.db.executemany(
+                "UPDATE api_keys SET credits = CASE WHEN credits >= ? THEN credits - ? ELSE 0 END"
+                " WHERE id = ? AND credits IS NOT NULL",
+                [(tokens, tokens, key_id) for key_id, tokens in batch],
+            )
 
     async def reserve(self, key_id: str, tokens: int) -> int | None:
         """Take `tokens` credits if the balance covers them, atomically (one conditional UPDATE, so

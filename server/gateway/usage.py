@@ -3,16 +3,19 @@
 `record` only queues: the store's one thread writes whatever is pending in one
 transaction, so a burst of requests costs one commit. Reads go through the
 same thread after the writes queued before them, so a caller sees its own
-finished requests.
+finished requests. A failed write keeps its records queued, is logged and
+retried (`PendingWrites`); `written()` waits until they are committed; what is
+still unwritten at close goes to an outbox file replayed at the next start.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from server.gateway.pending import PendingWrites, outbox_beside, read_outbox, spill
 from server.storage import SQLITE, Database, Dialect, Location, Row
 
 GroupBy = Literal["session_id", "tag", "user", "model", "key", "day"]
@@ -128,30 +131,35 @@ class UsageStore(Database):
     MIGRATIONS = MIGRATIONS
     SCHEMA = "usage"
 
-    def __init__(self, location: Location) -> None:
+    def __init__(self, location: Location, outbox: Path | None = None) -> None:
         super().__init__(location, "usage-store")
-        self._pending: deque[UsageRecord] = deque()
-        self._flush_queued = False
+        self.pending: PendingWrites[UsageRecord] = PendingWrites("usage store", self._thread, self._insert)
+        self._outbox = outbox or outbox_beside(location)  # where records unwritten at close wait for the next start
 
     def record(self, record: UsageRecord) -> None:
         """Queue the record; it is written with any others pending, on the store's thread."""
-        self._pending.append(record)
-        if not self._flush_queued:
-            self._flush_queued = True
-            self._thread.submit(self._flush)
+        self.pending.add(record)
 
-    def _flush(self) -> None:
-        self._flush_queued = False  # before draining: a record added from now on queues another flush
-        batch = []
-        while self._pending:
-            batch.append(_row(self._pending.popleft()))
-        if batch:
+    async def written(self) -> None:
+        """Wait until every record queued so far is committed (`WriteFailed` while writes fail; they stay queued)."""
+        await self.pending.written()
+
+    def _insert(self, batch: list[UsageRecord]) -> None:
+        with self.db.transaction():
+            self.db.executemany(_INSERT, [_row(record) for record in batch])
+
+    def _open(self) -> None:
+        super()._open()
+        if self._outbox is not None and (rows := read_outbox(self._outbox)):
             with self.db.transaction():
-                self.db.executemany(_INSERT, batch)
+                self.db.executemany(_INSERT, rows)
+            self._outbox.unlink()
 
-    async def close(self) -> None:
-        await self._run(self._flush)
-        await super().close()
+    def _close(self) -> None:
+        left = self.pending.close()
+        if left:
+            spill(self._outbox, [_row(record) for record in left], "usage store")
+        super()._close()
 
     async def aggregate(self, query: UsageQuery) -> list[dict]:
         return await self._run(self._aggregate, query)

@@ -194,10 +194,11 @@ class MemoryService:
         user_text: str,
         answer: str,
         then: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        """Store the exchange after the response, off its path, then run `then` (adaption's trigger).
+    ) -> asyncio.Task[None]:
+        """Store the exchange off the response's path, then run `then` (adaption's trigger).
 
-        Failures are logged, never raised to the client.
+        Failures are logged, never raised to the client. The caller may wait for the returned task
+        (never cancelling it) so the exchange is stored before the response's last byte.
         """
 
         async def remember_then() -> None:
@@ -208,6 +209,7 @@ class MemoryService:
         task = asyncio.create_task(remember_then())
         self._background.add(task)
         task.add_done_callback(self._finished)
+        return task
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._background.discard(task)

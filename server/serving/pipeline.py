@@ -80,7 +80,7 @@ class Memory(Protocol):
         user_text: str,
         answer: str,
         then: Callable[[], Awaitable[None]] | None = None,
-    ) -> None: ...
+    ) -> asyncio.Task[None] | None: ...
 
 
 class Adaption(Protocol):
@@ -145,6 +145,19 @@ class ChatService:
             yield started.run
             async for delta in started.deltas:
                 yield delta
+        await self._stored()  # settled above; committed before the caller sends the response's last byte
+
+    async def _stored(self) -> None:
+        """Wait until the request's usage record and debit are committed, never cancelling the writes: a store
+        whose writes fail keeps them queued and retries them (logged); the response is not failed for it."""
+        waits = [
+            asyncio.ensure_future(self.gateway.usage.written()),
+            asyncio.ensure_future(self.gateway.keys.written()),
+        ]
+        await asyncio.wait(waits)
+        for wait in waits:
+            if not wait.cancelled():
+                wait.exception()  # retrieved here; the store has logged it
 
     def _authorize_owners(self, call: ChatCall) -> None:
         """Adapter ownership: another key's unshared adapter is missing (404); training one needs your own (403)."""
@@ -300,7 +313,7 @@ class ChatService:
                     caller, memory.group, trigger.adapter, trigger.threshold, trigger.min_group
                 )
 
-        self.memory.remember_later(
+        stored = self.memory.remember_later(
             caller,
             memory.group,
             memory.user_goal,
@@ -309,6 +322,8 @@ class ChatService:
             "".join(text),
             then,
         )
+        if stored is not None:  # stored before the response's last byte (waited for, never cancelled from here)
+            await asyncio.wait([stored])
 
 
 async def _started(deltas: AsyncGenerator[CompletionDelta]) -> AsyncGenerator[CompletionDelta]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.adaption.jobs import JobStore
-from server.adaption.runner import promotion, should_train
+from server.adaption.runner import general_set, promotion, should_train
 
 HYPER = {"epochs": 1, "learning_rate": 0.001, "seed": 0}
 
@@ -16,11 +16,44 @@ def test_trigger_needs_both_the_call_count_and_the_group_size() -> None:
     assert not should_train(9, 3, 4, 5)
 
 
-def test_promotion_beats_the_current_version_or_else_the_base_model() -> None:
-    assert promotion({"eval_loss": 1.0, "base_eval_loss": 2.0, "current_eval_loss": None}).promoted
-    assert not promotion({"eval_loss": 1.0, "base_eval_loss": 2.0, "current_eval_loss": 0.9}).promoted
-    outcome = promotion({"eval_loss": 0.8, "base_eval_loss": 2.0, "current_eval_loss": 0.9})
-    assert outcome.promoted and outcome.baseline_loss == 0.9
+def figures(recalled: int, general_correct: int, general_loss: float = 2.0, probes: int = 16) -> dict:
+    return {
+        "recall": recalled / probes,
+        "recalled": recalled,
+        "probes": probes,
+        "general_correct": general_correct,
+        "general_accuracy": general_correct / 40,
+        "general_loss": general_loss,
+    }
+
+
+def test_promotion_needs_better_recall_than_the_base_model_and_the_general_set_within_tolerance() -> None:
+    promoted = promotion({"base": figures(2, 30), "current": None, "new": figures(14, 28, 2.2)}, 0.05)
+    assert promoted.promoted
+    assert promoted.reason == (
+        "it names the fact for 14 of 16 held-out questions about the trained facts (base model: 2 of 16);"
+        " general set: 28 of 40 answered right against the base model's 30 (at most 2 fewer allowed),"
+        " loss 2.200 against 2.000 (+10.0%)."
+    )
+    same = promotion({"base": figures(2, 30), "current": None, "new": figures(2, 30)}, 0.05)
+    assert not same.promoted and "no better than the base model" in same.reason
+    forgetting = promotion({"base": figures(2, 30), "current": None, "new": figures(16, 27)}, 0.05)
+    assert not forgetting.promoted and "27 of 40 answered right against the base model's 30" in forgetting.reason
+    assert "it would lose more of what the model knew than allowed" in forgetting.reason
+
+
+def test_promotion_keeps_the_served_version_when_the_new_one_recalls_less() -> None:
+    worse = promotion({"base": figures(1, 30), "current": figures(12, 30), "new": figures(9, 30)}, 0.05)
+    assert not worse.promoted and "version served now: 12 of 16" in worse.reason
+    assert promotion({"base": figures(1, 30), "current": figures(12, 30), "new": figures(12, 30)}, 0.05).promoted
+
+
+def test_the_shipped_general_set() -> None:
+    general = general_set()
+    assert len(general) >= 40
+    assert all(
+        set(item) == {"question", "answer", "key"} and item["key"].lower() in item["answer"].lower() for item in general
+    )
 
 
 async def test_jobs_coalesce_per_adapter_and_survive_reopening(tmp_path: Path) -> None:

@@ -1,0 +1,126 @@
+"""Every long-lived background task restarts after a failure: one is injected into each (monkeypatch), and the task
+is seen to log it and carry on. (The usage and debit writers' retries are in test_pending_writes.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from server.adaption.jobs import JobStore
+from server.adaption.runner import AdaptionService
+from server.app import start_nightly_curation
+from server.config import load_settings
+from server.engine import runtime
+from server.engine.runtime import Engine
+from server.supervision import stop
+
+
+def failures_logged(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if f"background task {name} failed" in r.getMessage()]
+
+
+async def eventually(predicate, timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_the_engine_watchdog_restarts_after_a_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakyEngineClient:
+        """Failure injection: vLLM's `errored` raises once, then reports a healthy engine."""
+
+        checks = 0
+
+        @property
+        def errored(self) -> bool:
+            self.checks += 1
+            if self.checks == 1:
+                raise RuntimeError("injected watchdog failure")
+            return False
+
+    monkeypatch.setattr(runtime, "WATCHDOG_INTERVAL_S", 0.01)
+    engine = Engine.__new__(Engine)  # no model: the watchdog loop is what is under test
+    engine._llm = FlakyEngineClient()
+    with caplog.at_level(logging.ERROR, logger="server.supervision"):
+        task = engine.start_watchdog(backoff_s=0.01)
+        assert await eventually(lambda: engine._llm.checks >= 5)  # it kept watching after the failure
+        await stop(task)
+    assert len(failures_logged(caplog, "engine watchdog")) == 1
+
+
+async def test_the_nightly_curation_schedule_restarts_after_a_failure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    runs: list[str] = []
+
+    class Memory:
+        """Failure injection: the first curation run raises outside the per-group handling."""
+
+        async def curate_all(self, consolidate):
+            runs.append("run")
+            if len(runs) == 1:
+                raise OSError("injected: the memory database went away")
+            return []
+
+    monkeypatch.setattr("server.memory.schedule.seconds_until", lambda time_of_day, now: 0.01)
+    with caplog.at_level(logging.ERROR, logger="server.supervision"):
+        task = start_nightly_curation(Memory(), None, "03:00", backoff_s=0.01)
+        assert await eventually(lambda: len(runs) >= 3)  # the schedule went on after the failure
+        await stop(task)
+    assert len(failures_logged(caplog, "nightly curation")) == 1
+
+
+async def test_the_fine_tuning_loop_restarts_after_a_failure_and_runs_later_jobs(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings(None)
+    jobs = JobStore(tmp_path / "adaption.sqlite3")
+    await jobs.open()
+    # No memory service: training then fails the job, which shows the loop reached it (the loop is under test).
+    service = AdaptionService(jobs, None, None, settings.served, settings.adaption, tmp_path / "work")
+    service.restart_backoff_s = 0.01
+    real_get = jobs.get
+    injected = []
+
+    async def failing_get(job_id: str):  # failure injection: the job store fails once, outside the job's `try`
+        if not injected:
+            injected.append(job_id)
+            raise OSError("injected: database is locked")
+        return await real_get(job_id)
+
+    monkeypatch.setattr(jobs, "get", failing_get)
+    try:
+        with caplog.at_level(logging.ERROR):
+            await service.start()
+            job, _ = await jobs.create_or_join(
+                "owner", "adapter", "group", settings.served.name, service.hyperparameters
+            )
+            service._queue.put_nowait(job.id)
+            assert await eventually(lambda: bool(injected))
+
+            async def finished() -> bool:
+                return (await real_get(job.id)).status not in ("queued", "running")
+
+            deadline = time.monotonic() + 10
+            while not await finished():
+                assert time.monotonic() < deadline, "the job stayed queued: the loop did not come back"
+                await asyncio.sleep(0.02)
+            assert (await real_get(job.id)).status == "failed"
+            later, _ = await jobs.create_or_join("owner", "adapter2", "group", settings.served.name, {})
+            service._queue.put_nowait(later.id)
+            deadline = time.monotonic() + 10
+            while (await real_get(later.id)).status in ("queued", "running"):
+                assert time.monotonic() < deadline, "a later job stayed queued"
+                await asyncio.sleep(0.02)
+        assert len(failures_logged(caplog, "fine-tuning loop")) == 1
+    finally:
+        await service.stop()
+        await jobs.close()
