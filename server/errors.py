@@ -31,6 +31,16 @@ class ServerError(Exception):
         return {}
 
 
+class InvalidParam(ServerError):
+    """A request whose fields contradict each other; raised through pydantic as is, naming the param."""
+
+    status, type, code = 400, "invalid_request_error", "invalid_value"
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def outcome_of(exc: BaseException | None) -> tuple[int, str | None]:
     """(status, code) a request ends with: 200, the typed error's, 499 when the client left, else 500."""
     if exc is None:

@@ -25,19 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+from server.conversations.metadata import checked_metadata
 from server.engine.adapters import ADAPTER_NAME
-from server.errors import ServerError
-
-
-class InvalidParam(ServerError):
-    """A request whose fields contradict each other; raised through pydantic as is, naming the param."""
-
-    status, type, code = 400, "invalid_request_error", "invalid_value"
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
+from server.errors import InvalidParam
 
 # Limits on one request (hostile input: each bounds work done before the engine's own checks).
 MAX_MESSAGES = 20_000
@@ -464,25 +454,6 @@ class ChatCompletionRequest(BaseModel):
     @property
     def completion_token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
-
-
-METADATA_MAX_KEYS = 16
-METADATA_MAX_KEY_LENGTH = 64
-METADATA_MAX_VALUE_LENGTH = 512
-
-
-def checked_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
-    """OpenAI's limits on `metadata`: 16 pairs, keys up to 64 characters, values up to 512."""
-    if metadata is None:
-        return None
-    if len(metadata) > METADATA_MAX_KEYS:
-        raise ValueError(f"at most {METADATA_MAX_KEYS} key-value pairs are allowed")
-    for key, value in metadata.items():
-        if not key or len(key) > METADATA_MAX_KEY_LENGTH:
-            raise ValueError(f"keys must be 1 to {METADATA_MAX_KEY_LENGTH} characters long")
-        if len(value) > METADATA_MAX_VALUE_LENGTH:
-            raise ValueError(f"values must be at most {METADATA_MAX_VALUE_LENGTH} characters long")
-    return metadata
 
 
 class Usage(BaseModel):

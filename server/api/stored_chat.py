@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse
 
 from server.api.errors import from_validation_error, invalid_request, read_json_object
 from server.api.middleware import caller_of
-from server.api.protocol import checked_metadata
 from server.conversations.chunks import ChunkFolder
+from server.conversations.metadata import checked_metadata
 from server.conversations.store import ConversationStore, StoredChat
 
 MAX_PAGE = 100

@@ -17,7 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from server.api.protocol import InvalidParam, checked_metadata
+from server.conversations.metadata import checked_metadata
+from server.errors import InvalidParam
 
 # Responses fields this translation reads; any other field goes on to the chat pipeline as is, so the
 # server's chat extensions (nightly, guardrail_policy, lora_name, session_id, ...) work here too.

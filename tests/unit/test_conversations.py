@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from server.api.protocol import InvalidParam
 from server.api.stored_chat import Keeper
 from server.conversations.chunks import fold_chunks
 from server.conversations.errors import StoredCompletionNotFound, StoredResponseNotFound
@@ -20,6 +19,7 @@ from server.conversations.responses import (
     response_object,
 )
 from server.conversations.store import ConversationStore, StoredChat, StoredResponse
+from server.errors import InvalidParam
 
 
 def chat(number: int, model: str = "m", **metadata: str) -> StoredChat:
