@@ -276,6 +276,10 @@ class MeteringSettings(_Strict):
     memory_search_per_token: float = Field(1.0, ge=0.0, description="memory search: per token of the query")
     memory_curate_per_run: int = Field(500, ge=0, description="memory curation (the model consolidates): per run")
     fine_tuning_per_job: int = Field(5000, ge=0, description="a fine-tuning job: per job queued")
+    embeddings_per_token: float = Field(1.0, ge=0.0, description="/v1/embeddings: per token embedded")
+    tokenize_per_token: float = Field(
+        0.0, ge=0.0, description="/tokenize and /detokenize: per token counted or decoded (0: explicitly free)"
+    )
 
 
 class ResilienceSettings(_Strict):

@@ -105,9 +105,27 @@ def test_embeddings_need_a_key_and_respect_its_models_and_credits(server: Runnin
         refused = session.post("/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": "x"})
         assert_error(refused, 403, "model_not_allowed", "model")
     funded = new_key(http, credits=40)
+
+    def balance() -> int:
+        return http.get(f"/v1/keys/{funded['id']}").json()["credits"]
+
     with keyed_http(server, funded["key"]) as session:
         used = session.post("/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": "Count me."}).json()
-        assert http.get(f"/v1/keys/{funded['id']}").json()["credits"] == 40 - used["usage"]["total_tokens"]
+        left = 40 - used["usage"]["total_tokens"]  # metering.embeddings_per_token: 1 credit a token, charged once
+        assert left < 40 and balance() == left
+        # More tokens than the balance covers: 402 before any embedding, nothing taken, the failure recorded.
+        refused = session.post(
+            "/v1/embeddings", json={"model": EMBEDDING_MODEL, "input": ["The quick brown fox jumps."] * 10}
+        )
+        assert_error(refused, 402, "insufficient_credits", None)
+        assert balance() == left
+        assert usage_record(http, refused)["status"] == 402
+        # Tokenize and detokenize are explicitly free (metering.tokenize_per_token: 0).
+        counted = session.post("/tokenize", json={"model": MODEL, "prompt": "The capital of France is Paris."})
+        assert counted.status_code == 200 and counted.json()["count"] > 3
+        decoded = session.post("/detokenize", json={"model": MODEL, "tokens": counted.json()["tokens"]})
+        assert decoded.status_code == 200 and decoded.json()["prompt"] == "The capital of France is Paris."
+        assert balance() == left
 
 
 # --- tokenize / detokenize ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.errors import invalid_request, read_json_object
-from server.api.local_access import metered
+from server.api.local_access import metered, priced
 from server.config import Settings
 from server.gateway.errors import ModelUnavailable
 from server.gateway.routing import Route
@@ -126,8 +126,10 @@ async def _embeddings(request: Request, gateway: Gateway, admission: Admission) 
                 param="input" if isinstance(body.input, str) else f"input[{index}]",
                 code="context_length_exceeded",
             )
-    vectors = await embedder.embed(texts)
     prompt_tokens = sum(counts)
+    rate = settings.metering.embeddings_per_token
+    async with priced(request, admission, rate, prompt_tokens, "embedding these inputs"):
+        vectors = await embedder.embed(texts)
     usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
     answer = {
         "object": "list",

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.api import metering
 from server.api.errors import status_of, to_api_error
 from server.api.middleware import principal_of, request_id_of
 from server.config import ModelEntry, Settings
@@ -58,6 +60,15 @@ def local_model(settings: Settings, engine: Engine, name: str, lora_name: str | 
     if entry is None or entry.name != settings.served.name:
         raise ModelUnavailable(name)
     return LocalModel(entry, lora_name, "lora_name")
+
+
+@asynccontextmanager
+async def priced(request: Request, admission: Admission, rate: float, tokens: int, what: str) -> AsyncIterator[None]:
+    """Charge `rate` credits per token before the work in the block (402 when the balance cannot cover them),
+    refunded if it fails; the admission's settling then takes no credits for the request's tokens."""
+    admission.account.priced = True
+    async with metering.metered(request, rate * tokens, what):
+        yield
 
 
 def admit_local(gateway: Gateway, admission: Admission, model: LocalModel, *, generates: bool = True) -> None:

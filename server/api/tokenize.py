@@ -4,7 +4,7 @@ Tokenize takes a `prompt` (raw text) or `messages` (rendered with the model's
 chat template, tools included, as the chat endpoint would) and answers
 `{"count", "max_model_len", "tokens", "token_strs"}`; detokenize takes
 `{"tokens"}` and answers `{"prompt"}`. They use the model without generating:
-the key's model limits apply, credits are not spent.
+the key's model limits apply; they are free unless `metering.tokenize_per_token` prices them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.errors import read_json_object
-from server.api.local_access import admit_local, local_model, metered
+from server.api.local_access import admit_local, local_model, metered, priced
 from server.api.protocol import ChatMessage, InvalidParam, ToolDefinition
 from server.config import Settings
 from server.engine import ChatTurn, Engine, ToolCall, ToolSpec, ToolUse
@@ -67,6 +67,10 @@ def chat_turns(messages: list[ChatMessage]) -> list[ChatTurn]:
     ]
 
 
+def _rate(request: Request) -> float:
+    return request.app.state.settings.metering.tokenize_per_token
+
+
 def _model(request: Request, gateway: Gateway, admission: Admission, name: str | None, lora_name: str | None):
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
@@ -86,6 +90,8 @@ async def tokenize(request: Request) -> Response:
             _, tokens = engine.render_chat(chat_turns(body.messages), ToolUse(tools) if tools else None)
         else:
             tokens = engine.tokenize(body.prompt or "", add_special_tokens=body.add_special_tokens is not False)
+        async with priced(request, admission, _rate(request), len(tokens), "tokenizing"):
+            pass
         admission.settle(200)
         return JSONResponse(
             {
@@ -103,7 +109,8 @@ async def detokenize(request: Request) -> Response:
     async def handle(gateway: Gateway, admission: Admission) -> Response:
         body = DetokenizeRequest.model_validate(await read_json_object(request), strict=True)
         engine = _model(request, gateway, admission, body.model, body.lora_name)
-        prompt = engine.detokenize(body.tokens, "tokens")
+        async with priced(request, admission, _rate(request), len(body.tokens), "detokenizing"):
+            prompt = engine.detokenize(body.tokens, "tokens")
         admission.settle(200)
         return JSONResponse({"prompt": prompt})
 

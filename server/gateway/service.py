@@ -51,6 +51,7 @@ class RequestAccount:
     query_body: str | None = None
     log_response_body: bool = False
     response_body: str | None = None
+    priced: bool = False  # charged apart at a metered rate (api/metering.py): settling takes no credits for tokens
 
     def served_by(self, route: Route, model: str, adapter: str | None = None) -> None:
         """`model`: the canonical name (not the alias the request used)."""
@@ -185,9 +186,10 @@ class Gateway:
     def _settle(self, account: RequestAccount, reserved: int, status: int, error_code: str | None) -> None:
         """After the request (also when it failed): settle credits, count tokens, record usage. Never blocks."""
         tokens = account.prompt_tokens + account.completion_tokens
+        used = 0 if account.priced else tokens
         key = account.principal.key
-        if key is not None and key.credits is not None and (reserved or tokens):
-            self.keys.settle_reservation(key.id, reserved, tokens)
+        if key is not None and key.credits is not None and (reserved or used):
+            self.keys.settle_reservation(key.id, reserved, used)
         if key is not None and tokens:
             self.limiter.spend(key.id, tokens, time.monotonic())
         self.usage.record(

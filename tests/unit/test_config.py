@@ -138,3 +138,12 @@ def test_gateway_database_is_sqlite_in_data_dir_unless_a_postgres_url_is_given(t
     assert settings.gateway_database("keys.sqlite3") == url
     with pytest.raises(ConfigError, match="database_url"):
         load(tmp_path, {**GOOD, "gateway": {"database_url": "mysql://db/llm"}})
+
+
+def test_every_model_running_endpoint_has_a_metering_rate_and_tokenizing_is_explicitly_free() -> None:
+    shipped = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())["metering"]
+    assert shipped["embeddings_per_token"] > 0
+    assert shipped["tokenize_per_token"] == 0  # declared, not left out: free on purpose
+    metering = load_settings(DEFAULT_CONFIG_PATH, environ={}).metering
+    assert metering.embeddings_per_token == shipped["embeddings_per_token"]
+    assert metering.tokenize_per_token == 0
