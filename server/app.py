@@ -228,6 +228,8 @@ def build_app(settings: Settings) -> Starlette:
                 checker,
                 system_fingerprint=settings.system_fingerprint,
                 middle_out_reserve_tokens=settings.gateway.middle_out_reserve_tokens,
+                memory_quotas=settings.security.quotas,
+                memory_add_per_token=settings.metering.memory_add_per_token,
             )
             app.state.gateway = gateway
             app.state.keys = gateway.keys

@@ -79,6 +79,21 @@ def test_quotas_per_key(configured, adapter_sources: Path) -> None:
         assert_error(third, 403, "quota_exceeded", "memory_group")
         assert session.post("/v1/memory/g1/memories", json={"text": ["b", "c"]}).status_code == 200
         assert_error(session.post("/v1/memory/g1/memories", json={"text": "d"}), 403, "quota_exceeded", "text")
+        # The chat's `nightly` write-back keeps the quotas too: the answer comes, the exchange is not stored.
+        full = session.get("/v1/memory/g1").json()
+        for group in ("g1", "g3"):
+            answered = session.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": "I live in Lyon and I like green tea."}],
+                    "max_tokens": 4,
+                    "nightly": [group, "travel"],
+                },
+            )
+            assert answered.status_code == 200 and answered.json()["choices"][0]["message"]["content"], answered.text
+        assert session.get("/v1/memory/g1").json() == full
+        assert_error(session.get("/v1/memory/g3"), 404, "memory_group_not_found", "memory_group")
         template = {"messages": [{"role": "system", "content": "x"}]}
         assert session.post("/v1/templates", json={"name": "t1", **template}).status_code == 201
         assert_error(session.post("/v1/templates", json={"name": "t2", **template}), 403, "quota_exceeded", "name")

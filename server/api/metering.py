@@ -17,7 +17,6 @@ from server.engine import Engine
 from server.gateway.errors import QuotaExceeded
 from server.gateway.keys import Principal
 from server.gateway.service import Charge, Gateway
-from server.memory.errors import GroupNotFound
 from server.memory.service import MemoryService
 
 
@@ -54,17 +53,8 @@ async def check_memory_quota(request: Request, group_name: str, adding: int) -> 
     principal = principal_of(request.scope)
     if principal.admin:
         return
-    quotas = request.app.state.settings.security.quotas
     memory: MemoryService = request.app.state.memory
-    try:
-        group = await memory.group(principal.owner, group_name)
-    except GroupNotFound:
-        owned = sum(1 for group in await memory.store.list_groups() if group.owner == principal.owner)
-        if owned >= quotas.memory_groups:
-            raise over_quota("memory groups", quotas.memory_groups, "memory_group") from None
-        return
-    if group.memory_count + adding > quotas.memories_per_group:
-        raise over_quota(f"memories in the group `{group_name}`", quotas.memories_per_group, "text")
+    await memory.check_quota(principal.owner, group_name, adding, request.app.state.settings.security.quotas)
 
 
 async def check_template_quota(request: Request) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.config import MemorySettings
+from server.config import MemorySettings, QuotaSettings
+from server.gateway.errors import QuotaExceeded
 from server.memory.curation import Consolidate, plan_curation
 from server.memory.embedder import Embedder
 from server.memory.errors import GroupNotFound, MemoryNotFound
@@ -312,6 +313,19 @@ class MemoryService:
     async def group(self, owner: str, name: str) -> MemoryGroup:
         return await self._group(owner, name)
 
+    async def check_quota(self, owner: str, name: str, adding: int, quotas: QuotaSettings) -> None:
+        """QuotaExceeded (403) when `owner` would own more memory groups, or hold more memories in the group `name`,
+        than `quotas` allow (admins are not limited: the caller skips the check for them)."""
+        try:
+            group = await self._group(owner, name)
+        except GroupNotFound:
+            owned = sum(1 for group in await self.store.list_groups() if group.owner == owner)
+            if owned >= quotas.memory_groups:
+                raise _over_quota("memory groups", quotas.memory_groups, "memory_group") from None
+            return
+        if group.memory_count + adding > quotas.memories_per_group:
+            raise _over_quota(f"memories in the group `{name}`", quotas.memories_per_group, "text")
+
     async def delete_group(self, owner: str, name: str) -> None:
         await self.store.delete_group(await self._group(owner, name))
 
@@ -392,3 +406,7 @@ class MemoryService:
                 len(plan.changes) - len(applied),
             )
             return CurationReport(run_id, group.name, plan.examined, tuple(applied), len(plan.changes) - len(applied))
+
+
+def _over_quota(what: str, quota: int, param: str) -> QuotaExceeded:
+    return QuotaExceeded(f"This API key has reached its quota of {quota} {what}; delete some first.", param)

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
+from server.config import QuotaSettings
 from server.engine import ChatTurn, CompletionDelta, GenerationOptions, PreparedChat, ToolUse
 from server.engine.prompt import latest_user_text, with_context_block
+from server.gateway.errors import InsufficientCredits, QuotaExceeded
 from server.gateway.routing import (
     Route,
     Router,
@@ -33,13 +36,15 @@ from server.gateway.routing import (
     stream_deltas,
     upstream_payload,
 )
-from server.gateway.service import Admission, Gateway, RequestAccount
+from server.gateway.service import Admission, Charge, Gateway, RequestAccount
 from server.gateway.transforms import fit_context
 from server.guardrails.checker import Verdict
 from server.guardrails.stream import checked_whole, guarded
 from server.memory.service import Recalled
 from server.serving.call import ADAPTION_HEADER, MEMORIES_USED_HEADER, ChatCall, ChatRun, MemoryUse
 from server.serving.catalog import LocalModel, ModelCatalog
+
+logger = logging.getLogger(__name__)
 
 UPSTREAM_TOKENS_PER_TURN = 4  # what a chat template adds around each turn, for an upstream's reservation
 
@@ -82,6 +87,8 @@ class Memory(Protocol):
         then: Callable[[], Awaitable[None]] | None = None,
     ) -> asyncio.Task[None] | None: ...
 
+    async def check_quota(self, owner: str, name: str, adding: int, quotas: QuotaSettings) -> None: ...
+
 
 class Adaption(Protocol):
     async def record_call(self, owner: str, group: str, adapter: str, threshold: int, min_group: int) -> object: ...
@@ -110,6 +117,8 @@ class ChatService:
         *,
         system_fingerprint: str,
         middle_out_reserve_tokens: int,
+        memory_quotas: QuotaSettings,
+        memory_add_per_token: float,
     ) -> None:
         self.catalog = catalog
         self.engine = engine
@@ -120,6 +129,8 @@ class ChatService:
         self.checker = checker
         self.system_fingerprint = system_fingerprint
         self.middle_out_reserve_tokens = middle_out_reserve_tokens
+        self.memory_quotas = memory_quotas
+        self.memory_add_per_token = memory_add_per_token
 
     async def start(self, call: ChatCall) -> ChatRun:
         """Admit and start the call; its typed errors are raised here until the first output (streams)."""
@@ -305,6 +316,10 @@ class ChatService:
                 text.append(delta.text)
             yield delta
         memory, trigger, caller = call.memory, call.adaption, call.caller
+        user_text = latest_user_text(call.turns)
+        charge = await self._write_back_paid(call, user_text)
+        if charge is None:
+            return
         then = None
         if trigger is not None:
 
@@ -318,12 +333,37 @@ class ChatService:
             memory.group,
             memory.user_goal,
             call.account.request_id,
-            latest_user_text(call.turns),
+            user_text,
             "".join(text),
             then,
         )
         if stored is not None:  # stored before the response's last byte (waited for, never cancelled from here)
             await asyncio.wait([stored])
+            if stored.cancelled() or stored.exception() is not None:  # logged by the memory service
+                await self.gateway.refund(charge)
+
+    async def _write_back_paid(self, call: ChatCall, user_text: str) -> Charge | None:
+        """The charge for remembering the exchange (`memory_add_per_token` per token of the user's text), within
+        the key's memory quota; None when over quota or not covered: the answer has gone out, so the exchange is
+        only not remembered (logged), the response never fails for it. Admins are neither limited nor charged."""
+        assert call.memory is not None
+        principal = call.account.principal
+        try:
+            if not principal.admin:
+                await self.memory.check_quota(call.caller, call.memory.group, 1, self.memory_quotas)
+            credits = 0.0
+            if principal.key is not None and principal.key.credits is not None and self.memory_add_per_token:
+                tokens = await asyncio.to_thread(self.engine.count_tokens, user_text)
+                credits = self.memory_add_per_token * tokens
+            return await self.gateway.charge(principal, credits, "remembering this exchange")
+        except (QuotaExceeded, InsufficientCredits) as exc:
+            logger.warning(
+                "memory write-back skipped for request %s (group %r): %s",
+                call.account.request_id,
+                call.memory.group,
+                exc,
+            )
+            return None
 
 
 async def _started(deltas: AsyncGenerator[CompletionDelta]) -> AsyncGenerator[CompletionDelta]:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from server.config import GatewaySettings, ModelEntry, ProviderEntry
+from server.config import GatewaySettings, ModelEntry, ProviderEntry, QuotaSettings
 from server.engine import ChatTurn, CompletionDelta, GenerationOptions, PreparedChat, ToolUse
 from server.engine.errors import EngineUnavailable
-from server.gateway.errors import InsufficientCredits, NotAllowed, UpstreamFailed
+from server.gateway.errors import InsufficientCredits, NotAllowed, QuotaExceeded, UpstreamFailed
 from server.gateway.keys import KeySpec, KeyStore, Principal
 from server.gateway.routing import Router
 from server.gateway.service import Gateway, RequestAccount
@@ -101,6 +101,11 @@ class FakeMemory:
         self.remembered.append(answer)
         self.then.append(then)
 
+    async def check_quota(self, owner: str, name: str, adding: int, quotas: QuotaSettings) -> None:
+        """Counts what this fake remembered as the group's memories (one per exchange)."""
+        if len(self.remembered) + adding > quotas.memories_per_group:
+            raise QuotaExceeded(f"quota of {quotas.memories_per_group} memories in `{name}`", "text")
+
 
 @dataclass
 class Adaption:
@@ -160,6 +165,8 @@ async def served(tmp_path: Path, silent_port: int) -> AsyncIterator[Served]:
         WordChecker(),
         system_fingerprint="fp",
         middle_out_reserve_tokens=16,
+        memory_quotas=QuotaSettings(memories_per_group=2),
+        memory_add_per_token=2.0,
     )
     try:
         yield Served(service, engine, memory, keys, usage, adaption)
@@ -333,6 +340,43 @@ async def test_a_complete_answer_is_remembered_then_counted_for_adaption(served:
     (then,) = served.memory.then
     await then()  # the memory service runs it once the exchange is stored
     assert served.adaption.calls == [("tester", "g", "alpha", 3, 2)]
+
+
+async def test_the_write_back_is_charged_and_skipped_over_quota_or_credits_never_failing_the_answer(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, _ = await served.keys.create(KeySpec(name="k", credits=100))
+    tenant = Principal(key.owner, False, key)
+
+    async def nightly_chat() -> str:
+        chat = call(tenant, memory=MemoryRequest("g", "goal"), options=GenerationOptions(max_tokens=4))
+        answer = "".join(delta.text for delta in await drain(await served.service.start(chat)))
+        (record,) = await records(served, chat.account.request_id)
+        assert record.status == 200
+        await served.keys.written()
+        return answer
+
+    # 3 prompt + 4 completion tokens for the chat; remembering "say hello please" (3 tokens) at 2 credits a token.
+    assert await nightly_chat() == "Hello there friend."
+    assert served.memory.remembered == ["Hello there friend."]
+    assert (await served.keys.get(key.id)).credits == 100 - 7 - 6
+    assert await nightly_chat() == "Hello there friend."
+    assert (await served.keys.get(key.id)).credits == 100 - 2 * (7 + 6)
+    # The group holds its quota of 2: the answer still comes, the exchange is not stored nor charged for.
+    with caplog.at_level("WARNING", logger="server.serving.pipeline"):
+        assert await nightly_chat() == "Hello there friend."
+    assert len(served.memory.remembered) == 2 and "memory write-back skipped" in caplog.text
+    assert (await served.keys.get(key.id)).credits == 100 - 2 * (7 + 6) - 7
+
+    # A balance that covers the chat but not remembering it: the answer comes, nothing is stored or overdrawn.
+    poor, _ = await served.keys.create(KeySpec(name="poor", credits=10))
+    served.memory.remembered.clear()
+    tenant = Principal(poor.owner, False, poor)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="server.serving.pipeline"):
+        assert await nightly_chat() == "Hello there friend."
+    assert served.memory.remembered == [] and "remembering this exchange" in caplog.text
+    assert (await served.keys.get(poor.id)).credits == 10 - 7
 
 
 async def test_every_candidate_is_authorized_before_anything_runs(served: Served) -> None:
