@@ -97,9 +97,18 @@ class FakeMemory:
 
     then: list = field(default_factory=list)
 
-    def remember_later(self, owner, name, user_goal, request_id, user_text, answer, then=None) -> None:
+    fail_store: bool = False  # failure injection: the write-back task fails (a full disk, a broken store)
+
+    def remember_later(self, owner, name, user_goal, request_id, user_text, answer, then=None) -> asyncio.Task | None:
+        if self.fail_store:
+
+            async def failing() -> None:
+                raise OSError("no space left on device")
+
+            return asyncio.create_task(failing())
         self.remembered.append(answer)
         self.then.append(then)
+        return None
 
     async def check_quota(self, owner: str, name: str, adding: int, quotas: QuotaSettings) -> None:
         """Counts what this fake remembered as the group's memories (one per exchange)."""
@@ -377,6 +386,15 @@ async def test_the_write_back_is_charged_and_skipped_over_quota_or_credits_never
         assert await nightly_chat() == "Hello there friend."
     assert served.memory.remembered == [] and "remembering this exchange" in caplog.text
     assert (await served.keys.get(poor.id)).credits == 10 - 7
+
+
+async def test_a_write_back_that_fails_to_store_is_refunded(served: Served) -> None:
+    key, _ = await served.keys.create(KeySpec(name="k", credits=100))
+    served.memory.fail_store = True
+    chat = call(Principal(key.owner, False, key), memory=MemoryRequest("g", "goal"))
+    assert "".join(delta.text for delta in await drain(await served.service.start(chat))) == "Hello there friend."
+    await served.keys.written()
+    assert (await served.keys.get(key.id)).credits == 100 - 7  # the chat's tokens only: the 6 credits came back
 
 
 async def test_every_candidate_is_authorized_before_anything_runs(served: Served) -> None:
