@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import psycopg
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -325,6 +327,11 @@ def build_app(settings: Settings) -> Starlette:
         ServerError: handle_exception,
         ValidationError: handle_exception,
         HTTPException: handle_exception,
+        # Storage errors (a full disk is a 503) are answered here rather than by the catch-all, which
+        # Starlette re-raises after answering, dropping the client's connection.
+        sqlite3.Error: handle_exception,
+        psycopg.Error: handle_exception,
+        OSError: handle_exception,
         Exception: handle_exception,
     }
     return Starlette(

@@ -113,10 +113,11 @@ def test_engine_core_death_under_load_restarts_the_engine_in_place(
             plain = [pool.submit(session.post, "/v1/chat/completions", json=LONG_STORY) for _ in range(3)]
             assert wait_until(lambda: engine_running_requests(server) == 6, timeout_s=60)
             os.kill(first_core.pid, signal.SIGKILL)  # failure injection: the engine core dies
-            # No request hangs: every one ends, the streams with an error event, the others with a 503.
+            # No request hangs: every one ends with engine_unavailable. A stream that had sent its first chunk
+            # ends with an error event; one still waiting for its first token gets the 503 itself.
             for future in streams:
                 status, lines = future.result(timeout=30)
-                assert status == 200 and any('"engine_unavailable"' in line for line in lines), lines[-3:]
+                assert status in (200, 503) and any('"engine_unavailable"' in line for line in lines), lines[-3:]
             for future in plain:
                 response = future.result(timeout=30)
                 assert response.status_code == 503 and response.json()["error"]["code"] == "engine_unavailable"
