@@ -203,7 +203,7 @@ def test_fine_tuning_training_loss_and_adapter_loads_are_counted(server: Running
         if event["type"] == "metrics" and event["data"] and "step" in event["data"]
     ]
     last_step = max(steps, key=lambda data: data["step"])
-    assert value(after, "llm_server_fine_tuning_last_loss", kind="train") == last_step["loss"]
+    assert value(after, "llm_server_fine_tuning_last_loss", kind="train") == last_step["train_loss"]
     outcome = "loaded" if job["metadata"]["promoted"] == "true" else "stored"
     assert grew("llm_server_adapter_loads_total", outcome=outcome) == 1
     assert value(after, "llm_server_fine_tuning_jobs", state="succeeded") >= 1

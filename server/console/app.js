@@ -436,7 +436,7 @@ async function openJob(jobId) {
   if (r && typeof r.recall === "number") result += ` · recall ${loss(r.recall)} (base model ${loss(r.baseline_recall)})`;
   $("job-status").textContent = `status: ${job.status}${result}`;
   const steps = events.filter((e) => e.type === "metrics" && e.data && e.data.step !== undefined);
-  Charts.lines($("loss-chart"), { "training loss": steps.map((e) => [e.data.step, e.data.loss]) }, {
+  Charts.lines($("loss-chart"), { "training loss": steps.map((e) => [e.data.step, e.data.train_loss ?? e.data.loss]) }, {
     label: "training loss per step", xLabel: "step", empty: "No training steps yet.",
   });
   fillTable("events-table", events.slice().reverse(), (row, event) => {
