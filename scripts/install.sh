@@ -53,6 +53,16 @@ else
   echo "warning: npm not found; tests/test_node_sdk.py needs Node.js 20+ and npm" >&2
 fi
 
+# The console's browser tests (tests/test_console.py): Debian's chromium and its chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "warning: chromium/chromedriver not found; tests/test_console.py needs them (apt-get install chromium chromium-driver, as root)" >&2
+  fi
+fi
+
 rm -f "$VENV"/.installed-*
 touch "$stamp"
 echo "== installed ($flavor): $("$VENV/bin/python" -c 'import vllm; print("vllm", vllm.__version__)' 2>/dev/null | tail -1)"

@@ -15,19 +15,21 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from server.adaption.jobs import JobStore
 from server.adaption.runner import AdaptionService
 from server.api.adapters import (
     create_adapter,
     delete_adapter,
+    list_adapter_versions,
     list_adapters,
     vllm_load_lora_adapter,
     vllm_unload_lora_adapter,
 )
 from server.api.chat import chat_completions
 from server.api.completions import create_completion
+from server.api.console import CONSOLE_PATH, console_app, console_paths
 from server.api.embeddings import create_embeddings
 from server.api.endpoints import list_endpoints
 from server.api.errors import handle_exception
@@ -41,15 +43,17 @@ from server.api.memory import (
     delete_memory,
     get_group,
     get_memory,
+    list_groups,
     list_memories,
     memory_audit,
     search_memories,
     update_memory,
 )
-from server.api.metrics import metrics
+from server.api.metrics import metrics as metrics_endpoint
 from server.api.middleware import APIKeyMiddleware, FairnessMiddleware, RequestGuardMiddleware, RequestIdMiddleware
 from server.api.models import list_models
 from server.api.moderations import create_moderation
+from server.api.observe import MetricsMiddleware
 from server.api.responses import create_response, delete_response, get_response, list_input_items
 from server.api.stored_chat import (
     delete_chat_completion,
@@ -76,6 +80,7 @@ from server.memory.embedder import Embedder
 from server.memory.schedule import curate_nightly
 from server.memory.service import Judge, MemoryService
 from server.memory.store import SQLiteMemoryStore
+from server.observability.metrics import Metrics
 from server.serving.catalog import ModelCatalog
 from server.serving.pipeline import ChatService
 from server.supervision import start_supervised, stop
@@ -118,11 +123,11 @@ def start_nightly_curation(
 
 
 @asynccontextmanager
-async def memory_service(settings: Settings) -> AsyncIterator[MemoryService]:
+async def memory_service(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[MemoryService]:
     embedder = await asyncio.to_thread(Embedder, settings.memory.embedding_model)
     store = SQLiteMemoryStore(settings.data_dir / MEMORY_DATABASE, embedder.dimensions)
     await store.open()
-    service = MemoryService(store, embedder, settings.memory)
+    service = MemoryService(store, embedder, settings.memory, metrics)
     try:
         yield service
     finally:
@@ -132,11 +137,19 @@ async def memory_service(settings: Settings) -> AsyncIterator[MemoryService]:
 
 
 @asynccontextmanager
-async def adaption_service(settings: Settings, engine: Engine, memory: MemoryService) -> AsyncIterator[AdaptionService]:
+async def adaption_service(
+    settings: Settings, engine: Engine, memory: MemoryService, metrics: Metrics | None = None
+) -> AsyncIterator[AdaptionService]:
     jobs = JobStore(settings.data_dir / ADAPTION_DATABASE)
     await jobs.open()
     service = AdaptionService(
-        jobs, memory, engine.adapters, settings.served, settings.adaption, settings.data_dir / "adaption-work"
+        jobs,
+        memory,
+        engine.adapters,
+        settings.served,
+        settings.adaption,
+        settings.data_dir / "adaption-work",
+        metrics,
     )
     service.restart_backoff_s = settings.resilience.task_restart_backoff_s
     await service.start()
@@ -158,18 +171,18 @@ async def guardrail_checker(settings: GuardrailSettings) -> AsyncIterator[Checke
 
 
 @asynccontextmanager
-async def gateway_service(settings: Settings) -> AsyncIterator[Gateway]:
+async def gateway_service(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[Gateway]:
     # Outboxes: where debits and usage records that could not be written by shutdown wait for the next start.
     keys = KeyStore(settings.gateway_database(KEYS_DATABASE), outbox=settings.data_dir / "debits.outbox.jsonl")
     usage = UsageStore(
         settings.gateway_database(GATEWAY_USAGE_DATABASE), outbox=settings.data_dir / "usage.outbox.jsonl"
     )
     templates = TemplateStore(settings.gateway_database(GATEWAY_TEMPLATES_DATABASE))
-    router = Router(settings.providers)
+    router = Router(settings.providers, metrics)
     for store in (keys, usage, templates):
         await store.open()
     try:
-        yield Gateway(settings.gateway, keys, usage, templates, router)
+        yield Gateway(settings.gateway, keys, usage, templates, router, metrics)
     finally:
         await router.close()
         for store in (usage, templates, keys):  # usage first: its pending records are written on close
@@ -202,6 +215,8 @@ def cors_middleware(origins: Sequence[str]) -> list[Middleware]:
 
 
 def build_app(settings: Settings) -> Starlette:
+    metrics = Metrics()  # this app's own registry; vLLM's metrics stay on prometheus-client's default one
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with (
@@ -211,12 +226,15 @@ def build_app(settings: Settings) -> Starlette:
                 restart_attempts=settings.resilience.engine_restart_attempts,
                 restart_backoff_s=settings.resilience.engine_restart_backoff_s,
             ) as engine,
-            memory_service(settings) as memory,
-            adaption_service(settings, engine, memory) as adaption,
+            memory_service(settings, metrics) as memory,
+            adaption_service(settings, engine, memory, metrics) as adaption,
             guardrail_checker(settings.guardrails) as checker,
-            gateway_service(settings) as gateway,
+            gateway_service(settings, metrics) as gateway,
             conversation_store(settings) as conversations,
         ):
+            engine.adapters.metrics = metrics
+            checker.metrics = metrics
+            app.state.metrics = metrics
             app.state.conversations = conversations
             catalog = ModelCatalog(settings.served, engine.adapters, settings.providers)
             app.state.catalog = catalog
@@ -281,8 +299,10 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/adapters", create_adapter, methods=["POST"]),
         Route("/v1/adapters", list_adapters, methods=["GET"]),
         Route("/v1/adapters/{name}", delete_adapter, methods=["DELETE"]),
+        Route("/v1/adapters/{name}/versions", list_adapter_versions, methods=["GET"]),
         Route("/v1/load_lora_adapter", vllm_load_lora_adapter, methods=["POST"]),
         Route("/v1/unload_lora_adapter", vllm_unload_lora_adapter, methods=["POST"]),
+        Route("/v1/memory", list_groups, methods=["GET"]),
         Route("/v1/memory/{memory_group}", get_group, methods=["GET"]),
         Route("/v1/memory/{memory_group}", delete_group, methods=["DELETE"]),
         Route("/v1/memory/{memory_group}/memories", list_memories, methods=["GET"]),
@@ -312,15 +332,18 @@ def build_app(settings: Settings) -> Starlette:
         Route("/v1/templates/{template}", update_template, methods=["POST"]),
         Route("/v1/templates/{template}", delete_template, methods=["DELETE"]),
         Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Mount(CONSOLE_PATH, console_app(), name="console"),
     ]
     security = settings.security
     public_paths = tuple(path for path in PUBLIC_PATHS if not (path == "/metrics" and security.metrics_require_key))
     middleware = [
+        Middleware(MetricsMiddleware, metrics=metrics),
         Middleware(RequestIdMiddleware),
         Middleware(RequestGuardMiddleware, settings=security, multipart_paths=MULTIPART_PATHS),
         *cors_middleware(security.cors_origins),
-        Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=public_paths),
+        # The console's static files are public: its page asks for a key and sends it with every API call.
+        Middleware(APIKeyMiddleware, keys=settings.api_keys, public_paths=(*public_paths, *console_paths())),
         Middleware(FairnessMiddleware, settings=security),
     ]
     exception_handlers = {

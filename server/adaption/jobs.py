@@ -175,6 +175,15 @@ class JobStore(Database):
 
         return await self._run(listing)
 
+    async def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (for the metrics)."""
+        return await self._run(
+            lambda: {
+                row[0]: row[1]
+                for row in self.db.execute("SELECT status, COUNT(*) FROM fine_tuning_jobs GROUP BY status")
+            }
+        )
+
     async def active(self) -> list[Job]:
         return await self._run(
             lambda: [

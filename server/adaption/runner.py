@@ -29,6 +29,7 @@ from server.adaption.jobs import Job, JobEvent, JobStore
 from server.config import AdaptionSettings, ModelEntry
 from server.engine.adapters import AdapterNotFound, AdapterStore
 from server.memory.service import MemoryService
+from server.observability.metrics import Metrics
 from server.supervision import start_supervised, stop
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,9 @@ class AdaptionService:
         entry: ModelEntry,
         settings: AdaptionSettings,
         work_dir: Path,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.jobs = jobs
         self.memory = memory
         self.adapters = adapters
@@ -212,6 +215,7 @@ class AdaptionService:
         cancelled = await self.jobs.update(
             job_id, status="cancelled", finished_at=time.time(), message="Job cancelled."
         )
+        self.metrics.job_finished("cancelled")
         if job.status == "running" and self._process is not None and self._process.returncode is None:
             self._process.kill()
         return cancelled
@@ -233,6 +237,7 @@ class AdaptionService:
                 logger.exception("fine-tuning job %s failed", job.id)
                 current = await self.jobs.get(job.id)
                 if current is not None and current.status == "running":
+                    self.metrics.job_finished("failed")
                     await self.jobs.update(
                         job.id,
                         status="failed",
@@ -254,6 +259,7 @@ class AdaptionService:
 
     async def _train(self, job: Job) -> None:
         await self.jobs.update(job.id, status="running", started_at=time.time(), message="Training started.")
+        started = time.perf_counter()
         memories = await self._memories(job.owner, job.memory_group)
         try:
             current = self.adapters.get(job.adapter)
@@ -308,6 +314,9 @@ class AdaptionService:
             owner=job.owner,  # a new adapter is the job owner's; an existing one must be theirs already
             admin=False,
         )
+        self.metrics.trained(time.perf_counter() - started, result.get("trained_tokens"))
+        self.metrics.loss("eval", result["new"]["general_loss"])
+        self.metrics.job_finished("succeeded")
         manifest["version"] = version.version
         message = (
             f"Promoted {job.adapter} v{version.version}: {verdict.reason}"
@@ -365,6 +374,7 @@ class AdaptionService:
             event = json.loads(raw)
             kind = event.pop("event")
             if kind == "step":
+                self.metrics.loss("train", event["loss"])
                 await self.jobs.add_metrics(
                     job.id,
                     f"Step {event['step']}/{event['total_steps']}: training loss={event['loss']:.4f}",

@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from server.api.errors import invalid_request, read_json_object
 from server.api.middleware import principal_of
-from server.api.protocol_resources import AdapterObject, Deleted, ListOf, json_response
+from server.api.protocol_resources import AdapterObject, AdapterVersionObject, Deleted, ListOf, json_response
 from server.config import Settings
 from server.engine import Engine
 from server.engine.adapters import (
@@ -166,6 +166,37 @@ async def remove_adapter(request: Request, name: str, param: str) -> None:
     if key is not None and key.allowed_adapters is not None and name not in key.allowed_adapters:
         raise AdapterNotFound(name, param)
     await engine.adapters.remove(name, param=param, owner=principal.owner, admin=principal.admin)
+
+
+async def list_adapter_versions(request: Request) -> Response:
+    """`GET /v1/adapters/{name}/versions`: every version on disk, which one is served, and its manifest."""
+    engine: Engine = request.app.state.engine
+    name = check_name(request.path_params["name"])
+    principal = principal_of(request.scope)
+    ownership = engine.adapters.ownership(name)
+    if ownership is None or not ownership.may_use(principal.owner, principal.admin):
+        raise AdapterNotFound(name, "name")  # another key's private adapter is not even named
+    versions = engine.adapters.versions(name)
+    active = engine.adapters.get(name).version if name in engine.adapters else None
+    return json_response(
+        ListOf(
+            data=[
+                AdapterVersionObject(
+                    adapter=name,
+                    version=number,
+                    active=number == active,
+                    created=manifest.get("created"),
+                    source=manifest.get("source"),
+                    fine_tuning_job=manifest.get("fine_tuning_job"),
+                    eval_loss=manifest.get("general_loss", manifest.get("eval_loss")),
+                    baseline_eval_loss=manifest.get("baseline_general_loss", manifest.get("baseline_eval_loss")),
+                    recall=manifest.get("recall"),
+                    baseline_recall=manifest.get("baseline_recall"),
+                )
+                for number, manifest in versions
+            ]
+        )
+    )
 
 
 async def delete_adapter(request: Request) -> Response:

@@ -159,6 +159,12 @@ def _list(data: list[Item], has_more: bool | None = None) -> Response:
     return json_response(ListOf(data=data, has_more=has_more))
 
 
+async def list_groups(request: Request) -> Response:
+    """`GET /v1/memory`: the caller's memory groups, by name."""
+    groups = await _service(request).groups(caller_of(request.scope))
+    return _list([group_json(group) for group in groups])
+
+
 async def get_group(request: Request) -> Response:
     group = await _service(request).group(caller_of(request.scope), _group_name(request))
     return json_response(group_json(group))

@@ -1,4 +1,5 @@
-"""`GET /metrics`: Prometheus exposition of this process's registry (vLLM registers its engine metrics there)."""
+"""`GET /metrics`: Prometheus exposition of prometheus-client's default registry (vLLM's engine metrics and the
+process's) followed by this app's own (`llm_server_*`, server/observability/metrics.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.adaption.runner import AdaptionService
+from server.engine import Engine
+from server.observability.metrics import Metrics
+
 
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    own: Metrics = request.app.state.metrics
+    adaption: AdaptionService = request.app.state.adaption
+    engine: Engine = request.app.state.engine
+    # State gauges are read now, from the stores, so they hold across restarts.
+    own.jobs_by_state(await adaption.jobs.count_by_state())
+    own.adapters_loaded.set(len(engine.adapters.list()))
+    return Response(generate_latest(REGISTRY) + own.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -142,6 +142,22 @@ class JobEventObject(BaseModel):
 # adapters
 
 
+class AdapterVersionObject(BaseModel):
+    """One version of an adapter on disk (`GET /v1/adapters/{name}/versions`)."""
+
+    object: Literal["adapter.version"] = "adapter.version"
+    adapter: str
+    version: int
+    active: bool  # the version requests are served with
+    created: Any
+    source: str | None
+    fine_tuning_job: str | None  # the job that trained it, if one did
+    eval_loss: float | None  # held-out (general) loss of a fine-tuned version, and the base model's
+    baseline_eval_loss: float | None
+    recall: float | None  # share of the taught facts a fine-tuned version recalls, and the base model's
+    baseline_recall: float | None
+
+
 class AdapterObject(BaseModel):
     id: str
     object: Literal["adapter"] = "adapter"

@@ -32,6 +32,7 @@ from vllm.lora.request import LoRARequest
 
 from server.config import ModelEntry
 from server.errors import ServerError
+from server.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -247,6 +248,7 @@ class AdapterStore:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()  # holds the tasks so they are not garbage-collected
+        self.metrics = Metrics()  # the app puts its own here (app.py)
 
     def load_existing(self) -> None:
         """Register the active version of every valid adapter on disk (vLLM loads weights on first use)."""
@@ -319,6 +321,14 @@ class AdapterStore:
         if path == root or root not in path.parents:
             return None
         return path.relative_to(root).parts[0]
+
+    def versions(self, name: str) -> list[tuple[int, dict]]:
+        """Every version of `name` on disk, oldest first, with its manifest (served or not)."""
+        directory = self.root / check_name(name, "name")
+        versions = self._versions(directory) if directory.is_dir() else []
+        if not versions:
+            raise AdapterNotFound(name, "name")
+        return [(number, read_manifest(directory / f"v{number}")) for number in versions]
 
     def get(self, name: str, param: str = "lora_name") -> AdapterVersion:
         version = self._active.get(name)
@@ -399,13 +409,16 @@ class AdapterStore:
             if not activate:
                 if not (directory / ACTIVE_FILE).exists():  # nothing to serve yet: say so, or a restart would pick it
                     _write_atomically(directory / ACTIVE_FILE, f"{NO_ACTIVE_VERSION}\n")
+                self.metrics.adapter_added("stored")
                 return version
             try:
                 await self._engine.add_lora(version.lora_request)
             except Exception as exc:
                 shutil.rmtree(directory if not exists else target, ignore_errors=True)
+                self.metrics.adapter_added("failed")
                 raise InvalidAdapter(f"The engine could not load the adapter: {exc}") from exc
             _write_atomically(directory / ACTIVE_FILE, f"v{number}\n")
+            self.metrics.adapter_added("loaded")
             previous = self._active.get(name)
             self._active[name] = version
         if previous is not None:

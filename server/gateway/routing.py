@@ -14,6 +14,7 @@ metering alike on every route.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from server.config import ProviderEntry
 from server.engine import ChatTurn, CompletionDelta, TokenLogprob, ToolCallChunk, TopLogprob
 from server.engine.errors import EngineUnavailable
 from server.gateway.errors import GatewayError, ModelUnavailable, ProviderNotFound, UpstreamFailed
+from server.observability.metrics import Metrics
 
 T = TypeVar("T")
 LOCAL_PROVIDER = "local"
@@ -59,21 +61,40 @@ def is_worth_falling_back(exc: Exception) -> bool:
     return isinstance(exc, ModelUnavailable | ProviderNotFound | EngineUnavailable)
 
 
-async def first_that_serves(names: Sequence[str], attempt: Callable[[str], Awaitable[T]]) -> T:
-    """`attempt` on each name in turn until one succeeds; the last failure if none does."""
+def fallback_reason(exc: Exception) -> str:
+    """A bounded label for why a candidate was passed over."""
+    if isinstance(exc, UpstreamFailed):
+        return "upstream_timeout" if exc.status == 504 else "upstream_error"
+    if isinstance(exc, EngineUnavailable):
+        return "engine_unavailable"
+    return "model_unavailable"
+
+
+async def first_that_serves(
+    names: Sequence[str],
+    attempt: Callable[[str], Awaitable[T]],
+    on_fallback: Callable[[Exception], None] | None = None,
+) -> T:
+    """`attempt` on each name in turn until one succeeds; the last failure if none does.
+
+    `on_fallback` hears of each failure that sends the request on to the next name (`Router.fell_back`).
+    """
     for index, name in enumerate(names):
         try:
             return await attempt(name)
         except (GatewayError, EngineUnavailable) as exc:
             if index == len(names) - 1 or not is_worth_falling_back(exc):
                 raise
+            if on_fallback is not None:
+                on_fallback(exc)
     raise AssertionError("no candidates")  # candidates() always gives at least one
 
 
 class Router:
     """Providers from models.yaml and one pooled HTTP client each."""
 
-    def __init__(self, providers: Sequence[ProviderEntry]) -> None:
+    def __init__(self, providers: Sequence[ProviderEntry], metrics: Metrics | None = None) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.providers = {provider.name: provider for provider in providers}
         self._clients = {
             provider.name: httpx.AsyncClient(
@@ -88,13 +109,33 @@ class Router:
         for client in self._clients.values():
             await client.aclose()
 
+    def fell_back(self, exc: Exception) -> None:
+        self.metrics.fell_back(fallback_reason(exc))
+
+    @contextmanager
+    def _counted(self, provider: str) -> Iterator[list[int]]:
+        """One upstream call, counted by outcome: ok, http_error (the caller puts the status in the list it is
+        given), timeout or unreachable."""
+        started = time.perf_counter()
+        status: list[int] = []
+        try:
+            with _reaching(provider):
+                yield status
+        except UpstreamFailed as exc:
+            outcome = "timeout" if exc.status == 504 else "unreachable"
+            self.metrics.upstream_call(provider, outcome, time.perf_counter() - started)
+            raise
+        outcome = "http_error" if status and status[0] >= 400 else "ok"
+        self.metrics.upstream_call(provider, outcome, time.perf_counter() - started)
+
     async def complete(self, route: Route, payload: dict, request_id: str) -> dict:
         """A non-streaming chat completion from the route's provider (our request id passed on, for tracing)."""
         assert route.provider is not None
-        with _reaching(route.provider):
+        with self._counted(route.provider) as status:
             response = await self._clients[route.provider].post(
                 "/chat/completions", json=payload, headers={REQUEST_ID_HEADER: request_id}
             )
+            status.append(response.status_code)
         if response.status_code >= 400:
             raise _failure(route.provider, response.status_code, response.content)
         return response.json()
@@ -106,8 +147,9 @@ class Router:
         request = client.build_request(
             "POST", "/chat/completions", json=payload, headers={REQUEST_ID_HEADER: request_id}
         )
-        with _reaching(route.provider):
+        with self._counted(route.provider) as status:
             response = await client.send(request, stream=True)
+            status.append(response.status_code)
         if response.status_code >= 400:
             body = await response.aread()
             await response.aclose()

@@ -22,12 +22,20 @@ from typing import Protocol
 
 from server.config import GatewaySettings
 from server.errors import outcome_of
-from server.gateway.errors import AdapterHidden, AdapterNotOwned, InsufficientCredits, NotAllowed, WorkNotCovered
+from server.gateway.errors import (
+    AdapterHidden,
+    AdapterNotOwned,
+    InsufficientCredits,
+    NotAllowed,
+    RateLimited,
+    WorkNotCovered,
+)
 from server.gateway.keys import KeyStore, Principal
 from server.gateway.limits import RateLimiter, check_credits
 from server.gateway.routing import Route, Router
 from server.gateway.templates import TemplateStore
 from server.gateway.usage import UsageRecord, UsageStore
+from server.observability.metrics import Metrics
 
 
 @dataclass(slots=True)
@@ -115,7 +123,9 @@ class Gateway:
         usage: UsageStore,
         templates: TemplateStore,
         router: Router,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.settings = settings
         self.keys = keys
         self.usage = usage
@@ -148,12 +158,16 @@ class Gateway:
         key = principal.key
         if key is None:
             return
-        for name in names:
-            if not _allowed(name, key.allowed_models):
-                raise NotAllowed("model", name, "model")
-        for adapter, param in adapters:
-            if not _allowed(adapter, key.allowed_adapters):
-                raise NotAllowed("adapter", adapter, param)
+        try:
+            for name in names:
+                if not _allowed(name, key.allowed_models):
+                    raise NotAllowed("model", name, "model")
+            for adapter, param in adapters:
+                if not _allowed(adapter, key.allowed_adapters):
+                    raise NotAllowed("adapter", adapter, param)
+        except NotAllowed:
+            self.metrics.refused("not_allowed", key.id)
+            raise
 
     def authorize_adapter(
         self, principal: Principal, adapter: str, ownership: AdapterOwnership | None, **kwargs: object
@@ -168,7 +182,9 @@ class Gateway:
         if key is None or key.credits is None or amount == 0:
             return Charge(None, 0)
         if not await self.keys.take(key.id, amount):
+            self.metrics.refused("credits", key.id)
             raise WorkNotCovered(what, amount)
+        self.metrics.credits_spent.labels(key.id).inc(amount)
         return Charge(key.id, amount)
 
     async def refund(self, charge: Charge) -> None:
@@ -180,18 +196,37 @@ class Gateway:
         key = principal.key
         if key is None:
             return
-        check_credits(key.credits)
-        self.limiter.admit(key.id, key.limits, time.monotonic())
+        try:
+            check_credits(key.credits)
+            self.limiter.admit(key.id, key.limits, time.monotonic())
+        except InsufficientCredits:
+            self.metrics.refused("credits", key.id)
+            raise
+        except RateLimited:
+            self.metrics.refused("rate_limit", key.id)
+            raise
 
     def _settle(self, account: RequestAccount, reserved: int, status: int, error_code: str | None) -> None:
         """After the request (also when it failed): settle credits, count tokens, record usage. Never blocks."""
         tokens = account.prompt_tokens + account.completion_tokens
         used = 0 if account.priced else tokens
         key = account.principal.key
+        debited = 0
         if key is not None and key.credits is not None and (reserved or used):
             self.keys.settle_reservation(key.id, reserved, used)
+            debited = used
         if key is not None and tokens:
             self.limiter.spend(key.id, tokens, time.monotonic())
+        self.metrics.model_request(
+            account.model,
+            account.adapter,
+            account.provider,
+            status,
+            key.id if key is not None else None,
+            account.prompt_tokens,
+            account.completion_tokens,
+            debited,
+        )
         self.usage.record(
             UsageRecord(
                 request_id=account.request_id,
@@ -235,6 +270,7 @@ class Admission:
             return
         left = await self._gateway.keys.reserve(key.id, more)
         if left is not None:
+            self._gateway.metrics.refused("credits", key.id)
             raise InsufficientCredits(tokens, left + self.reserved)
         self.reserved += more
 

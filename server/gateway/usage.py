@@ -18,7 +18,7 @@ from typing import Literal
 from server.gateway.pending import PendingWrites, outbox_beside, read_outbox, spill
 from server.storage import SQLITE, Database, Dialect, Location, Row
 
-GroupBy = Literal["session_id", "tag", "user", "model", "key", "day"]
+GroupBy = Literal["session_id", "tag", "user", "model", "key", "day", "hour"]
 GROUP_COLUMNS: dict[str, str] = {  # "user" is quoted: a reserved word in PostgreSQL
     "session_id": "usage.session_id",
     "tag": "tag.value",
@@ -26,6 +26,7 @@ GROUP_COLUMNS: dict[str, str] = {  # "user" is quoted: a reserved word in Postgr
     "model": "usage.model",
     "key": "COALESCE(usage.key_id, usage.owner)",
     "day": "{day}",
+    "hour": "{hour}",
 }
 
 MIGRATIONS = (
@@ -92,7 +93,8 @@ class UsageQuery:
 def aggregation_sql(query: UsageQuery, dialect: Dialect = SQLITE) -> tuple[str, list[object]]:
     """The SELECT for one aggregation: a row per group with request and token totals."""
     day = dialect.utc_day.format("usage.created_at")
-    columns = [f'{GROUP_COLUMNS[name].format(day=day)} AS "{name}"' for name in query.group_by]
+    hour = dialect.utc_hour.format("usage.created_at")
+    columns = [f'{GROUP_COLUMNS[name].format(day=day, hour=hour)} AS "{name}"' for name in query.group_by]
     source = "usage"
     if "tag" in query.group_by:
         # A request with several tags counts once under each; one without tags under null.

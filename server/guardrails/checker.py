@@ -20,6 +20,7 @@ policy's own brand masked. Scores are calibrated: the raw score at the configure
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from server.guardrails.evidence import (
 )
 from server.guardrails.training import BUILTIN_NAME, builtin_guard
 from server.model_sources import resolve_packaged
+from server.observability.metrics import Metrics
 
 BUILTIN_PREFIX = "builtin:"
 SEGMENT_OVERLAP_TOKENS = 32  # a violation cut by a segment boundary is still whole in one segment
@@ -92,7 +94,16 @@ class PairScorer(Protocol):
 class Checker:
     """Checks text against policies with one scorer, off the event loop, in batches."""
 
-    def __init__(self, name: str, scorer: PairScorer, threshold: float, max_batch: int, use_evidence: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        scorer: PairScorer,
+        threshold: float,
+        max_batch: int,
+        use_evidence: bool,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()  # the app's, set when it wires the checker
         self.name = name
         self.threshold = threshold
         self.use_evidence = use_evidence
@@ -107,6 +118,7 @@ class Checker:
     async def check_many(self, policy: str, texts: Sequence[str]) -> list[Verdict]:
         if not texts:
             return []
+        started = time.perf_counter()
         terms = self.terms(policy)
         shown = redacted(policy, terms)  # the policy as a reason quotes it
         if not self.use_evidence:
@@ -115,10 +127,13 @@ class Checker:
         undecided = [index for index, finding in enumerate(findings) if finding is None]
         pairs = [(policy, masked_own_brand(terms, texts[index])) for index in undecided]
         model_scores = dict(zip(undecided, await self._batcher.run(pairs))) if pairs else {}
-        return [
+        verdicts = [
             self.verdict(shown, model_scores[index]) if finding is None else evidence_verdict(shown, finding)
             for index, finding in enumerate(findings)
         ]
+        violations = sum(verdict.flagged for verdict in verdicts)
+        self.metrics.guardrail_checked(self.name, violations, len(verdicts) - violations, time.perf_counter() - started)
+        return verdicts
 
     def terms(self, policy: str) -> PolicyTerms:
         """The policy's explicit terms, parsed once per policy (the latest `PARSED_POLICIES` kept)."""

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ from server.memory.updates import (
     parse_judgement,
     relation_of,
 )
+from server.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,15 @@ class CurationReport:
     skipped: int
 
 
+def _name(group: MemoryGroup) -> str:
+    return group.name
+
+
 class MemoryService:
-    def __init__(self, store: MemoryStore, embedder: Embedder, settings: MemorySettings) -> None:
+    def __init__(
+        self, store: MemoryStore, embedder: Embedder, settings: MemorySettings, metrics: Metrics | None = None
+    ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.store = store
         self.embedder = embedder
         self.settings = settings
@@ -176,6 +185,14 @@ class MemoryService:
         """The group's memories most relevant to `query`, as a block within the token budget.
 
         The chat path places `block` with `engine.prompt.with_context_block`: after the stable prefix."""
+        started = time.perf_counter()
+        recalled = await self._recall(owner, name, user_goal, query, count_tokens)
+        self.metrics.recalled(time.perf_counter() - started, len(recalled.memories))
+        return recalled
+
+    async def _recall(
+        self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
+    ) -> Recalled:
         group = await self.store.get_group(owner, name)
         if group is None or group.memory_count == 0 or not query.strip():
             return Recalled("", ())
@@ -203,7 +220,12 @@ class MemoryService:
         """
 
         async def remember_then() -> None:
-            await self.remember(owner, name, user_goal, request_id, user_text, answer)
+            try:
+                await self.remember(owner, name, user_goal, request_id, user_text, answer)
+            except Exception:
+                self.metrics.wrote_back(False)
+                raise
+            self.metrics.wrote_back(True)
             if then is not None:
                 await then()
 
@@ -255,6 +277,7 @@ class MemoryService:
             await self.store.apply(group, f"upd_{request_id}", changes, curated=False)
         await self.store.add(group, new)
         await self.store.count_call(group)
+        self.metrics.memories_stored(Counter(memory.kind for memory in new))
         return decisions
 
     async def _attributed(self, group: MemoryGroup, sentences: Sequence[str]) -> list[str]:
@@ -326,6 +349,10 @@ class MemoryService:
         if group.memory_count + adding > quotas.memories_per_group:
             raise _over_quota(f"memories in the group `{name}`", quotas.memories_per_group, "text")
 
+    async def groups(self, owner: str) -> list[MemoryGroup]:
+        """The owner's groups, by name."""
+        return sorted((group for group in await self.store.list_groups() if group.owner == owner), key=_name)
+
     async def delete_group(self, owner: str, name: str) -> None:
         await self.store.delete_group(await self._group(owner, name))
 
@@ -343,13 +370,15 @@ class MemoryService:
         group = await self.store.ensure_group(owner, name, user_goal)
         vectors = await self.embedder.embed(texts)
         dates = list(said_at) if said_at is not None else [None] * len(texts)
-        return await self.store.add(
+        added = await self.store.add(
             group,
             [
                 NewMemory(text, "note", vector, request_id, speaker=speaker, created_at=at)
                 for text, vector, at in zip(texts, vectors, dates, strict=True)
             ],
         )
+        self.metrics.memories_stored({"note": len(added)})
+        return added
 
     async def list_memories(self, owner: str, name: str, limit: int, after: int | None) -> list[Memory]:
         return await self.store.list_memories(await self._group(owner, name), limit, after)
@@ -398,6 +427,7 @@ class MemoryService:
                 snapshot, goal_vector, self.settings, consolidate, self.embedder.embed, asyncio.to_thread
             )
             applied = await self.store.apply(group, run_id, plan.changes)
+            self.metrics.curated(Counter(change.action for change in applied))
             logger.info(
                 "curated memory group %s: %d memories examined, %d changes applied, %d skipped",
                 group.id,

@@ -94,3 +94,20 @@ async def test_records_pending_at_close_are_written(store_location: StoreLocatio
         assert (await reopened.aggregate(UsageQuery((), 0.0, 100.0, owner=None)))[0]["requests"] == 50
     finally:
         await reopened.close()
+
+
+async def test_usage_groups_by_utc_hour(store_location: StoreLocation) -> None:
+    store = UsageStore(store_location("usage.sqlite3"))
+    await store.open()
+    try:
+        store.record(record("r1", "o", 3599.9))  # 1970-01-01 00:59:59.9 UTC
+        store.record(record("r2", "o", 3600.0))
+        store.record(record("r3", "o", 7000.0, model="n"))
+        rows = await store.aggregate(UsageQuery(("hour", "model"), 0.0, 10000.0, owner=None))
+        assert [(row["hour"], row["model"], row["requests"]) for row in rows] == [
+            ("1970-01-01T00:00", "m", 1),
+            ("1970-01-01T01:00", "m", 1),
+            ("1970-01-01T01:00", "n", 1),
+        ]
+    finally:
+        await store.close()
