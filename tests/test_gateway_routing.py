@@ -154,7 +154,13 @@ def test_routing_bad_input(http: httpx.Client) -> None:
     )
 
 
+def fallbacks_counted(http: httpx.Client) -> float:
+    lines = http.get("/metrics").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.startswith("llm_server_fallbacks_total{"))
+
+
 def test_fallbacks_skip_unknown_and_unreachable_models(client: openai.OpenAI, http: httpx.Client) -> None:
+    before = fallbacks_counted(http)
     completion = client.chat.completions.create(
         model="no-such-model", messages=HELLO, max_tokens=3, extra_body={"models": [UNREACHABLE, "smollm2"]}
     )
@@ -164,6 +170,8 @@ def test_fallbacks_skip_unknown_and_unreachable_models(client: openai.OpenAI, ht
         "/v1/chat/completions", json={"models": [UNREACHABLE, MODEL], "messages": HELLO, "max_tokens": 2}
     )
     assert response.status_code == 200 and response.json()["model"] == MODEL
+    # Each name passed over is counted: unknown and unreachable, then unreachable again.
+    assert fallbacks_counted(http) - before == 3
 
 
 def test_timeouts_are_504_and_fall_back(upstream: RunningServer, client: openai.OpenAI, http: httpx.Client) -> None:

@@ -152,7 +152,9 @@ class ChatService:
         async with self.gateway.admission(call.account, names, self._adapters(call)) as admission:
             self._authorize_owners(call)
             recalled = await self._recall(call)
-            started = await first_that_serves(call.models, functools.partial(self._start, call, admission, recalled))
+            started = await first_that_serves(
+                call.models, functools.partial(self._start, call, admission, recalled), self.router.fell_back
+            )
             yield started.run
             async for delta in started.deltas:
                 yield delta
