@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from server.diskfull import DISK_FULL_MESSAGE, is_disk_full
+from server.engine.adapters import AdapterQuotaExceeded
 from server.errors import ServerError
+from server.gateway.errors import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +150,7 @@ def known_api_error(exc: BaseException) -> APIError | None:
 
 
 RETRY_LATER = {"Retry-After": "60"}
+QUOTA_ERRORS = (QuotaExceeded, AdapterQuotaExceeded)
 
 
 def error_response(exc: Exception, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -156,8 +159,12 @@ def error_response(exc: Exception, headers: dict[str, str] | None = None) -> JSO
 
 
 async def handle_exception(request: Request, exc: Exception) -> JSONResponse:
+    state = request.scope.get("state", {})
+    if isinstance(exc, QUOTA_ERRORS) and "principal" in state:
+        key = state["principal"].key
+        request.app.state.metrics.refused("quota", key.id if key else None)
     # The 500 handler runs outside the request-id middleware: set its header here.
-    request_id = request.scope.get("state", {}).get("request_id")
+    request_id = state.get("request_id")
     return error_response(exc, headers={"x-request-id": request_id} if request_id else None)
 
 

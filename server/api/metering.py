@@ -44,10 +44,6 @@ async def metered(request: Request, credits: float, what: str) -> AsyncIterator[
         raise
 
 
-def over_quota(what: str, quota: int, param: str | None = None) -> QuotaExceeded:
-    return QuotaExceeded(f"This API key has reached its quota of {quota} {what}; delete some first.", param)
-
-
 async def check_memory_quota(request: Request, group_name: str, adding: int) -> None:
     """403 when the caller would own more memory groups, or hold more memories in one group, than allowed."""
     principal = principal_of(request.scope)
@@ -63,4 +59,4 @@ async def check_template_quota(request: Request) -> None:
         return
     quota = request.app.state.settings.security.quotas.templates
     if len(await request.app.state.templates.list(principal.owner, admin=False)) >= quota:
-        raise over_quota("templates", quota, "name")
+        raise QuotaExceeded.of("templates", quota, "name")

@@ -89,6 +89,10 @@ class QuotaExceeded(GatewayError):
         super().__init__(message)
         self.param = param
 
+    @classmethod
+    def of(cls, what: str, quota: int, param: str | None = None) -> QuotaExceeded:
+        return cls(f"This API key has reached its quota of {quota} {what}; delete some first.", param)
+
 
 class RateLimited(GatewayError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"

@@ -344,10 +344,10 @@ class MemoryService:
         except GroupNotFound:
             owned = sum(1 for group in await self.store.list_groups() if group.owner == owner)
             if owned >= quotas.memory_groups:
-                raise _over_quota("memory groups", quotas.memory_groups, "memory_group") from None
+                raise QuotaExceeded.of("memory groups", quotas.memory_groups, "memory_group") from None
             return
         if group.memory_count + adding > quotas.memories_per_group:
-            raise _over_quota(f"memories in the group `{name}`", quotas.memories_per_group, "text")
+            raise QuotaExceeded.of(f"memories in the group `{name}`", quotas.memories_per_group, "text")
 
     async def groups(self, owner: str) -> list[MemoryGroup]:
         """The owner's groups, by name."""
@@ -436,7 +436,3 @@ class MemoryService:
                 len(plan.changes) - len(applied),
             )
             return CurationReport(run_id, group.name, plan.examined, tuple(applied), len(plan.changes) - len(applied))
-
-
-def _over_quota(what: str, quota: int, param: str) -> QuotaExceeded:
-    return QuotaExceeded(f"This API key has reached its quota of {quota} {what}; delete some first.", param)
