@@ -102,7 +102,7 @@ def test_quotas_per_key(configured, adapter_sources: Path) -> None:
         assert_error(session.post("/v1/adapters", json={"name": "q1", "path": source}), 403, "quota_exceeded", "name")
         assert_error(session.post("/v1/adapters", json={"name": "q2", "path": source}), 403, "quota_exceeded", "name")
         # Each refusal is counted under the key's id: group, memory, template, adapter version, adapter.
-        quota_line = f'llm_server_refusals_total{{reason="quota",key_id="{tenant["id"]}"}}'
+        quota_line = f'llm_server_refusals_total{{key_id="{tenant["id"]}",reason="quota"}}'
         counted = [line for line in session.get("/metrics").text.splitlines() if line.startswith(quota_line)]
         assert counted and float(counted[0].split()[-1]) == 5, counted
         # An admin is not held to a tenant's quotas.
