@@ -204,19 +204,6 @@ class MemoryStore(Protocol):
     async def apply(
         self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange], curated: bool = True
     ) -> list[CurationChange]: ...
-    def _retire_turns(self, group_id: int, facts: Sequence[Memory]) -> list[int]:
-        requests = [memory.source_request_id for memory in facts if memory.source_request_id]
-        if not requests:
-            return []
-        return [
-            row[0]
-            for row in self.db.execute(
-                "UPDATE memories SET search_text = NULL WHERE group_id = ? AND kind = 'turn'"
-                " AND search_text IS NOT NULL AND source_request_id IN (SELECT value FROM json_each(?)) RETURNING id",
-                (group_id, json.dumps(requests)),
-            ).fetchall()
-        ]
-
     async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]: ...
     async def close(self) -> None: ...
 
