@@ -11,6 +11,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from starlette.routing import Mount, Route
 
 from server.api.protocol import MAX_LOGIT_BIAS
 from server.app import build_app
@@ -246,8 +247,15 @@ QUERIES = [
 
 
 def every_route() -> list[tuple[str, str]]:
+    """Every route's methods, and a file path under each mounted app (the console's static files)."""
     app = build_app(load_settings(environ={}))
-    return [(method, route.path) for route in app.routes for method in sorted(route.methods or ()) if method != "HEAD"]
+    routes: list[tuple[str, str]] = []
+    for route in app.routes:
+        if isinstance(route, Mount):
+            routes.append(("GET", route.path + "/{file}"))
+        elif isinstance(route, Route):
+            routes.extend((method, route.path) for method in sorted(route.methods or ()) if method != "HEAD")
+    return routes
 
 
 def fill(path: str, rng: random.Random) -> str:
