@@ -406,17 +406,26 @@ def test_required_tool_choice_keeps_the_tools_defs(client, stream) -> None:
         assert_valid_call(call, tools)
 
 
-def test_named_call_cut_by_max_tokens_is_not_a_call(client) -> None:
-    response = client.chat.completions.create(
-        model=MODEL,
+@STREAMED
+@pytest.mark.parametrize("tool_choice", ["named", "required"])
+def test_forced_call_cut_by_max_tokens_is_not_a_call(client, stream, tool_choice) -> None:
+    """Cut short, a forced call is no call, streamed or not: its text is content, no half-JSON call pieces."""
+    choice = {"type": "function", "function": {"name": "get_weather"}} if tool_choice == "named" else "required"
+    result = ask(
+        client,
+        stream,
         messages=WEATHER_QUESTION,
         tools=[WEATHER_TOOL],
-        max_completion_tokens=1,
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        tool_choice=choice,
+        temperature=0,
+        max_tokens=None,
+        max_completion_tokens=4,
     )
-    choice = response.choices[0]
-    assert choice.finish_reason == "length" and choice.message.tool_calls is None
-    assert choice.message.content is not None and response.usage.completion_tokens == 1
+    cut = only(result)
+    assert cut.finish_reason == "length" and cut.tool_calls == []
+    assert cut.content and cut.content.lstrip().startswith(("{", "[")) and result.usage["completion_tokens"] == 4
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut.content)
 
 
 WEATHER_FUNCTION = WEATHER_TOOL["function"]

@@ -207,6 +207,38 @@ def test_completions_n_prompts_echo_and_logprobs(client: openai.OpenAI) -> None:
     assert logprobs.text_offset == sorted(logprobs.text_offset) and logprobs.text_offset[0] == 0
 
 
+def test_completions_echo_with_logprobs_scores_the_prompt(client: openai.OpenAI) -> None:
+    """OpenAI's scoring idiom: the echoed prompt's tokens get logprobs too, the first one's null."""
+
+    def scored(prompt: str, **params) -> openai.types.Completion:
+        return client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=3, temperature=0, echo=True, logprobs=1, **params
+        )
+
+    result = scored(PROMPT + " Paris.")
+    (choice,) = result.choices
+    logprobs, prompt_tokens = choice.logprobs, result.usage.prompt_tokens
+    assert len(logprobs.tokens) == prompt_tokens + result.usage.completion_tokens == len(logprobs.token_logprobs)
+    assert "".join(logprobs.tokens) == choice.text and choice.text.startswith(PROMPT + " Paris.")
+    assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+    assert all(value <= 0 for value in logprobs.token_logprobs[1:])
+    assert all(1 <= len(top) <= 2 for top in logprobs.top_logprobs[1:])
+    assert logprobs.text_offset[0] == 0 and logprobs.text_offset[prompt_tokens] == len(PROMPT + " Paris.")
+    # The generated tokens score as they do without echo.
+    plain = client.completions.create(model=MODEL, prompt=PROMPT + " Paris.", max_tokens=3, temperature=0, logprobs=1)
+    assert logprobs.token_logprobs[prompt_tokens:] == pytest.approx(plain.choices[0].logprobs.token_logprobs, abs=1e-3)
+    # The prompt's scores mean something: the right answer is likelier than a wrong one.
+    paris = logprobs.token_logprobs[logprobs.tokens.index(" Paris")]
+    wrong = scored(PROMPT + " Madrid.").choices[0].logprobs
+    assert paris > wrong.token_logprobs[wrong.tokens.index(" Madrid")]
+    # Streamed: the first chunk carries the prompt's entries, the same ones.
+    chunks = list(scored(PROMPT + " Paris.", stream=True))
+    streamed_tokens = [token for chunk in chunks for token in chunk.choices[0].logprobs.tokens]
+    streamed_values = [value for chunk in chunks for value in chunk.choices[0].logprobs.token_logprobs]
+    assert streamed_tokens == logprobs.tokens and streamed_values[0] is None
+    assert streamed_values[1:] == pytest.approx(logprobs.token_logprobs[1:], abs=1e-3)
+
+
 def test_completions_stop(client: openai.OpenAI) -> None:
     free = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=12, temperature=0)
     text = free.choices[0].text
@@ -220,7 +252,6 @@ def test_completions_stop(client: openai.OpenAI) -> None:
     [
         ({"suffix": " and that is all."}, 400, "invalid_value", "suffix"),
         ({"best_of": 3}, 400, "invalid_value", "best_of"),
-        ({"echo": True, "logprobs": 1}, 400, "invalid_value", "echo"),
         ({"logprobs": 6}, 400, "invalid_value", "logprobs"),
         ({"prompt": []}, 400, "invalid_value", "prompt"),
         ({"prompt": [1, 10**9]}, 400, "invalid_value", "prompt"),

@@ -2,7 +2,8 @@
 
 `prompt`: a string, a list of strings, a token array or a list of token arrays;
 each prompt gets `n` choices (index `prompt * n + i`). Streaming, `n`, `logprobs`
-(0-5, OpenAI's legacy object), `echo`, `stop`, penalties, `seed`, `logit_bias`
+(0-5, OpenAI's legacy object), `echo` (with `logprobs`: the prompt's tokens too, from vLLM's
+`prompt_logprobs`, the first one's logprob null as OpenAI gives it), `stop`, penalties, `seed`, `logit_bias`
 and vLLM's `top_k`, `min_tokens`, `ignore_eos`, `repetition_penalty` are
 honoured; `suffix` (insertion) and `best_of` other than `n` are refused.
 """
@@ -29,7 +30,7 @@ from server.engine import CompletionDelta, Engine, GenerationOptions
 from server.engine.errors import ContextLengthExceeded
 from server.errors import CLIENT_CLOSED, CLIENT_CLOSED_CODE
 from server.gateway.service import Admission, Gateway
-from server.legacy.completions import legacy_logprobs, merged
+from server.legacy.completions import echoed_prompt_logprobs, legacy_logprobs, merged
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 
@@ -84,8 +85,6 @@ class CompletionRequest(BaseModel):
             raise InvalidParam("suffix", "`suffix` (text insertion) is not supported by this server's models.")
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidParam("best_of", "`best_of` other than `n` is not supported; ask for `n` choices instead.")
-        if self.echo and self.logprobs is not None:
-            raise InvalidParam("echo", "`echo` together with `logprobs` (prompt logprobs) is not supported.")
         if self.stream_options is not None and not self.stream:
             raise InvalidParam("stream_options", "`stream_options` is only allowed when `stream` is true.")
         extra = self.model_extra or {}
@@ -103,6 +102,7 @@ class CompletionRequest(BaseModel):
 class Prompt:
     text: str
     token_ids: list[int]
+    first_token: str = ""  # the text of its first token (an echoed prompt's logprobs start with it)
 
 
 def prompts_of(body: CompletionRequest, engine: Engine) -> list[Prompt]:
@@ -120,11 +120,12 @@ def prompts_of(body: CompletionRequest, engine: Engine) -> list[Prompt]:
             ids = engine.tokenize(item)
             if not ids:
                 raise invalid_request(f"`{param}` is empty.", param=param, code="invalid_value")
-            prompts.append(Prompt(item, ids))
+            prompts.append(Prompt(item, ids, engine.detokenize(ids[:1])))
         else:
             if not item:
                 raise invalid_request(f"`{param}` is an empty token array.", param=param, code="invalid_value")
-            prompts.append(Prompt(engine.detokenize(item, param), list(item)))  # type: ignore[arg-type]
+            text = engine.detokenize(item, param)  # type: ignore[arg-type]
+            prompts.append(Prompt(text, list(item), engine.detokenize(item[:1])))  # type: ignore[arg-type, index]
     return prompts
 
 
@@ -143,6 +144,7 @@ def options_of(body: CompletionRequest) -> GenerationOptions:
         min_tokens=body.min_tokens,
         ignore_eos=body.ignore_eos,
         logprobs=body.logprobs,
+        prompt_logprobs=body.logprobs if body.echo else None,
         logit_bias={int(token): bias for token, bias in (body.logit_bias or {}).items()},
     )
 
@@ -185,13 +187,19 @@ class Run:
         state = self.states.setdefault(index, ChoiceState())
         self.completion_tokens += delta.new_tokens
         text = delta.text
+        echoed = None
         if self.body.echo and not state.echoed:
             state.echoed = True
-            text = self.prompts[position].text + text
-            state.offset = len(self.prompts[position].text)
+            prompt = self.prompts[position]
+            text = prompt.text + text
+            state.offset = len(prompt.text)
+            if self.body.logprobs is not None:
+                echoed = echoed_prompt_logprobs(prompt.first_token, delta.prompt_logprobs or [])
         logprobs = None
         if self.body.logprobs is not None:
             logprobs, state.offset = legacy_logprobs(delta.logprobs or [], state.offset)
+            if echoed is not None:
+                logprobs = {key: echoed[key] + values for key, values in logprobs.items()}
             if state.logprobs is None:
                 state.logprobs = {key: [] for key in logprobs}
             for key, values in logprobs.items():

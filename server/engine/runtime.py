@@ -19,7 +19,6 @@ from vllm.exceptions import VLLMValidationError
 from vllm.inputs import TokensPrompt
 from vllm.outputs import CompletionOutput
 from vllm.platforms import current_platform
-from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -60,6 +59,9 @@ class CompletionDelta:
     finish_reason: str | None  # stop, length, tool_calls (or abort)
     tool_calls: list[ToolCallChunk] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    # Asked for with `prompt_logprobs`: on each choice's first delta, the prompt's tokens after its first
+    # (which has no logprob: nothing comes before it).
+    prompt_logprobs: list[TokenLogprob] | None = None
 
 
 def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
@@ -311,7 +313,7 @@ class Engine:
         prompt = TokensPrompt(prompt_token_ids=prepared.prompt_token_ids)
         top_logprobs = prepared.sampling_params.logprobs
         readers: dict[int, ChoiceToolReader] = {}
-        streaming = prepared.sampling_params.output_kind == RequestOutputKind.DELTA
+        prompt_entries: list[TokenLogprob] | None = None  # vLLM sends them once, at the end of prefill
         adapter = prepared.adapter
         try:
             async with AdapterStore.lease(adapter) if adapter is not None else nullcontext():
@@ -319,12 +321,20 @@ class Engine:
                 async for output in self._llm.generate(
                     prompt, prepared.sampling_params, request_id, lora_request=lora_request
                 ):
+                    if prompt_entries is None and output.prompt_logprobs:
+                        prompt_entries = token_logprobs(
+                            prepared.prompt_token_ids[1:],
+                            output.prompt_logprobs[1:],  # type: ignore[arg-type]  # only the first is None
+                            prepared.sampling_params.prompt_logprobs or 0,
+                        )
                     for completion in output.outputs:
                         reader = readers.get(completion.index)
+                        first = reader is None
                         if reader is None:
-                            reader = ChoiceToolReader(prepared.tool_use, self.entry.tool_format, streaming)
+                            reader = ChoiceToolReader(prepared.tool_use, self.entry.tool_format)
                             readers[completion.index] = reader
-                        yield self._delta(completion, reader, top_logprobs)
+                        delta = self._delta(completion, reader, top_logprobs)
+                        yield replace(delta, prompt_logprobs=prompt_entries) if first else delta
         except VLLMValidationError as exc:
             raise InvalidOption(str(exc), exc.parameter) from exc
         except (EngineDeadError, EngineGenerateError) as exc:

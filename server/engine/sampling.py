@@ -35,6 +35,7 @@ class GenerationOptions:
     min_tokens: int = 0
     ignore_eos: bool = False
     logprobs: int | None = None  # None: no logprobs; k: the sampled token plus the top k
+    prompt_logprobs: int | None = None  # the same for the prompt's tokens (legacy completions' `echo`)
     logit_bias: dict[int, float] = field(default_factory=dict)
     json: JsonConstraint | None = None
 
@@ -93,6 +94,7 @@ def build_sampling_params(
         min_tokens=options.min_tokens,
         ignore_eos=options.ignore_eos,
         logprobs=options.logprobs,
+        prompt_logprobs=options.prompt_logprobs,
         logit_bias=options.logit_bias or None,
         structured_outputs=structured_outputs(options.json),
         skip_special_tokens=skip_special_tokens,

@@ -321,18 +321,17 @@ def _whole(calls: list[ToolCall], first_index: int = 0) -> list[ToolCallChunk]:
 class ChoiceToolReader:
     """Turns one choice's generated text into (content, tool-call chunks), whatever the tool mode.
 
-    `streaming`: a named call's arguments go out as they are generated; otherwise
-    the call is read whole at the end, and one cut short (`length`) stays content.
+    A forced call (`required` or a named function) is read whole at the end, streamed or not: one
+    cut short (`length`) is not a call, its text stays content, so no half-JSON `arguments` ever go
+    out as a call's pieces (a streamed piece cannot be taken back).
     """
 
-    def __init__(self, use: ToolUse | None, tool_format: ToolFormat, streaming: bool = True) -> None:
+    def __init__(self, use: ToolUse | None, tool_format: ToolFormat) -> None:
         self.use = use if use is not None and use.offers_tools else None
         self.tool_format = tool_format
-        self.streaming = streaming
         self.called = False
         self._auto = ToolCallStream(tool_format) if self.use is not None and not self.use.forced else None
         self._forced_text = ""
-        self._named_id: str | None = None
 
     def feed(self, text: str) -> tuple[str, list[ToolCallChunk]]:
         if self.use is None:
@@ -340,22 +339,13 @@ class ChoiceToolReader:
         if self._auto is not None:
             return self._auto.feed(text), []
         self._forced_text += text
-        if self.use.mode != "named" or not text or not self.streaming:
-            return "", []
-        # A named call streams its arguments as they are generated.
-        if self._named_id is None:
-            self._named_id = new_call_id(self.tool_format)
-            self.called = True
-            return "", [ToolCallChunk(0, self._named_id, self.use.named, text)]
-        return "", [ToolCallChunk(0, arguments=text)]
+        return "", []
 
     def finish(self, finish_reason: str | None = None) -> tuple[str, list[ToolCallChunk]]:
         if self.use is None:
             return "", []
         if self._auto is not None:
             content, calls = self._auto.finish()
-        elif self.use.mode == "named" and self.streaming:
-            return "", []
         elif finish_reason == "length":  # cut short: not a call, what was generated stays visible
             content, calls = self._forced_text, []
         else:

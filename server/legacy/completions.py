@@ -29,6 +29,18 @@ def legacy_logprobs(entries: Sequence[TokenLogprob], offset: int) -> tuple[dict,
     return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}, offset
 
 
+def echoed_prompt_logprobs(first_token: str, entries: Sequence[TokenLogprob]) -> dict:
+    """OpenAI's `logprobs` object for an echoed prompt: its first token has no logprob (nothing comes before
+    it), so its `token_logprobs` and `top_logprobs` entries are null; offsets count from the prompt's start."""
+    rest, _ = legacy_logprobs(entries, len(first_token))
+    return {
+        "tokens": [first_token, *rest["tokens"]],
+        "token_logprobs": [None, *rest["token_logprobs"]],
+        "top_logprobs": [None, *rest["top_logprobs"]],
+        "text_offset": [0, *rest["text_offset"]],
+    }
+
+
 async def merged(sources: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
     """(source position, item) from all sources as they come; one failing fails all, leaving cancels all."""
     if len(sources) == 1:

@@ -10,7 +10,7 @@ import pytest
 
 from server.api.embeddings import embedding_model_names, encoded
 from server.engine import TokenLogprob, TopLogprob
-from server.legacy.completions import legacy_logprobs, merged
+from server.legacy.completions import echoed_prompt_logprobs, legacy_logprobs, merged
 
 
 def test_legacy_logprobs_shape_and_offsets() -> None:
@@ -26,6 +26,17 @@ def test_legacy_logprobs_shape_and_offsets() -> None:
         "text_offset": [4, 7],
     }
     assert offset == 9
+
+
+def test_echoed_prompt_logprobs_start_with_a_null_entry() -> None:
+    entries = [TokenLogprob(" is", -1.5, [], [TopLogprob(" was", -1.0, []), TopLogprob(" is", -1.5, [])])]
+    assert echoed_prompt_logprobs("Sky", entries) == {
+        "tokens": ["Sky", " is"],
+        "token_logprobs": [None, -1.5],
+        "top_logprobs": [None, {" was": -1.0, " is": -1.5}],
+        "text_offset": [0, 3],
+    }
+    assert echoed_prompt_logprobs("Hi", [])["token_logprobs"] == [None]
 
 
 async def source(items, delay=0.0, fail=False):

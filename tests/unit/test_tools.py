@@ -137,13 +137,14 @@ def test_forced_schemas() -> None:
     assert forced_call_schema(ToolUse((TIME,), mode="named", named="get_time"))["type"] == "object"
 
 
-def test_reader_named_streams_arguments_under_one_call() -> None:
+def test_reader_reads_a_named_call_whole_at_the_end() -> None:
     reader = ChoiceToolReader(ToolUse((WEATHER,), mode="named", named="get_weather"), "hermes")
-    _, first = reader.feed('{"city": ')
-    _, second = reader.feed('"Paris"}')
-    assert first[0].id and first[0].name == "get_weather" and first[0].arguments == '{"city": '
-    assert second[0].id is None and second[0].arguments == '"Paris"}'
-    assert reader.finish() == ("", []) and reader.called
+    assert reader.feed('{"city": ') == ("", []) and reader.feed('"Paris"}') == ("", [])
+    content, chunks = reader.finish("stop")
+    assert content == "" and [(c.index, c.name, c.arguments) for c in chunks] == [
+        (0, "get_weather", '{"city": "Paris"}')
+    ]
+    assert chunks[0].id and reader.called
 
 
 def test_reader_required_parses_at_the_end() -> None:
@@ -237,15 +238,10 @@ def test_same_definition_name_in_two_tools_stays_apart() -> None:
     assert schema["$defs"]["other__O"] == {"type": "integer"} and schema["$defs"]["place_order__O"]["type"] == "object"
 
 
-def test_reader_not_streaming_reads_a_named_call_whole_and_drops_a_truncated_one() -> None:
-    reader = ChoiceToolReader(ToolUse((WEATHER,), mode="named", named="get_weather"), "hermes", streaming=False)
-    assert reader.feed('{"city": "Paris"}') == ("", [])
-    content, chunks = reader.finish("stop")
-    assert content == "" and [(c.name, c.arguments) for c in chunks] == [("get_weather", '{"city": "Paris"}')]
-    assert reader.called
-    cut = ChoiceToolReader(ToolUse((WEATHER,), mode="named", named="get_weather"), "hermes", streaming=False)
+def test_reader_drops_a_truncated_forced_call() -> None:
+    cut = ChoiceToolReader(ToolUse((WEATHER,), mode="named", named="get_weather"), "hermes")
     cut.feed("{")
     assert cut.finish("length") == ("{", []) and not cut.called
-    cut_required = ChoiceToolReader(ToolUse((WEATHER,), mode="required"), "hermes", streaming=False)
+    cut_required = ChoiceToolReader(ToolUse((WEATHER,), mode="required"), "hermes")
     cut_required.feed('[{"name": "get_weather", "arguments": {}}]')
     assert cut_required.finish("length") == ('[{"name": "get_weather", "arguments": {}}]', [])
