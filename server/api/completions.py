@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from server.api.chat import until_disconnected
 from server.api.errors import APIError, invalid_request, read_json_object
 from server.api.local_access import LocalModel, admit_local, error_events, local_model, metered, started
-from server.api.protocol import ADAPTER_NAME, InvalidParam, Penalty, StreamOptions
+from server.api.protocol import ADAPTER_NAME, MAX_STOP_TOKEN_IDS, InvalidParam, Penalty, StreamOptions, TokenId
 from server.config import Settings
 from server.engine import CompletionDelta, Engine, GenerationOptions
 from server.engine.errors import ContextLengthExceeded
@@ -57,9 +57,11 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     user: str | None = Field(None, max_length=256)
     top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     lora_name: str | None = Field(None, pattern=ADAPTER_NAME.pattern)
     drop_params: bool | None = None
 
@@ -136,7 +138,9 @@ def options_of(body: CompletionRequest) -> GenerationOptions:
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=body.top_k,
+        min_p=body.min_p,
         stop=body.stop_sequences,
+        stop_token_ids=body.stop_token_ids or [],
         seed=body.seed,
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
@@ -248,6 +252,7 @@ async def _completion(request: Request, gateway: Gateway, admission: Admission) 
     if payload.get("model") is None and account.principal.key is not None:
         payload["model"] = account.principal.key.default_model
     body = CompletionRequest.model_validate(payload, strict=True)
+    account.user = body.user
     if body.n > settings.max_n:
         raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
     model: LocalModel = local_model(settings, engine, body.model, body.lora_name)

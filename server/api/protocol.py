@@ -36,6 +36,7 @@ MAX_SCHEMA_BYTES = 64 * 1024  # one tool's `parameters`, or a response_format sc
 MAX_LOGIT_BIAS = 300  # entries, as OpenAI allows
 MAX_STOP = 4
 MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
 
 
 def _bounded_schema(schema: dict | None) -> dict | None:
@@ -179,6 +180,7 @@ ResponseFormat = Annotated[
 
 
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+TokenId = Annotated[int, Field(ge=0, lt=2**31)]
 
 MEMORY_GROUP_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
 MEMORY_GROUP_MAX = 128
@@ -315,9 +317,11 @@ class ChatCompletionRequest(BaseModel):
     sliding_window: int = Field(5, ge=1)
     # vLLM's extensions, kept for clients (and benchmarks) written against `vllm serve`.
     top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     # Gateway extensions (seeds 001 and 002): routing, templates, usage reporting and logging.
     models: list[str] | None = Field(None, min_length=1, max_length=MAX_FALLBACKS)
     transforms: list[Literal["middle-out"]] | None = None
@@ -394,6 +398,12 @@ class ChatCompletionRequest(BaseModel):
             raise InvalidParam(
                 ", ".join(names),
                 f"Unsupported parameters: {', '.join(names)}. Leave them out, or let `drop_params` (default true) drop them.",
+            )
+        if self.use_custom_keys:
+            raise InvalidParam(
+                "use_custom_keys",
+                "This server has no per-key provider accounts: upstream providers are reached with the keys "
+                "the server is configured with. Leave `use_custom_keys` out or false.",
             )
         modalities = extra.get("modalities")
         if isinstance(modalities, list) and any(modality != "text" for modality in modalities):

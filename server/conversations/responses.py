@@ -52,6 +52,9 @@ RESPONSES_FIELDS = frozenset(
         "max_tool_calls",
     }
 )
+# Fields read and not honoured (none changes the answer's text): dropped, as the chat endpoint drops OpenAI
+# fields it does not support, unless the request sets `drop_params: false`; then they are refused.
+DROPPED = ("reasoning", "service_tier", "prompt_cache_key", "safety_identifier", "top_logprobs", "stream_options")
 # Fields that would change the answer in ways this server cannot honour: refused, not ignored.
 REFUSED = {
     "background": "Background responses are not supported by this server.",
@@ -152,6 +155,9 @@ class ResponsesRequest(BaseModel):
         for name, reason in REFUSED.items():
             if extra.get(name) not in (None, False):
                 raise InvalidParam(name, reason)
+        dropped = sorted(name for name in DROPPED if extra.get(name) is not None)
+        if extra.get("drop_params") is False and dropped:
+            raise InvalidParam(", ".join(dropped), f"Unsupported parameters: {', '.join(dropped)}.")
         if self.include:
             raise InvalidParam("include", f"`include` values are not supported by this server: {self.include}.")
         try:
@@ -306,6 +312,9 @@ def chat_payload(body: ResponsesRequest, payload: dict, history: list[dict]) -> 
         "response_format": _response_format(body.text),
     }
     chat.update({name: value for name, value in optional.items() if value is not None})
+    if body.truncation == "auto":  # OpenAI drops input items from the middle of the conversation to fit it
+        transforms = chat.get("transforms")
+        chat["transforms"] = [*(transforms if isinstance(transforms, list) else []), "middle-out"]
     tools = body.function_tools()
     if tools:
         chat["tools"] = [

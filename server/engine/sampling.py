@@ -27,7 +27,9 @@ class GenerationOptions:
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
+    min_p: float | None = None
     stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -85,11 +87,13 @@ def build_sampling_params(
         temperature=defaults.temperature if options.temperature is None else options.temperature,
         top_p=defaults.top_p if options.top_p is None else options.top_p,
         top_k=0 if options.top_k is None else options.top_k,
+        min_p=options.min_p or 0.0,
         seed=options.seed,
         presence_penalty=options.presence_penalty or 0.0,
         frequency_penalty=options.frequency_penalty or 0.0,
         repetition_penalty=options.repetition_penalty or 1.0,
         stop=list(options.stop),
+        stop_token_ids=list(options.stop_token_ids),
         max_tokens=completion_budget(options.max_tokens, defaults.max_tokens, prompt_tokens, max_model_len),
         min_tokens=options.min_tokens,
         ignore_eos=options.ignore_eos,

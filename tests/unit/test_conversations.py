@@ -217,6 +217,22 @@ def test_unsupported_responses_fields_are_refused() -> None:
         assert raised.value.param == param
 
 
+def test_unhonoured_responses_fields_are_dropped_unless_drop_params_is_false() -> None:
+    fields = {"reasoning": {"effort": "low"}, "service_tier": "auto", "top_logprobs": 2}
+    chat, _ = chat_payload(request(**fields), {"input": "hi", **fields}, [])
+    assert not set(fields) & set(chat)
+    with pytest.raises(InvalidParam) as raised:
+        request(**fields, drop_params=False)
+    assert raised.value.param == "reasoning, service_tier, top_logprobs"
+
+
+def test_truncation_auto_fits_the_conversation_middle_out() -> None:
+    chat, _ = chat_payload(request(truncation="auto"), {"input": "hi", "truncation": "auto"}, [])
+    assert chat["transforms"] == ["middle-out"]
+    chat, _ = chat_payload(request(truncation="disabled"), {"input": "hi", "truncation": "disabled"}, [])
+    assert "transforms" not in chat
+
+
 def test_response_object_from_a_completion() -> None:
     shell = ResponseShell("resp_1", request(max_output_tokens=5, metadata={"k": "v"}), created_at=9)
     completion = fold_chunks(STREAM)
