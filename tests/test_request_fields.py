@@ -26,7 +26,7 @@ from tests.conftest import MODEL, assert_error
 
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 SEA = [{"role": "user", "content": "Write one sentence about the sea."}]
-SHORT_ANSWER = [{"role": "user", "content": "Answer with one word: what colour is the sky on a clear day?"}]
+SHORT_ANSWER = [{"role": "user", "content": "What is 2+2? Answer with the number only."}]
 
 C, S, G = "tests/test_conformance.py", "tests/test_openai_surface.py", "tests/test_gateway_usage.py"
 HERE = "tests/test_request_fields.py"
@@ -176,6 +176,11 @@ def test_every_accepted_field_has_an_effect_test() -> None:
 # --- sampling ---------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(load_settings(environ={}).served.source_path)
+
+
 def generate(http: httpx.Client, endpoint: str, body: dict) -> tuple[str, dict, dict]:
     """(the text, the first choice, usage) of one request to `endpoint` with `body`."""
     if endpoint == "chat":
@@ -218,7 +223,10 @@ def test_sampling_restrictions_reduce_to_greedy(http: httpx.Client, endpoint: st
     assert generate(http, endpoint, {**hot, "seed": 1, **restriction})[0] == greedy
 
 
-REPEAT = "apple apple apple apple apple apple apple apple apple apple"
+def repeated_tokens(tokenizer, text: str) -> int:
+    """How many of the text's tokens already occurred earlier in it: what the penalties push down."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return len(ids) - len(set(ids))
 
 
 @pytest.mark.parametrize(
@@ -232,13 +240,13 @@ REPEAT = "apple apple apple apple apple apple apple apple apple apple"
         ("completions", {"repetition_penalty": 2.0}),
     ],
 )
-def test_penalties_curb_repetition(http: httpx.Client, endpoint: str, penalty: dict) -> None:
+def test_penalties_curb_repetition(http: httpx.Client, tokenizer, endpoint: str, penalty: dict) -> None:
+    """Greedy, the same length either way (`ignore_eos`): penalised, the text repeats fewer of its tokens."""
     if endpoint == "chat":
-        messages = [{"role": "user", "content": f"Repeat after me: {REPEAT}"}]
-        url, body = "/v1/chat/completions", {"messages": messages}
+        url, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": "Write a poem about the sea."}]}
     else:
-        url, body = "/v1/completions", {"prompt": REPEAT}
-    body = {"model": MODEL, "max_tokens": 16, "temperature": 0, **body}
+        url, body = "/v1/completions", {"prompt": "The sea is"}
+    body = {"model": MODEL, "max_tokens": 32, "temperature": 0, "ignore_eos": True, **body}
 
     def text(answer: httpx.Response) -> str:
         assert answer.status_code == 200, answer.text
@@ -247,8 +255,7 @@ def test_penalties_curb_repetition(http: httpx.Client, endpoint: str, penalty: d
 
     plain = text(http.post(url, json=body))
     penalised = text(http.post(url, json={**body, **penalty}))
-    assert plain.count("apple") >= 4, plain
-    assert penalised.count("apple") < plain.count("apple"), (plain, penalised)
+    assert repeated_tokens(tokenizer, penalised) < repeated_tokens(tokenizer, plain), (plain, penalised)
 
 
 def templated_prompt(http: httpx.Client) -> list[int]:
@@ -270,15 +277,9 @@ def test_min_tokens_and_ignore_eos_lengthen_the_answer(http: httpx.Client, endpo
         return answer.json()["choices"][0]["finish_reason"], answer.json()["usage"]["completion_tokens"]
 
     reason, tokens = run()
-    assert reason == "stop" and tokens < 10
-    reason, tokens = run(min_tokens=12)
-    assert tokens >= 12
+    assert reason == "stop" and tokens < 12, (reason, tokens)
+    assert run(min_tokens=16)[1] >= 16
     assert run(ignore_eos=True) == ("length", 24)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(load_settings(environ={}).served.source_path)
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completions"])

@@ -4,7 +4,7 @@
 each prompt gets `n` choices (index `prompt * n + i`). Streaming, `n`, `logprobs`
 (0-5, OpenAI's legacy object), `echo` (with `logprobs`: the prompt's tokens too, from vLLM's
 `prompt_logprobs`, the first one's logprob null as OpenAI gives it), `stop`, penalties, `seed`, `logit_bias`
-and vLLM's `top_k`, `min_tokens`, `ignore_eos`, `repetition_penalty` are
+and vLLM's `top_k`, `min_p`, `min_tokens`, `ignore_eos`, `repetition_penalty`, `stop_token_ids` are
 honoured; `suffix` (insertion) and `best_of` other than `n` are refused.
 """
 
