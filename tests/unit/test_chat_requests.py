@@ -108,3 +108,17 @@ async def test_work_that_finishes_first_gives_its_result_or_error() -> None:
     assert await until_disconnected(LeavingClient(5), quick()) == "done"
     with pytest.raises(ValueError, match="boom"):
         await until_disconnected(LeavingClient(5), failing())
+
+
+def test_unsupported_fields_are_dropped_unless_drop_params_is_false() -> None:
+    extras = {"service_tier": "auto", "use_beam_search": True}
+    assert parse(**extras).model_extra == extras  # kept aside, never read
+    error = error_of(**extras, drop_params=False)
+    assert error["param"] == "service_tier, use_beam_search" and "use_beam_search" in error["message"]
+    # vLLM's honoured extensions are fields, not extras
+    honoured = parse(top_k=3, min_p=0.1, min_tokens=2, ignore_eos=True, repetition_penalty=1.2, stop_token_ids=[5])
+    assert honoured.model_extra == {} and honoured.stop_token_ids == [5]
+    assert error_of(use_custom_keys=True)["param"] == "use_custom_keys"
+    assert parse(use_custom_keys=False).use_custom_keys is False
+    assert error_of(stop_token_ids=[-1])["param"] == "stop_token_ids[0]"
+    assert error_of(min_p=1.5)["param"] == "min_p"

@@ -50,3 +50,19 @@ def test_non_streaming_asks_for_the_final_output_only() -> None:
     )
     assert params.output_kind == RequestOutputKind.FINAL_ONLY
     assert params.max_tokens == 90 and params.temperature == 1.0
+
+
+def test_vllm_extensions_and_prompt_logprobs_reach_the_sampling_parameters() -> None:
+    params = build_sampling_params(
+        GenerationOptions(top_k=5, min_p=0.2, stop_token_ids=[7, 9], logprobs=2, prompt_logprobs=2),
+        SamplingDefaults(),
+        prompt_tokens=10,
+        max_model_len=100,
+        stream=False,
+    )
+    assert (params.top_k, params.min_p, params.stop_token_ids) == (5, 0.2, [7, 9])
+    assert params.logprobs == 2 and params.prompt_logprobs == 2
+    unset = build_sampling_params(
+        GenerationOptions(), SamplingDefaults(), prompt_tokens=1, max_model_len=9, stream=False
+    )
+    assert (unset.min_p, unset.stop_token_ids, unset.prompt_logprobs) == (0.0, [], None)
