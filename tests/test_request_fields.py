@@ -11,6 +11,8 @@ sets `drop_params: false`: the tests below show both, and that the honoured exte
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from typing import TypeVar
 
 import httpx
 import openai
@@ -24,6 +26,7 @@ from server.config import load_settings
 from server.conversations.responses import RESPONSES_FIELDS, ResponsesRequest
 from tests.conftest import MODEL, assert_error
 
+T = TypeVar("T")
 EMBEDDING_MODEL = "all-minilm-l6-v2"
 SEA = [{"role": "user", "content": "Write one sentence about the sea."}]
 SHORT_ANSWER = [{"role": "user", "content": "What is 2+2? Answer with the number only."}]
@@ -181,6 +184,18 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(load_settings(environ={}).served.source_path)
 
 
+@pytest.fixture(scope="module")
+def baselines() -> dict:
+    """Baseline answers, made once per module and compared against by several rows."""
+    return {}
+
+
+def once(baselines: dict, key: tuple, make: Callable[[], T]) -> T:
+    if key not in baselines:
+        baselines[key] = make()
+    return baselines[key]
+
+
 def generate(http: httpx.Client, endpoint: str, body: dict) -> tuple[str, dict, dict]:
     """(the text, the first choice, usage) of one request to `endpoint` with `body`."""
     if endpoint == "chat":
@@ -212,13 +227,17 @@ def generate(http: httpx.Client, endpoint: str, body: dict) -> tuple[str, dict, 
         ("responses", {"top_p": 1e-6}),
     ],
 )
-def test_sampling_restrictions_reduce_to_greedy(http: httpx.Client, endpoint: str, restriction: dict) -> None:
+def test_sampling_restrictions_reduce_to_greedy(
+    http: httpx.Client, baselines: dict, endpoint: str, restriction: dict
+) -> None:
     """temperature 0 is greedy, 1.5 is not; top_k 1, a tiny top_p and min_p 1 keep only the likeliest token."""
-    greedy, _, _ = generate(http, endpoint, {"max_tokens": 10, "temperature": 0})
     hot = {"max_tokens": 10, "temperature": 1.5}
-    sampled = {
-        generate(http, endpoint, {**hot, "seed": seed} if endpoint != "responses" else hot)[0] for seed in (1, 2)
-    }
+    greedy = once(baselines, ("greedy", endpoint), lambda: generate(http, endpoint, {**hot, "temperature": 0})[0])
+    sampled = once(
+        baselines,
+        ("sampled", endpoint),
+        lambda: {generate(http, endpoint, {**hot, "seed": seed})[0] for seed in (1, 2)},
+    )
     assert sampled != {greedy}, "sampling at temperature 1.5 should not be greedy"
     assert generate(http, endpoint, {**hot, "seed": 1, **restriction})[0] == greedy
 
@@ -240,7 +259,9 @@ def repeated_tokens(tokenizer, text: str) -> int:
         ("completions", {"repetition_penalty": 2.0}),
     ],
 )
-def test_penalties_curb_repetition(http: httpx.Client, tokenizer, endpoint: str, penalty: dict) -> None:
+def test_penalties_curb_repetition(
+    http: httpx.Client, tokenizer, baselines: dict, endpoint: str, penalty: dict
+) -> None:
     """Greedy, the same length either way (`ignore_eos`): penalised, the text repeats fewer of its tokens."""
     if endpoint == "chat":
         url, body = "/v1/chat/completions", {"messages": [{"role": "user", "content": "Write a poem about the sea."}]}
@@ -253,7 +274,7 @@ def test_penalties_curb_repetition(http: httpx.Client, tokenizer, endpoint: str,
         choice = answer.json()["choices"][0]
         return choice["message"]["content"] if endpoint == "chat" else choice["text"]
 
-    plain = text(http.post(url, json=body))
+    plain = once(baselines, ("unpenalised", endpoint), lambda: text(http.post(url, json=body)))
     penalised = text(http.post(url, json={**body, **penalty}))
     assert repeated_tokens(tokenizer, penalised) < repeated_tokens(tokenizer, plain), (plain, penalised)
 
