@@ -79,7 +79,7 @@ from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidatio
 from server.memory.embedder import Embedder
 from server.memory.schedule import curate_nightly
 from server.memory.service import Judge, MemoryService
-from server.memory.store import SQLiteMemoryStore
+from server.memory.store import memory_store
 from server.observability.metrics import Metrics
 from server.serving.catalog import ModelCatalog
 from server.serving.pipeline import ChatService
@@ -125,7 +125,7 @@ def start_nightly_curation(
 @asynccontextmanager
 async def memory_service(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[MemoryService]:
     embedder = await asyncio.to_thread(Embedder, settings.memory.embedding_model)
-    store = SQLiteMemoryStore(settings.data_dir / MEMORY_DATABASE, embedder.dimensions)
+    store = memory_store(settings.gateway_database(MEMORY_DATABASE), embedder.dimensions)
     await store.open()
     service = MemoryService(store, embedder, settings.memory, metrics)
     try:

@@ -1,7 +1,8 @@
 """A throwaway PostgreSQL cluster for the tests: initdb into a temp folder, pg_ctl start on a loopback port.
 
-The binaries are the machine's (`initdb` and `pg_ctl` on PATH) or else the ones
-the `pgserver` wheel bundles. initdb refuses to run as root, so as root the
+The binaries are the ones the `pgserver` wheel bundles (PostgreSQL with the
+pgvector extension the memory store needs), or else the machine's (`initdb`
+and `pg_ctl` on PATH, which then need pgvector installed). initdb refuses to run as root, so as root the
 cluster is made and run by an unprivileged user (`postgres` where it exists,
 else the one pgserver creates).
 """
@@ -24,11 +25,12 @@ UNPRIVILEGED_USERS = ("postgres", "pgserver")
 
 
 def _binaries() -> Path:
-    on_path = shutil.which("initdb"), shutil.which("pg_ctl")
-    if all(on_path):
-        return Path(on_path[0]).parent  # type: ignore[arg-type]
-    from pgserver._commands import POSTGRES_BIN_PATH
-
+    try:
+        from pgserver._commands import POSTGRES_BIN_PATH
+    except ImportError:
+        on_path = shutil.which("initdb")
+        assert on_path is not None, "no PostgreSQL: install the pgserver wheel, or initdb and pg_ctl on PATH"
+        return Path(on_path).parent
     return POSTGRES_BIN_PATH
 
 

@@ -38,17 +38,20 @@ class Dialect:
     utc_day: str  # {0}: a unix time column -> its UTC day, 'YYYY-MM-DD'
     utc_hour: str  # {0}: a unix time column -> its UTC hour, 'YYYY-MM-DDTHH:00'
     json_elements: str  # {0}: a JSON array column, {1}: an alias -> a LEFT JOIN with `{1}.value` per element
+    json_values: str  # {0}: a JSON array (a parameter) -> a FROM item with a text `value` per element
 
 
 SQLITE = Dialect(
     utc_day="date({0}, 'unixepoch')",
     utc_hour="strftime('%Y-%m-%dT%H:00', {0}, 'unixepoch')",
     json_elements="LEFT JOIN json_each({0}) AS {1}",
+    json_values="json_each({0})",
 )
 POSTGRES = Dialect(
     utc_day="to_char(to_timestamp({0}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     utc_hour="to_char(to_timestamp({0}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:00')",
     json_elements="LEFT JOIN LATERAL jsonb_array_elements_text(CAST({0} AS jsonb)) AS {1}(value) ON TRUE",
+    json_values="jsonb_array_elements_text(CAST({0} AS jsonb)) AS json_values(value)",
 )
 
 

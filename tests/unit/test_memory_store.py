@@ -1,4 +1,5 @@
-"""The SQLite memory store on a real database file: CRUD, search, atomic curation, index as a rebuildable cache."""
+"""The memory store on a real SQLite file and on real PostgreSQL (pgvector): CRUD, search, atomic curation, the
+SQLite index as a rebuildable cache, the two engines' searches agreeing, two stores sharing one PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.memory.store import CurationChange, NewMemory, SQLiteMemoryStore
+from server.memory.store import CurationChange, MemoryDatabase, NewMemory, PostgresMemoryStore, memory_store
+from server.storage import Location
+from tests.conftest import StoreLocation
+from tests.postgres import new_database
 
 DIMENSIONS = 16
 
@@ -17,14 +21,14 @@ def unit(seed: int) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-async def opened(path: Path) -> SQLiteMemoryStore:
-    store = SQLiteMemoryStore(path, DIMENSIONS)
+async def opened(location: Location) -> MemoryDatabase:
+    store = memory_store(location, DIMENSIONS)
     await store.open()
     return store
 
 
-async def test_add_search_update_delete(tmp_path: Path) -> None:
-    store = await opened(tmp_path / "m.sqlite3")
+async def test_add_search_update_delete(store_location: StoreLocation) -> None:
+    store = await opened(store_location("m.sqlite3"))
     group = await store.ensure_group("owner", "g", "goal")
     added = await store.add(group, [NewMemory(f"memory number {i}", "note", unit(i)) for i in range(20)])
     dense, lexical = await store.search(group, unit(7), '"number"', 3)
@@ -46,8 +50,8 @@ async def test_add_search_update_delete(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_curation_apply_skips_changes_made_stale(tmp_path: Path) -> None:
-    store = await opened(tmp_path / "m.sqlite3")
+async def test_curation_apply_skips_changes_made_stale(store_location: StoreLocation) -> None:
+    store = await opened(store_location("m.sqlite3"))
     group = await store.ensure_group("owner", "g", "goal")
     first, second, _ = await store.add(group, [NewMemory(f"m{i}", "note", unit(i)) for i in range(3)])
     await store.update(group, second.id, "edited after the snapshot", unit(5))
@@ -67,8 +71,10 @@ async def test_curation_apply_skips_changes_made_stale(tmp_path: Path) -> None:
     await store.close()
 
 
-async def test_a_failure_mid_curation_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = await opened(tmp_path / "m.sqlite3")
+async def test_a_failure_mid_curation_loses_nothing(
+    store_location: StoreLocation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await opened(store_location("m.sqlite3"))
     group = await store.ensure_group("owner", "g", "goal")
     memories = await store.add(group, [NewMemory(f"m{i}", "fact", unit(i)) for i in range(4)])
     calls = 0
@@ -112,3 +118,56 @@ async def test_index_is_rebuilt_when_its_saved_copy_is_stale(tmp_path: Path) -> 
     dense, _ = await reopened.search(group, unit(2), "", 1)
     assert dense[0][0] == late.id
     await reopened.close()
+
+
+async def test_postgres_search_finds_what_sqlite_finds(tmp_path: Path, postgres: str) -> None:
+    """The same memories in both engines: the same nearest neighbours with the same similarities, and the same
+    memories matched by words (relevance is BM25 in SQLite, ts_rank in PostgreSQL: only the set is compared)."""
+    stores = [await opened(tmp_path / "m.sqlite3"), await opened(new_database(postgres))]
+    words = ["apple", "river", "violin", "garden", "winter", "copper", "lantern", "meadow"]
+    texts = [f"the {words[i % 8]} and the {words[(i * 3 + 1) % 8]} number {i}" for i in range(200)]
+    try:
+        groups = [await store.ensure_group("owner", "g", "goal") for store in stores]
+        for store, group in zip(stores, groups, strict=True):
+            await store.add(group, [NewMemory(text, "note", unit(i)) for i, text in enumerate(texts)])
+        for seed in (3, 77, 1000):
+            query = unit(seed)
+            sqlite_hits, postgres_hits = [
+                await store.search(group, query, '"violin" OR "meadow"', 10)
+                for store, group in zip(stores, groups, strict=True)
+            ]
+            assert [hit for hit, _ in sqlite_hits[0]] == [hit for hit, _ in postgres_hits[0]]
+            assert [score for _, score in sqlite_hits[0]] == pytest.approx([s for _, s in postgres_hits[0]], abs=1e-4)
+            matched = {
+                i for i, text in enumerate(texts, start=1) if "violin" in text or "meadow" in text
+            }  # ids count from 1 in both
+            assert {hit for hit, _ in sqlite_hits[1]} <= matched and {hit for hit, _ in postgres_hits[1]} <= matched
+            assert len(sqlite_hits[1]) == len(postgres_hits[1]) == 10
+        # user text that is no valid query syntax matches nothing and fails nothing
+        for store, group in zip(stores, groups, strict=True):
+            assert (await store.search(group, unit(1), '"it\'s" OR "(" OR "\\"', 5))[1] == []
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_two_postgres_stores_share_one_database(postgres: str) -> None:
+    """Two servers' stores on one database: a memory one writes, the other finds, counts, updates and deletes."""
+    url = new_database(postgres)
+    first, second = await opened(url), await opened(url)
+    try:
+        group = await first.ensure_group("owner", "g", "goal")
+        [told] = await first.add(group, [NewMemory("my cat is called Pixel", "fact", unit(5))])
+        seen = await second.get_group("owner", "g")
+        assert seen is not None and seen.id == group.id and seen.memory_count == 1
+        dense, lexical = await second.search(seen, unit(5), '"pixel"', 3)
+        assert dense[0] == (told.id, pytest.approx(1.0, abs=1e-5)) and [hit for hit, _ in lexical] == [told.id]
+        assert await second.update(seen, told.id, "my cat is called Pepper", unit(6)) is not None
+        assert (await first.search(group, unit(6), '"pepper"', 1))[1][0][0] == told.id
+        assert await second.delete(seen, told.id)
+        assert await first.list_memories(group, 10, None) == []
+        assert (await first.get_group("owner", "g")).memory_count == 0
+        assert isinstance(first, PostgresMemoryStore)
+    finally:
+        await first.close()
+        await second.close()
