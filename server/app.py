@@ -140,7 +140,7 @@ async def memory_service(settings: Settings, metrics: Metrics | None = None) -> 
 async def adaption_service(
     settings: Settings, engine: Engine, memory: MemoryService, metrics: Metrics | None = None
 ) -> AsyncIterator[AdaptionService]:
-    jobs = JobStore(settings.data_dir / ADAPTION_DATABASE)
+    jobs = JobStore(settings.gateway_database(ADAPTION_DATABASE))
     await jobs.open()
     service = AdaptionService(
         jobs,
@@ -152,6 +152,7 @@ async def adaption_service(
         metrics,
     )
     service.restart_backoff_s = settings.resilience.task_restart_backoff_s
+    service.shared = settings.gateway.database_url is not None
     await service.start()
     try:
         yield service

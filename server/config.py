@@ -159,6 +159,12 @@ class AdaptionSettings(_Strict):
     seed: int = 0
     cpu_threads: int = Field(1, ge=1, description="threads the worker may use on a CPU box (serving keeps the rest)")
     gpu_memory_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the GPU the worker may take")
+    job_poll_s: float = Field(
+        5.0, gt=0.0, description="how often an idle server looks for jobs queued by others (shared database)"
+    )
+    job_lease_s: float = Field(
+        60.0, gt=0.0, description="a running job whose server has not reported for this long is queued again"
+    )
 
 
 class GuardrailSettings(_Strict):

@@ -9,6 +9,11 @@ One job trains at a time, in a child process (`server.adaption.worker`), so the
 server's event loop and engine never wait on training. A job left `running` by
 a restart is queued again and trained from the start (training is short and
 deterministic); the events say so.
+
+Jobs live in the job store, which several servers may share (PostgreSQL): each
+server's loop claims queued jobs from it (`JobStore.claim`, atomic), woken at
+once for a job queued here and every `job_poll_s` for jobs queued elsewhere; a
+job whose server stops renewing its lease is queued again (`job_lease_s`).
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import asyncio
 import json
 import logging
 import math
+import os
 import shutil
+import socket
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,6 +130,8 @@ class AdaptionService:
         self._worker: asyncio.Task[None] | None = None
         self._current: str | None = None  # the job being trained
         self.restart_backoff_s = 1.0
+        self.shared = False  # True: other servers use the job store too (their running jobs are not ours)
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # who claims jobs
 
     @property
     def hyperparameters(self) -> dict:
@@ -148,15 +158,9 @@ class AdaptionService:
         self._worker = start_supervised("fine-tuning loop", self._work, self.restart_backoff_s)
 
     async def _requeue_unfinished(self) -> None:
-        """Queue what a previous run (of the server, or of this loop before it failed) left unfinished."""
-        for job in await self.jobs.active():
-            if job.status == "running":
-                await self.jobs.update(
-                    job.id,
-                    status="queued",
-                    message="Training was interrupted; the job runs again from the start.",
-                )
-            self._queue.put_nowait(job.id)  # a job queued twice runs once: the second sees it is no longer queued
+        """Queue what a previous run (of the server, or of this loop before it failed) left unfinished: every
+        running job where the store is this server's own, else those whose server's lease ran out."""
+        await self.jobs.requeue_stale(self.settings.job_lease_s if self.shared else 0.0)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop the loop and the training worker; the job it was training is queued again for the next start."""
@@ -222,13 +226,39 @@ class AdaptionService:
 
     # training
 
+    async def _next_job(self) -> Job:
+        """The next job this server runs, claimed from the store: at once when one is queued here, else on the
+        next poll (a job queued by another server, or one whose server died)."""
+        while True:
+            await self.jobs.requeue_stale(self.settings.job_lease_s)
+            job = await self.jobs.claim(self.instance)
+            if job is not None:
+                return job
+            try:
+                await asyncio.wait_for(self._queue.get(), self.settings.job_poll_s)
+            except TimeoutError:
+                pass
+
+    async def _keep_lease(self, job_id: str) -> None:
+        """Renew the job's lease while it trains; when it no longer runs here (cancelled on any server), stop it."""
+        while True:
+            await asyncio.sleep(self.settings.job_lease_s / 4)
+            try:
+                running_here = await self.jobs.heartbeat(job_id, self.instance)
+            except Exception:  # the database is away for now: the next beat tries again, within the lease
+                logger.exception("fine-tuning job %s: could not renew its lease", job_id)
+                continue
+            if not running_here:
+                if self._process is not None and self._process.returncode is None:
+                    self._process.kill()
+                return
+
     async def _work(self) -> None:
         await self._requeue_unfinished()
         while True:
-            job = await self.jobs.get(await self._queue.get())
-            if job is None or job.status != "queued":
-                continue  # cancelled while waiting
+            job = await self._next_job()
             self._current = job.id
+            lease = asyncio.create_task(self._keep_lease(job.id))
             try:
                 await self._train(job)
             except asyncio.CancelledError:
@@ -246,6 +276,8 @@ class AdaptionService:
                         level="error",
                         message=f"Training failed: {exc}",
                     )
+            finally:
+                lease.cancel()
             self._current = None
 
     async def _memories(self, owner: str, group: str) -> list[MemoryRecord]:
@@ -258,7 +290,6 @@ class AdaptionService:
         return memories
 
     async def _train(self, job: Job) -> None:
-        await self.jobs.update(job.id, status="running", started_at=time.time(), message="Training started.")
         started = time.perf_counter()
         memories = await self._memories(job.owner, job.memory_group)
         try:

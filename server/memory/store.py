@@ -296,6 +296,7 @@ class MemoryDatabase(Database):
     """`MemoryStore` in SQL both engines run; subclasses search, and write and read embeddings their way."""
 
     SCHEMA = "memory"
+    MIGRATIONS = MIGRATIONS
     VECTOR_PARAM: ClassVar[str] = "?"  # how an embedding parameter is written in SQL
     VECTOR_COLUMN: ClassVar[str] = "embedding"  # how the embedding column is read
 
@@ -621,8 +622,6 @@ class MemoryDatabase(Database):
 class SQLiteMemoryStore(MemoryDatabase):
     """`MemoryStore` on one SQLite file (WAL), with per-group HNSW indexes saved next to it."""
 
-    MIGRATIONS = MIGRATIONS
-
     def __init__(self, path: Path, dimensions: int) -> None:
         super().__init__(path, dimensions)
         self._index_dir = path.with_name(path.name + ".indexes")
@@ -739,7 +738,7 @@ class PostgresMemoryStore(MemoryDatabase):
     `quotas.memories_per_group` memories, and an exact scan filtered by group never misses what an approximate
     index filtered after the fact would."""
 
-    MIGRATIONS = POSTGRES_MIGRATIONS
+    POSTGRES_MIGRATIONS = POSTGRES_MIGRATIONS
     VECTOR_PARAM = "CAST(? AS vector)"
     VECTOR_COLUMN = "CAST(embedding AS real[])"
 

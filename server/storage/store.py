@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar, TypeVar
 
-from server.storage.connection import Connection, Location, connect
+from server.storage.connection import Connection, Location, connect, is_postgres
 
 T = TypeVar("T")
 
@@ -44,9 +44,11 @@ class StoreThread(ABC):
 class Database(StoreThread):
     """A store's one connection and the one thread that uses it.
 
-    Subclasses set MIGRATIONS and SCHEMA (the name PostgreSQL keeps their version under)."""
+    Subclasses set MIGRATIONS and SCHEMA (the name PostgreSQL keeps their version under), and
+    POSTGRES_MIGRATIONS where the SQLite schema's text does not suit PostgreSQL."""
 
     MIGRATIONS: ClassVar[Sequence[str]] = ()
+    POSTGRES_MIGRATIONS: ClassVar[Sequence[str] | None] = None  # None: MIGRATIONS on both engines
     SCHEMA: ClassVar[str] = ""
 
     def __init__(self, location: Location, thread_name: str) -> None:
@@ -60,7 +62,9 @@ class Database(StoreThread):
         return self._db
 
     def _open(self) -> None:
-        self._db = connect(self._location, self.SCHEMA or type(self).__name__, self.MIGRATIONS)
+        postgres = is_postgres(self._location) and self.POSTGRES_MIGRATIONS is not None
+        migrations = self.POSTGRES_MIGRATIONS if postgres else self.MIGRATIONS
+        self._db = connect(self._location, self.SCHEMA or type(self).__name__, migrations or ())
 
     def _close(self) -> None:
         if self._db is not None:

@@ -1,11 +1,16 @@
-"""The job store on a real SQLite file, and the trigger and promotion rules."""
+"""The job store on a real SQLite file and on real PostgreSQL (claims atomic across servers, leases), and the trigger
+and promotion rules."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+
+import pytest
 
 from server.adaption.jobs import JobStore
 from server.adaption.runner import general_set, promotion, should_train
+from tests.conftest import StoreLocation
 
 HYPER = {"epochs": 1, "learning_rate": 0.001, "seed": 0}
 
@@ -56,8 +61,8 @@ def test_the_shipped_general_set() -> None:
     )
 
 
-async def test_jobs_coalesce_per_adapter_and_survive_reopening(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "adaption.sqlite3")
+async def test_jobs_coalesce_per_adapter_and_survive_reopening(store_location: StoreLocation) -> None:
+    store = JobStore(store_location("adaption.sqlite3"))
     await store.open()
     first, created = await store.create_or_join("owner", "alpha", "group", "base", HYPER)
     assert created and first.status == "queued"
@@ -66,8 +71,8 @@ async def test_jobs_coalesce_per_adapter_and_survive_reopening(tmp_path: Path) -
     other, created = await store.create_or_join("owner", "bravo", "group", "base", HYPER)
     assert created and other.id != first.id
 
-    running = await store.update(first.id, status="running", message="Training started.")
-    assert running.status == "running"
+    running = await store.claim("server")
+    assert running is not None and running.id == first.id and running.status == "running"
     await store.add_metrics(first.id, "Step 1/2", {"step": 1, "loss": 2.5})
     failed = await store.update(
         first.id,
@@ -81,7 +86,7 @@ async def test_jobs_coalesce_per_adapter_and_survive_reopening(tmp_path: Path) -
     assert created  # a finished job no longer blocks a new one
     await store.close()
 
-    reopened = JobStore(tmp_path / "adaption.sqlite3")
+    reopened = JobStore(store_location("adaption.sqlite3"))
     await reopened.open()
     events = await reopened.events(first.id, 10, None)
     assert [event.message for event in events] == [
@@ -103,8 +108,6 @@ async def test_jobs_coalesce_per_adapter_and_survive_reopening(tmp_path: Path) -
 
 
 async def test_a_job_of_another_owner_is_never_joined_or_revealed(tmp_path: Path) -> None:
-    import pytest
-
     from server.adaption.errors import AdapterInTraining
 
     store = JobStore(tmp_path / "adaption.sqlite3")
@@ -118,3 +121,57 @@ async def test_a_job_of_another_owner_is_never_joined_or_revealed(tmp_path: Path
         assert [job.id for job in await store.list("key_b", 10, None)] == []
     finally:
         await store.close()
+
+
+async def test_servers_racing_for_queued_jobs_each_run_a_job_once(store_location: StoreLocation) -> None:
+    """Three stores on one database (three servers) claim at once, over and over: every job is taken by exactly one,
+    and its `Training started.` event is written once."""
+    stores = [JobStore(store_location("adaption.sqlite3")) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    try:
+        queued = {
+            (await stores[0].create_or_join("owner", f"adapter-{i}", "g", "base", HYPER))[0].id for i in range(12)
+        }
+
+        async def claim_all(store: JobStore, worker: str) -> list[str]:
+            taken = []
+            while (job := await store.claim(worker)) is not None:
+                assert job.status == "running" and job.started_at is not None
+                taken.append(job.id)
+            return taken
+
+        taken = await asyncio.gather(*(claim_all(store, f"server-{i}") for i, store in enumerate(stores)))
+        claimed = [job_id for jobs in taken for job_id in jobs]
+        assert sorted(claimed) == sorted(queued)  # all taken, none twice
+        for job_id in queued:
+            messages = [event.message for event in await stores[1].events(job_id, 10, None)]
+            assert messages.count("Training started.") == 1
+        assert await stores[2].claim("server-2") is None
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_job_whose_server_stops_renewing_its_lease_is_queued_again(store_location: StoreLocation) -> None:
+    first, second = JobStore(store_location("adaption.sqlite3")), JobStore(store_location("adaption.sqlite3"))
+    await first.open()
+    await second.open()
+    try:
+        job, _ = await first.create_or_join("owner", "alpha", "g", "base", HYPER)
+        assert (await first.claim("server-a")).id == job.id
+        assert await first.heartbeat(job.id, "server-a")
+        assert not await second.heartbeat(job.id, "server-b")  # not its job
+        assert await second.requeue_stale(60.0) == []  # renewed just now: left alone
+        await asyncio.sleep(0.05)
+        assert await second.requeue_stale(0.01) == [job.id]  # server-a went quiet: queued again
+        assert not await first.heartbeat(job.id, "server-a")  # server-a learns it lost the job
+        retaken = await second.claim("server-b")
+        assert retaken is not None and retaken.id == job.id and retaken.status == "running"
+        messages = [event.message for event in await first.events(job.id, 10, None)]
+        assert messages[:2] == ["Training started.", "Training was interrupted; the job runs again from the start."]
+        await second.update(job.id, status="cancelled", message="Job cancelled.")
+        assert not await second.heartbeat(job.id, "server-b")  # cancelled elsewhere: the runner stops training
+    finally:
+        await first.close()
+        await second.close()

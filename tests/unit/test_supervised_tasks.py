@@ -87,16 +87,16 @@ async def test_the_fine_tuning_loop_restarts_after_a_failure_and_runs_later_jobs
     # No memory service: training then fails the job, which shows the loop reached it (the loop is under test).
     service = AdaptionService(jobs, None, None, settings.served, settings.adaption, tmp_path / "work")
     service.restart_backoff_s = 0.01
-    real_get = jobs.get
+    real_get, real_claim = jobs.get, jobs.claim
     injected = []
 
-    async def failing_get(job_id: str):  # failure injection: the job store fails once, outside the job's `try`
+    async def failing_claim(worker: str):  # failure injection: the job store fails once, outside the job's `try`
         if not injected:
-            injected.append(job_id)
+            injected.append(worker)
             raise OSError("injected: database is locked")
-        return await real_get(job_id)
+        return await real_claim(worker)
 
-    monkeypatch.setattr(jobs, "get", failing_get)
+    monkeypatch.setattr(jobs, "claim", failing_claim)
     try:
         with caplog.at_level(logging.ERROR):
             await service.start()
