@@ -70,6 +70,7 @@ from server.conversations.store import CONVERSATIONS_DATABASE, ConversationStore
 from server.engine import ChatTurn, Engine, GenerationOptions
 from server.errors import ServerError
 from server.gateway.keys import KEYS_DATABASE, KeyStore
+from server.gateway.limits import SharedRateLimiter
 from server.gateway.routing import Router
 from server.gateway.service import Gateway
 from server.gateway.templates import TemplateStore
@@ -179,14 +180,16 @@ async def gateway_service(settings: Settings, metrics: Metrics | None = None) ->
         settings.gateway_database(GATEWAY_USAGE_DATABASE), outbox=settings.data_dir / "usage.outbox.jsonl"
     )
     templates = TemplateStore(settings.gateway_database(GATEWAY_TEMPLATES_DATABASE))
+    # Rate-limit windows: in the shared database where servers share one (one limit across them), else in memory.
+    shared_limits = [SharedRateLimiter(settings.gateway.database_url)] if settings.gateway.database_url else []
     router = Router(settings.providers, metrics)
-    for store in (keys, usage, templates):
+    for store in (keys, usage, templates, *shared_limits):
         await store.open()
     try:
-        yield Gateway(settings.gateway, keys, usage, templates, router, metrics)
+        yield Gateway(settings.gateway, keys, usage, templates, router, metrics, *shared_limits)
     finally:
         await router.close()
-        for store in (usage, templates, keys):  # usage first: its pending records are written on close
+        for store in (usage, templates, keys, *shared_limits):  # usage first: its pending records are written on close
             await store.close()
 
 

@@ -256,7 +256,7 @@ async def _completion(request: Request, gateway: Gateway, admission: Admission) 
     if body.n > settings.max_n:
         raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
     model: LocalModel = local_model(settings, engine, body.model, body.lora_name)
-    admit_local(gateway, admission, model)
+    await admit_local(gateway, admission, model)
     prompts = prompts_of(body, engine)
     options = options_of(body)
     try:

@@ -107,7 +107,7 @@ async def _embeddings(request: Request, gateway: Gateway, admission: Admission) 
         raise ModelUnavailable(body.model)
     public = names[0]
     gateway.authorize(account.principal, [public])
-    gateway.admit(account.principal)
+    await gateway.admit(account.principal)
     account.served_by(Route(public, None), public)
     if body.dimensions is not None and body.dimensions != embedder.dimensions:
         raise invalid_request(

@@ -71,13 +71,13 @@ async def priced(request: Request, admission: Admission, rate: float, tokens: in
         yield
 
 
-def admit_local(gateway: Gateway, admission: Admission, model: LocalModel, *, generates: bool = True) -> None:
+async def admit_local(gateway: Gateway, admission: Admission, model: LocalModel, *, generates: bool = True) -> None:
     """The key may use the model (and adapter); then, for generation, credits and the rate limit."""
     principal = admission.account.principal
     adapters = [(model.adapter, model.adapter_param)] if model.adapter is not None else []
     gateway.authorize(principal, [model.entry.name], adapters)
     if generates:
-        gateway.admit(principal)
+        await gateway.admit(principal)
     admission.account.served_by(Route(model.entry.name, None), model.entry.name, model.adapter)
 
 

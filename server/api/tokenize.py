@@ -71,18 +71,18 @@ def _rate(request: Request) -> float:
     return request.app.state.settings.metering.tokenize_per_token
 
 
-def _model(request: Request, gateway: Gateway, admission: Admission, name: str | None, lora_name: str | None):
+async def _model(request: Request, gateway: Gateway, admission: Admission, name: str | None, lora_name: str | None):
     settings: Settings = request.app.state.settings
     engine: Engine = request.app.state.engine
     model = local_model(settings, engine, name or settings.served.name, lora_name)
-    admit_local(gateway, admission, model, generates=False)
+    await admit_local(gateway, admission, model, generates=False)
     return engine
 
 
 async def tokenize(request: Request) -> Response:
     async def handle(gateway: Gateway, admission: Admission) -> Response:
         body = TokenizeRequest.model_validate(await read_json_object(request), strict=True)
-        engine = _model(request, gateway, admission, body.model, body.lora_name)
+        engine = await _model(request, gateway, admission, body.model, body.lora_name)
         if body.messages is not None:
             tools = tuple(
                 ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in body.tools or ()
@@ -108,7 +108,7 @@ async def tokenize(request: Request) -> Response:
 async def detokenize(request: Request) -> Response:
     async def handle(gateway: Gateway, admission: Admission) -> Response:
         body = DetokenizeRequest.model_validate(await read_json_object(request), strict=True)
-        engine = _model(request, gateway, admission, body.model, body.lora_name)
+        engine = await _model(request, gateway, admission, body.model, body.lora_name)
         async with priced(request, admission, _rate(request), len(body.tokens), "detokenizing"):
             prompt = engine.detokenize(body.tokens, "tokens")
         admission.settle(200)

@@ -31,7 +31,7 @@ from server.gateway.errors import (
     WorkNotCovered,
 )
 from server.gateway.keys import KeyStore, Principal
-from server.gateway.limits import RateLimiter, check_credits
+from server.gateway.limits import RateLimiter, SharedRateLimiter, check_credits
 from server.gateway.routing import Route, Router
 from server.gateway.templates import TemplateStore
 from server.gateway.usage import UsageRecord, UsageStore
@@ -124,6 +124,7 @@ class Gateway:
         templates: TemplateStore,
         router: Router,
         metrics: Metrics | None = None,
+        limiter: RateLimiter | SharedRateLimiter | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()
         self.settings = settings
@@ -131,7 +132,7 @@ class Gateway:
         self.usage = usage
         self.templates = templates
         self.router = router
-        self.limiter = RateLimiter()
+        self.limiter = limiter if limiter is not None else RateLimiter()
 
     @asynccontextmanager
     async def admission(
@@ -142,7 +143,7 @@ class Gateway:
         admission = Admission(self, account)
         try:
             self.authorize(account.principal, names, adapters)
-            self.admit(account.principal)
+            await self.admit(account.principal)
             yield admission
         except BaseException as exc:
             admission.settle(*outcome_of(exc))
@@ -191,14 +192,14 @@ class Gateway:
         if charge.key_id is not None and charge.credits:
             await self.keys.add_credits(charge.key_id, charge.credits)
 
-    def admit(self, principal: Principal) -> None:
+    async def admit(self, principal: Principal) -> None:
         """Before any generation: credits left (402), then the rate limit (429)."""
         key = principal.key
         if key is None:
             return
         try:
             check_credits(key.credits)
-            self.limiter.admit(key.id, key.limits, time.monotonic())
+            await self.limiter.admit(key.id, key.limits, self.limiter.clock())
         except InsufficientCredits:
             self.metrics.refused("credits", key.id)
             raise
@@ -215,8 +216,8 @@ class Gateway:
         if key is not None and key.credits is not None and (reserved or used):
             self.keys.settle_reservation(key.id, reserved, used)
             debited = used
-        if key is not None and tokens:
-            self.limiter.spend(key.id, tokens, time.monotonic())
+        if key is not None and tokens and key.limits.tokens_per_minute is not None:
+            self.limiter.spend(key.id, tokens, self.limiter.clock())
         self.metrics.model_request(
             account.model,
             account.adapter,

@@ -1,53 +1,83 @@
-"""The per-key sliding-window rate limiter and the credits check."""
+"""The per-key sliding-window rate limiter (in memory, and in a shared database: SQLite and PostgreSQL) and the
+credits check."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from server.gateway.errors import InsufficientCredits, RateLimited
-from server.gateway.limits import WINDOW_S, Limits, RateLimiter, check_credits
+from server.gateway.limits import WINDOW_S, Limits, RateLimiter, SharedRateLimiter, check_credits
+from tests.conftest import StoreLocation
+from tests.postgres import new_database
 
 
-def test_requests_per_minute_admits_up_to_the_limit_then_says_when_one_more_fits() -> None:
-    limiter = RateLimiter()
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter | SharedRateLimiter]:
+    """The limiter in memory, or in a database (a SQLite file, or a fresh database of the session's cluster)."""
+    if request.param == "memory":
+        yield RateLimiter()
+        return
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    postgres = request.param == "postgresql"
+    shared = SharedRateLimiter(new_database(request.getfixturevalue("postgres")) if postgres else tmp_path / "r.db")
+    await shared.open()
+    yield shared
+    await shared.close()
+
+
+async def spent(limiter: RateLimiter | SharedRateLimiter, key_id: str, tokens: int, now: float) -> None:
+    """`spend` and, for the database's limiter, wait until its write (off the caller's path) is done."""
+    limiter.spend(key_id, tokens, now)
+    if isinstance(limiter, SharedRateLimiter):
+        await limiter._run(lambda: None)  # the store's one thread runs in order: the write came first
+
+
+async def test_requests_per_minute_admits_up_to_the_limit_then_says_when_one_more_fits(
+    limiter: RateLimiter | SharedRateLimiter,
+) -> None:
     limits = Limits(requests_per_minute=2)
-    limiter.admit("k", limits, now=100.0)
-    limiter.admit("k", limits, now=110.0)
+    await limiter.admit("k", limits, now=100.0)
+    await limiter.admit("k", limits, now=110.0)
     with pytest.raises(RateLimited) as refused:
-        limiter.admit("k", limits, now=120.0)
+        await limiter.admit("k", limits, now=120.0)
     assert refused.value.retry_after_s == pytest.approx(100.0 + WINDOW_S - 120.0)
-    limiter.admit("k", limits, now=100.0 + WINDOW_S + 0.01)  # the first request has left the window
+    await limiter.admit("k", limits, now=100.0 + WINDOW_S + 0.01)  # the first request has left the window
 
 
-def test_refused_requests_do_not_count() -> None:
-    limiter = RateLimiter()
+async def test_refused_requests_do_not_count(limiter: RateLimiter | SharedRateLimiter) -> None:
     limits = Limits(requests_per_minute=1)
-    limiter.admit("k", limits, now=0.0)
+    await limiter.admit("k", limits, now=0.0)
     for now in (1.0, 2.0, 3.0):
         with pytest.raises(RateLimited):
-            limiter.admit("k", limits, now=now)
-    limiter.admit("k", limits, now=WINDOW_S + 0.5)
+            await limiter.admit("k", limits, now=now)
+    await limiter.admit("k", limits, now=WINDOW_S + 0.5)
 
 
-def test_tokens_per_minute_counts_spent_tokens_and_retries_when_enough_leave() -> None:
-    limiter = RateLimiter()
+async def test_tokens_per_minute_counts_spent_tokens_and_retries_when_enough_leave(
+    limiter: RateLimiter | SharedRateLimiter,
+) -> None:
     limits = Limits(tokens_per_minute=100)
-    limiter.admit("k", limits, now=0.0)
-    limiter.spend("k", 60, now=1.0)
-    limiter.admit("k", limits, now=2.0)
-    limiter.spend("k", 50, now=3.0)
+    await limiter.admit("k", limits, now=0.0)
+    await spent(limiter, "k", 60, now=1.0)
+    await limiter.admit("k", limits, now=2.0)
+    await spent(limiter, "k", 50, now=3.0)
     with pytest.raises(RateLimited) as refused:
-        limiter.admit("k", limits, now=4.0)
+        await limiter.admit("k", limits, now=4.0)
     # 110 tokens in the window: once the 60 from t=1 leave, 50 < 100.
     assert refused.value.retry_after_s == pytest.approx(1.0 + WINDOW_S - 4.0)
 
 
-def test_keys_have_separate_windows_and_no_limits_means_no_window() -> None:
-    limiter = RateLimiter()
-    limiter.admit("a", Limits(requests_per_minute=1), now=0.0)
-    limiter.admit("b", Limits(requests_per_minute=1), now=0.0)
+async def test_keys_have_separate_windows_and_no_limits_means_no_window(
+    limiter: RateLimiter | SharedRateLimiter,
+) -> None:
+    await limiter.admit("a", Limits(requests_per_minute=1), now=0.0)
+    await limiter.admit("b", Limits(requests_per_minute=1), now=0.0)
     for _ in range(100):
-        limiter.admit("c", Limits(), now=0.0)
+        await limiter.admit("c", Limits(), now=0.0)
 
 
 def test_credits() -> None:
@@ -56,3 +86,30 @@ def test_credits() -> None:
     for exhausted in (0, -5):
         with pytest.raises(InsufficientCredits):
             check_credits(exhausted)
+
+
+async def test_servers_sharing_the_database_share_one_window(store_location: StoreLocation) -> None:
+    """Two limiters on one database (two servers), admitting at once: the limit holds across both."""
+    location = store_location("ratelimits.sqlite3")
+    first, second = SharedRateLimiter(location), SharedRateLimiter(location)
+    await first.open()
+    await second.open()
+    try:
+        limits = Limits(requests_per_minute=5)
+
+        async def attempt(limiter: SharedRateLimiter) -> bool:
+            try:
+                await limiter.admit("k", limits, now=1000.0)
+            except RateLimited:
+                return False
+            return True
+
+        admitted = await asyncio.gather(*(attempt(limiter) for limiter in [first, second] * 8))
+        assert sum(admitted) == 5
+        with pytest.raises(RateLimited) as refused:
+            await second.admit("k", limits, now=1030.0)
+        assert refused.value.retry_after_s == pytest.approx(30.0)
+        await first.admit("k", limits, now=1000.0 + WINDOW_S + 0.01)  # the window moved on, for both
+    finally:
+        await first.close()
+        await second.close()

@@ -117,11 +117,11 @@ async def test_gateway_counts_refusals_by_reason_and_key_id(gateway: Gateway) ->
     limited, _ = await gateway.keys.create(KeySpec(name="limited", requests_per_minute=1, allowed_models=("m",)))
     broke, _ = await gateway.keys.create(KeySpec(name="broke", credits=0))
     as_limited = Principal(owner=limited.owner, admin=False, key=limited)
-    gateway.admit(as_limited)
+    await gateway.admit(as_limited)
     with pytest.raises(RateLimited):
-        gateway.admit(as_limited)
+        await gateway.admit(as_limited)
     with pytest.raises(InsufficientCredits):
-        gateway.admit(Principal(owner=broke.owner, admin=False, key=broke))
+        await gateway.admit(Principal(owner=broke.owner, admin=False, key=broke))
     with pytest.raises(NotAllowed):
         gateway.authorize(as_limited, ["other-model"])
     metrics = gateway.metrics
