@@ -237,6 +237,7 @@ def build_app(settings: Settings) -> Starlette:
             conversation_store(settings) as conversations,
         ):
             engine.adapters.metrics = metrics
+            engine.adapters.shared = settings.gateway.database_url is not None  # servers share adapters_dir too
             checker.metrics = metrics
             app.state.metrics = metrics
             app.state.conversations = conversations

@@ -9,11 +9,19 @@ Every version gets its own engine LoRA id and name (`name@vN`): vLLM keys its
 caches (adapter slots, prefix-cache blocks) on those, so a replaced version can
 never serve stale state. Requests hold a lease on the version they started
 with; a replaced or deleted version leaves the engine when its last request ends.
+
+Several servers may share one adapters directory (`shared`, set where they
+share a database): each then reads the registry from the directory whenever it
+looks an adapter up (the `active` pointer, one small file) or lists them, so a
+version one server adds, promotes or deletes is what every server serves. New
+version numbers and owner files are claimed atomically (a rename or a link that
+fails when another server got there first).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import logging
@@ -22,6 +30,7 @@ import re
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -249,23 +258,46 @@ class AdapterStore:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()  # holds the tasks so they are not garbage-collected
         self.metrics = Metrics()  # the app puts its own here (app.py)
+        self.shared = False  # True: other servers change the directory too (read it on every lookup)
 
     def load_existing(self) -> None:
         """Register the active version of every valid adapter on disk (vLLM loads weights on first use)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for directory in sorted(p for p in self.root.iterdir() if p.is_dir() and ADAPTER_NAME.match(p.name)):
-            version = self._active_version_number(directory)
-            if version is None:
-                continue
-            path = directory / f"v{version}"
+        for directory in self._adapter_directories():
+            self._sync(directory.name)
+
+    def _adapter_directories(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and ADAPTER_NAME.match(p.name))
+
+    def _sync(self, name: str) -> None:
+        """Serve the version the directory names active for `name` (none when it is gone or has none)."""
+        directory = self.root / name
+        number = self._active_version_number(directory) if directory.is_dir() else None
+        current = self._active.get(name)
+        if current is not None and current.version == number:
+            return
+        path = directory / f"v{number}"
+        if number is not None:
             try:  # the folder may hold adapters of another base model, or damaged files
                 inspect_adapter(path, self.entry, self.model_config)
             except InvalidAdapter as exc:
-                logger.warning("not serving adapter %s v%d: %s", directory.name, version, exc)
-                continue
-            self._active[directory.name] = AdapterVersion(
-                directory.name, version, path, next(self._ids), read_manifest(path)
-            )
+                logger.warning("not serving adapter %s v%d: %s", name, number, exc)
+                number = None
+        if number is None:
+            self._active.pop(name, None)
+        else:
+            self._active[name] = AdapterVersion(name, number, path, next(self._ids), read_manifest(path))
+        if current is not None:
+            self._retire_later(current)
+
+    def _sync_all(self) -> None:
+        for name in {*self._active, *(directory.name for directory in self._adapter_directories())}:
+            self._sync(name)
+
+    def _retire_later(self, version: AdapterVersion) -> None:
+        task = asyncio.create_task(self._retire(version))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     async def attach(self, engine_client) -> None:
         """Serve through a new engine (the old one died): load the active versions into it again."""
@@ -296,6 +328,8 @@ class AdapterStore:
         return chosen if chosen in versions else (versions[-1] if versions else None)
 
     def list(self) -> list[AdapterVersion]:
+        if self.shared:
+            self._sync_all()
         return [self._active[name] for name in sorted(self._active)]
 
     def ownership(self, name: str) -> Ownership | None:
@@ -331,12 +365,16 @@ class AdapterStore:
         return [(number, read_manifest(directory / f"v{number}")) for number in versions]
 
     def get(self, name: str, param: str = "lora_name") -> AdapterVersion:
+        if self.shared and ADAPTER_NAME.match(name):
+            self._sync(name)
         version = self._active.get(name)
         if version is None:
             raise AdapterNotFound(name, param)
         return version
 
     def __contains__(self, name: str) -> bool:
+        if self.shared and ADAPTER_NAME.match(name):
+            self._sync(name)
         return name in self._active
 
     @staticmethod
@@ -391,20 +429,29 @@ class AdapterStore:
             directory.mkdir(parents=True, exist_ok=True)
             if not exists:
                 ownership = {"owner": owner, "shared": bool(shared) if shared is not None else owner is None}
-                _write_atomically(directory / OWNER_FILE, json.dumps(ownership) + "\n")
-            number = (self._versions(directory) or [0])[-1] + 1
-            target = directory / f"v{number}"
-            manifest = {
-                **read_manifest(source),
-                "name": name,
-                "version": number,
-                "base_model": self.entry.name,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "source": source_label,
-                "rank": facts.rank,
-                "target_modules": list(facts.target_modules),
-            }
-            await asyncio.to_thread(_copy_version, source, target, manifest)
+                # Another server may have made the adapter meanwhile: its owner then decides, as for any existing one.
+                created = _create_atomically(directory / OWNER_FILE, json.dumps(ownership) + "\n")
+                if not created and not read_ownership(directory).may_change(owner or "", admin):
+                    raise AdapterOwned(name)
+            while True:  # the next number; another server taking it first makes the rename fail: take the next
+                number = (self._versions(directory) or [0])[-1] + 1
+                target = directory / f"v{number}"
+                manifest = {
+                    **read_manifest(source),
+                    "name": name,
+                    "version": number,
+                    "base_model": self.entry.name,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "source": source_label,
+                    "rank": facts.rank,
+                    "target_modules": list(facts.target_modules),
+                }
+                try:
+                    await asyncio.to_thread(_copy_version, source, target, manifest)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
             version = AdapterVersion(name, number, target, next(self._ids), manifest)
             if not activate:
                 if not (directory / ACTIVE_FILE).exists():  # nothing to serve yet: say so, or a restart would pick it
@@ -422,9 +469,7 @@ class AdapterStore:
             previous = self._active.get(name)
             self._active[name] = version
         if previous is not None:
-            task = asyncio.create_task(self._retire(previous))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retire_later(previous)
         return version
 
     async def remove(
@@ -441,7 +486,10 @@ class AdapterStore:
             if not ownership.may_change(owner or "", admin):
                 raise AdapterOwned(name, param)
             del self._active[name]
-            await asyncio.to_thread(shutil.rmtree, self.root / name, True)
+            # Out of the registry at once (a rename), for every server; the files go after, off the event loop.
+            removed = self.root / f".removed-{name}-{uuid.uuid4().hex[:8]}"
+            (self.root / name).rename(removed)
+            await asyncio.to_thread(shutil.rmtree, removed, True)
         await self._retire(version)
         return version
 
@@ -474,6 +522,23 @@ def _copy_version(source: Path, target: Path, manifest: dict) -> None:
         raise
 
 
+def _create_atomically(path: Path, text: str) -> bool:
+    """Create `path` with `text`, whole, unless it exists (False): a hard link, which fails if another was first."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink()
+    _fsync_directory(path.parent)
+    return True
+
+
 def _write_atomically(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a crash leaves the old or the new content, never a torn or empty file."""
     temporary = path.with_suffix(".tmp")
@@ -482,7 +547,11 @@ def _write_atomically(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:

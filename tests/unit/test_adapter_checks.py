@@ -135,3 +135,50 @@ async def test_store_records_owners_and_enforces_them_and_quotas(tmp_path: Path)
         await store.remove("shared", owner="key_b", admin=False)
     await store.remove("alpha", owner="key_a", admin=False)
     assert "alpha" not in store and store.ownership("alpha") is None
+
+
+async def test_stores_of_two_servers_on_one_directory_serve_what_either_changed(tmp_path: Path) -> None:
+    """Two servers' stores (`shared`) on one adapters directory: what one adds, promotes or removes, the other serves
+    at its next lookup; versions taken at once get distinct numbers; a name made by two owners at once has one."""
+    import asyncio
+
+    from server.config import load_settings
+    from server.engine.adapters import AdapterOwned, AdapterStore, _create_atomically
+
+    entry = load_settings(environ={}).served
+    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    source = write_adapter(tmp_path / "source")
+    first, second = (
+        AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine()) for _ in range(2)
+    )
+    for store in (first, second):
+        store.shared = True
+        store.load_existing()
+    await first.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+    assert [version.name for version in second.list()] == ["alpha"] and second.get("alpha").version == 1
+    assert second.ownership("alpha").owner == "key_a"
+    await second.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+    assert first.get("alpha").version == 2  # promoted on the other server: served here too
+    await first.add("alpha", source, source_label="upload", owner="key_a", admin=False, activate=False)
+    assert second.get("alpha").version == 2  # stored unpromoted: still v2 everywhere
+    await asyncio.gather(
+        *(store.add("alpha", source, source_label="upload", owner="key_a", admin=False) for store in (first, second))
+    )
+    assert [number for number, _ in first.versions("alpha")] == [1, 2, 3, 4, 5]
+    outcomes = await asyncio.gather(
+        *(
+            store.add("bravo", source, source_label="upload", owner=owner, admin=False)
+            for store, owner in ((first, "key_a"), (second, "key_b"))
+        ),
+        return_exceptions=True,
+    )
+    [made] = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+    assert [type(outcome) for outcome in outcomes if isinstance(outcome, Exception)] == [AdapterOwned]
+    assert first.ownership("bravo") == second.ownership("bravo") and made.version == 1
+    # the owner file is claimed whole or not at all: a second claim leaves the first's
+    owner_file = tmp_path / "adapters" / "bravo" / "owner.json"
+    before = owner_file.read_text()
+    assert not _create_atomically(owner_file, '{"owner": "key_c", "shared": true}\n')
+    assert owner_file.read_text() == before and not list(owner_file.parent.glob(".*.tmp"))
+    await second.remove("alpha", owner="key_a", admin=False)
+    assert "alpha" not in first and [version.name for version in first.list()] == ["bravo"]
