@@ -1,5 +1,7 @@
-"""Two servers on one PostgreSQL database (the session server's, see tests/conftest.py) share keys, credits,
-usage and templates: a key made by the CLI works on both, what one records the other reports."""
+"""Two servers on one PostgreSQL database (the session server's, see tests/conftest.py) behave as one: they share
+keys, credits, usage and templates (a key made by the CLI works on both, what one records the other reports),
+memories (pgvector), fine-tuning jobs (each runs once), rate-limit windows, and the adapters on the directory both
+are given."""
 
 from __future__ import annotations
 
@@ -8,12 +10,27 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from pathlib import Path
 
+import httpx
 import openai
 import psycopg
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from tests.conftest import MODEL, RunningServer, keyed_http, keys_cli, start_server
+from tests.conftest import (
+    API_KEY,
+    MODEL,
+    OTHER_API_KEY,
+    RunningServer,
+    StateDirs,
+    assert_error,
+    keyed_http,
+    keys_cli,
+    new_key,
+    start_server,
+)
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -80,3 +97,126 @@ def test_servers_on_one_postgres_database_share_keys_usage_and_templates(
         keys_cli(test_server_env, "revoke", created["id"])
         for session in (first, second):
             assert session.get("/v1/usage").status_code == 401
+
+
+@pytest.fixture(scope="module")
+def both(server: RunningServer, second_server: RunningServer) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+    """The admin key's sessions on the session server and on the second server."""
+    with keyed_http(server, API_KEY) as first, keyed_http(second_server, API_KEY) as second:
+        yield first, second
+
+
+def test_a_fact_told_to_one_server_is_recalled_by_the_other(
+    both: tuple[httpx.Client, httpx.Client], second_server: RunningServer
+) -> None:
+    first, second = both
+    group = f"shared-{uuid.uuid4().hex[:8]}"
+    told = first.post(
+        f"/v1/memory/{group}/memories",
+        json={"text": ["My bicycle is a green Gazelle.", "I water the ferns on Sundays."], "user_goal": "a diary"},
+    )
+    assert told.status_code == 201, told.text
+    found = second.post(f"/v1/memory/{group}/search", json={"query": "Which bike do I ride?", "limit": 1})
+    assert found.status_code == 200, found.text
+    assert [hit["text"] for hit in found.json()["data"]] == ["My bicycle is a green Gazelle."]
+    assert second.get(f"/v1/memory/{group}").json()["memory_count"] == 2
+    memory_id = found.json()["data"][0]["id"]
+    edited = second.patch(f"/v1/memory/{group}/memories/{memory_id}", json={"text": "My bicycle is a red Batavus."})
+    assert edited.status_code == 200, edited.text
+    assert first.get(f"/v1/memory/{group}/memories/{memory_id}").json()["text"] == "My bicycle is a red Batavus."
+    with keyed_http(second_server, OTHER_API_KEY) as other:  # another key sees nothing of it on either server
+        assert_error(other.get(f"/v1/memory/{group}"), 404, "memory_group_not_found", "memory_group")
+    assert second.delete(f"/v1/memory/{group}").status_code == 200
+    assert_error(first.get(f"/v1/memory/{group}"), 404, "memory_group_not_found", "memory_group")
+
+
+def test_jobs_queued_on_either_server_each_run_once(
+    server: RunningServer, second_server: RunningServer, both: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """Jobs on groups with nothing to learn fail fast (no training), after being claimed: by one server, once."""
+    first, _ = both
+    group = f"jobs-{uuid.uuid4().hex[:8]}"
+    first.post(f"/v1/memory/{group}/memories", json={"text": "Hello there.", "user_goal": "a diary"}).raise_for_status()
+    clients = [
+        openai.OpenAI(base_url=f"{running.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+        for running in (server, second_server)
+    ]
+    jobs = [
+        clients[i % 2].fine_tuning.jobs.create(
+            model=MODEL, training_file=f"memory:{group}", suffix=f"once-{i}-{uuid.uuid4().hex[:6]}"
+        )
+        for i in range(4)
+    ]
+    deadline = time.monotonic() + 120
+    for i, job in enumerate(jobs):
+        while (job := clients[(i + 1) % 2].fine_tuning.jobs.retrieve(job.id)).status in ("queued", "running"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.3)
+        assert job.status == "failed" and job.error.code == "nothing_to_learn"
+        messages = [event.message for event in clients[i % 2].fine_tuning.jobs.list_events(job.id, limit=100).data]
+        assert messages.count("Training started.") == 1, messages
+        assert sum(message.startswith("Training failed") for message in messages) == 1, messages
+
+
+def test_a_rate_limit_holds_across_both_servers(
+    server: RunningServer, second_server: RunningServer, both: tuple[httpx.Client, httpx.Client]
+) -> None:
+    limited = new_key(both[0], name="shared-limit", requests_per_minute=3)
+    with keyed_http(server, limited["key"]) as first, keyed_http(second_server, limited["key"]) as second:
+
+        def chat(session: httpx.Client) -> httpx.Response:
+            return session.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 1})
+
+        assert [chat(session).status_code for session in (first, second, first)] == [200, 200, 200]
+        for session in (second, first):  # the fourth and fifth within the minute: refused by either server
+            refused = chat(session)
+            assert_error(refused, 429, "rate_limit_exceeded", None)
+            assert 0 < int(refused.headers["retry-after"]) <= 60
+
+
+def tiny_adapter(folder: Path) -> Path:
+    """A rank-2 LoRA of zeros for the served model: loads, changes nothing, costs nothing to make."""
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}))
+    save_file(
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(2, 576),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(576, 2),
+        },
+        str(folder / "adapter_model.safetensors"),
+    )
+    return folder
+
+
+def test_an_adapter_added_on_one_server_is_served_listed_and_owned_on_the_other(
+    server: RunningServer,
+    second_server: RunningServer,
+    both: tuple[httpx.Client, httpx.Client],
+    state_dirs: StateDirs,
+) -> None:
+    """Owned by a stored key that is no admin: made on one server, its versions, owner and deletion hold on both."""
+    owner, stranger = new_key(both[0], name="adapter-owner"), new_key(both[0], name="adapter-stranger")
+    name = f"shared-{uuid.uuid4().hex[:6]}"
+    source = tiny_adapter(state_dirs.sources / name)
+    with (
+        keyed_http(server, owner["key"]) as first,
+        keyed_http(second_server, owner["key"]) as second,
+        keyed_http(server, stranger["key"]) as other,
+    ):
+        made = second.post("/v1/adapters", json={"name": name, "path": str(source)})
+        assert made.status_code == 201, made.text
+        assert name in [adapter["id"] for adapter in first.get("/v1/adapters").json()["data"]]
+        ask = {"model": MODEL, "messages": HELLO, "max_tokens": 2, "lora_name": name}
+        assert first.post("/v1/chat/completions", json=ask).status_code == 200
+        again = first.post("/v1/adapters", json={"name": name, "path": str(source)})  # v2, on the other server
+        assert again.status_code == 201, again.text
+        versions = second.get(f"/v1/adapters/{name}/versions").json()["data"]
+        assert [version["version"] for version in versions] == [1, 2]
+        # the owner made it on the second server: to another key on the first it does not exist
+        assert_error(
+            other.post("/v1/adapters", json={"name": name, "path": str(source)}), 404, "adapter_not_found", "name"
+        )
+        assert_error(other.post("/v1/chat/completions", json=ask), 404, "adapter_not_found", "lora_name")
+        assert first.delete(f"/v1/adapters/{name}").status_code == 200
+        assert name not in [adapter["id"] for adapter in second.get("/v1/adapters").json()["data"]]
+        assert_error(second.post("/v1/chat/completions", json=ask), 404, "adapter_not_found", "lora_name")
