@@ -11,10 +11,15 @@ apart in another voice and never tuned on):
 
 Methods, on the same memories and questions:
 - server: `MemoryService.search` (the retrieval chat uses), in-process on a real SQLite + HNSW store;
+- server-pg (with --postgres or --database-url): the same service on the PostgreSQL store (pgvector, tsvector),
+  the one servers sharing a database use;
 - cosine: brute-force cosine of the same embedder (all-MiniLM-L6-v2) over every memory;
 - bm25:   plain Okapi BM25 (k1 1.2, b 0.75, lower-cased words, no stemming, no stop words).
 
     python scripts/eval_memory.py [--out bench-results/eval-memory.json] [--sets test-facts,...]
+        [--postgres | --database-url postgresql://...]
+
+--postgres starts a throwaway PostgreSQL (tests/postgres.py: pgserver's binaries, with pgvector).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import re
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,10 +47,13 @@ sys.path.insert(0, str(ROOT))
 from server.config import MemorySettings
 from server.memory.embedder import Embedder
 from server.memory.service import MemoryService
-from server.memory.store import SQLiteMemoryStore
+from server.memory.store import memory_store
+from server.storage import Location
+from tests.conftest import free_port
 from tests.memory_corpus import distractors as tuning_distractors
 from tests.memory_corpus import labelled_facts
 from tests.memory_testset import test_distractors, test_facts, test_sessions
+from tests.postgres import new_database, postgres_cluster
 
 OWNER = "eval"
 DISTRACTORS = 2000
@@ -94,30 +104,28 @@ def first_rank(found: list[int], evidence: set[int]) -> int | None:
     return None
 
 
-async def evaluate(
+async def service_ranks(
+    location: Location,
     embedder: Embedder,
     settings: MemorySettings,
     texts: list[str],
     dates: list[float] | None,
     questions: list[tuple[str, set[int], float | None, str]],
-) -> dict:
-    """texts[i] is memory i; questions: (question, evidence indexes, asked-at, type)."""
-    vectors = embedder.encode(texts)
-    bm25 = BM25(texts)
-    results: dict = {}
-    with tempfile.TemporaryDirectory() as folder:
-        store = SQLiteMemoryStore(Path(folder) / "memory.sqlite3", embedder.dimensions)
-        await store.open()
-        service = MemoryService(store, embedder, settings)
-        ids: list[int] = []
-        order = list(range(len(texts)))
-        random.Random(7).shuffle(order)  # ids carry no hint of which memories are labelled
-        by_position: dict[int, int] = {}
+) -> tuple[list[int | None], int, list[float]]:
+    """The service's rank of each question's evidence on the store at `location`; empty answers; latencies (ms)."""
+    store = memory_store(location, embedder.dimensions)
+    await store.open()
+    service = MemoryService(store, embedder, settings)
+    group = f"set-{uuid.uuid4().hex[:8]}"
+    order = list(range(len(texts)))
+    random.Random(7).shuffle(order)  # ids carry no hint of which memories are labelled
+    by_position: dict[int, int] = {}
+    try:
         for start in range(0, len(order), 256):
             chunk = order[start : start + 256]
             added = await service.add(
                 OWNER,
-                "set",
+                group,
                 [texts[i] for i in chunk],
                 None,
                 "req_eval",
@@ -125,23 +133,48 @@ async def evaluate(
             )
             for index, memory in zip(chunk, added, strict=True):
                 by_position[memory.id] = index
-            ids += [memory.id for memory in added]
-        server_ranks, cosine_ranks, bm25_ranks, types, empty = [], [], [], [], 0
-        latencies = []
-        query_vectors = embedder.encode([question for question, *_ in questions])
-        for (question, evidence, asked_at, kind), query_vector in zip(questions, query_vectors, strict=True):
+        ranks, empty, latencies = [], 0, []
+        for question, evidence, asked_at, _ in questions:
             started = time.perf_counter()
-            hits = await service.search(OWNER, "set", question, max(KS), now=asked_at)
+            hits = await service.search(OWNER, group, question, max(KS), now=asked_at)
             latencies.append((time.perf_counter() - started) * 1000)
             empty += not hits
-            server_ranks.append(first_rank([by_position[hit.memory.id] for hit in hits], evidence))
-            cosine_ranks.append(first_rank([int(i) for i in np.argsort(-(vectors @ query_vector))], evidence))
-            bm25_ranks.append(first_rank(bm25.rank(question), evidence))
-            types.append(kind)
+            ranks.append(first_rank([by_position[hit.memory.id] for hit in hits], evidence))
+    finally:
         await store.close()
-    for name, ranks in (("server", server_ranks), ("cosine", cosine_ranks), ("bm25", bm25_ranks)):
+    return ranks, empty, latencies
+
+
+async def evaluate(
+    embedder: Embedder,
+    settings: MemorySettings,
+    texts: list[str],
+    dates: list[float] | None,
+    questions: list[tuple[str, set[int], float | None, str]],
+    postgres: str | None = None,
+) -> dict:
+    """texts[i] is memory i; questions: (question, evidence indexes, asked-at, type); `postgres`: a database URL
+    to measure the PostgreSQL store on too (as `server-pg`)."""
+    vectors = embedder.encode(texts)
+    bm25 = BM25(texts)
+    results: dict = {}
+    served: dict[str, tuple[list[int | None], int, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        served["server"] = await service_ranks(
+            Path(folder) / "memory.sqlite3", embedder, settings, texts, dates, questions
+        )
+    if postgres is not None:
+        served["server-pg"] = await service_ranks(postgres, embedder, settings, texts, dates, questions)
+    cosine_ranks, bm25_ranks, types = [], [], []
+    query_vectors = embedder.encode([question for question, *_ in questions])
+    for (question, evidence, _, kind), query_vector in zip(questions, query_vectors, strict=True):
+        cosine_ranks.append(first_rank([int(i) for i in np.argsort(-(vectors @ query_vector))], evidence))
+        bm25_ranks.append(first_rank(bm25.rank(question), evidence))
+        types.append(kind)
+    methods = {name: ranks for name, (ranks, _, _) in served.items()} | {"cosine": cosine_ranks, "bm25": bm25_ranks}
+    for name, ranks in methods.items():
         table = recall_table(ranks)
-        table["empty"] = empty if name == "server" else 0
+        table["empty"] = served[name][1] if name in served else 0
         table["by_type_recall@5"] = {
             kind: round(
                 sum(r is not None and r <= 5 for r, t in zip(ranks, types, strict=True) if t == kind)
@@ -151,10 +184,13 @@ async def evaluate(
             for kind in sorted(set(types))
         }
         results[name] = table
-    results["server"]["search_p50_ms"] = round(float(np.median(latencies)), 2)
+    for name, (_, _, latencies) in served.items():
+        results[name]["search_p50_ms"] = round(float(np.median(latencies)), 2)
     results["memories"], results["questions"] = len(texts), len(questions)
     results["misses_server@5"] = [
-        question for (question, *_), rank in zip(questions, server_ranks, strict=True) if rank is None or rank > 5
+        question
+        for (question, *_), rank in zip(questions, served["server"][0], strict=True)
+        if rank is None or rank > 5
     ]
     return results
 
@@ -193,29 +229,34 @@ def merge(parts: list[dict]) -> dict:
     """Question-weighted average of per-conversation results."""
     total = sum(part["questions"] for part in parts)
     merged: dict = {"memories": [part["memories"] for part in parts], "questions": total}
-    for name in ("server", "cosine", "bm25"):
+    for name in methods(parts[0]):
         merged[name] = {
             f"recall@{k}": round(sum(p[name][f"recall@{k}"] * p["questions"] for p in parts) / total, 3) for k in KS
         }
         merged[name]["empty"] = sum(p[name]["empty"] for p in parts)
-    merged["server"]["search_p50_ms"] = round(float(np.median([p["server"]["search_p50_ms"] for p in parts])), 2)
+        if "search_p50_ms" in parts[0][name]:
+            merged[name]["search_p50_ms"] = round(float(np.median([p[name]["search_p50_ms"] for p in parts])), 2)
     merged["misses_server@5"] = [miss for part in parts for miss in part["misses_server@5"]]
     return merged
 
 
-async def main_async(sets: list[str]) -> dict:
+def methods(result: dict) -> list[str]:
+    return [name for name in ("server", "server-pg", "cosine", "bm25") if name in result]
+
+
+async def main_async(sets: list[str], postgres: str | None = None) -> dict:
     settings = MemorySettings()
     embedder = Embedder(settings.embedding_model)
     report: dict = {}
     try:
         if "tuning-facts" in sets:
             texts, dates, questions = tuning_facts_set()
-            report["tuning-facts"] = await evaluate(embedder, settings, texts, dates, questions)
+            report["tuning-facts"] = await evaluate(embedder, settings, texts, dates, questions, postgres)
         if "test-facts" in sets:
             texts, dates, questions = test_facts_set()
-            report["test-facts"] = await evaluate(embedder, settings, texts, dates, questions)
+            report["test-facts"] = await evaluate(embedder, settings, texts, dates, questions, postgres)
         if "test-sessions" in sets:
-            parts = [await evaluate(embedder, settings, t, d, q) for _, t, d, q in session_sets()]
+            parts = [await evaluate(embedder, settings, t, d, q, postgres) for _, t, d, q in session_sets()]
             report["test-sessions"] = merge(parts)
     finally:
         await embedder.close()
@@ -223,26 +264,33 @@ async def main_async(sets: list[str]) -> dict:
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{'set':<15} {'method':<7} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'empty':>6}  questions / memories")
+    print(f"\n{'set':<15} {'method':<9} {'R@1':>6} {'R@5':>6} {'R@10':>6} {'empty':>6}  questions / memories")
     for name, result in report.items():
-        for method in ("server", "cosine", "bm25"):
+        for method in methods(result):
             row = result[method]
             print(
-                f"{name:<15} {method:<7} {row['recall@1']:>6.3f} {row['recall@5']:>6.3f} {row['recall@10']:>6.3f}"
+                f"{name:<15} {method:<9} {row['recall@1']:>6.3f} {row['recall@5']:>6.3f} {row['recall@10']:>6.3f}"
                 f" {row['empty']:>6}  {result['questions']} / {result['memories']}"
             )
-        print(
-            f"{'':<15} server search p50 {result['server']['search_p50_ms']:.1f} ms;"
-            f" missed at 5: {result['misses_server@5']}"
-        )
+        for method in methods(result):
+            if "search_p50_ms" in result[method]:
+                print(f"{'':<15} {method} search p50 {result[method]['search_p50_ms']:.1f} ms")
+        print(f"{'':<15} server missed at 5: {result['misses_server@5']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "eval-memory.json")
     parser.add_argument("--sets", default="tuning-facts,test-facts,test-sessions")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--postgres", action="store_true", help="also measure the PostgreSQL store (a throwaway one)")
+    where.add_argument("--database-url", help="also measure the PostgreSQL store, in this (empty) database")
     args = parser.parse_args()
-    report = asyncio.run(main_async(args.sets.split(",")))
+    with ExitStack() as stack:
+        url = args.database_url
+        if args.postgres:
+            url = new_database(stack.enter_context(postgres_cluster(free_port())))
+        report = asyncio.run(main_async(args.sets.split(","), url))
     print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

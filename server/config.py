@@ -227,8 +227,9 @@ class GatewaySettings(_Strict):
     )
     database_url: str | None = Field(
         None,
-        description="postgresql://user:password@host:port/db: keys, usage and templates in PostgreSQL, shared by"
-        " every server given the same URL; unset: SQLite files in data_dir",
+        description="postgresql://user:password@host:port/db: keys, usage, templates, memory (pgvector), fine-tuning"
+        " jobs and rate-limit windows in PostgreSQL, shared by every server given the same URL (give them one"
+        " adapters_dir too); unset: SQLite files in data_dir",
     )
 
     @field_validator("database_url")
@@ -359,7 +360,8 @@ class Settings(_Strict):
         return entry
 
     def gateway_database(self, sqlite_file: str) -> Path | str:
-        """Where a gateway store lives: the shared PostgreSQL URL, or its own SQLite file in data_dir."""
+        """Where a store (the gateway's, memory's, the jobs') lives: the shared PostgreSQL URL, or its own SQLite
+        file in data_dir."""
         return self.gateway.database_url or self.data_dir / sqlite_file
 
 

@@ -115,12 +115,12 @@ def test_a_fact_told_to_one_server_is_recalled_by_the_other(
         f"/v1/memory/{group}/memories",
         json={"text": ["My bicycle is a green Gazelle.", "I water the ferns on Sundays."], "user_goal": "a diary"},
     )
-    assert told.status_code == 201, told.text
+    assert told.status_code == 200, told.text
     found = second.post(f"/v1/memory/{group}/search", json={"query": "Which bike do I ride?", "limit": 1})
     assert found.status_code == 200, found.text
-    assert [hit["text"] for hit in found.json()["data"]] == ["My bicycle is a green Gazelle."]
+    assert [hit["memory"]["text"] for hit in found.json()["data"]] == ["My bicycle is a green Gazelle."]
     assert second.get(f"/v1/memory/{group}").json()["memory_count"] == 2
-    memory_id = found.json()["data"][0]["id"]
+    memory_id = found.json()["data"][0]["memory"]["id"]
     edited = second.patch(f"/v1/memory/{group}/memories/{memory_id}", json={"text": "My bicycle is a red Batavus."})
     assert edited.status_code == 200, edited.text
     assert first.get(f"/v1/memory/{group}/memories/{memory_id}").json()["text"] == "My bicycle is a red Batavus."
