@@ -56,6 +56,7 @@ from server.memory.updates import (
 from server.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+CURATION_CLAIM_S = 600.0  # a group curated this recently is skipped by the schedule (servers share one run)
 
 GOAL_CACHE_SIZE = 256
 UPDATE_CANDIDATES = 8  # stored facts a new fact is compared with
@@ -410,9 +411,12 @@ class MemoryService:
         return await self._curate(await self._group(owner, name), consolidate)
 
     async def curate_all(self, consolidate: Consolidate) -> list[CurationReport]:
+        """Curate every group not curated in the last CURATION_CLAIM_S (by this or another server)."""
         reports = []
         for group in await self.store.list_groups():
             try:
+                if not await self.store.claim_curation(group, CURATION_CLAIM_S):
+                    continue
                 reports.append(await self._curate(group, consolidate))
             except Exception:  # one group's failure must not stop the others
                 logger.exception("curation of memory group %s failed", group.id)

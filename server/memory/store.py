@@ -266,6 +266,7 @@ class MemoryStore(Protocol):
         self, group: MemoryGroup, run_id: str, changes: Sequence[CurationChange], curated: bool = True
     ) -> list[CurationChange]: ...
     async def audit(self, group: MemoryGroup, limit: int) -> list[AuditEntry]: ...
+    async def claim_curation(self, group: MemoryGroup, within_s: float) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -604,6 +605,19 @@ class MemoryDatabase(Database):
             ]
         )
 
+    async def claim_curation(self, group: MemoryGroup, within_s: float) -> bool:
+        """Mark the group as being curated now, unless some server did so in the last `within_s` (False): of
+        servers sharing the database and curating on the same schedule, one curates each group."""
+        return await self._run(
+            lambda: (
+                self.db.execute(
+                    "UPDATE memory_groups SET curated_at = ? WHERE id = ? AND coalesce(curated_at, 0) < ?",
+                    (time.time(), group.id, time.time() - within_s),
+                ).rowcount
+                == 1
+            )
+        )
+
     # internals
 
     def _transaction(self) -> AbstractContextManager[None]:
@@ -741,9 +755,6 @@ class PostgresMemoryStore(MemoryDatabase):
     POSTGRES_MIGRATIONS = POSTGRES_MIGRATIONS
     VECTOR_PARAM = "CAST(? AS vector)"
     VECTOR_COLUMN = "CAST(embedding AS real[])"
-
-    def __init__(self, url: str, dimensions: int) -> None:
-        super().__init__(url, dimensions)
 
     def _vector_value(self, vector: np.ndarray) -> list[float]:
         return np.asarray(vector, dtype=np.float32).tolist()

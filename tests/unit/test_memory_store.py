@@ -167,6 +167,8 @@ async def test_two_postgres_stores_share_one_database(postgres: str) -> None:
         assert await second.delete(seen, told.id)
         assert await first.list_memories(group, 10, None) == []
         assert (await first.get_group("owner", "g")).memory_count == 0
+        # the nightly schedule on both servers: one curates the group
+        assert [await store.claim_curation(group, 600.0) for store in (first, second)] == [True, False]
         assert isinstance(first, PostgresMemoryStore)
     finally:
         await first.close()
