@@ -175,3 +175,38 @@ async def test_a_job_whose_server_stops_renewing_its_lease_is_queued_again(store
     finally:
         await first.close()
         await second.close()
+
+
+async def test_idle_servers_find_jobs_queued_elsewhere_and_run_each_once(postgres: str) -> None:
+    """Two runners (two servers) on one PostgreSQL job store, woken by nothing but their poll: every job queued in
+    the database is run (here: fails at once, no memory service) by one of them, once."""
+    from server.adaption.runner import AdaptionService
+    from server.config import load_settings
+    from tests.postgres import new_database
+
+    settings = load_settings(None)
+    adaption = settings.adaption.model_copy(update={"job_poll_s": 0.05})
+    url = new_database(postgres)
+    stores = [JobStore(url) for _ in range(3)]
+    for store in stores:
+        await store.open()
+    runners = [
+        AdaptionService(store, None, None, settings.served, adaption, Path("/nonexistent")) for store in stores[:2]
+    ]
+    for runner in runners:
+        runner.shared = True
+        await runner.start()
+    try:
+        jobs = [(await stores[2].create_or_join("owner", f"a{i}", "g", "base", HYPER))[0] for i in range(6)]
+        deadline = asyncio.get_running_loop().time() + 20
+        while any(job.status in ("queued", "running") for job in [await stores[2].get(j.id) for j in jobs]):
+            assert asyncio.get_running_loop().time() < deadline, "a job queued elsewhere was never run"
+            await asyncio.sleep(0.05)
+        for job in jobs:
+            messages = [event.message for event in await stores[2].events(job.id, 20, None)]
+            assert messages.count("Training started.") == 1 and (await stores[2].get(job.id)).status == "failed"
+    finally:
+        for runner in runners:
+            await runner.stop()
+        for store in stores:
+            await store.close()
