@@ -433,6 +433,8 @@ class AdapterStore:
                 created = _create_atomically(directory / OWNER_FILE, json.dumps(ownership) + "\n")
                 if not created and not read_ownership(directory).may_change(owner or "", admin):
                     raise AdapterOwned(name)
+                if created:  # nothing served until a version is activated (a lookup meanwhile finds no version)
+                    _write_atomically(directory / ACTIVE_FILE, f"{NO_ACTIVE_VERSION}\n")
             while True:  # the next number; another server taking it first makes the rename fail: take the next
                 number = (self._versions(directory) or [0])[-1] + 1
                 target = directory / f"v{number}"
