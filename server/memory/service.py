@@ -150,8 +150,15 @@ class MemoryService:
         them: the best `min_results` are always kept, so a group with memories never answers nothing.
         """
         settings = self.settings
-        vector, goal = await self._vectors(query, user_goal)
-        dense, lexical = await self.store.search(group, vector, lexical_query(query), settings.candidates)
+
+        async def nearest() -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, float]]]:
+            vector, goal = await self._vectors(query, user_goal)
+            return vector, goal, await self.store.dense_search(group, vector, settings.candidates)
+
+        # The lexical search runs while the query is embedded: retrieval costs the longer of the two, not both.
+        (vector, goal, dense), lexical = await asyncio.gather(
+            nearest(), self.store.lexical_search(group, lexical_query(query), settings.candidates)
+        )
         relevance = dict(lexical)
         embeddings = await self.store.fetch_embeddings(group, list({**dict(dense), **relevance}))
         memories = await self.store.fetch(group, list(embeddings))

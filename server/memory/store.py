@@ -259,6 +259,8 @@ class MemoryStore(Protocol):
     async def search(
         self, group: MemoryGroup, vector: np.ndarray, lexical_query: str, k: int
     ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]: ...
+    async def dense_search(self, group: MemoryGroup, vector: np.ndarray, k: int) -> list[tuple[int, float]]: ...
+    async def lexical_search(self, group: MemoryGroup, lexical_query: str, k: int) -> list[tuple[int, float]]: ...
     async def fetch(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, Memory]: ...
     async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     async def snapshot(self, group: MemoryGroup) -> Snapshot: ...
@@ -509,6 +511,14 @@ class MemoryDatabase(Database):
         self, group_id: int, vector: np.ndarray, lexical_query: str, k: int
     ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         return self._dense(group_id, vector, k), self._lexical(group_id, lexical_query, k) if lexical_query else []
+
+    async def dense_search(self, group: MemoryGroup, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The dense half of `search` alone."""
+        return await self._run(self._dense, group.id, vector, k)
+
+    async def lexical_search(self, group: MemoryGroup, lexical_query: str, k: int) -> list[tuple[int, float]]:
+        """The lexical half of `search` alone: it needs no embedding, so it can run while the query is embedded."""
+        return await self._run(self._lexical, group.id, lexical_query, k) if lexical_query else []
 
     # curation
 

@@ -34,6 +34,10 @@ async def test_add_search_update_delete(store_location: StoreLocation) -> None:
     dense, lexical = await store.search(group, unit(7), '"number"', 3)
     assert dense[0] == (added[7].id, pytest.approx(1.0, abs=1e-5))
     assert len(lexical) == 3 and all(score > 0 for _, score in lexical)
+    # the halves the service runs side by side answer what `search` answers
+    assert await store.dense_search(group, unit(7), 3) == dense
+    assert await store.lexical_search(group, '"number"', 3) == lexical
+    assert await store.lexical_search(group, "", 3) == []
 
     updated = await store.update(group, added[7].id, "changed text", unit(99))
     assert updated is not None and updated.text == "changed text"
