@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 from server.api.completions import CompletionRequest
 from server.api.embeddings import EmbeddingRequest
 from server.api.protocol import ChatCompletionRequest
+from server.api.tokenize import DetokenizeRequest, TokenizeRequest
 from server.config import load_settings
 from server.conversations.responses import RESPONSES_FIELDS, ResponsesRequest
 from tests.conftest import MODEL, assert_error
@@ -38,6 +39,7 @@ PENALTIES = f"{HERE}::test_penalties_curb_repetition"
 LENGTH = f"{HERE}::test_min_tokens_and_ignore_eos_lengthen_the_answer"
 USER = f"{HERE}::test_user_is_recorded_with_the_usage"
 DROP = f"{HERE}::test_unhonoured_fields_are_dropped_or_refused_with_drop_params_false"
+TOKENIZE = f"{HERE}::test_tokenize_and_detokenize_fields"
 
 FIELD_TESTS: dict[str, dict[str, str]] = {
     "chat": {
@@ -157,6 +159,24 @@ FIELD_TESTS: dict[str, dict[str, str]] = {
         "top_logprobs": DROP,
         "stream_options": DROP,
     },
+    "tokenize": {
+        "model": f"{S}::test_bad_tokenize_requests",
+        "prompt": f"{S}::test_tokenize_and_detokenize_round_trip",
+        "messages": f"{S}::test_tokenize_messages_counts_what_chat_prompts",
+        "tools": TOKENIZE,
+        "add_special_tokens": TOKENIZE,
+        "add_generation_prompt": TOKENIZE,
+        "continue_final_message": TOKENIZE,
+        "return_token_strs": f"{S}::test_tokenize_and_detokenize_round_trip",
+        "lora_name": TOKENIZE,
+        "drop_params": DROP,
+    },
+    "detokenize": {
+        "model": TOKENIZE,
+        "tokens": f"{S}::test_tokenize_and_detokenize_round_trip",
+        "lora_name": TOKENIZE,
+        "drop_params": DROP,
+    },
 }
 
 REQUEST_FIELDS = {
@@ -164,6 +184,8 @@ REQUEST_FIELDS = {
     "completions": set(CompletionRequest.model_fields),
     "embeddings": set(EmbeddingRequest.model_fields),
     "responses": set(ResponsesRequest.model_fields) | RESPONSES_FIELDS,
+    "tokenize": set(TokenizeRequest.model_fields),
+    "detokenize": set(DetokenizeRequest.model_fields),
 }
 
 
@@ -416,6 +438,9 @@ COMPLETIONS_UNHONOURED = {
     "truncate_prompt_tokens": 3,
 }
 EMBEDDINGS_UNHONOURED = {"truncate_prompt_tokens": 3, "normalize": False, "priority": 1}
+# vLLM's /tokenize and /detokenize fields this server does not honour
+TOKENIZE_UNHONOURED = {"chat_template": "{{ messages }}", "mm_processor_kwargs": {}}
+DETOKENIZE_UNHONOURED = {"skip_special_tokens": False}
 RESPONSES_UNHONOURED = {
     "reasoning": {"effort": "low"},
     "service_tier": "auto",
@@ -440,12 +465,16 @@ BASE = {
         "/v1/responses",
         {"model": MODEL, "input": SEA[0]["content"], "max_output_tokens": 6, "temperature": 0},
     ),
+    "tokenize": ("/tokenize", {"model": MODEL, "prompt": "The sea is"}),
+    "detokenize": ("/detokenize", {"model": MODEL, "tokens": [504, 3214, 314]}),
 }
 UNHONOURED = {
     "chat": CHAT_UNHONOURED,
     "completions": COMPLETIONS_UNHONOURED,
     "embeddings": EMBEDDINGS_UNHONOURED,
     "responses": RESPONSES_UNHONOURED,
+    "tokenize": TOKENIZE_UNHONOURED,
+    "detokenize": DETOKENIZE_UNHONOURED,
 }
 
 
@@ -456,6 +485,8 @@ def answer_of(response: httpx.Response) -> object:
         return [choice.get("message", {}).get("content", choice.get("text")) for choice in data["choices"]]
     if "output" in data:
         return data["output"][0]["content"][0]["text"]
+    if "tokens" in data or "prompt" in data:
+        return data.get("tokens", data.get("prompt"))
     return [item["embedding"] for item in data["data"]]
 
 
@@ -495,3 +526,27 @@ def test_fields_refused_on_every_request(
 ) -> None:
     endpoint = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/responses": "responses"}[url]
     assert_error(http.post(url, json={**BASE[endpoint][1], **fields}), status, code, param)
+
+
+def test_tokenize_and_detokenize_fields(http: httpx.Client, tokenizer) -> None:
+    chat = {"model": MODEL, "messages": SEA}
+    tool = {"type": "function", "function": {"name": "get_tide", "parameters": {"type": "object", "properties": {}}}}
+    plain = http.post("/tokenize", json=chat).json()["count"]
+    # tool definitions are rendered into the prompt, as chat renders them
+    assert http.post("/tokenize", json={**chat, "tools": [tool]}).json()["count"] > plain
+    # add_special_tokens: the tokenizer's own choice, as in Hugging Face's tokenizer
+    for add in (True, False):
+        tokens = http.post("/tokenize", json={"model": MODEL, "prompt": "The sea", "add_special_tokens": add}).json()
+        assert tokens["tokens"] == tokenizer("The sea", add_special_tokens=add)["input_ids"]
+    # what cannot be honoured is refused, named
+    for field, value in (("add_generation_prompt", False), ("continue_final_message", True)):
+        assert_error(http.post("/tokenize", json={**chat, field: value}), 400, "invalid_value", field)
+    assert_error(
+        http.post("/tokenize", json={**chat, "add_special_tokens": True}), 400, "invalid_value", "add_special_tokens"
+    )
+    # the tokenizer is the named model's; an adapter shares it, and a missing one is named
+    for path, body in (("/tokenize", {"prompt": "x"}), ("/detokenize", {"tokens": [504]})):
+        assert_error(http.post(path, json={**body, "model": "no-such-model"}), 404, "model_not_found", "model")
+        assert_error(
+            http.post(path, json={**body, "lora_name": "no-such-adapter"}), 404, "adapter_not_found", "lora_name"
+        )

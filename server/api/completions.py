@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,7 +24,15 @@ from starlette.responses import JSONResponse, Response
 from server.api.chat import until_disconnected
 from server.api.errors import APIError, invalid_request, read_json_object
 from server.api.local_access import LocalModel, admit_local, error_events, local_model, metered, started
-from server.api.protocol import ADAPTER_NAME, MAX_STOP_TOKEN_IDS, InvalidParam, Penalty, StreamOptions, TokenId
+from server.api.protocol import (
+    ADAPTER_NAME,
+    MAX_STOP_TOKEN_IDS,
+    DroppableRequest,
+    InvalidParam,
+    Penalty,
+    StreamOptions,
+    TokenId,
+)
 from server.config import Settings
 from server.engine import CompletionDelta, Engine, GenerationOptions
 from server.engine.errors import ContextLengthExceeded
@@ -35,9 +43,7 @@ from server.legacy.completions import echoed_prompt_logprobs, legacy_logprobs, m
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
+class CompletionRequest(DroppableRequest):
     model: str = Field(min_length=1)
     prompt: str | list[str] | list[int] | list[list[int]]
     suffix: str | None = None
@@ -63,7 +69,6 @@ class CompletionRequest(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0.0, le=2.0)
     stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     lora_name: str | None = Field(None, pattern=ADAPTER_NAME.pattern)
-    drop_params: bool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -89,10 +94,6 @@ class CompletionRequest(BaseModel):
             raise InvalidParam("best_of", "`best_of` other than `n` is not supported; ask for `n` choices instead.")
         if self.stream_options is not None and not self.stream:
             raise InvalidParam("stream_options", "`stream_options` is only allowed when `stream` is true.")
-        extra = self.model_extra or {}
-        if self.drop_params is False and extra:
-            names = sorted(extra)
-            raise InvalidParam(", ".join(names), f"Unsupported parameters: {', '.join(names)}.")
         return self
 
     @property

@@ -15,14 +15,14 @@ from pathlib import PurePath
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.errors import invalid_request, read_json_object
 from server.api.local_access import metered, priced
+from server.api.protocol import DroppableRequest
 from server.config import Settings
-from server.errors import InvalidParam
 from server.gateway.errors import ModelUnavailable
 from server.gateway.routing import Route
 from server.gateway.service import Admission, Gateway
@@ -32,23 +32,12 @@ from server.model_sources import PACKAGE_PREFIX
 MAX_INPUTS = 2048
 
 
-class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown fields: ignored, unless `drop_params` is false
-
+class EmbeddingRequest(DroppableRequest):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = Field(None, max_length=256)
-    drop_params: bool | None = None  # None: true
-
-    @model_validator(mode="after")
-    def _no_unsupported_fields(self) -> EmbeddingRequest:
-        extra = self.model_extra or {}
-        if self.drop_params is False and extra:
-            names = sorted(extra)
-            raise InvalidParam(", ".join(names), f"Unsupported parameters: {', '.join(names)}.")
-        return self
 
 
 def embedding_model_names(source: str) -> list[str]:

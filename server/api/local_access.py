@@ -59,6 +59,8 @@ def local_model(settings: Settings, engine: Engine, name: str, lora_name: str | 
     entry = settings.find_model(name)
     if entry is None or entry.name != settings.served.name:
         raise ModelUnavailable(name)
+    if lora_name is not None:
+        engine.adapters.get(lora_name, "lora_name")  # a missing adapter is a 404, never silently the base model
     return LocalModel(entry, lora_name, "lora_name")
 
 

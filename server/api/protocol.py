@@ -49,6 +49,26 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class DroppableRequest(BaseModel):
+    """A request body whose unknown fields are dropped, as OpenAI-compatible servers do, unless it sets
+    `drop_params: false`: then each is refused by name, so a client can tell it was not honoured."""
+
+    model_config = ConfigDict(extra="allow")
+
+    drop_params: bool | None = None  # None: true
+
+    @model_validator(mode="after")
+    def _unknown_fields_refused_when_asked(self) -> DroppableRequest:
+        extra = self.model_extra or {}
+        if self.drop_params is False and extra:
+            names = sorted(extra)
+            raise InvalidParam(
+                ", ".join(names),
+                f"Unsupported parameters: {', '.join(names)}. Leave them out, or let `drop_params` (default true) drop them.",
+            )
+        return self
+
+
 class TextContentPart(_Wire):
     type: Literal["text"]
     text: str
@@ -272,9 +292,7 @@ class TemplateUse(_Wire):
     variables: dict[str, str] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # unknown fields: accepted, ignored (drop_params, default true)
-
+class ChatCompletionRequest(DroppableRequest):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
@@ -331,7 +349,6 @@ class ChatCompletionRequest(BaseModel):
     tags: str | list[str] | None = Field(None, validate_default=True)
     log_query_body: bool | None = None  # None: true
     log_response_body: bool | None = None  # None: true
-    drop_params: bool | None = None  # None: true
     signature: str | None = Field(None, max_length=256)
     region: str | None = Field(None, max_length=64)
     use_custom_keys: bool | None = None
@@ -393,12 +410,6 @@ class ChatCompletionRequest(BaseModel):
         for name, reason in REFUSED_FIELDS.items():
             if extra.get(name) is not None:
                 raise InvalidParam(name, reason)
-        if self.drop_params is False and extra:
-            names = sorted(extra)
-            raise InvalidParam(
-                ", ".join(names),
-                f"Unsupported parameters: {', '.join(names)}. Leave them out, or let `drop_params` (default true) drop them.",
-            )
         if self.use_custom_keys:
             raise InvalidParam(
                 "use_custom_keys",

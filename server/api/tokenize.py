@@ -9,21 +9,19 @@ the key's model limits apply; they are free unless `metering.tokenize_per_token`
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from server.api.errors import read_json_object
 from server.api.local_access import admit_local, local_model, metered, priced
-from server.api.protocol import ChatMessage, InvalidParam, ToolDefinition
+from server.api.protocol import ChatMessage, DroppableRequest, InvalidParam, ToolDefinition
 from server.config import Settings
 from server.engine import ChatTurn, Engine, ToolCall, ToolSpec, ToolUse
 from server.gateway.service import Admission, Gateway
 
 
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class TokenizeRequest(DroppableRequest):
     model: str | None = Field(None, min_length=1)
     prompt: str | None = None
     messages: list[ChatMessage] | None = Field(None, min_length=1)
@@ -47,9 +45,7 @@ class TokenizeRequest(BaseModel):
         return self
 
 
-class DetokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class DetokenizeRequest(DroppableRequest):
     model: str | None = Field(None, min_length=1)
     tokens: list[int]
     lora_name: str | None = None
