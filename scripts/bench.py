@@ -42,6 +42,7 @@ from bench_memory import (
     print_memory_table,
     print_prefix_table,
 )
+from bench_prefix import prefix_bench, print_prefix_bench_table
 
 from server.config import ModelEntry, load_settings
 from server.engine.runtime import engine_args_for
@@ -83,6 +84,14 @@ class LevelResult:
             "ttft_p99_ms": round(percentile(self.ttft_s, 99) * 1000, 2),
             "itl_p50_ms": round(percentile(self.itl_s, 50) * 1000, 2),
         }
+
+
+def entry_token_counter(entry: ModelEntry):
+    """The served model's token count of a text (its own tokenizer, loaded here)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(entry.source_path) if entry.is_local else entry.source)
+    return lambda text: len(tokenizer.encode(text))
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -468,7 +477,8 @@ def main() -> None:
         "--sections",
         default="compare,lora,memory,adaption,guardrails,gateway,load",
         help="compare (vs vllm serve), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
-        " system prompt), adaption, guardrails (policy on vs off),"
+        " system prompt), prefix (long shared system prompt with/without memory, template, policy; vLLM's prefix-cache"
+        " hit rate), adaption, guardrails (policy on vs off),"
         " gateway (auth + usage + templates overhead), load (200 streams + vanishing clients)",
     )
     parser.add_argument("--adaption-facts", default="8,20,50", help="fact counts the adaption section teaches")
@@ -508,6 +518,11 @@ def main() -> None:
     if "memory-prefix" in sections:
         with ready_server("ours-memory-prefix", entry, log_dir, log_dir / "prefix-data") as server:
             report["memory_prefix"] = prefix_ttft_with_memory(server.base_url, API_KEY, entry.name)
+    if "prefix" in sections:
+        with ready_server("ours-prefix", entry, log_dir, log_dir / "prefix-bench-data") as server:
+            load_before = os.getloadavg()
+            report["prefix"] = prefix_bench(server.base_url, API_KEY, entry.name, entry_token_counter(entry))
+            report["prefix"]["load_average_before_after"] = [load_before, os.getloadavg()]
     if "adaption" in sections:
         with ready_server("ours-adaption", entry, log_dir, log_dir / "adaption-data") as server:
 
@@ -537,6 +552,9 @@ def main() -> None:
         print_memory_table(report["memory"])
     if "memory_prefix" in report:
         print_prefix_table(report["memory_prefix"])
+    if "prefix" in report:
+        print_prefix_bench_table(report["prefix"])
+        print(f"load average (1/5/15 min) before / after: {report['prefix']['load_average_before_after']}")
     if "adaption" in report:
         print_adaption_table(report["adaption"])
     if "guardrails" in report:
