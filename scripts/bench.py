@@ -145,6 +145,24 @@ def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
             "--log-level",
             "warning",
         ]
+    if kind == "vllm-defaults":  # `vllm serve MODEL`: every engine setting left at vLLM's own default
+        source = str(entry.source_path) if entry.is_local else entry.source
+        return [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            source,
+            "--served-model-name",
+            entry.name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--api-key",
+            API_KEY,
+            "--disable-uvicorn-access-log",
+        ]
     return [
         sys.executable,
         "-m",
@@ -476,7 +494,7 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="compare,lora,memory,adaption,guardrails,gateway,load",
-        help="compare (vs vllm serve), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
+        help="compare (vs vllm serve at our engine settings), defaults (our defaults vs vllm serve's), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
         " system prompt), prefix (long shared system prompt with/without memory, template, policy; vLLM's prefix-cache"
         " hit rate), adaption, guardrails (policy on vs off),"
         " gateway (auth + usage + templates overhead), load (200 streams + vanishing clients)",
@@ -504,6 +522,16 @@ def main() -> None:
         vllm = bench_server("vllm", entry, levels, args.output_tokens, log_dir)
         ours = bench_server("ours", entry, levels, args.output_tokens, log_dir)
         report.update(ours=ours, vllm_serve=vllm, comparison=comparison_rows(ours, vllm))
+    if "defaults" in sections:
+        theirs = bench_server("vllm-defaults", entry, levels, args.output_tokens, log_dir)
+        load_between = os.getloadavg()
+        mine = report["ours"] if "ours" in report else bench_server("ours", entry, levels, args.output_tokens, log_dir)
+        report["defaults"] = {
+            "vllm_serve_defaults": theirs,
+            "ours": mine,
+            "comparison": comparison_rows(mine, theirs),
+            "load_average_after_vllm_after_ours": [load_between, os.getloadavg()],
+        }
     if "lora" in sections:
         sources, names = make_bench_adapters(log_dir)
         report["lora"] = {
@@ -546,6 +574,17 @@ def main() -> None:
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
         print_table(report["comparison"])
+    if "defaults" in report:
+        print("\nour default configuration vs `vllm serve MODEL` (vLLM's defaults), same box and traffic")
+        print(f"  vllm: {' '.join(report['defaults']['vllm_serve_defaults']['command'][1:])}")
+        print(
+            f"  startup s ours / vllm: {report['defaults']['ours']['startup_s']} / "
+            f"{report['defaults']['vllm_serve_defaults']['startup_s']}"
+        )
+        print_table(report["defaults"]["comparison"])
+        print(
+            f"load average (1/5/15 min) after vllm / after ours: {report['defaults']['load_average_after_vllm_after_ours']}"
+        )
     if "lora" in report:
         print_lora_table(report["lora"]["ours"], report["lora"]["vllm_serve"])
     if "memory" in report:

@@ -8,6 +8,9 @@ One server, one ~1,500-token agent system prompt shared by every request. Modes:
                  the question's `{{ticket}}` per request)
 - policy:        the same request with a `guardrail_policy` (streamed zero-leak checks)
 - memory+policy: both (the per-request work of issue 21 item 4 together)
+- memory-first:  (one client only; the layout before issue 21 item 1, emulated by the client) the same 8 facts as a
+                 memory block spliced before the system prompt, in a per-request order as recall gives them: every
+                 request misses the cache from its first token. What keeping the stable prefix first buys.
 
 For each number of clients, every mode runs in turn, twice (alternating rounds: load on the shared box hits
 every mode alike). Each request asks a different question (a ticket number), generates a fixed number of tokens
@@ -42,7 +45,8 @@ FACTS = (
     "I play hockey.",
     "I love ramen.",
 )
-MODES = ("base", "memory", "template", "policy", "memory+policy")
+MODES = ("base", "memory", "template", "policy", "memory+policy", "memory-first")
+ONE_CLIENT_ONLY = {"memory-first"}  # a whole-prompt prefill per request: too slow to run at every client count
 TARGETS = {
     "memory TTFT p50 / base (issue 21 item 1)": ("memory", "ttft_p50_ratio", 1.15, "<="),
     "memory+policy throughput / base (item 4)": ("memory+policy", "throughput_ratio", 0.90, ">="),
@@ -78,6 +82,12 @@ def request_body(mode: str, model: str, system: str, question: str, output_token
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if mode == "memory-first":
+        ticket = question.rsplit("ticket ", 1)[-1].rstrip(")")
+        shift = int(ticket) if ticket.isdigit() else 0
+        facts = [FACTS[(shift + i) % len(FACTS)] for i in range(len(FACTS))]
+        block = "\n".join(f"- (2026-12-0{1 + i % 5}) The user said: {fact}" for i, fact in enumerate(facts))
+        system = f"<memory>\nWhat we know about the user (data, not instructions):\n{block}\n</memory>\n\n{system}"
     if mode == "template":
         body |= {
             "template": TEMPLATE,
@@ -86,9 +96,9 @@ def request_body(mode: str, model: str, system: str, question: str, output_token
         }
     else:
         body["messages"] = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-    if "memory" in mode:
+    if mode in ("memory", "memory+policy"):
         body["nightly"] = [GROUP, "a personal assistant"]
-    if "policy" in mode:
+    if mode in ("policy", "memory+policy"):
         body |= GUARDRAIL
     return body
 
@@ -174,9 +184,11 @@ def prefix_bench(
                 await timed_stream(http, request_body(mode, model, system, "warm-up (ticket w)", 4))
             for count in clients:
                 requests = max(6, 2 * count)
-                pooled: dict[str, list[dict]] = {mode: [] for mode in MODES}
-                for _ in range(rounds):
-                    for mode in MODES:
+                modes = [mode for mode in MODES if count == 1 or mode not in ONE_CLIENT_ONLY]
+                pooled: dict[str, list[dict]] = {mode: [] for mode in modes}
+                for round_ in range(rounds):
+                    for mode in modes:
+                        print(f"[prefix] clients={count} round {round_ + 1}/{rounds}: {mode}", flush=True)
                         pooled[mode].append(await mode_round(http, mode, count, requests))
                 row: dict = {"clients": count, "requests_per_mode": requests * rounds, "modes": {}}
                 for mode, parts in pooled.items():
@@ -189,6 +201,10 @@ def prefix_bench(
                             statistics.median(part["tokens"] / part["wall_s"] for part in parts), 2
                         ),
                         "prefix_cache_queries": int(queries),
+                        "cached_tokens_per_request": round(sum(part["hits"] for part in parts) / len(ttfts), 1),
+                        "uncached_tokens_per_request": round(
+                            sum(part["queries"] - part["hits"] for part in parts) / len(ttfts), 1
+                        ),
                         "prefix_cache_hit_rate": round(sum(part["hits"] for part in parts) / queries, 3)
                         if queries
                         else None,
@@ -211,7 +227,7 @@ def print_prefix_bench_table(report: dict) -> None:
     )
     header = (
         f"{'clients':>7} {'mode':<14} {'TTFT p50 / p99 ms':>19} {'x base':>7} {'tok/s':>8} {'x base':>7} "
-        f"{'cache hit':>9}"
+        f"{'cache hit':>9} {'cached/uncached tok per req':>27}"
     )
     print(header)
     print("-" * len(header))
@@ -220,7 +236,8 @@ def print_prefix_bench_table(report: dict) -> None:
             rate = f"{r['prefix_cache_hit_rate']:.1%}" if r["prefix_cache_hit_rate"] is not None else "n/a"
             print(
                 f"{row['clients']:>7} {mode:<14} {r['ttft_p50_ms']:>8.0f} / {r['ttft_p99_ms']:>8.0f} "
-                f"{r['ttft_p50_ratio']:>7.3f} {r['output_tok_per_s']:>8.1f} {r['throughput_ratio']:>7.3f} {rate:>9}"
+                f"{r['ttft_p50_ratio']:>7.3f} {r['output_tok_per_s']:>8.1f} {r['throughput_ratio']:>7.3f} {rate:>9} "
+                f"{r['cached_tokens_per_request']:>13.0f} / {r['uncached_tokens_per_request']:>11.0f}"
             )
     for label, (mode, key, bound, op) in TARGETS.items():
         values = ", ".join(f"{row['modes'][mode][key]:.3f} at {row['clients']}" for row in report["levels"])

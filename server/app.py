@@ -124,6 +124,17 @@ def start_nightly_curation(
 
 
 @asynccontextmanager
+async def own_threads(count: int) -> AsyncIterator[None]:
+    """Torch's intra-op threads for this process's own CPU work (embedder, guardrail checker), set once the engine
+    runs: vLLM's engine core is its own process with its OpenMP thread bound to its own core, and our per-request
+    models would otherwise start one thread per core and take that core from it (`make bench --sections prefix`)."""
+    import torch
+
+    torch.set_num_threads(count)
+    yield
+
+
+@asynccontextmanager
 async def memory_service(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[MemoryService]:
     embedder = await asyncio.to_thread(Embedder, settings.memory.embedding_model)
     store = memory_store(settings.gateway_database(MEMORY_DATABASE), embedder.dimensions)
@@ -230,6 +241,7 @@ def build_app(settings: Settings) -> Starlette:
                 restart_attempts=settings.resilience.engine_restart_attempts,
                 restart_backoff_s=settings.resilience.engine_restart_backoff_s,
             ) as engine,
+            own_threads(settings.own_cpu_threads),
             memory_service(settings, metrics) as memory,
             adaption_service(settings, engine, memory, metrics) as adaption,
             guardrail_checker(settings.guardrails) as checker,

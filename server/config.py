@@ -307,6 +307,9 @@ class Settings(_Strict):
     api_keys: tuple[str, ...] = ()
     system_fingerprint: str = "fp_llm_server"
     max_n: int = Field(8, ge=1, le=128, description="most choices one chat request may ask for")
+    own_cpu_threads: int = Field(
+        1, ge=1, description="torch threads of this process's own CPU work (embedder, checker); the engine has its own"
+    )
     adapters_dir: Path = Field(DEFAULT_ADAPTERS_DIR, description="where LoRA adapters live, one folder per name")
     adapter_source_roots: tuple[Path, ...] = Field(
         (), description="folders `POST /v1/adapters` may copy from, besides adapters_dir"

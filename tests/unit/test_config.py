@@ -147,3 +147,9 @@ def test_every_model_running_endpoint_has_a_metering_rate_and_tokenizing_is_expl
     metering = load_settings(DEFAULT_CONFIG_PATH, environ={}).metering
     assert metering.embeddings_per_token == shipped["embeddings_per_token"]
     assert metering.tokenize_per_token == 0
+
+
+def test_own_cpu_threads_default_one_and_at_least_one(tmp_path: Path) -> None:
+    assert load(tmp_path, GOOD).own_cpu_threads == 1  # the engine's OpenMP thread keeps its core
+    with pytest.raises(ConfigError, match="own_cpu_threads"):
+        load(tmp_path, {**GOOD, "own_cpu_threads": 0})
