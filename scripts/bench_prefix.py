@@ -3,7 +3,7 @@
 One server, one ~1,500-token agent system prompt shared by every request. Modes:
 
 - base:          system prompt + a question (the plain baseline every ratio is against)
-- memory:        the same with `nightly` (a group of 8 facts among a few hundred other memories)
+- memory:        the same with `nightly` (a group of 8 facts; each answered request writes its exchange back)
 - template:      the system prompt stored as a template (its `{{agency}}` filled the same way on every request,
                  the question's `{{ticket}}` per request)
 - policy:        the same request with a `guardrail_policy` (streamed zero-leak checks)
@@ -145,7 +145,7 @@ def prefix_bench(
     clients: tuple[int, ...] = (1, 8),
     output_tokens: int = 32,
     rounds: int = 2,
-    noise: int = 300,
+    noise: int = 0,
 ) -> dict:
     headers = {"Authorization": f"Bearer {api_key}"}
     system = long_system_prompt(count_tokens, system_tokens)

@@ -45,3 +45,28 @@ async def test_recall_at_1_and_5_among_2400_distractors(tmp_path: Path) -> None:
     finally:
         await store.close()
         await embedder.close()
+
+
+async def test_recalled_block_is_the_same_text_for_the_same_memories_whatever_the_question(tmp_path: Path) -> None:
+    """A small group is recalled whole for different questions, in a different rank order each time; the block
+    lists it in one order (oldest first), so the prompt's tokens up to the question are the same every time
+    and vLLM's prefix cache serves them."""
+    settings = MemorySettings()
+    embedder = Embedder(settings.embedding_model)
+    store = SQLiteMemoryStore(tmp_path / "memory.sqlite3", embedder.dimensions)
+    await store.open()
+    service = MemoryService(store, embedder, settings)
+    try:
+        for text in ("My dog is called Rex.", "I live in Leeds.", "I am allergic to peanuts."):
+            await service.add("eval", "small", [text], GOAL, "req_eval")
+        words = lambda text: len(text.split())
+        questions = ("What is my dog called?", "Where do I live?", "What am I allergic to?")
+        ranked = [[hit.memory.text for hit in await service.search("eval", "small", q, 3)] for q in questions]
+        assert len({tuple(order) for order in ranked}) > 1  # retrieval ranks them differently per question
+        recalled = [await service.recall("eval", "small", GOAL, q, words) for q in questions]
+        assert all(len(r.memories) == 3 for r in recalled)
+        assert len({r.block for r in recalled}) == 1
+        assert recalled[0].block.index("Rex") < recalled[0].block.index("Leeds") < recalled[0].block.index("peanuts")
+    finally:
+        await store.close()
+        await embedder.close()

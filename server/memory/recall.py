@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9']*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -262,6 +263,25 @@ def memory_block(texts: Sequence[str], budget_tokens: int, count_tokens: Callabl
             break
         block, used = candidate, used + 1
     return (block + MEMORY_BLOCK_FOOTER, used) if used else ("", 0)
+
+
+class _Dated(Protocol):
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+
+D = TypeVar("D", bound=_Dated)
+
+
+def prompt_order(memories: Sequence[D]) -> list[D]:
+    """The recalled memories as the prompt lists them: oldest first (when said, then id), not best first.
+
+    The same memories then always read the same, and a newly stored one joins at the end: successive
+    requests of one group share the longest run of identical tokens, which vLLM's prefix cache serves."""
+    return sorted(memories, key=lambda memory: (memory.created_at, memory.id))
 
 
 def statements(user_text: str, max_words: int = 60) -> list[str]:

@@ -28,6 +28,7 @@ from server.memory.recall import (
     lexical_query,
     memory_block,
     memory_line,
+    prompt_order,
     rank,
     statements,
     time_window,
@@ -205,9 +206,12 @@ class MemoryService:
         if group is None or group.memory_count == 0 or not query.strip():
             return Recalled("", ())
         hits = await self._search(group, query, self.settings.top_k, user_goal)
+        budget = self.settings.prompt_token_budget
         lines = [memory_line(hit.memory.text, hit.memory.kind, hit.memory.created_at) for hit in hits]
-        block, used = memory_block(lines, self.settings.prompt_token_budget, count_tokens)
-        return Recalled(block, tuple(hit.memory for hit in hits[:used]))
+        _, used = memory_block(lines, budget, count_tokens)  # the best that fit the budget ...
+        chosen = prompt_order([hit.memory for hit in hits[:used]])  # ... listed oldest first (cache-stable)
+        block, shown = memory_block([memory_line(m.text, m.kind, m.created_at) for m in chosen], budget, count_tokens)
+        return Recalled(block, tuple(chosen[:shown]))
 
     # write-back
 

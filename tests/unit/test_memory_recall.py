@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from server.engine.prompt import ChatTurn, latest_user_text, with_context_block
@@ -15,6 +16,7 @@ from server.memory.recall import (
     memory_block,
     memory_line,
     people_asked_about,
+    prompt_order,
     rank,
     statements,
     third_party,
@@ -193,3 +195,19 @@ def test_user_goal_breaks_near_ties() -> None:
     running = Candidate(2, "I love running marathons.", similarity=0.505, lexical=0.0, goal_similarity=0.0)
     assert [c.id for c, _ in rank("What do I love?", [cooking, running], Weights())] == [2, 1]
     assert [c.id for c, _ in rank("What do I love?", [cooking, running], Weights(goal=0.02))] == [1, 2]
+
+
+def test_prompt_order_lists_recalled_memories_oldest_first_whatever_their_rank() -> None:
+    @dataclass(frozen=True)
+    class Said:
+        id: int
+        created_at: float
+        text: str
+
+    rex, leeds, tea, hockey = Said(4, 10.0, "rex"), Said(2, 5.0, "leeds"), Said(3, 5.0, "tea"), Said(1, 20.0, "hockey")
+    assert prompt_order([rex, hockey, tea, leeds]) == [leeds, tea, rex, hockey]  # when said, then id
+    # The same memories recalled in another rank order read the same, token for token (the prefix cache's unit).
+    words = lambda text: len(text.split())
+    one = memory_block([m.text for m in prompt_order([hockey, rex, leeds])], 200, words)
+    other = memory_block([m.text for m in prompt_order([leeds, hockey, rex])], 200, words)
+    assert one == other and one[1] == 3
