@@ -62,6 +62,9 @@ class ModelEntry(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     cpu_kv_cache_gib: int = Field(4, ge=1, description="KV cache size on vLLM's CPU backend")
     enforce_eager: bool = False
+    block_size: int | None = Field(
+        None, ge=16, multiple_of=16, description="KV cache block (and prefix-cache unit) in tokens; None: vLLM's"
+    )
     tool_format: Literal["hermes", "llama3_json", "mistral"] = Field(
         "hermes", description="how the model writes tool calls (Hermes tags also serve templates without tools)"
     )

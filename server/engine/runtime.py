@@ -84,6 +84,7 @@ def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
         # vLLM's CPU backend does not profile memory: the KV cache size is given.
         kv_cache_memory_bytes=entry.cpu_kv_cache_gib * GiB if current_platform.is_cpu() else None,
         enforce_eager=entry.enforce_eager,
+        block_size=entry.block_size,
         enable_lora=entry.lora.enabled,
         max_loras=entry.lora.max_loras,
         max_lora_rank=entry.lora.max_lora_rank,

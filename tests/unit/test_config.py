@@ -153,3 +153,17 @@ def test_own_cpu_threads_default_one_and_at_least_one(tmp_path: Path) -> None:
     assert load(tmp_path, GOOD).own_cpu_threads == 1  # the engine's OpenMP thread keeps its core
     with pytest.raises(ConfigError, match="own_cpu_threads"):
         load(tmp_path, {**GOOD, "own_cpu_threads": 0})
+
+
+def test_block_size_reaches_the_engine_arguments_and_must_be_a_multiple_of_16(tmp_path: Path) -> None:
+    from server.engine.runtime import engine_args_for
+
+    source = tmp_path / "model"
+    source.mkdir()
+    entry = {"name": "tiny", "source": str(source), "max_model_len": 512}
+    settings = load(tmp_path, {"default_model": "tiny", "models": [{**entry, "block_size": 32}]})
+    assert engine_args_for(settings.served).block_size == 32
+    unset = load(tmp_path, {"default_model": "tiny", "models": [entry]})
+    assert engine_args_for(unset.served).block_size is None  # vLLM's own (128 on its CPU backend)
+    with pytest.raises(ConfigError, match="block_size"):
+        load(tmp_path, {"default_model": "tiny", "models": [{**entry, "block_size": 40}]})
