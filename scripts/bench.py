@@ -219,10 +219,40 @@ class Server:
                 self.process.wait()
 
 
+def variant_config(entry: ModelEntry, overrides: dict[str, object], log_dir: Path) -> Path:
+    """A copy of models.yaml with `overrides` applied to the served model's entry (top-level keys where the
+    entry has no such field, e.g. own_cpu_threads); None removes a key (vLLM's default)."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    model = next(item for item in raw["models"] if item["name"] == entry.name)
+    for key, value in overrides.items():
+        target = model if key in ModelEntry.model_fields else raw
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = value
+    name = "-".join(f"{key}={value}" for key, value in overrides.items())
+    path = log_dir / f"models-{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def parse_overrides(text: str) -> dict[str, object]:
+    """`block_size=128,own_cpu_threads=2` (YAML values; `none`: vLLM's default) -> {key: value}."""
+    import yaml
+
+    pairs = [part.split("=", 1) for part in text.split(",") if part]
+    return {key: (None if value.lower() == "none" else yaml.safe_load(value)) for key, value in pairs}
+
+
 @contextlib.contextmanager
-def ready_server(kind: str, entry: ModelEntry, log_dir: Path, data_dir: Path) -> Iterator[Server]:
-    """Our server with its own data folder, started and healthy; stopped on the way out."""
-    server = Server(kind, entry, log_dir, {"LLM_SERVER_DATA_DIR": str(data_dir)})
+def ready_server(
+    kind: str, entry: ModelEntry, log_dir: Path, data_dir: Path, config: Path | None = None
+) -> Iterator[Server]:
+    """Our server with its own data folder (and registry), started and healthy; stopped on the way out."""
+    env = {"LLM_SERVER_DATA_DIR": str(data_dir)} | ({"LLM_SERVER_CONFIG": str(config)} if config else {})
+    server = Server(kind, entry, log_dir, env)
     try:
         server.wait_ready()
         yield server
@@ -499,6 +529,12 @@ def main() -> None:
         " hit rate), adaption, guardrails (policy on vs off),"
         " gateway (auth + usage + templates overhead), load (200 streams + vanishing clients)",
     )
+    parser.add_argument(
+        "--prefix-variant",
+        default="",
+        help="prefix: also run base and memory on a server whose served model entry (or top-level setting) differs,"
+        " e.g. block_size=none (vLLM's default) or own_cpu_threads=2",
+    )
     parser.add_argument("--adaption-facts", default="8,20,50", help="fact counts the adaption section teaches")
     parser.add_argument("--load-streams", type=int, default=200, help="load: concurrent streams read to the end")
     parser.add_argument("--load-vanishing", type=int, default=20, help="load: clients that disconnect mid-stream")
@@ -551,6 +587,17 @@ def main() -> None:
             load_before = os.getloadavg()
             report["prefix"] = prefix_bench(server.base_url, API_KEY, entry.name, entry_token_counter(entry))
             report["prefix"]["load_average_before_after"] = [load_before, os.getloadavg()]
+        if args.prefix_variant:
+            overrides = parse_overrides(args.prefix_variant)
+            config = variant_config(entry, overrides, log_dir)
+            with ready_server("ours-prefix-variant", entry, log_dir, log_dir / "prefix-variant-data", config) as server:
+                load_before = os.getloadavg()
+                variant = prefix_bench(
+                    server.base_url, API_KEY, entry.name, entry_token_counter(entry), modes=("base", "memory")
+                )
+                variant["overrides"] = {key: value for key, value in overrides.items()}
+                variant["load_average_before_after"] = [load_before, os.getloadavg()]
+                report["prefix_variant"] = variant
     if "adaption" in sections:
         with ready_server("ours-adaption", entry, log_dir, log_dir / "adaption-data") as server:
 
@@ -594,6 +641,20 @@ def main() -> None:
     if "prefix" in report:
         print_prefix_bench_table(report["prefix"])
         print(f"load average (1/5/15 min) before / after: {report['prefix']['load_average_before_after']}")
+    if "prefix_variant" in report:
+        variant = report["prefix_variant"]
+        print(f"\nthe same, our configuration but {variant['overrides']} (None: vLLM's default)")
+        print_prefix_bench_table(variant)
+        print(f"load average (1/5/15 min) before / after: {variant['load_average_before_after']}")
+        for mine, theirs in zip(report["prefix"]["levels"], variant["levels"], strict=True):
+            for mode in variant["levels"][0]["modes"]:
+                a, b = mine["modes"][mode], theirs["modes"][mode]
+                print(
+                    f"  clients {mine['clients']} {mode}: TTFT p50 ours {a['ttft_p50_ms']:.0f} / variant "
+                    f"{b['ttft_p50_ms']:.0f} ms ({a['ttft_p50_ms'] / b['ttft_p50_ms']:.3f}x); tok/s "
+                    f"{a['output_tok_per_s']:.1f} / {b['output_tok_per_s']:.1f} "
+                    f"({a['output_tok_per_s'] / b['output_tok_per_s']:.3f}x)"
+                )
     if "adaption" in report:
         print_adaption_table(report["adaption"])
     if "guardrails" in report:
