@@ -523,7 +523,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
     parser.add_argument(
         "--sections",
-        default="compare,lora,memory,adaption,guardrails,gateway,load",
+        default="compare,defaults,prefix,lora,memory,adaption,guardrails,gateway,load",
         help="compare (vs vllm serve at our engine settings), defaults (our defaults vs vllm serve's), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
         " system prompt), prefix (long shared system prompt with/without memory, template, policy; vLLM's prefix-cache"
         " hit rate), adaption, guardrails (policy on vs off),"
