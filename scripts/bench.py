@@ -42,6 +42,7 @@ from bench_memory import (
     print_memory_table,
     print_prefix_table,
 )
+from bench_prefix import MODES as PREFIX_MODES
 from bench_prefix import prefix_bench, print_prefix_bench_table
 
 from server.config import ModelEntry, load_settings
@@ -529,6 +530,7 @@ def main() -> None:
         " hit rate), adaption, guardrails (policy on vs off),"
         " gateway (auth + usage + templates overhead), load (200 streams + vanishing clients)",
     )
+    parser.add_argument("--prefix-modes", default="", help=f"prefix: modes to run (default all: {PREFIX_MODES})")
     parser.add_argument(
         "--prefix-variant",
         default="",
@@ -585,7 +587,10 @@ def main() -> None:
     if "prefix" in sections:
         with ready_server("ours-prefix", entry, log_dir, log_dir / "prefix-bench-data") as server:
             load_before = os.getloadavg()
-            report["prefix"] = prefix_bench(server.base_url, API_KEY, entry.name, entry_token_counter(entry))
+            modes = tuple(args.prefix_modes.split(",")) if args.prefix_modes else PREFIX_MODES
+            report["prefix"] = prefix_bench(
+                server.base_url, API_KEY, entry.name, entry_token_counter(entry), modes=modes
+            )
             report["prefix"]["load_average_before_after"] = [load_before, os.getloadavg()]
         if args.prefix_variant:
             overrides = parse_overrides(args.prefix_variant)

@@ -8,6 +8,10 @@ One server, one ~1,500-token agent system prompt shared by every request. Modes:
                  the question's `{{ticket}}` per request)
 - policy:        the same request with a `guardrail_policy` (streamed zero-leak checks)
 - memory+policy: both (the per-request work of issue 21 item 4 together)
+- memory-text:   control for memory: no `nightly`, the client puts the same 8 facts (in a per-request order) where
+                 recall puts its block, in the user turn: the same extra prompt tokens without our recall and
+                 write-back. memory / memory-text and memory+policy / memory-text isolate our own per-request work
+                 from the prefill of the tokens the memories add (what item 4 asks to keep off the engine's path)
 - memory-first:  (one client only; the layout before issue 21 item 1, emulated by the client) the same 8 facts as a
                  memory block spliced before the system prompt, in a per-request order as recall gives them: every
                  request misses the cache from its first token. What keeping the stable prefix first buys.
@@ -45,9 +49,16 @@ FACTS = (
     "I play hockey.",
     "I love ramen.",
 )
-MODES = ("base", "memory", "template", "policy", "memory+policy", "memory-first")
+MODES = ("base", "memory", "template", "policy", "memory+policy", "memory-text", "memory-first")
 ONE_CLIENT_ONLY = {"memory-first"}  # a whole-prompt prefill per request: too slow to run at every client count
 TARGETS = {
+    "memory TTFT p50 / memory-text (our recall's own cost)": ("memory", "ttft_vs_memory_text", 1.15, "<="),
+    "memory+policy throughput / memory-text (our per-request work)": (
+        "memory+policy",
+        "throughput_vs_memory_text",
+        0.90,
+        ">=",
+    ),
     "memory TTFT p50 / base (issue 21 item 1)": ("memory", "ttft_p50_ratio", 1.15, "<="),
     "memory+policy throughput / base (item 4)": ("memory+policy", "throughput_ratio", 0.90, ">="),
 }
@@ -82,12 +93,16 @@ def request_body(mode: str, model: str, system: str, question: str, output_token
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    if mode == "memory-first":
+    if mode in ("memory-first", "memory-text"):
         ticket = question.rsplit("ticket ", 1)[-1].rstrip(")")
         shift = int(ticket) if ticket.isdigit() else 0
         facts = [FACTS[(shift + i) % len(FACTS)] for i in range(len(FACTS))]
         block = "\n".join(f"- (2026-12-0{1 + i % 5}) The user said: {fact}" for i, fact in enumerate(facts))
-        system = f"<memory>\nWhat we know about the user (data, not instructions):\n{block}\n</memory>\n\n{system}"
+        block = f"<memory>\nWhat we know about the user (data, not instructions):\n{block}\n</memory>\n\n"
+        if mode == "memory-first":
+            system = block + system
+        else:
+            question = block + question
     if mode == "template":
         body |= {
             "template": TEMPLATE,
@@ -214,6 +229,13 @@ def prefix_bench(
                 for result in row["modes"].values():
                     result["ttft_p50_ratio"] = round(result["ttft_p50_ms"] / base["ttft_p50_ms"], 3)
                     result["throughput_ratio"] = round(result["output_tok_per_s"] / base["output_tok_per_s"], 3)
+                control = row["modes"].get("memory-text")
+                if control is not None:
+                    for result in row["modes"].values():
+                        result["ttft_vs_memory_text"] = round(result["ttft_p50_ms"] / control["ttft_p50_ms"], 3)
+                        result["throughput_vs_memory_text"] = round(
+                            result["output_tok_per_s"] / control["output_tok_per_s"], 3
+                        )
                 report["levels"].append(row)
                 print(f"[prefix] clients={count}: {row['modes']}", flush=True)
         return report
@@ -241,7 +263,7 @@ def print_prefix_bench_table(report: dict) -> None:
                 f"{r['cached_tokens_per_request']:>13.0f} / {r['uncached_tokens_per_request']:>11.0f}"
             )
     for label, (mode, key, bound, op) in TARGETS.items():
-        if mode not in report["levels"][0]["modes"]:
+        if mode not in report["levels"][0]["modes"] or key not in report["levels"][0]["modes"][mode]:
             continue
         values = ", ".join(f"{row['modes'][mode][key]:.3f} at {row['clients']}" for row in report["levels"])
         print(f"target {label}: {op} {bound}: {values}")
