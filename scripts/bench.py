@@ -146,7 +146,7 @@ def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
             "--log-level",
             "warning",
         ]
-    if kind == "vllm-defaults":  # `vllm serve MODEL`: every engine setting left at vLLM's own default
+    if kind == "vllm-defaults":  # `vllm serve MODEL`: every engine setting left at vLLM's own default ...
         source = str(entry.source_path) if entry.is_local else entry.source
         return [
             sys.executable,
@@ -156,6 +156,10 @@ def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
             source,
             "--served-model-name",
             entry.name,
+            # ... but the KV cache's size, ours: on CPU vLLM's default claims 92% of the box's memory and refuses
+            # to start where less is free (a shared box). A size, not a speed setting.
+            "--kv-cache-memory-bytes",
+            str(engine_args_for(entry).kv_cache_memory_bytes),
             "--host",
             "127.0.0.1",
             "--port",
