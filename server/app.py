@@ -68,6 +68,7 @@ from server.api.usage import get_request_usage, get_usage
 from server.config import GuardrailSettings, Settings
 from server.conversations.store import CONVERSATIONS_DATABASE, ConversationStore
 from server.engine import ChatTurn, Engine, GenerationOptions
+from server.engine.pool import EnginePool, PoolSettings
 from server.errors import ServerError
 from server.gateway.keys import KEYS_DATABASE, KeyStore
 from server.gateway.limits import SharedRateLimiter
@@ -146,6 +147,27 @@ async def memory_service(settings: Settings, metrics: Metrics | None = None) -> 
         await service.drain()
         await store.close()
         await embedder.close()
+
+
+@asynccontextmanager
+async def engine_pool(settings: Settings, metrics: Metrics) -> AsyncIterator[EnginePool]:
+    """One vLLM engine per served model: the startup ones loaded before anything is served, the others on demand."""
+    pool = EnginePool(
+        settings.served_models,
+        settings.adapters_dir_for,
+        PoolSettings(
+            max_loaded_models=settings.max_loaded_models,
+            load_timeout_s=settings.model_load_timeout_s,
+            restart_attempts=settings.resilience.engine_restart_attempts,
+            restart_backoff_s=settings.resilience.engine_restart_backoff_s,
+        ),
+        metrics,
+    )
+    try:
+        await pool.start()
+        yield pool
+    finally:
+        await pool.close()
 
 
 @asynccontextmanager
@@ -235,25 +257,26 @@ def build_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with (
-            Engine.running(
-                settings.served,
-                settings.adapters_dir,
-                restart_attempts=settings.resilience.engine_restart_attempts,
-                restart_backoff_s=settings.resilience.engine_restart_backoff_s,
-            ) as engine,
+            engine_pool(settings, metrics) as pool,
             own_threads(settings.own_cpu_threads),
             memory_service(settings, metrics) as memory,
-            adaption_service(settings, engine, memory, metrics) as adaption,
+            adaption_service(settings, pool.primary, memory, metrics) as adaption,
             guardrail_checker(settings.guardrails) as checker,
             gateway_service(settings, metrics) as gateway,
             conversation_store(settings) as conversations,
         ):
-            engine.adapters.metrics = metrics
-            engine.adapters.shared = settings.gateway.database_url is not None  # servers share adapters_dir too
+            engine = pool.primary
+            for _, store in pool.adapter_stores():
+                store.metrics = metrics
+                store.shared = settings.gateway.database_url is not None  # servers share adapters_dir too
             checker.metrics = metrics
             app.state.metrics = metrics
             app.state.conversations = conversations
-            catalog = ModelCatalog(settings.served, engine.adapters, settings.providers)
+            catalog = ModelCatalog(
+                settings.served_models,
+                {entry.name: store for entry, store in pool.adapter_stores()},
+                settings.providers,
+            )
             app.state.catalog = catalog
             app.state.chat = ChatService(
                 catalog,
@@ -267,13 +290,15 @@ def build_app(settings: Settings) -> Starlette:
                 middle_out_reserve_tokens=settings.gateway.middle_out_reserve_tokens,
                 memory_quotas=settings.security.quotas,
                 memory_add_per_token=settings.metering.memory_add_per_token,
+                engines=pool if len(pool.slots) > 1 else None,
             )
             app.state.gateway = gateway
             app.state.keys = gateway.keys
             app.state.usage = gateway.usage
             app.state.templates = gateway.templates
             app.state.settings = settings
-            app.state.engine = engine
+            app.state.engine = engine  # the server's own model (the first served)
+            app.state.engines = pool
             app.state.memory = memory
             app.state.adaption = adaption
             app.state.checker = checker

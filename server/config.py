@@ -7,8 +7,10 @@ file up front so a wrong or missing entry fails at start with the field's path.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +25,37 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the offending field."""
+
+
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_keep_alive(value: object) -> float | None:
+    """Ollama's `keep_alive` as seconds an idle model stays awake: a number (seconds) or a duration ('90s', '5m',
+    '1h'); negative or None: forever (None). ValueError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        raise ValueError(f"keep_alive {value!r} is not a number of seconds or a duration such as '5m'")
+    if not math.isfinite(seconds):
+        raise ValueError("keep_alive must be finite")
+    return None if seconds < 0 else seconds
+
+
+def check_gpu_shares(entries: Sequence[ModelEntry]) -> None:
+    """On a GPU every served model takes its `gpu_memory_utilization` share: together at most the whole GPU."""
+    total = sum(entry.gpu_memory_utilization for entry in entries)
+    if total > 1.0 + 1e-9:
+        shares = ", ".join(f"{entry.name} {entry.gpu_memory_utilization:g}" for entry in entries)
+        raise ConfigError(
+            f"models: the served models' gpu_memory_utilization shares add up to {total:g} (> 1): {shares};"
+            " lower them so that they fit on one GPU"
+        )
 
 
 class _Strict(BaseModel):
@@ -70,6 +103,30 @@ class ModelEntry(_Strict):
     )
     lora: LoraLimits = LoraLimits()
     sampling: SamplingDefaults = SamplingDefaults()
+    load: Literal["startup", "on_demand"] = Field(
+        "startup", description="startup: loaded before the server answers; on_demand: on its first request"
+    )
+    keep_alive: str | float | None = Field(
+        None,
+        description="idle time before the model is put to sleep (or unloaded): seconds or '30s', '5m', '1h';"
+        " negative or null: never (Ollama's keep_alive). The first served model never sleeps.",
+    )
+    cpu_threads_bind: str | None = Field(
+        None,
+        description="CPU: vLLM's VLLM_CPU_OMP_THREADS_BIND for this model's engine ('auto', 'nobind', '0-3');"
+        " unset: the environment's (vLLM's auto binding)",
+    )
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive_parses(cls, value: str | float | None) -> str | float | None:
+        parse_keep_alive(value)
+        return value
+
+    @property
+    def keep_alive_s(self) -> float | None:
+        """Seconds an idle engine stays awake; None: forever."""
+        return parse_keep_alive(self.keep_alive)
 
     @field_validator("aliases")
     @classmethod
@@ -304,7 +361,16 @@ class ResilienceSettings(_Strict):
 class Settings(_Strict):
     models: tuple[ModelEntry, ...] = Field(min_length=1)
     default_model: str
-    served_model: str = Field(description="the registry entry this process serves")
+    served_model: str = Field(
+        description="the registry entries this process serves, comma-separated (`a,b`); the first is the server's"
+        " own (memory curation, adaption) and is always loaded"
+    )
+    max_loaded_models: int | None = Field(
+        None, ge=1, description="most models awake at once (an idle one is put to sleep for another); null: no bound"
+    )
+    model_load_timeout_s: float = Field(
+        300.0, gt=0, description="how long a request waits for its model to load or wake before a 503"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_keys: tuple[str, ...] = ()
@@ -335,9 +401,15 @@ class Settings(_Strict):
                 if name in seen:
                     raise ValueError(f"model name {name!r} is used by both {seen[name]!r} and {entry.name!r}")
                 seen[name] = entry.name
-        for field in ("default_model", "served_model"):
-            if getattr(self, field) not in seen:
-                raise ValueError(f"{field}: {getattr(self, field)!r} is not a model in the registry")
+        if self.default_model not in seen:
+            raise ValueError(f"default_model: {self.default_model!r} is not a model in the registry")
+        served: list[str] = []
+        for name in self.served_names:
+            if name not in seen:
+                raise ValueError(f"served_model: {name!r} is not a model in the registry")
+            if seen[name] in served:
+                raise ValueError(f"served_model: {seen[name]!r} is named twice")
+            served.append(seen[name])
         providers = [provider.name for provider in self.providers]
         if len(set(providers)) != len(providers):
             raise ValueError("providers: two providers share a name")
@@ -360,10 +432,25 @@ class Settings(_Strict):
         return None
 
     @property
+    def served_names(self) -> list[str]:
+        return [name.strip() for name in self.served_model.split(",") if name.strip()]
+
+    @property
+    def served_models(self) -> list[ModelEntry]:
+        """Every entry this process serves, in the order given; the first is `served`."""
+        entries = [self.find_model(name) for name in self.served_names]
+        assert all(entries)  # guaranteed by _names_resolve
+        return entries  # type: ignore[return-value]
+
+    @property
     def served(self) -> ModelEntry:
-        entry = self.find_model(self.served_model)
-        assert entry is not None  # guaranteed by _names_resolve
-        return entry
+        """The server's own model: the first served one (memory curation, adaption, the default of tokenize)."""
+        return self.served_models[0]
+
+    def adapters_dir_for(self, entry: ModelEntry) -> Path:
+        """Where `entry`'s adapters live: adapters_dir for the first served model, `adapters_dir/@NAME` for others
+        (an adapter belongs to one base model; `@` is not allowed in adapter names, so the folders never clash)."""
+        return self.adapters_dir if entry.name == self.served.name else self.adapters_dir / f"@{entry.name}"
 
     def gateway_database(self, sqlite_file: str) -> Path | str:
         """Where a store (the gateway's, memory's, the jobs') lives: the shared PostgreSQL URL, or its own SQLite

@@ -19,7 +19,6 @@ from server.api.errors import invalid_request, read_json_object
 from server.api.middleware import principal_of
 from server.api.protocol_resources import AdapterObject, AdapterVersionObject, Deleted, ListOf, json_response
 from server.config import Settings
-from server.engine import Engine
 from server.engine.adapters import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -30,8 +29,10 @@ from server.engine.adapters import (
     check_name,
     path_under,
 )
+from server.engine.pool import EnginePool
 from server.gateway.keys import Principal
 from server.gateway.service import authorize_adapter
+from server.serving.catalog import ModelAdapters, ModelCatalog
 
 
 class AdapterFromPath(BaseModel):
@@ -39,6 +40,7 @@ class AdapterFromPath(BaseModel):
     name: str
     path: str
     shared: bool | None = None  # admins only: every key may use it (default for an admin's adapter)
+    base_model: str | None = None  # the served model it runs on (default: the server's own, or the one it has)
 
 
 class VllmLoadLora(BaseModel):
@@ -52,7 +54,7 @@ class VllmUnloadLora(BaseModel):
     lora_name: str
 
 
-def adapter_object(version: AdapterVersion, store: AdapterStore, principal: Principal) -> AdapterObject:
+def adapter_object(version: AdapterVersion, store: AdapterStore | ModelAdapters, principal: Principal) -> AdapterObject:
     manifest = version.manifest
     ownership = store.ownership(version.name)
     source = manifest.get("source")
@@ -79,56 +81,73 @@ def source_roots(settings: Settings) -> tuple[Path, ...]:
 def checked_source(request: Request, path: str, param: str) -> Path:
     """A source directory under an allowed root, and never inside the folder of an adapter the caller may not
     change (another key's weights must not be copied out under a new name)."""
-    engine: Engine = request.app.state.engine
+    pool: EnginePool = request.app.state.engines
     principal = principal_of(request.scope)
     source = path_under(source_roots(request.app.state.settings), path, param)
-    inside = engine.adapters.is_inside_adapter(source)
-    if inside is not None and not principal.admin:
-        ownership = engine.adapters.ownership(inside)
-        if ownership is None or not ownership.may_change(principal.owner, principal.admin):
-            raise InvalidAdapter("Adapter paths may not point into another adapter's folder.", param)
+    for _, store in pool.adapter_stores():
+        inside = store.is_inside_adapter(source)
+        if inside is not None and not principal.admin:
+            ownership = store.ownership(inside)
+            if ownership is None or not ownership.may_change(principal.owner, principal.admin):
+                raise InvalidAdapter("Adapter paths may not point into another adapter's folder.", param)
     return source
 
 
 async def add_version(
-    request: Request, name: str, source: Path, source_label: str, shared: bool | None, param: str = "name"
-) -> AdapterVersion:
-    """Authorize (allowed_adapters, ownership, quotas), then add `source` as the next version of `name`."""
-    engine: Engine = request.app.state.engine
+    request: Request,
+    name: str,
+    source: Path,
+    source_label: str,
+    shared: bool | None,
+    param: str = "name",
+    base_model: str | None = None,
+) -> tuple[AdapterVersion, AdapterStore]:
+    """Authorize (allowed_adapters, ownership, quotas), then add `source` as the next version of `name` on its
+    base model (woken or loaded first: the adapter is loaded into its engine)."""
+    pool: EnginePool = request.app.state.engines
     settings: Settings = request.app.state.settings
     principal = principal_of(request.scope)
-    authorize_adapter(principal, name, engine.adapters.ownership(name), param=param, change=True)
+    slot = pool.adapter_slot(name, base_model)
+    catalog: ModelCatalog = request.app.state.catalog
+    authorize_adapter(principal, name, catalog.adapters.ownership(name), param=param, change=True)
     if shared is not None and not principal.admin:
         raise invalid_request("Only admin keys may share adapters.", param="shared", code="invalid_value")
     quotas = settings.security.quotas
-    return await engine.adapters.add(
-        name,
-        source,
-        source_label=source_label,
-        owner=principal.owner,
-        admin=principal.admin,
-        shared=shared if shared is not None else principal.admin,
-        max_versions=None if principal.admin else quotas.adapter_versions,
-        max_adapters=None if principal.admin else quotas.adapters,
-    )
+    async with pool.awake_adapters(slot) as store:
+        version = await store.add(
+            name,
+            source,
+            source_label=source_label,
+            owner=principal.owner,
+            admin=principal.admin,
+            shared=shared if shared is not None else principal.admin,
+            max_versions=None if principal.admin else quotas.adapter_versions,
+            max_adapters=None if principal.admin else quotas.adapters,
+        )
+    return version, store
 
 
 async def create_adapter(request: Request) -> Response:
-    """JSON `{"name", "path"}` (a peft directory under an allowed root), or a multipart upload of its two files."""
-    engine: Engine = request.app.state.engine
+    """JSON `{"name", "path"}` (a peft directory under an allowed root), or a multipart upload of its two files;
+    `base_model` names the served model it runs on (default: the server's own)."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        version = await _create_from_upload(request)
+        version, store = await _create_from_upload(request)
     else:
         body = AdapterFromPath.model_validate(await read_json_object(request), strict=True)
         check_name(body.name)
         source = checked_source(request, body.path, "path")
-        version = await add_version(request, body.name, source, str(source), body.shared)
-    return json_response(adapter_object(version, engine.adapters, principal_of(request.scope)), status_code=201)
+        version, store = await add_version(
+            request, body.name, source, str(source), body.shared, base_model=body.base_model
+        )
+    return json_response(adapter_object(version, store, principal_of(request.scope)), status_code=201)
 
 
-async def _create_from_upload(request: Request) -> AdapterVersion:
-    async with request.form(max_files=2, max_fields=4) as form:
+async def _create_from_upload(request: Request) -> tuple[AdapterVersion, AdapterStore]:
+    async with request.form(max_files=2, max_fields=5) as form:
         name = check_name(form.get("name"))
+        base_model = form.get("base_model")
+        if base_model is not None and not isinstance(base_model, str):
+            raise invalid_request("`base_model` must be a model name.", param="base_model", code="invalid_value")
         shared_field = form.get("shared")
         if shared_field is not None and shared_field not in ("true", "false"):
             raise invalid_request("`shared` must be true or false.", param="shared", code="invalid_value")
@@ -139,10 +158,10 @@ async def _create_from_upload(request: Request) -> AdapterVersion:
                 if not isinstance(upload, UploadFile):
                     raise invalid_request(f"Upload the file field `{filename}`.", param=filename)
                 (Path(staging) / filename).write_bytes(await upload.read())
-            return await add_version(request, name, Path(staging), "upload", shared)
+            return await add_version(request, name, Path(staging), "upload", shared, base_model=base_model)
 
 
-def visible(store: AdapterStore, principal: Principal) -> list[AdapterVersion]:
+def visible(store: AdapterStore | ModelAdapters, principal: Principal) -> list[AdapterVersion]:
     """The served adapters `principal` may use: its own and the shared ones (every one, for an admin)."""
     versions = []
     for version in store.list():
@@ -153,31 +172,39 @@ def visible(store: AdapterStore, principal: Principal) -> list[AdapterVersion]:
 
 
 async def list_adapters(request: Request) -> Response:
-    engine: Engine = request.app.state.engine
+    catalog: ModelCatalog = request.app.state.catalog
     principal = principal_of(request.scope)
-    data = [adapter_object(version, engine.adapters, principal) for version in visible(engine.adapters, principal)]
+    data = [adapter_object(version, catalog.adapters, principal) for version in visible(catalog.adapters, principal)]
     return json_response(ListOf(data=data))
 
 
 async def remove_adapter(request: Request, name: str, param: str) -> None:
-    engine: Engine = request.app.state.engine
+    pool: EnginePool = request.app.state.engines
     principal = principal_of(request.scope)
     key = principal.key
     if key is not None and key.allowed_adapters is not None and name not in key.allowed_adapters:
         raise AdapterNotFound(name, param)
-    await engine.adapters.remove(name, param=param, owner=principal.owner, admin=principal.admin)
+    slot = pool.adapter_slot(name)
+    if slot.state == "awake":
+        assert slot.adapters is not None
+        await slot.adapters.remove(name, param=param, owner=principal.owner, admin=principal.admin)
+        return
+    async with pool.awake_adapters(slot) as store:  # its engine holds the adapter: wake it to unload it
+        await store.remove(name, param=param, owner=principal.owner, admin=principal.admin)
 
 
 async def list_adapter_versions(request: Request) -> Response:
     """`GET /v1/adapters/{name}/versions`: every version on disk, which one is served, and its manifest."""
-    engine: Engine = request.app.state.engine
+    pool: EnginePool = request.app.state.engines
     name = check_name(request.path_params["name"])
     principal = principal_of(request.scope)
-    ownership = engine.adapters.ownership(name)
+    store = pool.adapter_slot(name).adapters
+    assert store is not None
+    ownership = store.ownership(name)
     if ownership is None or not ownership.may_use(principal.owner, principal.admin):
         raise AdapterNotFound(name, "name")  # another key's private adapter is not even named
-    versions = engine.adapters.versions(name)
-    active = engine.adapters.get(name).version if name in engine.adapters else None
+    versions = store.versions(name)
+    active = store.get(name).version if name in store else None
     return json_response(
         ListOf(
             data=[

@@ -161,4 +161,5 @@ def to_call(body: ChatCompletionRequest, payload: dict, account: RequestAccount,
         else None,
         middle_out=MIDDLE_OUT in (body.transforms or ()),
         provider_body={name: value for name, value in payload.items() if name in PROVIDER_FIELDS},
+        keep_alive=body.keep_alive,
     )

@@ -36,6 +36,7 @@ from server.api.protocol import (
 from server.config import Settings
 from server.engine import CompletionDelta, Engine, GenerationOptions
 from server.engine.errors import ContextLengthExceeded
+from server.engine.pool import EnginePool, Lease
 from server.errors import CLIENT_CLOSED, CLIENT_CLOSED_CODE
 from server.gateway.service import Admission, Gateway
 from server.legacy.completions import echoed_prompt_logprobs, legacy_logprobs, merged
@@ -248,7 +249,7 @@ async def create_completion(request: Request) -> Response:
 async def _completion(request: Request, gateway: Gateway, admission: Admission) -> Response:
     account = admission.account
     settings: Settings = request.app.state.settings
-    engine: Engine = request.app.state.engine
+    pool: EnginePool = request.app.state.engines
     payload = await read_json_object(request)
     if payload.get("model") is None and account.principal.key is not None:
         payload["model"] = account.principal.key.default_model
@@ -256,8 +257,23 @@ async def _completion(request: Request, gateway: Gateway, admission: Admission) 
     account.user = body.user
     if body.n > settings.max_n:
         raise invalid_request(f"n must be at most {settings.max_n} on this server.", param="n")
-    model: LocalModel = local_model(settings, engine, body.model, body.lora_name)
+    model: LocalModel = local_model(request.app.state.catalog, body.model, body.lora_name)
     await admit_local(gateway, admission, model)
+    lease = await pool.lease(model.entry.name)  # the model's engine, loaded or woken first; held until answered
+    try:
+        response = await _complete(request, admission, body, model, lease.engine, lease)
+    except BaseException:
+        lease.release()
+        raise
+    if not isinstance(response, EventSourceResponse):
+        lease.release()
+    return response
+
+
+async def _complete(
+    request: Request, admission: Admission, body: CompletionRequest, model: LocalModel, engine: Engine, lease: Lease
+) -> Response:
+    account = admission.account
     prompts = prompts_of(body, engine)
     options = options_of(body)
     try:
@@ -284,15 +300,20 @@ async def _completion(request: Request, gateway: Gateway, admission: Admission) 
     if body.stream:
 
         async def chunks(first: AsyncIterator[tuple[int, CompletionDelta]]) -> AsyncIterator[str]:
-            async for position, delta in first:
-                account.completion_tokens = run.completion_tokens
-                yield run.chunk([run.choice_piece(position, delta)])
-            account.respond(run.prompt_tokens, run.completion_tokens, run.completion())
-            if body.stream_options is not None and body.stream_options.include_usage:
-                yield run.chunk([], run.usage())
+            try:
+                async for position, delta in first:
+                    account.completion_tokens = run.completion_tokens
+                    yield run.chunk([run.choice_piece(position, delta)])
+                account.respond(run.prompt_tokens, run.completion_tokens, run.completion())
+                if body.stream_options is not None and body.stream_options.include_usage:
+                    yield run.chunk([], run.usage())
+            finally:
+                lease.release()
 
         first = await started(pieces)
-        events = error_events(chunks(first), admission)
+        streamed = chunks(first)
+        lease.release_with(streamed)  # a stream the client never read hands its model back too
+        events = error_events(streamed, admission)
         return EventSourceResponse(events, sep="\n", ping=15)
 
     async def collect() -> dict:

@@ -16,13 +16,14 @@ from starlette.responses import Response
 from server.api import metering
 from server.api.errors import status_of, to_api_error
 from server.api.middleware import principal_of, request_id_of
-from server.config import ModelEntry, Settings
-from server.engine import Engine
+from server.config import ModelEntry
+from server.engine.errors import AdapterOfAnotherModel
 from server.errors import CLIENT_CLOSED, CLIENT_CLOSED_CODE, ServerError
 from server.gateway.errors import ModelUnavailable
 from server.gateway.routing import Route
 from server.gateway.service import Admission, Gateway, RequestAccount
 from server.guardrails.errors import GuardrailViolation
+from server.serving.catalog import ModelCatalog
 
 T = TypeVar("T")
 
@@ -52,15 +53,19 @@ class LocalModel:
         return self.adapter or self.entry.name
 
 
-def local_model(settings: Settings, engine: Engine, name: str, lora_name: str | None) -> LocalModel:
+def local_model(catalog: ModelCatalog, name: str, lora_name: str | None) -> LocalModel:
     """The served model (or one of its adapters, named as `model` in vLLM's way) that `name` names; else 404."""
-    if name in engine.adapters:
-        return LocalModel(settings.served, name, "model")
-    entry = settings.find_model(name)
-    if entry is None or entry.name != settings.served.name:
+    if catalog.is_adapter(name):
+        return LocalModel(catalog.parent_entry(name), name, "model")
+    entry = catalog.base_model(name)
+    if entry is None:
         raise ModelUnavailable(name)
     if lora_name is not None:
-        engine.adapters.get(lora_name, "lora_name")  # a missing adapter is a 404, never silently the base model
+        if not catalog.is_adapter(lora_name):
+            catalog.adapters.get(lora_name)  # a missing adapter is a 404, never silently the base model
+        parent = catalog.parent_entry(lora_name)
+        if parent is not entry:
+            raise AdapterOfAnotherModel(lora_name, parent.name, entry.name)
     return LocalModel(entry, lora_name, "lora_name")
 
 

@@ -8,15 +8,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.adaption.runner import AdaptionService
-from server.engine import Engine
 from server.observability.metrics import Metrics
+from server.serving.catalog import ModelCatalog
 
 
 async def metrics(request: Request) -> Response:
     own: Metrics = request.app.state.metrics
     adaption: AdaptionService = request.app.state.adaption
-    engine: Engine = request.app.state.engine
+    catalog: ModelCatalog = request.app.state.catalog
     # State gauges are read now, from the stores, so they hold across restarts.
     own.jobs_by_state(await adaption.jobs.count_by_state())
-    own.adapters_loaded.set(len(engine.adapters.list()))
+    own.adapters_loaded.set(len(catalog.adapters.list()))
     return Response(generate_latest(REGISTRY) + own.exposition(), media_type=CONTENT_TYPE_LATEST)

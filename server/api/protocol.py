@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from server.config import parse_keep_alive
 from server.conversations.metadata import checked_metadata
 from server.engine.adapters import ADAPTER_NAME
 from server.errors import InvalidParam
@@ -333,6 +334,9 @@ class ChatCompletionRequest(DroppableRequest):
     guardrail_policy: str | None = None
     chunk_size: int = Field(10, ge=1)
     sliding_window: int = Field(5, ge=1)
+    # Extension (Ollama's): how long the model stays awake once idle, from this request on: seconds or a
+    # duration ('5m'), negative for ever, 0 to put it to sleep when the request is done. Null: the model's own.
+    keep_alive: float | str | None = None
     # vLLM's extensions, kept for clients (and benchmarks) written against `vllm serve`.
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
@@ -352,6 +356,15 @@ class ChatCompletionRequest(DroppableRequest):
     signature: str | None = Field(None, max_length=256)
     region: str | None = Field(None, max_length=64)
     use_custom_keys: bool | None = None
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive_duration(cls, value: float | str | None) -> float | str | None:
+        try:
+            parse_keep_alive(value)
+        except ValueError as exc:
+            raise InvalidParam("keep_alive", str(exc)) from None
+        return value
 
     @field_validator("tags")
     @classmethod
@@ -604,6 +617,10 @@ class ModelCard(BaseModel):
     root: str
     parent: str | None = None
     max_model_len: int
+    # Several models behind one server (like `ollama ps`): whether the model (or the adapter's base) is awake,
+    # and its state: awake, loading, unloading, sleeping, unloaded.
+    loaded: bool | None = None
+    state: str | None = None
 
 
 class ModelList(BaseModel):

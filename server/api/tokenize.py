@@ -9,6 +9,9 @@ the key's model limits apply; they are free unless `metering.tokenize_per_token`
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from pydantic import Field, model_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,6 +21,7 @@ from server.api.local_access import admit_local, local_model, metered, priced
 from server.api.protocol import ChatMessage, DroppableRequest, InvalidParam, ToolDefinition
 from server.config import Settings
 from server.engine import ChatTurn, Engine, ToolCall, ToolSpec, ToolUse
+from server.engine.pool import EnginePool
 from server.gateway.service import Admission, Gateway
 
 
@@ -67,45 +71,59 @@ def _rate(request: Request) -> float:
     return request.app.state.settings.metering.tokenize_per_token
 
 
-async def _model(request: Request, gateway: Gateway, admission: Admission, name: str | None, lora_name: str | None):
+@asynccontextmanager
+async def _model(
+    request: Request, gateway: Gateway, admission: Admission, name: str | None, lora_name: str | None
+) -> AsyncIterator[Engine]:
+    """The named model's engine (its tokenizer), held awake meanwhile; the server's own model by default."""
     settings: Settings = request.app.state.settings
-    engine: Engine = request.app.state.engine
-    model = local_model(settings, engine, name or settings.served.name, lora_name)
+    pool: EnginePool = request.app.state.engines
+    model = local_model(request.app.state.catalog, name or settings.served.name, lora_name)
     await admit_local(gateway, admission, model, generates=False)
-    return engine
+    lease = await pool.lease(model.entry.name)
+    try:
+        yield lease.engine
+    finally:
+        lease.release()
 
 
 async def tokenize(request: Request) -> Response:
     async def handle(gateway: Gateway, admission: Admission) -> Response:
         body = TokenizeRequest.model_validate(await read_json_object(request), strict=True)
-        engine = await _model(request, gateway, admission, body.model, body.lora_name)
-        if body.messages is not None:
-            tools = tuple(
-                ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in body.tools or ()
-            )
-            _, tokens = engine.render_chat(chat_turns(body.messages), ToolUse(tools) if tools else None)
-        else:
-            tokens = engine.tokenize(body.prompt or "", add_special_tokens=body.add_special_tokens is not False)
-        async with priced(request, admission, _rate(request), len(tokens), "tokenizing"):
-            pass
-        admission.settle(200)
-        return JSONResponse(
-            {
-                "count": len(tokens),
-                "max_model_len": engine.max_model_len,
-                "tokens": tokens,
-                "token_strs": [engine.detokenize([token]) for token in tokens] if body.return_token_strs else None,
-            }
-        )
+        async with _model(request, gateway, admission, body.model, body.lora_name) as engine:
+            return await _tokenized(request, admission, body, engine)
 
     return await metered(request, handle)
+
+
+async def _tokenized(request: Request, admission: Admission, body: TokenizeRequest, engine: Engine) -> Response:
+    if body.messages is not None:
+        tools = tuple(
+            ToolSpec(t.function.name, t.function.description, t.function.parameters) for t in body.tools or ()
+        )
+        _, tokens = engine.render_chat(chat_turns(body.messages), ToolUse(tools) if tools else None)
+    else:
+        tokens = engine.tokenize(body.prompt or "", add_special_tokens=body.add_special_tokens is not False)
+    async with priced(request, admission, _rate(request), len(tokens), "tokenizing"):
+        pass
+    admission.settle(200)
+    return JSONResponse(
+        {
+            "count": len(tokens),
+            "max_model_len": engine.max_model_len,
+            "tokens": tokens,
+            "token_strs": [engine.detokenize([token]) for token in tokens] if body.return_token_strs else None,
+        }
+    )
 
 
 async def detokenize(request: Request) -> Response:
     async def handle(gateway: Gateway, admission: Admission) -> Response:
         body = DetokenizeRequest.model_validate(await read_json_object(request), strict=True)
-        engine = await _model(request, gateway, admission, body.model, body.lora_name)
-        async with priced(request, admission, _rate(request), len(body.tokens), "detokenizing"):
+        async with (
+            _model(request, gateway, admission, body.model, body.lora_name) as engine,
+            priced(request, admission, _rate(request), len(body.tokens), "detokenizing"),
+        ):
             prompt = engine.detokenize(body.tokens, "tokens")
         admission.settle(200)
         return JSONResponse({"prompt": prompt})

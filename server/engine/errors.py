@@ -40,3 +40,13 @@ class InvalidOption(EngineError):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class AdapterOfAnotherModel(EngineError):
+    """An adapter named with (or added to) a base model it does not belong to: each adapter has one base model."""
+
+    status, type, code = 400, "invalid_request_error", "adapter_model_mismatch"
+
+    def __init__(self, adapter: str, parent: str, model: str, param: str = "lora_name") -> None:
+        super().__init__(f"The adapter `{adapter}` belongs to the model `{parent}`, not `{model}`.")
+        self.param = param

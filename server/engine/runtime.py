@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, nullcontext
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -90,7 +92,44 @@ def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
         max_lora_rank=entry.lora.max_lora_rank,
         max_cpu_loras=entry.lora.max_cpu_loras,
         disable_log_stats=False,
+        # Where the platform has it (CUDA, ROCm, XPU): an idle model sleeps (weights offloaded, KV cache freed).
+        enable_sleep_mode=sleep_mode_available(),
     )
+
+
+def sleep_mode_available() -> bool:
+    """vLLM's sleep mode (level 1: weights to host memory, KV cache freed) exists on GPUs, not on its CPU backend."""
+    return current_platform.is_sleep_mode_available()
+
+
+_ENGINE_ENV_LOCK = threading.Lock()
+
+
+@contextmanager
+def engine_environment(entry: ModelEntry) -> Iterator[None]:
+    """The environment an entry's engine core process starts with: its CPU thread binding when it names one.
+
+    vLLM reads VLLM_CPU_OMP_THREADS_BIND in the engine core process, which inherits this process's environment
+    when it is spawned; engines start one at a time under this lock, so each gets its own."""
+    with _ENGINE_ENV_LOCK:
+        if entry.cpu_threads_bind is None or not current_platform.is_cpu():
+            yield
+            return
+        before = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = entry.cpu_threads_bind
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
+            else:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = before
+
+
+def start_llm(entry: ModelEntry) -> AsyncLLM:
+    """A new vLLM async engine for `entry` (blocking: tens of seconds on a CPU; call it in a thread)."""
+    with engine_environment(entry):
+        return AsyncLLM.from_engine_args(engine_args_for(entry))
 
 
 class Engine:
@@ -106,6 +145,7 @@ class Engine:
         llm: AsyncLLM,
         adapters_dir: Path,
         *,
+        adapters: AdapterStore | None = None,
         restart_attempts: int = 0,
         restart_backoff_s: float = 1.0,
     ) -> None:
@@ -119,8 +159,60 @@ class Engine:
         self.restarting = False
         self._gave_up = False
         self.restarts = 0  # successful restarts since the server started
-        self.adapters = AdapterStore(adapters_dir, entry, llm.model_config.hf_config.to_dict(), llm)
-        self.adapters.load_existing()
+        self.asleep = False  # vLLM sleep mode: weights offloaded, KV cache freed (GPU only)
+        if adapters is None:
+            self.adapters = AdapterStore(adapters_dir, entry, llm.model_config.hf_config.to_dict(), llm)
+            self.adapters.load_existing()
+        else:  # a model loaded again (on demand, after an unload): the same adapters, into the new engine
+            self.adapters = adapters
+            if not adapters.model_config:  # its config could not be read before it loaded
+                adapters.model_config = llm.model_config.hf_config.to_dict()
+                adapters.load_existing()
+        self._watchdog: asyncio.Task | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        entry: ModelEntry,
+        adapters_dir: Path,
+        *,
+        adapters: AdapterStore | None = None,
+        restart_attempts: int = 0,
+        restart_backoff_s: float = 1.0,
+    ) -> Engine:
+        """Start an engine without blocking the event loop (the server keeps answering), watched; `close` ends it."""
+        llm = await asyncio.to_thread(start_llm, entry)
+        try:
+            engine = cls(
+                entry,
+                llm,
+                adapters_dir,
+                adapters=adapters,
+                restart_attempts=restart_attempts,
+                restart_backoff_s=restart_backoff_s,
+            )
+            if adapters is not None:
+                await adapters.attach(llm)
+        except BaseException:
+            await asyncio.to_thread(llm.shutdown)
+            raise
+        engine._watchdog = engine.start_watchdog()
+        return engine
+
+    async def close(self) -> None:
+        """Stop watching and shut the engine down (its processes and memory go; the adapters store stays)."""
+        await stop(self._watchdog)
+        self._watchdog = None
+        await asyncio.to_thread(self._llm.shutdown)
+
+    async def sleep(self) -> None:
+        """vLLM sleep mode, level 1 (only where `sleep_mode_available()`): weights offloaded, KV cache freed."""
+        await self._llm.sleep(level=1)
+        self.asleep = True
+
+    async def wake(self) -> None:
+        await self._llm.wake_up()
+        self.asleep = False
 
     @classmethod
     @asynccontextmanager
@@ -131,7 +223,7 @@ class Engine:
         logger.info("starting vLLM engine for %s from %s", entry.name, entry.source)
         engine = cls(
             entry,
-            AsyncLLM.from_engine_args(engine_args_for(entry)),
+            start_llm(entry),
             adapters_dir,
             restart_attempts=restart_attempts,
             restart_backoff_s=restart_backoff_s,
@@ -181,7 +273,7 @@ class Engine:
                 try:
                     # In a thread: the engine core takes seconds to start, and the event loop keeps
                     # answering (503 with Retry-After) meanwhile. vLLM starts its output handler on first use.
-                    llm = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args_for(self.entry))
+                    llm = await asyncio.to_thread(start_llm, self.entry)
                 except Exception:
                     logger.exception("engine restart %d failed; next try in %.1fs", attempt, wait_s)
                     await asyncio.sleep(wait_s)

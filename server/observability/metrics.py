@@ -21,6 +21,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TRAINING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 COUNT_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21)
+LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+MODEL_STATES = ("unloaded", "loading", "awake", "unloading", "sleeping")
 
 
 def key_label(key_id: str | None) -> str:
@@ -167,6 +169,33 @@ class Metrics:
             name("adapters_loaded"), "Adapters served (an active version each; read at scrape time)", registry=r
         )
 
+        # served models (engine/pool.py): one engine each, loaded on demand, put to sleep when idle
+        self.model_state = Gauge(
+            name("model_state"),
+            "1 for each served model's current state, 0 for the others",
+            ["model", "state"],
+            registry=r,
+        )
+        self.model_loads = Counter(
+            name("model_loads"),
+            "Model loads and wakes, by model, kind (start, wake) and outcome (ok, failed)",
+            ["model", "kind", "outcome"],
+            registry=r,
+        )
+        self.model_load_duration = Histogram(
+            name("model_load_duration_seconds"),
+            "Time to load (start) or wake a model",
+            ["model", "kind"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
+        self.model_sleeps = Counter(
+            name("model_sleeps"),
+            "Idle models put to sleep or unloaded, by model and reason",
+            ["model", "reason"],
+            registry=r,
+        )
+
     # exposition
 
     def exposition(self) -> bytes:
@@ -257,3 +286,17 @@ class Metrics:
 
     def adapter_added(self, outcome: str) -> None:
         self.adapter_loads.labels(outcome).inc()
+
+    # served models
+
+    def model_in_state(self, model: str, state: str) -> None:
+        for each in MODEL_STATES:
+            self.model_state.labels(model, each).set(1 if each == state else 0)
+
+    def model_loaded(self, model: str, kind: str, ok: bool, seconds: float) -> None:
+        self.model_loads.labels(model, kind, "ok" if ok else "failed").inc()
+        if ok:
+            self.model_load_duration.labels(model, kind).observe(seconds)
+
+    def model_slept(self, model: str, reason: str) -> None:
+        self.model_sleeps.labels(model, reason).inc()

@@ -70,6 +70,7 @@ class ChatCall:
     adaption: AdaptionTrigger | None = None
     middle_out: bool = False
     provider_body: Mapping[str, object] = field(default_factory=dict)  # the OpenAI fields, for a provider
+    keep_alive: str | float | None = None  # Ollama's: how long the model stays awake once idle (None: its own)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,12 @@ models.yaml (`@local` is this server).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from server.config import ModelEntry, ProviderEntry
+from server.engine.errors import AdapterOfAnotherModel
 from server.errors import ServerError
 from server.gateway.errors import ModelUnavailable, ProviderNotFound
 from server.gateway.routing import LOCAL_PROVIDER, Route, parse_model_ref
@@ -30,6 +31,42 @@ class AdapterNames(Protocol):
     def ownership(self, name: str) -> Any: ...  # engine.adapters.Ownership, or None when there is no such adapter
 
 
+class ModelAdapters:
+    """The adapters of every served model, as one: an adapter name is unique on the server and belongs to one
+    base model (its `parent`)."""
+
+    def __init__(self, stores: Mapping[str, AdapterNames]) -> None:
+        self.stores = dict(stores)
+
+    def __contains__(self, name: str) -> bool:
+        return any(name in store for store in self.stores.values())
+
+    def list(self) -> list:
+        return sorted((version for store in self.stores.values() for version in store.list()), key=lambda v: v.name)
+
+    def parent(self, name: str) -> str | None:
+        """The base model `name`'s adapter runs on (None when no model serves such an adapter)."""
+        return next((model for model, store in self.stores.items() if name in store), None)
+
+    def listed(self) -> list[tuple[str, Any]]:
+        """(parent model, version) for every adapter served."""
+        return [(model, version) for model, store in self.stores.items() for version in store.list()]
+
+    def get(self, name: str) -> Any:
+        model = self.parent(name)
+        return self.stores[model].get(name) if model is not None else next(iter(self.stores.values())).get(name)
+
+    def ownership(self, name: str) -> Any:
+        for store in self.stores.values():
+            found = store.ownership(name)
+            if found is not None:
+                return found
+        return None
+
+    def store(self, model: str) -> AdapterNames:
+        return self.stores[model]
+
+
 @dataclass(frozen=True, slots=True)
 class LocalModel:
     """A request's local model: the base model entry, the adapter to run on (or None) and the param naming it."""
@@ -40,14 +77,29 @@ class LocalModel:
 
 
 class ModelCatalog:
-    def __init__(self, served: ModelEntry, adapters: AdapterNames, providers: Sequence[ProviderEntry]) -> None:
-        self.served = served
-        self.adapters = adapters
+    """`served`: one entry, or every served entry (the first is the server's own); `adapters`: the first's
+    adapters, or each served model's by its name."""
+
+    def __init__(
+        self,
+        served: ModelEntry | Sequence[ModelEntry],
+        adapters: AdapterNames | Mapping[str, AdapterNames],
+        providers: Sequence[ProviderEntry],
+    ) -> None:
+        self.models: tuple[ModelEntry, ...] = (served,) if isinstance(served, ModelEntry) else tuple(served)
+        self.served = self.models[0]
+        stores = adapters if isinstance(adapters, Mapping) else {self.served.name: adapters}
+        self.adapters = ModelAdapters(stores)
         self.providers = {provider.name: provider for provider in providers}
 
     def base_model(self, name: str) -> ModelEntry | None:
-        """The served model, when `name` is its name or an alias (adapters are not base models)."""
-        return self.served if name in self.served.names else None
+        """The served model `name` names (its name or an alias; adapters are not base models)."""
+        return next((entry for entry in self.models if name in entry.names), None)
+
+    def parent_entry(self, adapter: str) -> ModelEntry:
+        """The base model an adapter runs on."""
+        parent = self.adapters.parent(adapter)
+        return self.base_model(parent) or self.served if parent is not None else self.served
 
     def is_adapter(self, name: str) -> bool:
         return name in self.adapters
@@ -59,8 +111,8 @@ class ModelCatalog:
         return self.is_adapter(name) or self.base_model(name) is not None
 
     def local_names(self) -> list[str]:
-        """Every name this server's engine answers to: the served model, its aliases and its adapters."""
-        return [*self.served.names, *(version.name for version in self.adapters.list())]
+        """Every name this server's engines answer to: the served models, their aliases and their adapters."""
+        return [*(name for entry in self.models for name in entry.names), *(v.name for v in self.adapters.list())]
 
     def route(self, name: str) -> Route:
         """Where a request for `name` goes; ModelUnavailable or ProviderNotFound when nowhere."""
@@ -82,8 +134,11 @@ class ModelCatalog:
         model, provider = parse_model_ref(name)
         if provider is not None and provider != LOCAL_PROVIDER:
             return name
-        if self.is_adapter(model) or self.base_model(model) is not None:
-            return self.served.name
+        if self.is_adapter(model):
+            return self.parent_entry(model).name
+        entry = self.base_model(model)
+        if entry is not None:
+            return entry.name
         return model if provider is not None else name
 
     def adapter_of(self, name: str) -> str | None:
@@ -110,13 +165,15 @@ class ModelCatalog:
         if self.is_adapter(model):
             if lora_name is not None and lora_name != model:
                 raise ConflictingAdapters()
-            return LocalModel(self.served, model, "model")
+            return LocalModel(self.parent_entry(model), model, "model")
         entry = self.base_model(model)
         if entry is None:
             raise ModelUnavailable(model)
         if adapter_is_target:
-            ready = run_on_target and lora_name is not None and lora_name in self.adapters
+            ready = run_on_target and lora_name is not None and lora_name in self.adapters.store(entry.name)
             return LocalModel(entry, lora_name if ready else None, "lora_name")
+        if lora_name is not None and lora_name in self.adapters and lora_name not in self.adapters.store(entry.name):
+            raise AdapterOfAnotherModel(lora_name, self.adapters.parent(lora_name) or "", entry.name)
         return LocalModel(entry, lora_name, "lora_name")
 
 

@@ -71,6 +71,20 @@ class ServingEngine(Protocol):
     def generate(self, prepared: PreparedChat, request_id: str) -> AsyncIterator[CompletionDelta]: ...
 
 
+class EngineLease(Protocol):
+    engine: ServingEngine
+
+    def release(self) -> None: ...
+
+    def release_with(self, holder: object) -> None: ...
+
+
+class Engines(Protocol):
+    """Several served models (`server.engine.pool.EnginePool`): a request holds its model's engine awake."""
+
+    async def lease(self, name: str, keep_alive: str | float | None = None) -> EngineLease: ...
+
+
 class Memory(Protocol):
     async def recall(
         self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
@@ -119,9 +133,11 @@ class ChatService:
         middle_out_reserve_tokens: int,
         memory_quotas: QuotaSettings,
         memory_add_per_token: float,
+        engines: Engines | None = None,
     ) -> None:
         self.catalog = catalog
-        self.engine = engine
+        self.engine = engine  # the server's own model (token counts for memory and upstream estimates)
+        self.engines = engines  # every served model by name; None: `engine` serves every local request
         self.gateway = gateway
         self.router = router
         self.memory = memory
@@ -233,10 +249,10 @@ class ChatService:
         )
         return _Started(run, deltas)
 
-    def _most_tokens(self, prompt_tokens: int, call: ChatCall) -> int:
+    def _most_tokens(self, prompt_tokens: int, call: ChatCall, max_model_len: int | None = None) -> int:
         """What a request may use at most: its prompt, and each choice's completion limit (or the rest of
         the context), capped by the context."""
-        room = max(self.engine.max_model_len - prompt_tokens, 0)
+        room = max((max_model_len or self.engine.max_model_len) - prompt_tokens, 0)
         limit = call.options.max_tokens
         per_choice = min(limit, room) if limit is not None else room
         return prompt_tokens + call.options.n * per_choice
@@ -251,9 +267,29 @@ class ChatService:
         run_id: str,
     ) -> AsyncGenerator[CompletionDelta]:
         call.account.served_by(route, local.entry.name, local.adapter)
+        # The model's engine, held awake for the request (loaded or woken first: this may wait).
+        lease = await self.engines.lease(local.entry.name, call.keep_alive) if self.engines is not None else None
+        engine = lease.engine if lease is not None else self.engine
+        try:
+            prepared = await self._prepare_local(call, engine, local, turns)
+            await admission.reserve(self._most_tokens(prepared.prompt_tokens, call, engine.max_model_len))
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        call.account.prompt_tokens = prepared.prompt_tokens  # charged from here on
+        deltas = _metered(engine.generate(prepared, run_id), call.account)
+        if lease is None:
+            return deltas
+        held = _leased(deltas, lease)
+        lease.release_with(held)  # a run never iterated (the client left first) hands its model back too
+        return held
 
+    async def _prepare_local(
+        self, call: ChatCall, engine: ServingEngine, local: LocalModel, turns: list[ChatTurn]
+    ) -> PreparedChat:
         def prepare(fitted: list[ChatTurn]) -> PreparedChat:
-            return self.engine.prepare_chat(
+            return engine.prepare_chat(
                 fitted,
                 call.options,
                 stream=call.stream,
@@ -265,19 +301,15 @@ class ChatService:
         if call.middle_out:
             reserve = call.options.max_tokens or self.middle_out_reserve_tokens
             # Rendering and tokenizing run off the event loop: one huge request must not stall the others.
-            prepared = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 fit_context,
                 turns,
                 prepare,
-                self.engine.max_model_len - reserve,
-                self.engine.count_tokens,
-                self.engine.max_model_len,
+                engine.max_model_len - reserve,
+                engine.count_tokens,
+                engine.max_model_len,
             )
-        else:
-            prepared = await asyncio.to_thread(prepare, turns)
-        await admission.reserve(self._most_tokens(prepared.prompt_tokens, call))
-        call.account.prompt_tokens = prepared.prompt_tokens  # charged from here on
-        return _metered(self.engine.generate(prepared, run_id), call.account)
+        return await asyncio.to_thread(prepare, turns)
 
     async def _upstream(
         self, call: ChatCall, admission: Admission, route: Route, turns: list[ChatTurn], recalled: Recalled | None
@@ -385,6 +417,16 @@ async def _started(deltas: AsyncGenerator[CompletionDelta]) -> AsyncGenerator[Co
             await deltas.aclose()
 
     return replay()
+
+
+async def _leased(deltas: AsyncGenerator[CompletionDelta], lease: EngineLease) -> AsyncGenerator[CompletionDelta]:
+    """`deltas`, the model held awake until they end (or are closed)."""
+    try:
+        async with aclosing(deltas) as source:
+            async for delta in source:
+                yield delta
+    finally:
+        lease.release()
 
 
 async def _closing(deltas: AsyncIterator[CompletionDelta]) -> AsyncGenerator[CompletionDelta]:

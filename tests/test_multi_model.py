@@ -1,0 +1,231 @@
+"""Several models behind one server (issue 17): two real registry entries on their own vLLM engines in one process.
+
+One server for the module: the embedded model (float32, loaded at start) and the same weights in bfloat16 under a
+second name (`load: on_demand`, a short keep_alive), plus an entry whose weights are missing (its load fails).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.conftest import (
+    API_KEY,
+    MODEL,
+    OTHER_API_KEY,
+    ROOT,
+    RunningServer,
+    assert_error,
+    keyed_http,
+    new_key,
+    server_env,
+    start_server,
+    wait_until,
+)
+
+SECOND = "smollm2-135m-bf16"
+SECOND_ALIAS = "smollm2-bf16"
+BROKEN = "missing-weights"
+KEEP_ALIVE_S = 3
+ALPHA, BRAVO = "ALPHA ALPHA ALPHA.", "Bravo bravo, bravo!"
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory, adapter_sources: Path) -> Iterator[RunningServer]:
+    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    entries = {entry["name"]: entry for entry in raw["models"]}
+    first = {**entries[MODEL], "cpu_kv_cache_gib": 1}
+    second = {**entries[SECOND], "load": "on_demand", "keep_alive": KEEP_ALIVE_S, "cpu_kv_cache_gib": 1}
+    broken = {**entries[SECOND], "name": BROKEN, "aliases": [], "source": "/nonexistent/weights", "load": "on_demand"}
+    raw["models"] = [first, second, broken]
+    raw["max_loaded_models"] = 2
+    raw["model_load_timeout_s"] = 240
+    root = tmp_path_factory.mktemp("multi")
+    config = root / "models.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = server_env(
+        LLM_SERVER_CONFIG=str(config),
+        LLM_SERVER_MODEL=f"{MODEL},{SECOND_ALIAS},{BROKEN}",  # the set by name or alias, as `--model a,b`
+        LLM_SERVER_API_KEYS=f"{API_KEY},{OTHER_API_KEY}",
+        LLM_SERVER_ADAPTERS_DIR=str(root / "adapters"),
+        LLM_SERVER_ADAPTER_SOURCE_ROOTS=str(adapter_sources),
+        LLM_SERVER_DATA_DIR=str(root / "data"),
+    )
+    running = start_server(root / "server.log", env=env)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(multi: RunningServer) -> Iterator[httpx.Client]:
+    with keyed_http(multi, API_KEY) as session:
+        yield session
+
+
+def chat(session: httpx.Client, model: str, **fields: object) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, **fields}
+    return session.post("/v1/chat/completions", json=body)
+
+
+def states(session: httpx.Client) -> dict[str, str]:
+    return {name: model["state"] for name, model in session.get("/health").json()["models"].items()}
+
+
+def cards(session: httpx.Client) -> dict[str, dict]:
+    response = session.get("/v1/models")
+    assert response.status_code == 200, response.text
+    return {card["id"]: card for card in response.json()["data"]}
+
+
+def wait_state(session: httpx.Client, model: str, state: str, timeout_s: float = 60) -> bool:
+    return wait_until(lambda: states(session)[model] == state, timeout_s)
+
+
+def test_models_lists_every_served_model_with_its_state(admin: httpx.Client) -> None:
+    listed = cards(admin)
+    assert {MODEL, "smollm2", SECOND, SECOND_ALIAS, BROKEN} <= set(listed)
+    assert "llama-3.1-8b-instruct" not in listed  # in the registry, not served here
+    assert listed[MODEL]["loaded"] is True and listed[MODEL]["state"] == "awake"
+    assert listed[BROKEN]["loaded"] is False and listed[BROKEN]["state"] == "unloaded"
+    assert listed[SECOND_ALIAS]["root"] == listed[SECOND]["root"]
+    health = admin.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == MODEL
+    assert health["models"][SECOND]["load"] == "on_demand"
+    assert health["models"][SECOND]["keep_alive_s"] == KEEP_ALIVE_S
+
+
+def test_on_demand_load_with_requests_waiting_then_idle_unload_and_wake(
+    multi: RunningServer, admin: httpx.Client
+) -> None:
+    assert states(admin)[SECOND] == "unloaded"
+    client = openai.OpenAI(base_url=f"{multi.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+
+    def ask(model: str) -> str:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
+        )
+        return reply.model
+
+    # The first request starts the load; the others arrive during it and wait for the same load.
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        first = pool.submit(ask, SECOND)
+        assert wait_state(admin, SECOND, "loading", 30)
+        during = [pool.submit(ask, SECOND_ALIAS), pool.submit(ask, SECOND)]
+        assert cards(admin)[SECOND]["state"] == "loading"
+        assert first.result() == SECOND and [f.result() for f in during] == [SECOND, SECOND]
+    assert states(admin)[SECOND] == "awake"
+    assert admin.get("/health").json()["models"][SECOND]["loads"] == 1  # one load for the three requests
+    assert ask(MODEL) == MODEL  # both answer by name, side by side
+    log = multi.log()
+    assert f"loading model {SECOND} (request)" in log and f"model {SECOND} is loaded in" in log
+
+    # Idle for keep_alive: unloaded (vLLM's CPU backend has no sleep mode); the next request loads it again.
+    assert wait_state(admin, SECOND, "unloaded", KEEP_ALIVE_S + 30)
+    assert f"model {SECOND} is unloaded (keep_alive)" in multi.log()
+    assert cards(admin)[SECOND]["loaded"] is False
+    assert states(admin)[MODEL] == "awake"  # the server's own model never sleeps
+    assert ask(SECOND) == SECOND
+    assert admin.get("/health").json()["models"][SECOND]["loads"] == 2
+
+    # Per request (Ollama's keep_alive): 0 puts it to sleep as soon as the request is done.
+    assert chat(admin, SECOND, keep_alive=0).status_code == 200
+    assert wait_state(admin, SECOND, "unloaded", 30)
+
+    metrics = admin.get("/metrics").text
+    assert f'llm_server_model_loads_total{{kind="start",model="{SECOND}",outcome="ok"}} 2.0' in metrics
+    assert f'llm_server_model_state{{model="{MODEL}",state="awake"}} 1.0' in metrics
+    assert f'llm_server_model_state{{model="{SECOND}",state="unloaded"}} 1.0' in metrics
+    assert f'llm_server_model_sleeps_total{{model="{SECOND}",reason="keep_alive"}}' in metrics
+
+
+def test_a_model_that_cannot_load_is_a_503_with_retry_after(admin: httpx.Client, multi: RunningServer) -> None:
+    response = chat(admin, BROKEN)
+    error = assert_error(response, 503, "model_load_failed", None)
+    assert BROKEN in error["message"]
+    assert int(response.headers["retry-after"]) > 0
+    assert f"model {BROKEN} failed to start" in multi.log()
+    health = admin.get("/health").json()
+    assert health["status"] == "ok" and health["models"][BROKEN]["state"] == "unloaded"
+    assert "nonexistent" in health["models"][BROKEN]["error"]
+    assert chat(admin, MODEL).status_code == 200  # the others are untouched
+
+
+def test_bad_keep_alive_is_a_400(admin: httpx.Client) -> None:
+    for bad in ("soon", "5 parsecs", True, [1]):
+        assert_error(chat(admin, MODEL, keep_alive=bad), 400, None, "keep_alive")
+
+
+def test_adapters_belong_to_one_model(admin: httpx.Client, multi: RunningServer, adapter_sources: Path) -> None:
+    response = admin.post("/v1/adapters", json={"name": "alpha", "path": str(adapter_sources / "alpha")})
+    assert response.status_code == 201, response.text
+    response = admin.post(
+        "/v1/adapters", json={"name": "bravo", "path": str(adapter_sources / "bravo"), "base_model": SECOND_ALIAS}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["base_model"] == SECOND
+    listed = cards(admin)
+    assert listed["alpha"]["parent"] == MODEL and listed["bravo"]["parent"] == SECOND
+    # Named as `model` (vLLM's way), each runs on its own base model.
+    greedy = {"temperature": 0, "max_tokens": 12}
+    alpha, bravo = chat(admin, "alpha", **greedy), chat(admin, "bravo", **greedy)
+    assert alpha.status_code == 200 and alpha.json()["choices"][0]["message"]["content"].startswith(ALPHA)
+    assert bravo.status_code == 200 and bravo.json()["choices"][0]["message"]["content"].startswith(BRAVO)
+    assert bravo.json()["model"] == "bravo"
+    # As `lora_name`, only on its own base model.
+    assert chat(admin, SECOND, lora_name="bravo", **greedy).status_code == 200
+    assert_error(chat(admin, MODEL, lora_name="bravo"), 400, "adapter_model_mismatch", "lora_name")
+    # One adapter name, one base model: a new version must go to the model that has it.
+    response = admin.post(
+        "/v1/adapters", json={"name": "alpha", "path": str(adapter_sources / "alpha"), "base_model": SECOND}
+    )
+    assert_error(response, 400, "adapter_model_mismatch", "base_model")
+    response = admin.post(
+        "/v1/adapters", json={"name": "charlie", "path": str(adapter_sources / "alpha"), "base_model": "nope"}
+    )
+    assert_error(response, 400, "invalid_adapter", "base_model")
+    # The second model's adapter survives an unload: served again after the next load.
+    assert chat(admin, SECOND, keep_alive=0).status_code == 200
+    assert wait_state(admin, SECOND, "unloaded", 30)
+    again = chat(admin, "bravo", **greedy)
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"].startswith(BRAVO)
+
+
+def test_a_key_limited_to_one_model_and_usage_per_model(admin: httpx.Client, multi: RunningServer) -> None:
+    key = new_key(admin, name="second-only", allowed_models=[SECOND])
+    with keyed_http(multi, key["key"]) as session:
+        assert chat(session, SECOND_ALIAS).status_code == 200
+        assert_error(chat(session, MODEL), 403, "model_not_allowed", "model")
+        assert_error(chat(session, "smollm2"), 403, "model_not_allowed", "model")
+        completion = session.post("/v1/completions", json={"model": SECOND, "prompt": "Hello", "max_tokens": 4})
+        assert completion.status_code == 200, completion.text
+        assert completion.json()["model"] == SECOND
+        assert_error(
+            session.post("/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2}),
+            403,
+            "model_not_allowed",
+            "model",
+        )
+        by_model = {row["model"]: row["requests"] for row in session.get("/v1/usage?group_by=model").json()["data"]}
+    assert by_model == {SECOND: 2, MODEL: 2}  # refusals are recorded against the model asked for
+    # Another key sees none of it.
+    with keyed_http(multi, OTHER_API_KEY) as other:
+        assert chat(other, SECOND).status_code == 200
+        mine = {row["model"]: row["requests"] for row in other.get("/v1/usage?group_by=model").json()["data"]}
+        assert SECOND in mine
+
+
+def test_tokenize_by_model(admin: httpx.Client) -> None:
+    first = admin.post("/tokenize", json={"model": MODEL, "prompt": "Hello there"}).json()
+    second = admin.post("/tokenize", json={"model": SECOND, "prompt": "Hello there"}).json()
+    assert first["tokens"] == second["tokens"]  # same weights and tokenizer, another dtype
+    assert_error(admin.post("/tokenize", json={"model": "nope", "prompt": "x"}), 404, "model_not_found", "model")
+
+
+def test_unserved_model_is_404(admin: httpx.Client) -> None:
+    assert_error(chat(admin, "llama-3.1-8b-instruct"), 404, "model_not_found", "model")
