@@ -167,3 +167,37 @@ def test_block_size_reaches_the_engine_arguments_and_must_be_a_multiple_of_16(tm
     assert engine_args_for(unset.served).block_size is None  # vLLM's own (128 on its CPU backend)
     with pytest.raises(ConfigError, match="block_size"):
         load(tmp_path, {"default_model": "tiny", "models": [{**entry, "block_size": 40}]})
+
+
+def test_several_served_models_and_keep_alive(tmp_path: Path) -> None:
+    from server.config import check_gpu_shares, parse_keep_alive
+
+    settings = load_settings(model="smollm2-135m-instruct,smollm2-bf16", environ={})
+    assert [entry.name for entry in settings.served_models] == ["smollm2-135m-instruct", "smollm2-135m-bf16"]
+    assert settings.served.name == "smollm2-135m-instruct"
+    second = settings.served_models[1]
+    assert second.load == "on_demand" and second.keep_alive_s == 300.0
+    assert settings.adapters_dir_for(settings.served) == settings.adapters_dir
+    assert settings.adapters_dir_for(second) == settings.adapters_dir / "@smollm2-135m-bf16"
+    env_set = load_settings(environ={"LLM_SERVER_MODEL": "smollm2-bf16, smollm2"})
+    assert [entry.name for entry in env_set.served_models] == ["smollm2-135m-bf16", "smollm2-135m-instruct"]
+    with pytest.raises(ConfigError, match="served_model: 'ghost' is not a model"):
+        load_settings(model="smollm2,ghost", environ={})
+    with pytest.raises(ConfigError, match="named twice"):
+        load_settings(model="smollm2,smollm2-135m-instruct", environ={})
+    assert [parse_keep_alive(v) for v in (None, 0, 30, "90s", "5m", "1h", "250ms", -1, "-1m")] == [
+        None, 0.0, 30.0, 90.0, 300.0, 3600.0, 0.25, None, None
+    ]  # fmt: skip
+    for bad in ("soon", "5 parsecs", True, [1], float("nan"), ""):
+        with pytest.raises(ValueError):
+            parse_keep_alive(bad)
+    # Every served model's GPU share must fit on the one GPU.
+    llama, mistral = settings.find_model("llama-3.1-8b"), settings.find_model("mistral-7b")
+    with pytest.raises(ConfigError, match="add up to 1.8"):
+        check_gpu_shares([llama, mistral])
+    check_gpu_shares(
+        [
+            llama.model_copy(update={"gpu_memory_utilization": 0.45}),
+            mistral.model_copy(update={"gpu_memory_utilization": 0.45}),
+        ]
+    )

@@ -129,3 +129,29 @@ async def test_provider_completion_becomes_one_delta_per_choice() -> None:
     deltas = [delta async for delta in completion_deltas(completion, lambda p, c: counted.append((p, c)))]
     assert [(d.index, d.text, d.finish_reason) for d in deltas] == [(0, "A", "stop"), (1, "B", "length")]
     assert deltas[1].logprobs == [] and counted == [(4, 2)]
+
+
+SECOND = ModelEntry(name="second", aliases=("two",), source="./nowhere", max_model_len=100)
+MULTI = ModelCatalog([SERVED, SECOND], {"small": Adapters("alpha"), "second": Adapters("bravo")}, PROVIDERS)
+
+
+def test_several_models_each_with_its_adapters() -> None:
+    from server.engine.errors import AdapterOfAnotherModel
+
+    assert MULTI.route("two") == Route("two", None) and MULTI.route("bravo@local") == Route("bravo", None)
+    assert [MULTI.canonical(name) for name in ("s", "two", "alpha", "bravo", "bravo@local")] == [
+        "small", "second", "small", "second", "second"
+    ]  # fmt: skip
+    assert MULTI.local_names() == ["small", "s", "second", "two", "alpha", "bravo"]
+    assert MULTI.adapters.parent("bravo") == "second" and MULTI.adapters.parent("nope") is None
+    run = MULTI.local_model("bravo", None, adapter_is_target=False, run_on_target=False)
+    assert (run.entry.name, run.adapter, run.adapter_param) == ("second", "bravo", "model")
+    run = MULTI.local_model("two", "bravo", adapter_is_target=False, run_on_target=False)
+    assert (run.entry.name, run.adapter) == ("second", "bravo")
+    with pytest.raises(AdapterOfAnotherModel, match="belongs to the model `second`, not `small`"):
+        MULTI.local_model("small", "bravo", adapter_is_target=False, run_on_target=False)
+    # adaption's target adapter runs only when the base model has it
+    run = MULTI.local_model("small", "bravo", adapter_is_target=True, run_on_target=True)
+    assert run.adapter is None
+    assert sorted(pair[1].name for pair in MULTI.adapters.listed()) == ["alpha", "bravo"]
+    assert ("bravo", "local") in MULTI.endpoints() and ("two", "local") in MULTI.endpoints()
