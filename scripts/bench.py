@@ -42,10 +42,11 @@ from bench_memory import (
     print_memory_table,
     print_prefix_table,
 )
+from bench_models import bench_models, models_config, print_models_table
 from bench_prefix import MODES as PREFIX_MODES
 from bench_prefix import prefix_bench, print_prefix_bench_table
 
-from server.config import ModelEntry, load_settings
+from server.config import DEFAULT_CONFIG_PATH, ModelEntry, load_settings
 from server.engine.runtime import engine_args_for
 
 PROMPT = "Write a detailed essay about the history of lighthouses and the people who kept them."
@@ -132,7 +133,8 @@ def vllm_serve_flags(entry: ModelEntry) -> list[str]:
     return flags
 
 
-def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
+def server_command(kind: str, entry: ModelEntry, port: int, model: str | None = None) -> list[str]:
+    """`model`: what our server's `--model` says (several models: `a,b`); the entry's name by default."""
     if kind.startswith("ours"):
         return [
             sys.executable,
@@ -140,7 +142,7 @@ def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
             "server",
             "serve",
             "--model",
-            entry.name,
+            model or entry.name,
             "--port",
             str(port),
             "--log-level",
@@ -184,12 +186,19 @@ def server_command(kind: str, entry: ModelEntry, port: int) -> list[str]:
 
 
 class Server:
-    def __init__(self, kind: str, entry: ModelEntry, log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        entry: ModelEntry,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        model: str | None = None,
+    ) -> None:
         self.kind = kind
         self.port = free_port()
         self.log_path = log_dir / f"{kind}.log"
         env = dict(os.environ, HF_HUB_OFFLINE="1", LLM_SERVER_API_KEYS=API_KEY, **(extra_env or {}))
-        self.command = server_command(kind, entry, self.port)
+        self.command = server_command(kind, entry, self.port, model)
         self.started = time.monotonic()
         self.process = subprocess.Popen(
             self.command,
@@ -253,11 +262,18 @@ def parse_overrides(text: str) -> dict[str, object]:
 
 @contextlib.contextmanager
 def ready_server(
-    kind: str, entry: ModelEntry, log_dir: Path, data_dir: Path, config: Path | None = None
+    kind: str,
+    entry: ModelEntry,
+    log_dir: Path,
+    data_dir: Path,
+    config: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    model: str | None = None,
 ) -> Iterator[Server]:
-    """Our server with its own data folder (and registry), started and healthy; stopped on the way out."""
+    """Our server with its own data folder (and registry), started and healthy; stopped on the way out.
+    `model`: its `--model` (several: `a,b`)."""
     env = {"LLM_SERVER_DATA_DIR": str(data_dir)} | ({"LLM_SERVER_CONFIG": str(config)} if config else {})
-    server = Server(kind, entry, log_dir, env)
+    server = Server(kind, entry, log_dir, env | (extra_env or {}), model)
     try:
         server.wait_ready()
         yield server
@@ -528,11 +544,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results", help="folder for the JSON results")
     parser.add_argument(
         "--sections",
-        default="compare,defaults,prefix,lora,memory,adaption,guardrails,gateway,load",
+        default="compare,defaults,prefix,lora,memory,adaption,guardrails,gateway,load,models",
         help="compare (vs vllm serve at our engine settings), defaults (our defaults vs vllm serve's), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
         " system prompt), prefix (long shared system prompt with/without memory, template, policy; vLLM's prefix-cache"
         " hit rate), adaption, guardrails (policy on vs off),"
-        " gateway (auth + usage + templates overhead), load (200 streams + vanishing clients)",
+        " gateway (auth + usage + templates overhead), load (200 streams + vanishing clients),"
+        " models (a second model on demand: cold load, wake after idle, two models together vs alone)",
     )
     parser.add_argument("--prefix-modes", default="", help=f"prefix: modes to run (default all: {PREFIX_MODES})")
     parser.add_argument(
@@ -541,6 +558,8 @@ def main() -> None:
         help="prefix: also run base and memory on a server whose served model entry (or top-level setting) differs,"
         " e.g. block_size=none (vLLM's default) or own_cpu_threads=2",
     )
+    parser.add_argument("--second-model", default="smollm2-135m-bf16", help="models: the model loaded on demand")
+    parser.add_argument("--models-concurrency", type=int, default=4, help="models: streaming clients")
     parser.add_argument("--adaption-facts", default="8,20,50", help="fact counts the adaption section teaches")
     parser.add_argument("--load-streams", type=int, default=200, help="load: concurrent streams read to the end")
     parser.add_argument("--load-vanishing", type=int, default=20, help="load: clients that disconnect mid-stream")
@@ -626,6 +645,24 @@ def main() -> None:
             report["load"] = load_test(
                 server.base_url, API_KEY, entry.name, server.process.pid, args.load_streams, args.load_vanishing
             )
+    if "models" in sections:
+        config = models_config(DEFAULT_CONFIG_PATH, args.second_model, log_dir / "models.yaml")
+
+        def serve(kind: str, env: dict[str, str]) -> contextlib.AbstractContextManager[Server]:
+            return ready_server(
+                kind, entry, log_dir, log_dir / "models-data", extra_env=env, model=env["LLM_SERVER_MODEL"]
+            )
+
+        report["models"] = bench_models(
+            serve,
+            run_level,
+            API_KEY,
+            entry.name,
+            args.second_model,
+            config,
+            args.output_tokens,
+            args.models_concurrency,
+        )
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")
     if "comparison" in report:
@@ -672,6 +709,8 @@ def main() -> None:
         print_gateway_table(report["gateway"])
     if "load" in report:
         print_load_table(report["load"])
+    if "models" in report:
+        print_models_table(report["models"])
     path = args.out / f"bench-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2))

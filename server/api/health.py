@@ -28,5 +28,6 @@ async def health(request: Request) -> JSONResponse:
             "running_requests": sum(model["running_requests"] for model in models.values()),
             "restarts": engine.restarts,
             "models": models,
+            "sleep_mode": pool.sleep_mode,  # idle models sleep (vLLM sleep mode, GPU) rather than unload
         }
     )
