@@ -59,7 +59,8 @@ def serve(args: argparse.Namespace) -> None:
         sys.exit(f"error: {exc}")
     host = bind_host(settings, has_active_keys(settings.gateway_database(KEYS_DATABASE)))
     app = build_app(settings)
-    logger.info("serving %s on http://%s:%d/v1", settings.served.name, host, settings.port)
+    served = ", ".join(entry.name for entry in settings.served_models)
+    logger.info("serving %s on http://%s:%d/v1", served, host, settings.port)
     # SIGTERM: uvicorn stops accepting, lets in-flight requests and streams finish for up to the grace period
     # (sse-starlette would end every stream at once: not here), then the lifespan flushes and stops the rest.
     AppStatus.disable_automatic_graceful_drain()
@@ -78,7 +79,7 @@ def check_config(args: argparse.Namespace) -> None:
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
     for entry in settings.models:
-        marker = "*" if entry.name == settings.served.name else " "
+        marker = "*" if entry in settings.served_models else " "
         print(f"{marker} {entry.name:<28} {entry.source}  aliases={list(entry.aliases)}")
 
 
@@ -136,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_parser = commands.add_parser("serve", help="serve a model from models.yaml over the OpenAI API")
     serve_parser.add_argument(
-        "--model", help="registry name or alias to serve (default: models.yaml default_model, or LLM_SERVER_MODEL)"
+        "--model",
+        help="registry name or alias to serve; several behind one endpoint as a,b (the first is the server's own)"
+        " (default: models.yaml default_model, or LLM_SERVER_MODEL)",
     )
     serve_parser.add_argument("--host", help="bind address (default 127.0.0.1, or LLM_SERVER_HOST)")
     serve_parser.add_argument("--port", type=int, help="port (default 8000, or LLM_SERVER_PORT)")
@@ -147,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.set_defaults(run=serve)
 
     models_parser = commands.add_parser("models", help="validate models.yaml and list its models")
-    models_parser.add_argument("--model", help="mark this model as the served one")
+    models_parser.add_argument("--model", help="mark these models (a,b) as the served ones")
     models_parser.add_argument("--config", type=Path, help="model registry (default ./models.yaml)")
     models_parser.set_defaults(run=check_config)
 
