@@ -371,6 +371,7 @@ class EnginePool:
             slot.engine = None
             await engine.close()
             self._set_state(slot, "unloaded")
+        slot.keep_alive_s = slot.entry.keep_alive_s  # a request's keep_alive lasts until the model goes (Ollama's)
         self.metrics.model_slept(slot.name, reason)
         logger.info(
             "model %s is %s (%s) in %.1fs",

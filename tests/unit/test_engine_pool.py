@@ -87,6 +87,7 @@ async def test_keep_alive_per_entry_and_per_request(tmp_path: Path, quick: type[
         lease.release()
         await asyncio.sleep(0.8)
         assert pool.slots["b"].state == "unloaded"
+        assert pool.slots["b"].keep_alive_s == 1.0  # a request's keep_alive lasts until the model goes
     finally:
         await pool.close()
 
