@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -213,27 +213,6 @@ class Engine:
     async def wake(self) -> None:
         await self._llm.wake_up()
         self.asleep = False
-
-    @classmethod
-    @asynccontextmanager
-    async def running(
-        cls, entry: ModelEntry, adapters_dir: Path, *, restart_attempts: int = 0, restart_backoff_s: float = 1.0
-    ) -> AsyncIterator[Engine]:
-        """Start the engine (blocking: nothing is served before it is up), watch it, shut it down."""
-        logger.info("starting vLLM engine for %s from %s", entry.name, entry.source)
-        engine = cls(
-            entry,
-            start_llm(entry),
-            adapters_dir,
-            restart_attempts=restart_attempts,
-            restart_backoff_s=restart_backoff_s,
-        )
-        watchdog = engine.start_watchdog()
-        try:
-            yield engine
-        finally:
-            await stop(watchdog)
-            engine._llm.shutdown()
 
     def start_watchdog(self, backoff_s: float = 1.0) -> asyncio.Task:
         """The watchdog below, supervised: a failure of its own is logged and it starts again."""
