@@ -560,6 +560,12 @@ def main() -> None:
     )
     parser.add_argument("--second-model", default="smollm2-135m-bf16", help="models: the model loaded on demand")
     parser.add_argument("--models-concurrency", type=int, default=4, help="models: streaming clients")
+    parser.add_argument(
+        "--models-split-cores",
+        default="1/0" if (os.cpu_count() or 1) <= 2 else "",
+        help="models: also measure with each engine bound to its own cores (first/second, vLLM's"
+        " VLLM_CPU_OMP_THREADS_BIND syntax, e.g. 1/0 or 2-7/8-13); empty: only vLLM's auto binding",
+    )
     parser.add_argument("--adaption-facts", default="8,20,50", help="fact counts the adaption section teaches")
     parser.add_argument("--load-streams", type=int, default=200, help="load: concurrent streams read to the end")
     parser.add_argument("--load-vanishing", type=int, default=20, help="load: clients that disconnect mid-stream")
@@ -646,7 +652,11 @@ def main() -> None:
                 server.base_url, API_KEY, entry.name, server.process.pid, args.load_streams, args.load_vanishing
             )
     if "models" in sections:
-        config = models_config(DEFAULT_CONFIG_PATH, args.second_model, log_dir / "models.yaml")
+        config = models_config(DEFAULT_CONFIG_PATH, entry.name, args.second_model, log_dir / "models.yaml")
+        split = None
+        if args.models_split_cores:
+            binds = tuple(args.models_split_cores.split("/"))
+            split = models_config(DEFAULT_CONFIG_PATH, entry.name, args.second_model, log_dir / "split.yaml", binds)
 
         def serve(kind: str, env: dict[str, str]) -> contextlib.AbstractContextManager[Server]:
             return ready_server(
@@ -662,6 +672,7 @@ def main() -> None:
             config,
             args.output_tokens,
             args.models_concurrency,
+            split_config=split,
         )
     print()
     print(f"model {entry.name}, {args.output_tokens} output tokens per request, streaming, temperature 0")

@@ -22,12 +22,16 @@ import yaml
 KEEP_ALIVE_S = 3  # the second model's idle time before it is unloaded (or put to sleep)
 
 
-def models_config(config_path: Path, second: str, out: Path) -> Path:
-    """models.yaml with the second entry loaded on demand and unloaded after KEEP_ALIVE_S idle seconds."""
+def models_config(config_path: Path, first: str, second: str, out: Path, binds: tuple[str, str] | None = None) -> Path:
+    """models.yaml with the second entry loaded on demand and unloaded after KEEP_ALIVE_S idle seconds;
+    `binds`: each engine's CPU cores (VLLM_CPU_OMP_THREADS_BIND), else vLLM's auto binding for both."""
     raw = yaml.safe_load(config_path.read_text())
     for entry in raw["models"]:
-        if second in (entry["name"], *entry.get("aliases", ())):
+        names = (entry["name"], *entry.get("aliases", ()))
+        if second in names:
             entry.update(load="on_demand", keep_alive=KEEP_ALIVE_S)
+        if binds is not None and (first in names or second in names):
+            entry["cpu_threads_bind"] = binds[0] if first in names else binds[1]
     out.write_text(yaml.safe_dump(raw))
     return out
 
@@ -62,6 +66,7 @@ def bench_models(
     output_tokens: int,
     concurrency: int = 4,
     wakes: int = 3,
+    split_config: Path | None = None,
 ) -> dict:
     """`serve(kind, env)`: our server, started with `env` and healthy; `run_level`: bench.py's load generator."""
     env = {"LLM_SERVER_CONFIG": str(config), "LLM_SERVER_MODEL": f"{first},{second}"}
@@ -92,11 +97,28 @@ def bench_models(
 
         report["alone"] = {first: level([first]), second: level([second])}
         report["together"] = level([first, second])
+    _ratios(report, first, second)
+    if split_config is not None:  # the same throughput runs, each engine bound to a core of its own
+        split: dict = {"config": str(split_config)}
+        with serve("ours-models-split", {**env, "LLM_SERVER_CONFIG": str(split_config)}) as server:
+
+            def split_level(models: list[str]) -> dict:
+                return asyncio.run(
+                    run_level(server.base_url, models, concurrency, requests, output_tokens, {"keep_alive": -1})
+                ).summary()
+
+            split["alone"] = {first: split_level([first]), second: split_level([second])}
+            split["together"] = split_level([first, second])
+        _ratios(split, first, second)
+        report["split_cores"] = split
+    return report
+
+
+def _ratios(report: dict, first: str, second: str) -> None:
     alone = [report["alone"][name]["output_tok_per_s"] for name in (first, second)]
     together = report["together"]["output_tok_per_s"]
     report["together_vs_mean_alone"] = round(together / statistics.mean(alone), 3)
     report["together_vs_sum_alone"] = round(together / sum(alone), 3)
-    return report
 
 
 def _sleeps(client: httpx.Client, model: str) -> bool:
@@ -119,13 +141,19 @@ def print_models_table(report: dict) -> None:
     print(
         f"{'after idle (median of ' + str(len(report['wake_request_s'])) + ')':<34} {wake:>8.3f} {wake / warm:>7.1f}x"
     )
-    print(f"\nthroughput, {report['concurrency']} streaming clients, output tok/s")
-    print(f"{'served':<40} {'tok/s':>8} {'TTFT p50 ms':>12}")
-    for name, row in report["alone"].items():
-        print(f"{name + ' alone':<40} {row['output_tok_per_s']:>8.1f} {row['ttft_p50_ms']:>12.0f}")
-    together = report["together"]
-    print(f"{'both together (round-robin)':<40} {together['output_tok_per_s']:>8.1f} {together['ttft_p50_ms']:>12.0f}")
-    print(
-        f"together / mean alone: {report['together_vs_mean_alone']:.2f}x;"
-        f" together / sum alone: {report['together_vs_sum_alone']:.2f}x"
-    )
+    runs = [("vLLM auto CPU binding (both engines on one core)", report)]
+    if "split_cores" in report:
+        runs.append(("cpu_threads_bind: one core per engine", report["split_cores"]))
+    for title, run in runs:
+        print(f"\nthroughput, {report['concurrency']} streaming clients, output tok/s; {title}")
+        print(f"{'served':<40} {'tok/s':>8} {'TTFT p50 ms':>12}")
+        for name, row in run["alone"].items():
+            print(f"{name + ' alone':<40} {row['output_tok_per_s']:>8.1f} {row['ttft_p50_ms']:>12.0f}")
+        together = run["together"]
+        print(
+            f"{'both together (round-robin)':<40} {together['output_tok_per_s']:>8.1f} {together['ttft_p50_ms']:>12.0f}"
+        )
+        print(
+            f"together / mean alone: {run['together_vs_mean_alone']:.2f}x;"
+            f" together / sum alone: {run['together_vs_sum_alone']:.2f}x"
+        )
