@@ -69,6 +69,7 @@ FIELD_TESTS: dict[str, dict[str, str]] = {
         "store": f"{S}::test_stored_chat_completions_lifecycle",
         "metadata": f"{S}::test_stored_chat_completions_lifecycle",
         "lora_name": "tests/test_adapters.py::test_adapters_answer_distinguishably",
+        "keep_alive": "tests/test_multi_model.py::test_on_demand_load_with_requests_waiting_then_idle_unload_and_wake",
         "nightly": "tests/test_memory.py::test_fact_told_earlier_is_answered_from_memory",
         "finetune_thresh": "tests/test_adaption.py::test_facts_told_through_chat_train_an_adapter_that_recalls_them",
         "min_finetune_group": "tests/test_adaption.py::test_facts_told_through_chat_train_an_adapter_that_recalls_them",
