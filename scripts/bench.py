@@ -150,10 +150,7 @@ def server_command(kind: str, entry: ModelEntry, port: int, model: str | None = 
         ]
     if kind == "vllm-defaults":  # `vllm serve MODEL`: every engine setting left at vLLM's own default ...
         source = str(entry.source_path) if entry.is_local else entry.source
-        return [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
+        engine_flags = [
             "--model",
             source,
             "--served-model-name",
@@ -162,19 +159,14 @@ def server_command(kind: str, entry: ModelEntry, port: int, model: str | None = 
             # to start where less is free (a shared box). A size, not a speed setting.
             "--kv-cache-memory-bytes",
             str(engine_args_for(entry).kv_cache_memory_bytes),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--api-key",
-            API_KEY,
-            "--disable-uvicorn-access-log",
         ]
+    else:
+        engine_flags = vllm_serve_flags(entry)
     return [
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
-        *vllm_serve_flags(entry),
+        *engine_flags,
         "--host",
         "127.0.0.1",
         "--port",
