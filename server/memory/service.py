@@ -299,9 +299,7 @@ class MemoryService:
             person = named_subject(sentence)
             if person is None:
                 continue
-            _, lexical = await self.store.search(
-                group, np.zeros(self.embedder.dimensions, np.float32), f'"{person}"', 20
-            )
+            lexical = await self.store.lexical_search(group, f'"{person}"', 20)
             known = await self.store.fetch(group, [memory_id for memory_id, _ in lexical])
             relation = relation_of(person, [memory.text for memory in sorted(known.values(), key=lambda m: m.id)])
             if relation is not None:
@@ -311,7 +309,7 @@ class MemoryService:
     async def _decide(self, group: MemoryGroup, fact: str, vector: np.ndarray) -> tuple[Decision, Memory | None]:
         """ADD / UPDATE / DELETE / NOOP for a new fact against the stored facts nearest to it."""
         settings = self.settings
-        dense, _ = await self.store.search(group, vector, "", UPDATE_CANDIDATES)
+        dense = await self.store.dense_search(group, vector, UPDATE_CANDIDATES)
         embeddings = await self.store.fetch_embeddings(group, [memory_id for memory_id, _ in dense])
         memories = await self.store.fetch(group, list(embeddings))
         existing = sorted(
