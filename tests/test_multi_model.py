@@ -337,8 +337,10 @@ def test_fine_tuning_trains_and_serves_an_adapter_of_the_model_it_names(
     assert result["base_model"] == SECOND and result["base_dtype"] == "bfloat16"  # its weights, in its dtype
     assert job.metadata["promoted"] == "true", result["verdict"]
     assert cards(admin)[adapter]["parent"] == SECOND
+    listed = {item["id"]: item for item in admin.get("/v1/adapters").json()["data"]}
+    assert listed[adapter]["base_model"] == SECOND
     versions = admin.get(f"/v1/adapters/{adapter}/versions").json()["data"]
-    assert versions[0]["base_model"] == SECOND
+    assert [(v["version"], v["active"], v["fine_tuning_job"]) for v in versions] == [(1, True, job.id)]
 
     # adaption_inference on the second model serves it; the first model never runs it.
     assert answer(SECOND, "Hi", **target).headers["x-adaption-adapter"] == f"{adapter}@v1"
