@@ -172,14 +172,15 @@ async def engine_pool(settings: Settings, metrics: Metrics) -> AsyncIterator[Eng
 
 @asynccontextmanager
 async def adaption_service(
-    settings: Settings, engine: Engine, memory: MemoryService, metrics: Metrics | None = None
+    settings: Settings, pool: EnginePool, memory: MemoryService, metrics: Metrics | None = None
 ) -> AsyncIterator[AdaptionService]:
+    """Fine-tuning jobs, one at a time, each training an adapter of the served model it names."""
     jobs = JobStore(settings.gateway_database(ADAPTION_DATABASE))
     await jobs.open()
     service = AdaptionService(
         jobs,
         memory,
-        engine.adapters,
+        pool,
         settings.served,
         settings.adaption,
         settings.data_dir / "adaption-work",
@@ -260,7 +261,7 @@ def build_app(settings: Settings) -> Starlette:
             engine_pool(settings, metrics) as pool,
             own_threads(settings.own_cpu_threads),
             memory_service(settings, metrics) as memory,
-            adaption_service(settings, pool.primary, memory, metrics) as adaption,
+            adaption_service(settings, pool, memory, metrics) as adaption,
             guardrail_checker(settings.guardrails) as checker,
             gateway_service(settings, metrics) as gateway,
             conversation_store(settings) as conversations,

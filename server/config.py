@@ -413,11 +413,12 @@ class Settings(_Strict):
         providers = [provider.name for provider in self.providers]
         if len(set(providers)) != len(providers):
             raise ValueError("providers: two providers share a name")
-        if self.adaption.rank > self.served.lora.max_lora_rank:
-            raise ValueError(
-                f"adaption.rank {self.adaption.rank} exceeds {self.served.name}'s lora.max_lora_rank "
-                f"{self.served.lora.max_lora_rank}"
-            )
+        for entry in self.served_models:  # adaption trains adapters of every served model
+            if self.adaption.rank > entry.lora.max_lora_rank:
+                raise ValueError(
+                    f"adaption.rank {self.adaption.rank} exceeds {entry.name}'s lora.max_lora_rank "
+                    f"{entry.lora.max_lora_rank}"
+                )
         return self
 
     @field_validator("data_dir", "adapters_dir")

@@ -2,11 +2,14 @@
 
 One server for the module: the embedded model (float32, loaded at start) and the same weights in bfloat16 under a
 second name (`load: on_demand`, a short keep_alive), plus an entry whose weights are missing (its load fails).
+Adaption trains the second model's own adapter here, with small settings (`CHEAP_ADAPTION`: the question is which
+model trains and serves it; what a job learns is tests/test_adaption.py's).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +37,25 @@ SECOND_ALIAS = "smollm2-bf16"
 BROKEN = "missing-weights"
 KEEP_ALIVE_S = 3
 ALPHA, BRAVO = "ALPHA ALPHA ALPHA.", "Bravo bravo, bravo!"
+GOAL = "A companion that remembers what the user tells it"
+# Facts told to the second model, and questions about them in words no training template uses.
+FACTS = {
+    "My cat is called Pumpernickel.": ("Pumpernickel", "What does my cat answer to?"),
+    "I live in Reykjavik.": ("Reykjavik", "Which city is my home?"),
+    "I play the harpsichord.": ("harpsichord", "Which instrument do I play?"),
+}
+# One short job: fewer wordings, no replay, the general set not gating promotion (only its figures reported).
+CHEAP_ADAPTION = {
+    "rank": 8,
+    "alpha": 16,
+    "learning_rate": 0.004,
+    "questions_per_fact": 4,
+    "probes_per_fact": 1,
+    "probe_max_tokens": 12,
+    "replay_examples": 0,
+    "general_tolerance": 1.0,
+}
+TRAINING_TIMEOUT_S = 1800  # one small job on a shared CPU at low priority
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +67,7 @@ def multi(tmp_path_factory: pytest.TempPathFactory, adapter_sources: Path) -> It
     broken = {**entries[SECOND], "name": BROKEN, "aliases": [], "source": "/nonexistent/weights", "load": "on_demand"}
     raw["models"] = [first, second, broken]
     raw["max_loaded_models"] = 2
+    raw["adaption"] = {**raw["adaption"], **CHEAP_ADAPTION}
     raw["model_load_timeout_s"] = 240
     root = tmp_path_factory.mktemp("multi")
     config = root / "models.yaml"
@@ -227,3 +250,129 @@ def test_tokenize_by_model(admin: httpx.Client) -> None:
 
 def test_unserved_model_is_404(admin: httpx.Client) -> None:
     assert_error(chat(admin, "llama-3.1-8b-instruct"), 404, "model_not_found", "model")
+
+
+def test_responses_embeddings_and_completions_route_by_model(multi: RunningServer, admin: httpx.Client) -> None:
+    client = openai.OpenAI(base_url=f"{multi.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+    assert chat(admin, SECOND, keep_alive=0).status_code == 200
+    assert wait_state(admin, SECOND, "unloaded", 30)
+    # The Responses API loads the second model on demand, by alias, and answers with it; an adapter runs on its base.
+    response = client.responses.create(model=SECOND_ALIAS, input="Say hello.", max_output_tokens=8, temperature=0)
+    assert response.model == SECOND and response.status in ("completed", "incomplete") and response.output_text
+    assert states(admin)[SECOND] == "awake"
+    adapted = client.responses.create(model="bravo", input="Say hello.", max_output_tokens=12, temperature=0)
+    assert adapted.model == "bravo" and adapted.output_text.startswith(BRAVO)
+    events = list(client.responses.create(model=SECOND, input="Hi", max_output_tokens=4, stream=True))
+    assert events[-1].type in ("response.completed", "response.incomplete")  # cut by max_output_tokens or not
+    assert events[-1].response.model == SECOND
+    # The second model's name as `model@local`, as chat takes it.
+    completion = admin.post("/v1/completions", json={"model": f"{SECOND}@local", "prompt": "Hi", "max_tokens": 2})
+    assert completion.status_code == 200 and completion.json()["model"] == SECOND
+    # Embeddings come from the memory embedding model, whichever chat models are served.
+    embedded = admin.post("/v1/embeddings", json={"model": "all-minilm-l6-v2@local", "input": "Hello"})
+    assert embedded.status_code == 200 and embedded.json()["model"] == "all-minilm-l6-v2"
+    refused = admin.post("/v1/embeddings", json={"model": SECOND_ALIAS, "input": "Hello"})
+    assert "all-minilm-l6-v2" in assert_error(refused, 400, "model_not_supported", "model")["message"]
+    # An unknown model is the same 404 everywhere.
+    for path, body in (
+        ("/v1/responses", {"input": "Hi"}),
+        ("/v1/embeddings", {"input": "Hi"}),
+        ("/v1/completions", {"prompt": "Hi"}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]}),
+        ("/tokenize", {"prompt": "Hi"}),
+    ):
+        assert_error(admin.post(path, json={"model": "no-such-model", **body}), 404, "model_not_found", "model")
+    # A key limited to the second model reaches it through Responses, and only it.
+    key = new_key(admin, name="responses-second-only", allowed_models=[SECOND])
+    limited = openai.OpenAI(base_url=f"{multi.base_url}/v1", api_key=key["key"], max_retries=0, timeout=300)
+    assert limited.responses.create(model=SECOND, input="Hi", max_output_tokens=2).model == SECOND
+    with keyed_http(multi, key["key"]) as session:
+        denied = session.post("/v1/responses", json={"model": MODEL, "input": "Hi", "max_output_tokens": 2})
+        assert_error(denied, 403, "model_not_allowed", "model")
+
+
+def test_fine_tuning_trains_and_serves_an_adapter_of_the_model_it_names(
+    multi: RunningServer, admin: httpx.Client
+) -> None:
+    client = openai.OpenAI(base_url=f"{multi.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
+    group, adapter = "second-facts", "second-told"
+
+    def answer(model: str, question: str, **extra: object) -> httpx.Response:
+        response = chat(
+            admin, model, messages=[{"role": "user", "content": question}], max_tokens=24, temperature=0, **extra
+        )
+        assert response.status_code == 200, response.text
+        return response
+
+    def recalled(**extra: object) -> list[str]:
+        return [
+            fact
+            for fact, (value, question) in FACTS.items()
+            if value.lower() in answer(SECOND, question, **extra).json()["choices"][0]["message"]["content"].lower()
+        ]
+
+    base = recalled()
+    target = {"lora_name": adapter, "adaption_inference": True}
+    before = answer(SECOND, "Hi", **target)
+    assert before.headers["x-adaption-adapter"] == f"base-model; no promoted version of {adapter} yet"
+    # Facts told to the second model (by its alias) cross the threshold: the job trains the second model's adapter.
+    trigger = {"nightly": [group, GOAL], "finetune_thresh": len(FACTS), "min_finetune_group": len(FACTS)}
+    for fact in FACTS:
+        answer(SECOND_ALIAS, fact, lora_name=adapter, **trigger)
+    deadline = time.monotonic() + TRAINING_TIMEOUT_S
+    while True:
+        jobs = [job for job in client.fine_tuning.jobs.list().data if job.metadata["lora_name"] == adapter]
+        if jobs and jobs[0].status not in ("queued", "running"):
+            break
+        if jobs and jobs[0].status == "queued":  # while it waits or trains: the same name on the other model is refused
+            response = admin.post(
+                "/v1/fine_tuning/jobs", json={"model": MODEL, "training_file": f"memory:{group}", "suffix": adapter}
+            )
+            assert_error(response, 400, "adapter_model_mismatch", "suffix")
+        assert time.monotonic() < deadline, jobs
+        time.sleep(1)
+    job = jobs[0]
+    result = job.model_extra["result"]
+    assert job.status == "succeeded" and job.model == SECOND, job
+    assert result["base_model"] == SECOND and result["base_dtype"] == "bfloat16"  # its weights, in its dtype
+    assert job.metadata["promoted"] == "true", result["verdict"]
+    assert cards(admin)[adapter]["parent"] == SECOND
+    listed = {item["id"]: item for item in admin.get("/v1/adapters").json()["data"]}
+    assert listed[adapter]["base_model"] == SECOND
+    versions = admin.get(f"/v1/adapters/{adapter}/versions").json()["data"]
+    assert [(v["version"], v["active"], v["fine_tuning_job"]) for v in versions] == [(1, True, job.id)]
+
+    # adaption_inference on the second model serves it; the first model never runs it.
+    assert answer(SECOND, "Hi", **target).headers["x-adaption-adapter"] == f"{adapter}@v1"
+    learned = recalled(**target)
+    print(
+        f"\nsecond model, hand-written questions answered with the fact: adapter {len(learned)}/{len(FACTS)},"
+        f" base {len(base)}/{len(FACTS)}; job probes {result['recall']} vs base {result['baseline_recall']}"
+    )
+    assert len(learned) > len(base)
+    assert_error(chat(admin, MODEL, **target), 400, "adapter_model_mismatch", "lora_name")
+    trained_elsewhere = {"model": MODEL, "training_file": f"memory:{group}", "suffix": adapter}
+    assert_error(admin.post("/v1/fine_tuning/jobs", json=trained_elsewhere), 400, "adapter_model_mismatch", "suffix")
+
+    # The jobs API: any served model by name or alias; a model not served is a 404.
+    unserved = {"model": "llama-3.1-8b-instruct", "training_file": f"memory:{group}", "lora_name": "x"}
+    assert_error(admin.post("/v1/fine_tuning/jobs", json=unserved), 404, "model_not_found", "model")
+    queued = client.fine_tuning.jobs.create(model=SECOND_ALIAS, training_file=f"memory:{group}", suffix="second-api")
+    assert queued.model == SECOND
+    assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+    # Another key sees neither job.
+    with keyed_http(multi, OTHER_API_KEY) as other:
+        assert other.get(f"/v1/fine_tuning/jobs/{job.id}").status_code == 404
+        assert other.get(f"/v1/fine_tuning/jobs/{queued.id}").status_code == 404
+
+
+def test_guardrails_check_the_second_models_answers(admin: httpx.Client) -> None:
+    from tests.test_guardrails import CLEAN, LEAK_MARKERS, POLICY, VIOLATING, pinned
+
+    clean = admin.post("/v1/chat/completions", json=pinned(CLEAN) | {"model": SECOND, "guardrail_policy": POLICY})
+    assert clean.status_code == 200 and clean.json()["model"] == SECOND, clean.text
+    response = admin.post(
+        "/v1/chat/completions", json=pinned(VIOLATING) | {"model": SECOND_ALIAS, "guardrail_policy": POLICY}
+    )
+    assert_error(response, 400, "guardrail_violation", "guardrail_policy")
+    assert not any(marker in response.text for marker in LEAK_MARKERS)

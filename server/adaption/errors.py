@@ -54,3 +54,13 @@ class WorkerFailed(AdaptionError):
 
     def __init__(self, exit_code: int | None, last_line: str) -> None:
         super().__init__(f"The training process stopped with exit code {exit_code}: {last_line}")
+
+
+class BaseModelNotServed(AdaptionError):
+    """A job (or a fine-tuning trigger) for a model this server does not serve."""
+
+    status, type, code, param = 404, "invalid_request_error", "model_not_found", "model"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{model}` is not served here, so no adapter of it can be trained.")
+        self.model = model

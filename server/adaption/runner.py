@@ -28,17 +28,23 @@ import socket
 import sys
 import time
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from server.adaption.dataset import MemoryRecord, curriculum, data_hash
-from server.adaption.errors import JobFinished, JobNotFound, NothingToLearn, WorkerFailed
+from server.adaption.errors import BaseModelNotServed, JobFinished, JobNotFound, NothingToLearn, WorkerFailed
 from server.adaption.jobs import Job, JobEvent, JobStore
 from server.config import AdaptionSettings, ModelEntry
-from server.engine.adapters import AdapterNotFound, AdapterStore
+from server.engine.adapters import AdapterNotFound, AdapterStore, AdapterVersion
+from server.engine.errors import AdapterOfAnotherModel
 from server.memory.service import MemoryService
 from server.observability.metrics import Metrics
 from server.supervision import start_supervised, stop
+
+if TYPE_CHECKING:
+    from server.engine.pool import ModelSlot
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +112,31 @@ def eval_message(stage: str, figures: dict) -> str:
     )
 
 
+class BaseModels(Protocol):
+    """The served models adaption trains adapters for, by name or alias (server.engine.pool.EnginePool)."""
+
+    def slot(self, name: str) -> ModelSlot | None: ...
+
+    def adapter_slot(self, adapter: str, base_model: str | None = None, param: str = "base_model") -> ModelSlot: ...
+
+    def awake_adapters(self, slot: ModelSlot) -> AbstractAsyncContextManager[AdapterStore]: ...
+
+
+def spec_model(entry: ModelEntry) -> dict:
+    """What the worker loads to train `entry`'s adapter: its weights, tokenizer (chat template) and dtype."""
+    source = str(entry.source_path) if entry.is_local else entry.source
+    return {"model_dir": source, "tokenizer": entry.tokenizer or source, "dtype": entry.dtype}
+
+
 class AdaptionService:
+    """`models`: the served models (a job trains the adapter of the model it names); `entry`: the server's own,
+    the base model of a job that names none."""
+
     def __init__(
         self,
         jobs: JobStore,
         memory: MemoryService,
-        adapters: AdapterStore,
+        models: BaseModels,
         entry: ModelEntry,
         settings: AdaptionSettings,
         work_dir: Path,
@@ -120,7 +145,7 @@ class AdaptionService:
         self.metrics = metrics if metrics is not None else Metrics()
         self.jobs = jobs
         self.memory = memory
-        self.adapters = adapters
+        self.models = models
         self.entry = entry
         self.settings = settings
         self.work_dir = work_dir
@@ -183,17 +208,36 @@ class AdaptionService:
 
     # the trigger and the jobs API
 
-    async def record_call(self, owner: str, group: str, adapter: str, threshold: int, min_group: int) -> Job | None:
-        """Count a `nightly` + `finetune_thresh` call; queue training when the group has earned it."""
+    async def record_call(
+        self, owner: str, group: str, adapter: str, threshold: int, min_group: int, base_model: str | None = None
+    ) -> Job | None:
+        """Count a `nightly` + `finetune_thresh` call (on `base_model`: the served model that answered it);
+        queue training when the group has earned it."""
         calls = await self.jobs.count_call(owner, group, adapter)
         info = await self.memory.group(owner, group)
         if not should_train(calls, threshold, info.memory_count, min_group):
             return None
-        return await self.create(owner, group, adapter)
+        return await self.create(owner, group, adapter, base_model)
 
-    async def create(self, owner: str, group: str, adapter: str) -> Job:
+    def base_slot(self, base_model: str | None) -> ModelSlot:
+        """The served model a job trains for (by name or alias; None: the server's own). BaseModelNotServed else."""
+        slot = self.models.slot(base_model or self.entry.name)
+        if slot is None:
+            raise BaseModelNotServed(base_model or self.entry.name)
+        return slot
+
+    async def create(
+        self, owner: str, group: str, adapter: str, base_model: str | None = None, param: str = "lora_name"
+    ) -> Job:
+        """Queue training `adapter` (of `base_model`, the server's own by default) from the group, or join the
+        caller's job already queued for it. An adapter belongs to one base model: AdapterOfAnotherModel when it
+        (or the job training it) is another model's."""
+        entry = self.base_slot(base_model).entry
+        self.models.adapter_slot(adapter, entry.name, param)
         await self.memory.group(owner, group)  # GroupNotFound for another key's or a missing group
-        job, created = await self.jobs.create_or_join(owner, adapter, group, self.entry.name, self.hyperparameters)
+        job, created = await self.jobs.create_or_join(owner, adapter, group, entry.name, self.hyperparameters)
+        if job.base_model != entry.name:  # the caller's own job for that name trains it on another model
+            raise AdapterOfAnotherModel(adapter, job.base_model, entry.name, param)
         if created:
             await self.jobs.reset_calls(owner, group, adapter)
             self._queue.put_nowait(job.id)
@@ -291,17 +335,23 @@ class AdaptionService:
 
     async def _train(self, job: Job) -> None:
         started = time.perf_counter()
+        slot = self.base_slot(job.base_model)  # the model the job trains for; it may have stopped being served
+        entry = slot.entry
+        self.models.adapter_slot(job.adapter, entry.name, "lora_name")  # not added to another model meanwhile
+        assert slot.adapters is not None  # set up at start, loaded or not
         memories = await self._memories(job.owner, job.memory_group)
         try:
-            current = self.adapters.get(job.adapter)
+            current = slot.adapters.get(job.adapter)
             current_path, current_version = str(current.path), current.version
         except AdapterNotFound:
             current_path, current_version = None, None
         spec_base = {
-            "model_dir": str(self.entry.source_path),
+            **spec_model(entry),
             "current_adapter": current_path,
             "cpu_threads": self.settings.cpu_threads,
             "gpu_memory_fraction": self.settings.gpu_memory_fraction,
+            # The base model's own figures and replay answers, cached per model between jobs.
+            "base_cache": str(self._base_cache(entry)),
         }
         result = await self.run_worker(job, memories, spec_base)
         if (await self.jobs.get(job.id)).status == "cancelled":
@@ -310,7 +360,8 @@ class AdaptionService:
         verdict = promotion(result, tolerance)
         output = self.work_dir / job.id / "adapter"
         manifest = {
-            "base_model": self.entry.name,
+            "base_model": entry.name,
+            "base_dtype": result.get("base_dtype"),
             "fine_tuning_job": job.id,
             "memory_group": job.memory_group,
             "data_hash": result["data_hash"],
@@ -337,14 +388,22 @@ class AdaptionService:
             "trained": result["created"],
         }
         (output / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        version = await self.adapters.add(
-            job.adapter,
-            output,
-            source_label=f"fine-tuning job {job.id}",
-            activate=verdict.promoted,
-            owner=job.owner,  # a new adapter is the job owner's; an existing one must be theirs already
-            admin=False,
-        )
+
+        async def add(store: AdapterStore) -> AdapterVersion:
+            return await store.add(
+                job.adapter,
+                output,
+                source_label=f"fine-tuning job {job.id}",
+                activate=verdict.promoted,
+                owner=job.owner,  # a new adapter is the job owner's; an existing one must be theirs already
+                admin=False,
+            )
+
+        if verdict.promoted:  # served from now on: into its model's engine (loaded or woken first)
+            async with self.models.awake_adapters(slot) as store:
+                version = await add(store)
+        else:  # only kept on disk: no engine needed
+            version = await add(slot.adapters)
         self.metrics.trained(time.perf_counter() - started, result.get("trained_tokens"))
         self.metrics.loss("eval", result["new"]["general_loss"])
         self.metrics.job_finished("succeeded")
@@ -366,6 +425,11 @@ class AdaptionService:
         )
         shutil.rmtree(self.work_dir / job.id, ignore_errors=True)
 
+    def _base_cache(self, entry: ModelEntry) -> Path:
+        """Where the worker caches `entry`'s base figures: the server's own model's where they always were."""
+        folder = self.work_dir if entry.name == self.entry.name else self.work_dir / f"@{entry.name}"
+        return folder / "base-general.json"
+
     async def run_worker(self, job: Job, memories: list[MemoryRecord], spec_base: dict) -> dict:
         """Train `job` in a child process; its progress becomes job events. Returns the worker's `done` fields."""
         hyper = job.hyperparameters
@@ -385,7 +449,6 @@ class AdaptionService:
             "general": general_set(),
             "replay": replay_set(),
             "output_dir": str(folder / "adapter"),
-            "base_cache": str(self.work_dir / "base-general.json"),
         }
         (folder / "spec.json").write_text(json.dumps(spec))
         await self.jobs.add_metrics(

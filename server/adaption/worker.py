@@ -2,7 +2,8 @@
 
     python -m server.adaption.worker SPEC.json
 
-SPEC (written by the runner): base model directory, training examples, probes
+SPEC (written by the runner): the base model (directory or repo id, tokenizer, dtype: the served entry's, so
+the adapter is trained on the weights and chat template it is served with), training examples, probes
 (held-out questions about the trained facts and the value each answer must
 name), the general set (questions with reference answers), hyperparameters,
 output directory, the current adapter (if any).
@@ -67,7 +68,7 @@ def mean_loss(model: Any, batches: list[dict[str, Any]]) -> float | None:
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
             labels = batch["labels"][:, 1:]
             losses = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
@@ -135,7 +136,9 @@ class Evaluator:
         ]
         self.general_items = spec["general"]
         self.cache_key = hashlib.sha256(
-            json.dumps([spec["model_dir"], spec["general"], self.max_new_tokens, self.batch_size]).encode()
+            json.dumps(
+                [spec["model_dir"], spec.get("dtype"), spec["general"], self.max_new_tokens, self.batch_size]
+            ).encode()
         ).hexdigest()
 
     def general_figures(self, model: Any) -> dict:
@@ -200,7 +203,9 @@ def replay_examples(model: Any, tokenizer: Any, spec: dict, device: str) -> list
     if not prompts:
         return []
     cache = Path(spec["base_cache"]).with_name("base-replay.json") if spec.get("base_cache") else None
-    key = hashlib.sha256(json.dumps([spec["model_dir"], prompts, hyper["replay_max_tokens"]]).encode()).hexdigest()
+    key = hashlib.sha256(
+        json.dumps([spec["model_dir"], spec.get("dtype"), prompts, hyper["replay_max_tokens"]]).encode()
+    ).hexdigest()
     if cache is not None and cache.exists() and (stored := json.loads(cache.read_text())).get("key") == key:
         answers = stored["answers"]
     else:
@@ -213,6 +218,16 @@ def replay_examples(model: Any, tokenizer: Any, spec: dict, device: str) -> list
         for prompt, answer in zip(prompts, answers, strict=True)
         if complete_sentences(answer)
     ]
+
+
+def torch_dtype(dtype: str | None) -> Any:
+    """The served entry's dtype as torch's (`auto`: the checkpoint's own; none given: float32). The LoRA weights
+    peft adds stay float32 whatever the base model's dtype (its `autocast_adapter_dtype`)."""
+    import torch
+
+    if dtype == "auto":
+        return "auto"
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype or "float32", torch.float32)
 
 
 def train(spec: dict) -> dict:
@@ -231,8 +246,9 @@ def train(spec: dict) -> dict:
         torch.set_num_threads(spec["cpu_threads"])
         os.nice(spec.get("cpu_niceness", 10))  # the CPUs serving shares with training go to serving first
 
-    tokenizer = AutoTokenizer.from_pretrained(spec["model_dir"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(spec.get("tokenizer") or spec["model_dir"])
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch_dtype(spec.get("dtype"))).to(device)
+    base_dtype = str(model.dtype).removeprefix("torch.")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     evaluate = Evaluator(tokenizer, spec, device)
 
@@ -291,6 +307,7 @@ def train(spec: dict) -> dict:
         "train_loss": sum(epoch_losses) / len(epoch_losses),  # the last epoch's mean: no second pass over the data
         "steps": step,
         "trained_tokens": hyper["epochs"] * sum(sum(1 for label in labels if label != -100) for _, labels in encoded),
+        "base_dtype": base_dtype,  # the weights trained on: the served entry's dtype
         "train_examples": len(encoded),
         "replay_examples": len(replay),
         "probes": len(spec["probes"]),

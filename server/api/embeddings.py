@@ -1,5 +1,8 @@
 """`POST /v1/embeddings`: OpenAI's embeddings, answered by the server's memory embedding model.
 
+`model` names that model (its short name or source, as `name@local` too); the served chat models do not embed
+(400 `model_not_supported`, naming the model that does), any other name is a 404 `model_not_found`.
+
 Input: a string, a list of strings, a token array or a list of token arrays (in
 the embedding model's own vocabulary); `encoding_format` float or base64
 (little-endian float32, as OpenAI sends it). The model has one native size:
@@ -24,10 +27,11 @@ from server.api.local_access import metered, priced
 from server.api.protocol import DroppableRequest
 from server.config import Settings
 from server.gateway.errors import ModelUnavailable
-from server.gateway.routing import Route
+from server.gateway.routing import LOCAL_PROVIDER, Route, parse_model_ref
 from server.gateway.service import Admission, Gateway
 from server.memory.embedder import Embedder
 from server.model_sources import PACKAGE_PREFIX
+from server.serving.catalog import ModelCatalog
 
 MAX_INPUTS = 2048
 
@@ -47,6 +51,23 @@ def embedding_model_names(source: str) -> list[str]:
     else:
         short = PurePath(source.rstrip("/")).name
     return [short, source]
+
+
+def embedding_model(catalog: ModelCatalog, source: str, name: str) -> str:
+    """The embedding model's public name when `name` names it (its short name or source, any case, `@local` too).
+    A served chat model (or alias, or adapter) is a 400 naming the model that embeds; anything else a 404."""
+    names = embedding_model_names(source)
+    model, provider = parse_model_ref(name)
+    local = provider is None or provider == LOCAL_PROVIDER
+    if local and model.lower() in {known.lower() for known in names}:
+        return names[0]
+    if local and catalog.serves_here(model):
+        raise invalid_request(
+            f"`{model}` is a chat model; embeddings here come from `{names[0]}` (the memory embedding model).",
+            param="model",
+            code="model_not_supported",
+        )
+    raise ModelUnavailable(name)
 
 
 def _inputs(body: EmbeddingRequest) -> tuple[list[str] | None, list[list[int]] | None]:
@@ -91,10 +112,7 @@ async def _embeddings(request: Request, gateway: Gateway, admission: Admission) 
     embedder: Embedder = request.app.state.memory.embedder
     body = EmbeddingRequest.model_validate(await read_json_object(request), strict=True)
     account.user = body.user
-    names = embedding_model_names(settings.memory.embedding_model)
-    if body.model.lower() not in {name.lower() for name in names}:
-        raise ModelUnavailable(body.model)
-    public = names[0]
+    public = embedding_model(request.app.state.catalog, settings.memory.embedding_model, body.model)
     gateway.authorize(account.principal, [public])
     await gateway.admit(account.principal)
     account.served_by(Route(public, None), public)

@@ -1,7 +1,7 @@
 """`/v1/fine_tuning/jobs`: OpenAI's fine-tuning jobs API, training LoRA adapters from memory groups.
 
 `training_file` names a memory group as `memory:<group>`; the adapter's name is
-`lora_name` (or OpenAI's `suffix`). The SDK's `client.fine_tuning.jobs.create /
+`lora_name` (or OpenAI's `suffix`); `model` names the served model (any of them) whose adapter it trains. The SDK's `client.fine_tuning.jobs.create /
 list / retrieve / cancel / list_events` work unchanged.
 """
 
@@ -136,7 +136,8 @@ def _page(items: list[Item], limit: int) -> Response:
 async def create_job(request: Request) -> Response:
     catalog: ModelCatalog = request.app.state.catalog
     body = CreateJob.model_validate(await read_json_object(request))
-    if catalog.base_model(body.model) is None:
+    entry = catalog.base_model(body.model)  # any served model (or alias): the job trains an adapter of it
+    if entry is None:
         raise model_not_found(body.model)
     assert body.adapter is not None  # checked by the validator
     gateway: Gateway = request.app.state.gateway
@@ -150,7 +151,9 @@ async def create_job(request: Request) -> Response:
     )
     asked_at = time.time()
     try:
-        job = await _service(request).create(caller_of(request.scope), body.memory_group, body.adapter)
+        job = await _service(request).create(
+            caller_of(request.scope), body.memory_group, body.adapter, entry.name, param
+        )
     except BaseException:
         await gateway.refund(charge)
         raise

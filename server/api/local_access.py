@@ -20,7 +20,7 @@ from server.config import ModelEntry
 from server.engine.errors import AdapterOfAnotherModel
 from server.errors import CLIENT_CLOSED, CLIENT_CLOSED_CODE, ServerError
 from server.gateway.errors import ModelUnavailable
-from server.gateway.routing import Route
+from server.gateway.routing import LOCAL_PROVIDER, Route, parse_model_ref
 from server.gateway.service import Admission, Gateway, RequestAccount
 from server.guardrails.errors import GuardrailViolation
 from server.serving.catalog import ModelCatalog
@@ -54,7 +54,11 @@ class LocalModel:
 
 
 def local_model(catalog: ModelCatalog, name: str, lora_name: str | None) -> LocalModel:
-    """The served model (or one of its adapters, named as `model` in vLLM's way) that `name` names; else 404."""
+    """The served model (or one of its adapters, named as `model` in vLLM's way) that `name` names, as chat reads it
+    (`name@local` too); else 404."""
+    model, provider = parse_model_ref(name)
+    if provider == LOCAL_PROVIDER:
+        name = model
     if catalog.is_adapter(name):
         return LocalModel(catalog.parent_entry(name), name, "model")
     entry = catalog.base_model(name)

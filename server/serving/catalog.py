@@ -48,6 +48,10 @@ class ModelAdapters:
         """The base model `name`'s adapter runs on (None when no model serves such an adapter)."""
         return next((model for model, store in self.stores.items() if name in store), None)
 
+    def holder(self, name: str) -> str | None:
+        """The base model whose adapters folder holds `name`, served or not yet (a trained version not promoted)."""
+        return next((model for model, store in self.stores.items() if store.ownership(name) is not None), None)
+
     def listed(self) -> list[tuple[str, Any]]:
         """(parent model, version) for every adapter served."""
         return [(model, version) for model, store in self.stores.items() for version in store.list()]
@@ -170,6 +174,9 @@ class ModelCatalog:
         if entry is None:
             raise ModelUnavailable(model)
         if adapter_is_target:
+            holder = self.adapters.holder(lora_name) if lora_name is not None else None
+            if holder is not None and holder != entry.name:  # adaption trains and serves it on its own model only
+                raise AdapterOfAnotherModel(lora_name or "", holder, entry.name)
             ready = run_on_target and lora_name is not None and lora_name in self.adapters.store(entry.name)
             return LocalModel(entry, lora_name if ready else None, "lora_name")
         if lora_name is not None and lora_name in self.adapters and lora_name not in self.adapters.store(entry.name):

@@ -105,7 +105,9 @@ class Memory(Protocol):
 
 
 class Adaption(Protocol):
-    async def record_call(self, owner: str, group: str, adapter: str, threshold: int, min_group: int) -> object: ...
+    async def record_call(
+        self, owner: str, group: str, adapter: str, threshold: int, min_group: int, base_model: str | None = None
+    ) -> object: ...
 
 
 class Checker(Protocol):
@@ -356,10 +358,12 @@ class ChatService:
             return
         then = None
         if trigger is not None:
+            # The adapter trained is one of the served model that answered (a provider's answer: the server's own).
+            base_model = call.account.model if call.account.provider is None else None
 
             async def then() -> None:  # counted once the exchange is stored, so the group size is current
                 await self.adaption.record_call(
-                    caller, memory.group, trigger.adapter, trigger.threshold, trigger.min_group
+                    caller, memory.group, trigger.adapter, trigger.threshold, trigger.min_group, base_model
                 )
 
         stored = self.memory.remember_later(

@@ -128,6 +128,23 @@ def test_adaption_rank_may_not_exceed_the_engines_max_lora_rank(tmp_path: Path) 
         load(tmp_path, {**registry, "adaption": {"rank": 32}})
     with pytest.raises(ConfigError, match=r"adaption\.epochs"):
         load(tmp_path, {**registry, "adaption": {"epochs": 0}})
+    # Adaption trains adapters of every served model: each one's limit counts.
+    low = [{**entry, "lora": {**entry["lora"], "max_lora_rank": 8}} if entry["name"] == "smollm2-135m-bf16" else entry
+           for entry in registry["models"]]  # fmt: skip
+    assert load(tmp_path, {**registry, "models": low}).adaption.rank == 16  # not served: no limit of ours
+    with pytest.raises(ConfigError, match="adaption.rank 16 exceeds smollm2-135m-bf16's lora.max_lora_rank 8"):
+        load(tmp_path, {**registry, "models": low}, model="smollm2,smollm2-bf16")
+
+
+def test_each_served_model_has_its_own_engine_arguments(tmp_path: Path) -> None:
+    """Two served models, two engines: each with its own dtype, name and (vLLM's CPU backend) KV-cache size."""
+    from server.engine.runtime import engine_args_for
+
+    first, second = load_settings(model="smollm2-135m-instruct,smollm2-bf16", environ={}).served_models
+    one, two = engine_args_for(first), engine_args_for(second)
+    assert (one.dtype, two.dtype) == ("float32", "bfloat16")
+    assert (one.served_model_name, two.served_model_name) == ([first.name], [second.name])
+    assert (one.kv_cache_memory_bytes, two.kv_cache_memory_bytes) == (2 * 2**30, 2**30)  # cpu_kv_cache_gib 2 and 1
 
 
 def test_gateway_database_is_sqlite_in_data_dir_unless_a_postgres_url_is_given(tmp_path: Path) -> None:

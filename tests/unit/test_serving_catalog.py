@@ -36,8 +36,8 @@ class Adapters:
     def get(self, name: str) -> Version:
         return self.versions[name]
 
-    def ownership(self, name: str) -> None:
-        return None
+    def ownership(self, name: str) -> object | None:
+        return object() if name in self.versions else None
 
 
 CATALOG = ModelCatalog(SERVED, Adapters("alpha"), PROVIDERS)
@@ -150,8 +150,13 @@ def test_several_models_each_with_its_adapters() -> None:
     assert (run.entry.name, run.adapter) == ("second", "bravo")
     with pytest.raises(AdapterOfAnotherModel, match="belongs to the model `second`, not `small`"):
         MULTI.local_model("small", "bravo", adapter_is_target=False, run_on_target=False)
-    # adaption's target adapter runs only when the base model has it
-    run = MULTI.local_model("small", "bravo", adapter_is_target=True, run_on_target=True)
-    assert run.adapter is None
+    # adaption's target adapter: runs when promoted on its base model; another model's adapter is never its target
+    run = MULTI.local_model("two", "bravo", adapter_is_target=True, run_on_target=True)
+    assert (run.entry.name, run.adapter) == ("second", "bravo")
+    run = MULTI.local_model("two", "new", adapter_is_target=True, run_on_target=True)
+    assert (run.entry.name, run.adapter) == ("second", None)
+    with pytest.raises(AdapterOfAnotherModel, match="belongs to the model `second`, not `small`"):
+        MULTI.local_model("small", "bravo", adapter_is_target=True, run_on_target=True)
+    assert MULTI.adapters.holder("bravo") == "second" and MULTI.adapters.holder("new") is None
     assert sorted(pair[1].name for pair in MULTI.adapters.listed()) == ["alpha", "bravo"]
     assert ("bravo", "local") in MULTI.endpoints() and ("two", "local") in MULTI.endpoints()

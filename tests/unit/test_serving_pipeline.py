@@ -120,8 +120,10 @@ class FakeMemory:
 class Adaption:
     calls: list[tuple] = field(default_factory=list)
 
-    async def record_call(self, owner: str, group: str, adapter: str, threshold: int, min_group: int) -> None:
-        self.calls.append((owner, group, adapter, threshold, min_group))
+    async def record_call(
+        self, owner: str, group: str, adapter: str, threshold: int, min_group: int, base_model: str | None = None
+    ) -> None:
+        self.calls.append((owner, group, adapter, threshold, min_group, base_model))
 
 
 class WordChecker:
@@ -348,7 +350,7 @@ async def test_a_complete_answer_is_remembered_then_counted_for_adaption(served:
     assert served.memory.remembered == ["Hello there friend."]
     (then,) = served.memory.then
     await then()  # the memory service runs it once the exchange is stored
-    assert served.adaption.calls == [("tester", "g", "alpha", 3, 2)]
+    assert served.adaption.calls == [("tester", "g", "alpha", 3, 2, MODEL)]  # the model that answered trains
 
 
 async def test_the_write_back_is_charged_and_skipped_over_quota_or_credits_never_failing_the_answer(
