@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal
 
 from server.adaption.errors import AdapterInTraining
@@ -248,18 +249,24 @@ class JobStore(Database):
             ]
         )
 
-    async def claim(self, worker: str) -> Job | None:
-        """The oldest queued job, now running on `worker`; None when none is queued (or another took it first)."""
+    async def claim(self, worker: str, base_models: Sequence[str]) -> Job | None:
+        """The oldest queued job for one of `base_models` (the models `worker` serves), now running on `worker`;
+        None when none is queued (or another took it first). Servers sharing a database may serve different
+        models: each takes only the jobs it can train."""
+        if not base_models:
+            return None
 
         def claiming() -> Job | None:
             now = time.time()
+            served = ", ".join("?" for _ in base_models)
             with self.db.transaction():
                 # Only a row still queued passes the WHERE: of servers racing for one job, one gets it.
                 row = self.db.execute(
                     "UPDATE fine_tuning_jobs SET status = 'running', started_at = ?, claimed_by = ?, heartbeat_at = ?"
-                    " WHERE id = (SELECT id FROM fine_tuning_jobs WHERE status = 'queued' ORDER BY created_at, id"
-                    " LIMIT 1) AND status = 'queued' RETURNING *",
-                    (now, worker, now),
+                    " WHERE id = (SELECT id FROM fine_tuning_jobs WHERE status = 'queued'"
+                    f" AND base_model IN ({served}) ORDER BY created_at, id LIMIT 1) AND status = 'queued'"
+                    " RETURNING *",
+                    (now, worker, now, *base_models),
                 ).fetchone()
                 if row is None:
                     return None

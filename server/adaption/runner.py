@@ -275,7 +275,7 @@ class AdaptionService:
         next poll (a job queued by another server, or one whose server died)."""
         while True:
             await self.jobs.requeue_stale(self.settings.job_lease_s)
-            job = await self.jobs.claim(self.instance)
+            job = await self.jobs.claim(self.instance, list(self.models.slots))
             if job is not None:
                 return job
             try:

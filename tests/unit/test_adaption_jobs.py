@@ -71,7 +71,7 @@ async def test_jobs_coalesce_per_adapter_and_survive_reopening(store_location: S
     other, created = await store.create_or_join("owner", "bravo", "group", "base", HYPER)
     assert created and other.id != first.id
 
-    running = await store.claim("server")
+    running = await store.claim("server", ["base"])
     assert running is not None and running.id == first.id and running.status == "running"
     await store.add_metrics(first.id, "Step 1/2", {"step": 1, "loss": 2.5})
     failed = await store.update(
@@ -136,7 +136,7 @@ async def test_servers_racing_for_queued_jobs_each_run_a_job_once(store_location
 
         async def claim_all(store: JobStore, worker: str) -> list[str]:
             taken = []
-            while (job := await store.claim(worker)) is not None:
+            while (job := await store.claim(worker, ["base"])) is not None:
                 assert job.status == "running" and job.started_at is not None
                 taken.append(job.id)
             return taken
@@ -147,10 +147,28 @@ async def test_servers_racing_for_queued_jobs_each_run_a_job_once(store_location
         for job_id in queued:
             messages = [event.message for event in await stores[1].events(job_id, 10, None)]
             assert messages.count("Training started.") == 1
-        assert await stores[2].claim("server-2") is None
+        assert await stores[2].claim("server-2", ["base"]) is None
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_server_claims_only_jobs_for_models_it_serves(store_location: StoreLocation) -> None:
+    """Servers sharing a database may serve different models: a job is taken only by a server that can train it."""
+    store = JobStore(store_location("adaption.sqlite3"))
+    await store.open()
+    try:
+        older, _ = await store.create_or_join("owner", "alpha", "g", "model-b", HYPER)
+        newer, _ = await store.create_or_join("owner", "bravo", "g", "model-a", HYPER)
+        assert await store.claim("serves-c", ["model-c"]) is None
+        assert await store.claim("serves-nothing", []) is None
+        taken = await store.claim("serves-a", ["model-a"])
+        assert taken is not None and taken.id == newer.id  # the older job is another model's: left queued
+        assert (await store.get(older.id)).status == "queued"
+        taken = await store.claim("serves-b-and-c", ["model-c", "model-b"])
+        assert taken is not None and taken.id == older.id
+    finally:
+        await store.close()
 
 
 async def test_a_job_whose_server_stops_renewing_its_lease_is_queued_again(store_location: StoreLocation) -> None:
@@ -159,14 +177,14 @@ async def test_a_job_whose_server_stops_renewing_its_lease_is_queued_again(store
     await second.open()
     try:
         job, _ = await first.create_or_join("owner", "alpha", "g", "base", HYPER)
-        assert (await first.claim("server-a")).id == job.id
+        assert (await first.claim("server-a", ["base"])).id == job.id
         assert await first.heartbeat(job.id, "server-a")
         assert not await second.heartbeat(job.id, "server-b")  # not its job
         assert await second.requeue_stale(60.0) == []  # renewed just now: left alone
         await asyncio.sleep(0.05)
         assert await second.requeue_stale(0.01) == [job.id]  # server-a went quiet: queued again
         assert not await first.heartbeat(job.id, "server-a")  # server-a learns it lost the job
-        retaken = await second.claim("server-b")
+        retaken = await second.claim("server-b", ["base"])
         assert retaken is not None and retaken.id == job.id and retaken.status == "running"
         messages = [event.message for event in await first.events(job.id, 10, None)]
         assert messages[:2] == ["Training started.", "Training was interrupted; the job runs again from the start."]
@@ -182,6 +200,7 @@ async def test_idle_servers_find_jobs_queued_elsewhere_and_run_each_once(postgre
     the database is run (here: fails at once, no memory service) by one of them, once."""
     from server.adaption.runner import AdaptionService
     from server.config import load_settings
+    from server.engine.pool import EnginePool, PoolSettings
     from tests.postgres import new_database
 
     settings = load_settings(None)
@@ -190,14 +209,21 @@ async def test_idle_servers_find_jobs_queued_elsewhere_and_run_each_once(postgre
     stores = [JobStore(url) for _ in range(3)]
     for store in stores:
         await store.open()
+    # Pools that are never started: the runners only read which models they serve (no engine runs here).
+    pools = [
+        EnginePool([settings.served], lambda entry: Path("/nonexistent"), PoolSettings(), is_gpu=False)
+        for _ in range(2)
+    ]
     runners = [
-        AdaptionService(store, None, None, settings.served, adaption, Path("/nonexistent")) for store in stores[:2]
+        AdaptionService(store, None, pool, settings.served, adaption, Path("/nonexistent"))
+        for store, pool in zip(stores[:2], pools, strict=True)
     ]
     for runner in runners:
         runner.shared = True
         await runner.start()
     try:
-        jobs = [(await stores[2].create_or_join("owner", f"a{i}", "g", "base", HYPER))[0] for i in range(6)]
+        served = settings.served.name
+        jobs = [(await stores[2].create_or_join("owner", f"a{i}", "g", served, HYPER))[0] for i in range(6)]
         deadline = asyncio.get_running_loop().time() + 20
         while any(job.status in ("queued", "running") for job in [await stores[2].get(j.id) for j in jobs]):
             assert asyncio.get_running_loop().time() < deadline, "a job queued elsewhere was never run"
