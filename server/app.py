@@ -69,6 +69,7 @@ from server.config import GuardrailSettings, Settings
 from server.conversations.store import CONVERSATIONS_DATABASE, ConversationStore
 from server.engine import ChatTurn, Engine, GenerationOptions
 from server.engine.pool import EnginePool, PoolSettings
+from server.engine.registry import shared_adapter_registry
 from server.errors import ServerError
 from server.gateway.keys import KEYS_DATABASE, KeyStore
 from server.gateway.limits import SharedRateLimiter
@@ -259,6 +260,11 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with (
             engine_pool(settings, metrics) as pool,
+            shared_adapter_registry(
+                settings.gateway.database_url,
+                [store for _, store in pool.adapter_stores()],
+                settings.resilience.task_restart_backoff_s,
+            ),
             own_threads(settings.own_cpu_threads),
             memory_service(settings, metrics) as memory,
             adaption_service(settings, pool, memory, metrics) as adaption,
@@ -269,7 +275,6 @@ def build_app(settings: Settings) -> Starlette:
             engine = pool.primary
             for _, store in pool.adapter_stores():
                 store.metrics = metrics
-                store.shared = settings.gateway.database_url is not None  # servers share adapters_dir too
             checker.metrics = metrics
             app.state.metrics = metrics
             app.state.conversations = conversations
