@@ -72,7 +72,7 @@ from server.engine.pool import EnginePool, PoolSettings
 from server.engine.registry import shared_adapter_registry
 from server.errors import ServerError
 from server.gateway.keys import KEYS_DATABASE, KeyStore
-from server.gateway.limits import SharedRateLimiter
+from server.gateway.limits import SharedRateLimiter, SharedSlots
 from server.gateway.routing import Router
 from server.gateway.service import Gateway
 from server.gateway.templates import TemplateStore
@@ -217,15 +217,21 @@ async def gateway_service(settings: Settings, metrics: Metrics | None = None) ->
     templates = TemplateStore(settings.gateway_database(GATEWAY_TEMPLATES_DATABASE))
     # Rate-limit windows: in the shared database where servers share one (one limit across them), else in memory.
     shared_limits = [SharedRateLimiter(settings.gateway.database_url)] if settings.gateway.database_url else []
+    # So do the requests each key has in flight (its caps hold across servers; app.state.in_flight).
+    in_flight = SharedSlots(settings.gateway.database_url) if settings.gateway.database_url else None
     router = Router(settings.providers, metrics)
-    for store in (keys, usage, templates, *shared_limits):
+    for store in (keys, usage, templates, *shared_limits, *([in_flight] if in_flight else [])):
         await store.open()
     try:
-        yield Gateway(settings.gateway, keys, usage, templates, router, metrics, *shared_limits)
+        gateway = Gateway(settings.gateway, keys, usage, templates, router, metrics, *shared_limits)
+        gateway.in_flight = in_flight
+        yield gateway
     finally:
         await router.close()
         for store in (usage, templates, keys, *shared_limits):  # usage first: its pending records are written on close
             await store.close()
+        if in_flight is not None:
+            await in_flight.close()
 
 
 @asynccontextmanager
@@ -299,6 +305,7 @@ def build_app(settings: Settings) -> Starlette:
                 engines=pool if len(pool.slots) > 1 else None,
             )
             app.state.gateway = gateway
+            app.state.in_flight = gateway.in_flight  # None: each server counts its own
             app.state.keys = gateway.keys
             app.state.usage = gateway.usage
             app.state.templates = gateway.templates

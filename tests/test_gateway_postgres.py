@@ -193,8 +193,10 @@ def test_an_adapter_added_on_one_server_is_served_listed_and_owned_on_the_other(
     second_server: RunningServer,
     both: tuple[httpx.Client, httpx.Client],
     state_dirs: StateDirs,
+    test_server_env: dict[str, str],
 ) -> None:
-    """Owned by a stored key that is no admin: made on one server, its versions, owner and deletion hold on both."""
+    """Owned by a stored key that is no admin: made on one server, its versions, owner, active version and deletion
+    hold on both (the registry is in the shared database; the weight files in the adapters folder both mount)."""
     owner, stranger = new_key(both[0], name="adapter-owner"), new_key(both[0], name="adapter-stranger")
     name = f"shared-{uuid.uuid4().hex[:6]}"
     source = tiny_adapter(state_dirs.sources / name)
@@ -203,20 +205,42 @@ def test_an_adapter_added_on_one_server_is_served_listed_and_owned_on_the_other(
         keyed_http(second_server, owner["key"]) as second,
         keyed_http(server, stranger["key"]) as other,
     ):
+
+        def listed(session: httpx.Client) -> dict[str, dict]:
+            return {adapter["id"]: adapter for adapter in session.get("/v1/adapters").json()["data"]}
+
+        def active(session: httpx.Client) -> list[tuple[int, bool]]:
+            versions = session.get(f"/v1/adapters/{name}/versions").json()["data"]
+            return [(version["version"], version["active"]) for version in versions]
+
         made = second.post("/v1/adapters", json={"name": name, "path": str(source)})
         assert made.status_code == 201, made.text
-        assert name in [adapter["id"] for adapter in first.get("/v1/adapters").json()["data"]]
+        eventually(lambda: name in listed(first), timeout_s=5)
+        assert listed(first)[name]["owned"] is True and listed(first)[name]["shared"] is False
+        admin_view = {adapter["id"]: adapter for adapter in both[0].get("/v1/adapters").json()["data"]}
+        assert (
+            admin_view[name]["owner"] == {a["id"]: a for a in both[1].get("/v1/adapters").json()["data"]}[name]["owner"]
+        )
+        assert admin_view[name]["owner"] is not None
         ask = {"model": MODEL, "messages": HELLO, "max_tokens": 2, "lora_name": name}
         assert first.post("/v1/chat/completions", json=ask).status_code == 200
         again = first.post("/v1/adapters", json={"name": name, "path": str(source)})  # v2, on the other server
         assert again.status_code == 201, again.text
-        versions = second.get(f"/v1/adapters/{name}/versions").json()["data"]
-        assert [version["version"] for version in versions] == [1, 2]
+        eventually(lambda: active(second) == [(1, False), (2, True)], timeout_s=5)  # the active version agrees
+        assert active(first) == [(1, False), (2, True)]
+        assert second.post("/v1/chat/completions", json=ask).status_code == 200
         # the owner made it on the second server: to another key on the first it does not exist
         assert_error(
             other.post("/v1/adapters", json={"name": name, "path": str(source)}), 404, "adapter_not_found", "name"
         )
         assert_error(other.post("/v1/chat/completions", json=ask), 404, "adapter_not_found", "lora_name")
+        assert_error(other.delete(f"/v1/adapters/{name}"), 404, "adapter_not_found", "name")
+        url = test_server_env["LLM_SERVER_DATABASE_URL"]
+        with closing(psycopg.connect(url)) as db:  # the registry is the database's, no owner file on the folder
+            row = db.execute("SELECT active FROM registered_adapters WHERE name = %s", (name,)).fetchone()
+        assert row == (2,) and not (state_dirs.adapters / name / "owner.json").exists()
         assert first.delete(f"/v1/adapters/{name}").status_code == 200
-        assert name not in [adapter["id"] for adapter in second.get("/v1/adapters").json()["data"]]
+        eventually(lambda: name not in listed(second), timeout_s=5)
         assert_error(second.post("/v1/chat/completions", json=ask), 404, "adapter_not_found", "lora_name")
+        assert_error(second.delete(f"/v1/adapters/{name}"), 404, "adapter_not_found", "name")
+        assert not (state_dirs.adapters / name).exists()
