@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import httpx
@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from server.config import SecuritySettings
 from tests.conftest import (
     API_KEY,
     MODEL,
@@ -172,6 +173,31 @@ def test_a_rate_limit_holds_across_both_servers(
             refused = chat(session)
             assert_error(refused, 429, "rate_limit_exceeded", None)
             assert 0 < int(refused.headers["retry-after"]) <= 60
+
+
+def test_a_keys_stream_cap_holds_across_both_servers(
+    server: RunningServer, second_server: RunningServer, both: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """`max_concurrent_streams_per_key` long streams, spread over both servers: one more on either is refused (the
+    slots are counted in the shared database); once they end, their slots are given back on both."""
+    cap = SecuritySettings().max_concurrent_streams_per_key
+    key = new_key(both[0], name="shared-streams")
+    long = {"model": MODEL, "messages": HELLO, "max_tokens": 1500, "min_tokens": 1500, "stream": True}
+    with ExitStack() as held:
+        sessions = [held.enter_context(keyed_http(running, key["key"])) for running in (server, second_server)]
+        for i in range(cap):  # each open until its first token, then left unread (and closed at the end)
+            response = held.enter_context(sessions[i % 2].stream("POST", "/v1/chat/completions", json=long))
+            assert response.status_code == 200
+            assert next(line for line in response.iter_lines() if line.startswith("data: {"))
+        for session in sessions:
+            refused = session.post("/v1/chat/completions", json={**long, "max_tokens": 1, "min_tokens": 1})
+            assert_error(refused, 429, "too_many_concurrent_requests", None)
+            assert refused.headers["retry-after"] == "1"
+        plain = sessions[1].post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 1})
+        assert plain.status_code == 200  # requests are under their own, higher cap
+    short = {"model": MODEL, "messages": HELLO, "max_tokens": 1, "stream": True}
+    with keyed_http(server, key["key"]) as first, keyed_http(second_server, key["key"]) as second:
+        eventually(lambda: all(s.post("/v1/chat/completions", json=short).status_code == 200 for s in (first, second)))
 
 
 def tiny_adapter(folder: Path) -> Path:
