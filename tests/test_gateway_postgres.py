@@ -6,10 +6,11 @@ are given."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -183,18 +184,38 @@ def test_a_keys_stream_cap_holds_across_both_servers(
     cap = SecuritySettings().max_concurrent_streams_per_key
     key = new_key(both[0], name="shared-streams")
     long = {"model": MODEL, "messages": HELLO, "max_tokens": 1500, "min_tokens": 1500, "stream": True}
-    with ExitStack() as held:
-        sessions = [held.enter_context(keyed_http(running, key["key"])) for running in (server, second_server)]
-        for i in range(cap):  # each open until its first token, then left unread (and closed at the end)
-            response = held.enter_context(sessions[i % 2].stream("POST", "/v1/chat/completions", json=long))
+    started = [threading.Event() for _ in range(cap)]
+    stop, ended = threading.Event(), threading.Event()
+
+    def stream(i: int) -> None:  # reads its stream (a client that stops reading is cut off) until told to stop
+        with (
+            keyed_http((server, second_server)[i % 2], key["key"]) as session,
+            session.stream("POST", "/v1/chat/completions", json=long) as response,
+        ):
             assert response.status_code == 200
-            assert next(line for line in response.iter_lines() if line.startswith("data: {"))
-        for session in sessions:
-            refused = session.post("/v1/chat/completions", json={**long, "max_tokens": 1, "min_tokens": 1})
-            assert_error(refused, 429, "too_many_concurrent_requests", None)
-            assert refused.headers["retry-after"] == "1"
-        plain = sessions[1].post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 1})
-        assert plain.status_code == 200  # requests are under their own, higher cap
+            for line in response.iter_lines():
+                started[i].set()
+                if stop.is_set():
+                    return
+        ended.set()  # ran to its end before the test was done with it
+
+    readers = [threading.Thread(target=stream, args=(i,)) for i in range(cap)]
+    for reader in readers:
+        reader.start()
+    try:
+        assert all(event.wait(300) for event in started)
+        with keyed_http(server, key["key"]) as first, keyed_http(second_server, key["key"]) as second:
+            for session in (first, second):
+                refused = session.post("/v1/chat/completions", json={**long, "max_tokens": 1, "min_tokens": 1})
+                assert_error(refused, 429, "too_many_concurrent_requests", None)
+                assert refused.headers["retry-after"] == "1"
+            plain = second.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 1})
+            assert plain.status_code == 200  # requests are under their own, higher cap
+        assert not ended.is_set()  # every stream was still open while the others were refused
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(300)
     short = {"model": MODEL, "messages": HELLO, "max_tokens": 1, "stream": True}
     with keyed_http(server, key["key"]) as first, keyed_http(second_server, key["key"]) as second:
         eventually(lambda: all(s.post("/v1/chat/completions", json=short).status_code == 200 for s in (first, second)))
