@@ -1,5 +1,6 @@
 """Every long-lived background task restarts after a failure: one is injected into each (monkeypatch), and the task
-is seen to log it and carry on. (The usage and debit writers' retries are in test_pending_writes.py.)"""
+is seen to log it and carry on; an engine restart retries with back-off, then gives up. (The usage and debit writers'
+retries are in test_pending_writes.py.)"""
 
 from __future__ import annotations
 
