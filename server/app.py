@@ -237,7 +237,7 @@ async def gateway_service(settings: Settings, metrics: Metrics | None = None) ->
 @asynccontextmanager
 async def conversation_store(settings: Settings) -> AsyncIterator[ConversationStore]:
     """Stored chat completions and Responses (per key)."""
-    store = ConversationStore(settings.data_dir / CONVERSATIONS_DATABASE)
+    store = ConversationStore(settings.gateway_database(CONVERSATIONS_DATABASE))  # shared where servers share one
     await store.open()
     try:
         yield store

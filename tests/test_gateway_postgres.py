@@ -1,7 +1,7 @@
 """Two servers on one PostgreSQL database (the session server's, see tests/conftest.py) behave as one: they share
 keys, credits, usage and templates (a key made by the CLI works on both, what one records the other reports),
-memories (pgvector), fine-tuning jobs (each runs once), rate-limit windows, and the adapters on the directory both
-are given."""
+memories (pgvector), stored completions and Responses, fine-tuning jobs (each runs once), rate-limit windows and
+in-flight caps, and the adapter registry (the weight files on the directory both are given)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,29 @@ def test_a_fact_told_to_one_server_is_recalled_by_the_other(
         assert_error(other.get(f"/v1/memory/{group}"), 404, "memory_group_not_found", "memory_group")
     assert second.delete(f"/v1/memory/{group}").status_code == 200
     assert_error(first.get(f"/v1/memory/{group}"), 404, "memory_group_not_found", "memory_group")
+
+
+def test_a_response_stored_on_one_server_is_continued_on_the_other(
+    server: RunningServer, second_server: RunningServer
+) -> None:
+    """Stored chat completions and Responses live in the shared database: `previous_response_id` and the stored
+    completions' list work on either server, for their owner only."""
+    first, second, other = (
+        openai.OpenAI(base_url=f"{running.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+        for running, key in ((server, API_KEY), (second_server, API_KEY), (second_server, OTHER_API_KEY))
+    )
+    started = first.responses.create(model=MODEL, input="My name is Ada.", max_output_tokens=4)
+    went_on = second.responses.create(
+        model=MODEL, input="What is my name?", previous_response_id=started.id, max_output_tokens=4
+    )
+    assert went_on.previous_response_id == started.id and second.responses.retrieve(started.id).id == started.id
+    topic = f"shared-{uuid.uuid4().hex[:8]}"
+    stored = second.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=2, store=True, metadata={"topic": topic}
+    )
+    assert [c.id for c in first.chat.completions.list(metadata={"topic": topic})] == [stored.id]
+    with pytest.raises(openai.NotFoundError):  # another key, on the server that stored it
+        other.responses.retrieve(started.id)
 
 
 def test_jobs_queued_on_either_server_each_run_once(
