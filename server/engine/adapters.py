@@ -263,6 +263,7 @@ class AdapterStore:
         self.metrics = Metrics()  # the app puts its own here (app.py)
         self.registry: AdapterRegistry | None = None  # the shared database's registry (None: the directory is it)
         self.registered: Registered = {}  # with a registry: its latest reading of this model's adapters
+        self.registered_generation = -1  # the registry generation `registered` was read at
 
     def load_existing(self) -> None:
         """Register the active version of every valid adapter on disk (vLLM loads weights on first use)."""
@@ -284,11 +285,17 @@ class AdapterStore:
         directory = self.root / name
         return self._active_version_number(directory) if directory.is_dir() else None
 
-    async def apply_registry(self, registered: Registered) -> None:
-        """Serve what the registry now names active (another server may have added, promoted or deleted)."""
+    async def apply_registry(self, generation: int, registered: Registered) -> None:
+        """Serve what the registry names active at `generation` (another server may have added, promoted or deleted);
+        a reading older than the one applied (taken before this server's own change) is ignored."""
         async with self._lock:
-            self.registered = registered
-            self._sync_all()
+            self._apply_registry(generation, registered)
+
+    def _apply_registry(self, generation: int, registered: Registered) -> None:
+        if generation < self.registered_generation:
+            return
+        self.registered, self.registered_generation = registered, generation
+        self._sync_all()
 
     def _sync(self, name: str) -> None:
         """Serve the version the registry names active for `name` (none when it is gone or has none)."""
@@ -554,8 +561,8 @@ class AdapterStore:
                 self._active[name] = version
                 if previous is not None:
                     self._retire_later(previous)
-            self.registered = (await registry.load())[1].get(model, {})
-            self._sync_all()  # its own version is served already: this picks up only what other servers changed
+            generation, models = await registry.load()
+            self._apply_registry(generation, models.get(model, {}))  # its own version is served already
         return version
 
     async def remove(
@@ -579,11 +586,13 @@ class AdapterStore:
                 except (AdapterNotFound, AdapterOwned) as exc:
                     exc.param = param
                     raise
-                self.registered = {other: entry for other, entry in self.registered.items() if other != name}
+                del self._active[name]
+                generation, models = await self.registry.load()
+                self._apply_registry(generation, models.get(self.entry.name, {}))
             else:  # out of the registry at once (a rename), for every server; the files go after, off the event loop
                 removed = self.root / f".removed-{name}-{uuid.uuid4().hex[:8]}"
                 (self.root / name).rename(removed)
-            del self._active[name]
+                del self._active[name]
             if removed is not None:
                 await asyncio.to_thread(shutil.rmtree, removed, True)
         await self._retire(version)

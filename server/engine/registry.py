@@ -287,7 +287,7 @@ class RegistryPoller:
     async def refresh(self) -> None:
         generation, models = await self.registry.load()
         for store in self.stores:
-            await store.apply_registry(models.get(store.entry.name, {}))
+            await store.apply_registry(generation, models.get(store.entry.name, {}))
         self._seen = generation
 
     async def poll(self) -> None:

@@ -229,3 +229,25 @@ async def test_owner_files_are_claimed_whole(tmp_path: Path) -> None:
     assert not _create_atomically(owner_file, '{"owner": "key_c", "shared": true}\n')
     assert owner_file.read_text() == before and not list(owner_file.parent.glob(".*.tmp"))
     assert store.ownership("bravo").owner == "key_a"
+
+
+async def test_a_registry_reading_taken_before_the_stores_own_change_is_ignored(tmp_path: Path) -> None:
+    """The poll reads the registry, then waits for the store while it adds a version: that older reading must not
+    bring the previous version back (nor swap the engine's LoRA ids back and forth)."""
+    from server.config import load_settings
+    from server.engine.adapters import AdapterStore
+    from server.engine.registry import shared_adapter_registry
+
+    entry = load_settings(environ={}).served
+    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    source = write_adapter(tmp_path / "source")
+    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine())
+    store.load_existing()
+    async with shared_adapter_registry(tmp_path / "registry.sqlite3", [store]) as registry:
+        await store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+        stale = await registry.load()  # alpha v1 active
+        served = await store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+        await store.apply_registry(*stale)
+        assert store.get("alpha") is served and served.version == 2
+        await store.apply_registry(*await registry.load())
+        assert store.get("alpha") is served
