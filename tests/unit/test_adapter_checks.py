@@ -247,7 +247,8 @@ async def test_a_registry_reading_taken_before_the_stores_own_change_is_ignored(
         await store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
         stale = await registry.load()  # alpha v1 active
         served = await store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
-        await store.apply_registry(*stale)
+        await store.apply_registry(stale[0], stale[1][entry.name])
         assert store.get("alpha") is served and served.version == 2
-        await store.apply_registry(*await registry.load())
+        generation, models = await registry.load()
+        await store.apply_registry(generation, models[entry.name])
         assert store.get("alpha") is served
