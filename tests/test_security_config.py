@@ -168,7 +168,10 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_engine_request_aborted(c
     small_window = httpx.HTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)])
     with (
         httpx.Client(
-            base_url=server.base_url, headers={"Authorization": f"Bearer {admin['key']}"}, transport=small_window
+            base_url=server.base_url,
+            headers={"Authorization": f"Bearer {admin['key']}"},
+            transport=small_window,
+            timeout=120,
         ) as session,
         session.stream("POST", "/v1/chat/completions", json=body) as response,
     ):
