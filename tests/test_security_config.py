@@ -176,10 +176,17 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_engine_request_aborted(c
         session.stream("POST", "/v1/chat/completions", json=body) as response,
     ):
         assert response.status_code == 200
-        assert next(line for line in response.iter_lines() if line.startswith("data: {"))
-        assert engine_running_requests(server) == 1
-        assert wait_until(lambda: engine_running_requests(server) == 0, timeout_s=60)  # aborted, connection open
-    assert "the client stopped reading; response ended" in server.log()
+        lines = response.iter_lines()
+        assert next(line for line in lines if line.startswith("data: {"))
+        assert wait_until(lambda: engine_running_requests(server) == 0, timeout_s=60)  # stopped, connection open
+        rest: list[str] = []
+        try:  # what the server had sent before it gave up is all there is: no end, far from 1500 tokens
+            for line in lines:
+                if line.startswith("data: "):
+                    rest.append(line)
+        except httpx.RemoteProtocolError:  # the connection closed mid-response
+            pass
+        assert "data: [DONE]" not in rest and len(rest) < 1000
 
 
 def test_body_limit_host_list_and_cors_are_configurable(configured) -> None:
