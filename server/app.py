@@ -69,9 +69,10 @@ from server.config import GuardrailSettings, Settings
 from server.conversations.store import CONVERSATIONS_DATABASE, ConversationStore
 from server.engine import ChatTurn, Engine, GenerationOptions
 from server.engine.pool import EnginePool, PoolSettings
+from server.engine.registry import shared_adapter_registry
 from server.errors import ServerError
 from server.gateway.keys import KEYS_DATABASE, KeyStore
-from server.gateway.limits import SharedRateLimiter
+from server.gateway.limits import SharedRateLimiter, SharedSlots
 from server.gateway.routing import Router
 from server.gateway.service import Gateway
 from server.gateway.templates import TemplateStore
@@ -216,21 +217,27 @@ async def gateway_service(settings: Settings, metrics: Metrics | None = None) ->
     templates = TemplateStore(settings.gateway_database(GATEWAY_TEMPLATES_DATABASE))
     # Rate-limit windows: in the shared database where servers share one (one limit across them), else in memory.
     shared_limits = [SharedRateLimiter(settings.gateway.database_url)] if settings.gateway.database_url else []
+    # So do the requests each key has in flight (its caps hold across servers; app.state.in_flight).
+    in_flight = SharedSlots(settings.gateway.database_url) if settings.gateway.database_url else None
     router = Router(settings.providers, metrics)
-    for store in (keys, usage, templates, *shared_limits):
+    for store in (keys, usage, templates, *shared_limits, *([in_flight] if in_flight else [])):
         await store.open()
     try:
-        yield Gateway(settings.gateway, keys, usage, templates, router, metrics, *shared_limits)
+        gateway = Gateway(settings.gateway, keys, usage, templates, router, metrics, *shared_limits)
+        gateway.in_flight = in_flight
+        yield gateway
     finally:
         await router.close()
         for store in (usage, templates, keys, *shared_limits):  # usage first: its pending records are written on close
             await store.close()
+        if in_flight is not None:
+            await in_flight.close()
 
 
 @asynccontextmanager
 async def conversation_store(settings: Settings) -> AsyncIterator[ConversationStore]:
     """Stored chat completions and Responses (per key)."""
-    store = ConversationStore(settings.data_dir / CONVERSATIONS_DATABASE)
+    store = ConversationStore(settings.gateway_database(CONVERSATIONS_DATABASE))  # shared where servers share one
     await store.open()
     try:
         yield store
@@ -259,6 +266,11 @@ def build_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with (
             engine_pool(settings, metrics) as pool,
+            shared_adapter_registry(
+                settings.gateway.database_url,
+                [store for _, store in pool.adapter_stores()],
+                settings.resilience.task_restart_backoff_s,
+            ),
             own_threads(settings.own_cpu_threads),
             memory_service(settings, metrics) as memory,
             adaption_service(settings, pool, memory, metrics) as adaption,
@@ -269,7 +281,6 @@ def build_app(settings: Settings) -> Starlette:
             engine = pool.primary
             for _, store in pool.adapter_stores():
                 store.metrics = metrics
-                store.shared = settings.gateway.database_url is not None  # servers share adapters_dir too
             checker.metrics = metrics
             app.state.metrics = metrics
             app.state.conversations = conversations
@@ -294,6 +305,7 @@ def build_app(settings: Settings) -> Starlette:
                 engines=pool if len(pool.slots) > 1 else None,
             )
             app.state.gateway = gateway
+            app.state.in_flight = gateway.in_flight  # None: each server counts its own
             app.state.keys = gateway.keys
             app.state.usage = gateway.usage
             app.state.templates = gateway.templates

@@ -1,11 +1,12 @@
 """Two servers on one PostgreSQL database (the session server's, see tests/conftest.py) behave as one: they share
 keys, credits, usage and templates (a key made by the CLI works on both, what one records the other reports),
-memories (pgvector), fine-tuning jobs (each runs once), rate-limit windows, and the adapters on the directory both
-are given."""
+memories (pgvector), stored completions and Responses, fine-tuning jobs (each runs once), rate-limit windows and
+in-flight caps, and the adapter registry (the weight files on the directory both are given)."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from server.config import SecuritySettings
 from tests.conftest import (
     API_KEY,
     MODEL,
@@ -130,6 +132,29 @@ def test_a_fact_told_to_one_server_is_recalled_by_the_other(
     assert_error(first.get(f"/v1/memory/{group}"), 404, "memory_group_not_found", "memory_group")
 
 
+def test_a_response_stored_on_one_server_is_continued_on_the_other(
+    server: RunningServer, second_server: RunningServer
+) -> None:
+    """Stored chat completions and Responses live in the shared database: `previous_response_id` and the stored
+    completions' list work on either server, for their owner only."""
+    first, second, other = (
+        openai.OpenAI(base_url=f"{running.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+        for running, key in ((server, API_KEY), (second_server, API_KEY), (second_server, OTHER_API_KEY))
+    )
+    started = first.responses.create(model=MODEL, input="My name is Ada.", max_output_tokens=4)
+    went_on = second.responses.create(
+        model=MODEL, input="What is my name?", previous_response_id=started.id, max_output_tokens=4
+    )
+    assert went_on.previous_response_id == started.id and second.responses.retrieve(started.id).id == started.id
+    topic = f"shared-{uuid.uuid4().hex[:8]}"
+    stored = second.chat.completions.create(
+        model=MODEL, messages=HELLO, max_tokens=2, store=True, metadata={"topic": topic}
+    )
+    assert [c.id for c in first.chat.completions.list(metadata={"topic": topic})] == [stored.id]
+    with pytest.raises(openai.NotFoundError):  # another key, on the server that stored it
+        other.responses.retrieve(started.id)
+
+
 def test_jobs_queued_on_either_server_each_run_once(
     server: RunningServer, second_server: RunningServer, both: tuple[httpx.Client, httpx.Client]
 ) -> None:
@@ -174,6 +199,51 @@ def test_a_rate_limit_holds_across_both_servers(
             assert 0 < int(refused.headers["retry-after"]) <= 60
 
 
+def test_a_keys_stream_cap_holds_across_both_servers(
+    server: RunningServer, second_server: RunningServer, both: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """`max_concurrent_streams_per_key` long streams, spread over both servers: one more on either is refused (the
+    slots are counted in the shared database); once they end, their slots are given back on both."""
+    cap = SecuritySettings().max_concurrent_streams_per_key
+    key = new_key(both[0], name="shared-streams")
+    long = {"model": MODEL, "messages": HELLO, "max_tokens": 1500, "min_tokens": 1500, "stream": True}
+    started = [threading.Event() for _ in range(cap)]
+    stop, ended = threading.Event(), threading.Event()
+
+    def stream(i: int) -> None:  # reads its stream (a client that stops reading is cut off) until told to stop
+        with (
+            keyed_http((server, second_server)[i % 2], key["key"]) as session,
+            session.stream("POST", "/v1/chat/completions", json=long) as response,
+        ):
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                started[i].set()
+                if stop.is_set():
+                    return
+        ended.set()  # ran to its end before the test was done with it
+
+    readers = [threading.Thread(target=stream, args=(i,)) for i in range(cap)]
+    for reader in readers:
+        reader.start()
+    try:
+        assert all(event.wait(300) for event in started)
+        with keyed_http(server, key["key"]) as first, keyed_http(second_server, key["key"]) as second:
+            for session in (first, second):
+                refused = session.post("/v1/chat/completions", json={**long, "max_tokens": 1, "min_tokens": 1})
+                assert_error(refused, 429, "too_many_concurrent_requests", None)
+                assert refused.headers["retry-after"] == "1"
+            plain = second.post("/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 1})
+            assert plain.status_code == 200  # requests are under their own, higher cap
+        assert not ended.is_set()  # every stream was still open while the others were refused
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join(300)
+    short = {"model": MODEL, "messages": HELLO, "max_tokens": 1, "stream": True}
+    with keyed_http(server, key["key"]) as first, keyed_http(second_server, key["key"]) as second:
+        eventually(lambda: all(s.post("/v1/chat/completions", json=short).status_code == 200 for s in (first, second)))
+
+
 def tiny_adapter(folder: Path) -> Path:
     """A rank-2 LoRA of zeros for the served model: loads, changes nothing, costs nothing to make."""
     folder.mkdir(parents=True)
@@ -193,8 +263,10 @@ def test_an_adapter_added_on_one_server_is_served_listed_and_owned_on_the_other(
     second_server: RunningServer,
     both: tuple[httpx.Client, httpx.Client],
     state_dirs: StateDirs,
+    test_server_env: dict[str, str],
 ) -> None:
-    """Owned by a stored key that is no admin: made on one server, its versions, owner and deletion hold on both."""
+    """Owned by a stored key that is no admin: made on one server, its versions, owner, active version and deletion
+    hold on both (the registry is in the shared database; the weight files in the adapters folder both mount)."""
     owner, stranger = new_key(both[0], name="adapter-owner"), new_key(both[0], name="adapter-stranger")
     name = f"shared-{uuid.uuid4().hex[:6]}"
     source = tiny_adapter(state_dirs.sources / name)
@@ -203,20 +275,42 @@ def test_an_adapter_added_on_one_server_is_served_listed_and_owned_on_the_other(
         keyed_http(second_server, owner["key"]) as second,
         keyed_http(server, stranger["key"]) as other,
     ):
+
+        def listed(session: httpx.Client) -> dict[str, dict]:
+            return {adapter["id"]: adapter for adapter in session.get("/v1/adapters").json()["data"]}
+
+        def active(session: httpx.Client) -> list[tuple[int, bool]]:
+            versions = session.get(f"/v1/adapters/{name}/versions").json()["data"]
+            return [(version["version"], version["active"]) for version in versions]
+
         made = second.post("/v1/adapters", json={"name": name, "path": str(source)})
         assert made.status_code == 201, made.text
-        assert name in [adapter["id"] for adapter in first.get("/v1/adapters").json()["data"]]
+        eventually(lambda: name in listed(first), timeout_s=5)
+        assert listed(first)[name]["owned"] is True and listed(first)[name]["shared"] is False
+        admin_view = {adapter["id"]: adapter for adapter in both[0].get("/v1/adapters").json()["data"]}
+        assert (
+            admin_view[name]["owner"] == {a["id"]: a for a in both[1].get("/v1/adapters").json()["data"]}[name]["owner"]
+        )
+        assert admin_view[name]["owner"] is not None
         ask = {"model": MODEL, "messages": HELLO, "max_tokens": 2, "lora_name": name}
         assert first.post("/v1/chat/completions", json=ask).status_code == 200
         again = first.post("/v1/adapters", json={"name": name, "path": str(source)})  # v2, on the other server
         assert again.status_code == 201, again.text
-        versions = second.get(f"/v1/adapters/{name}/versions").json()["data"]
-        assert [version["version"] for version in versions] == [1, 2]
+        eventually(lambda: active(second) == [(1, False), (2, True)], timeout_s=5)  # the active version agrees
+        assert active(first) == [(1, False), (2, True)]
+        assert second.post("/v1/chat/completions", json=ask).status_code == 200
         # the owner made it on the second server: to another key on the first it does not exist
         assert_error(
             other.post("/v1/adapters", json={"name": name, "path": str(source)}), 404, "adapter_not_found", "name"
         )
         assert_error(other.post("/v1/chat/completions", json=ask), 404, "adapter_not_found", "lora_name")
+        assert_error(other.delete(f"/v1/adapters/{name}"), 404, "adapter_not_found", "name")
+        url = test_server_env["LLM_SERVER_DATABASE_URL"]
+        with closing(psycopg.connect(url)) as db:  # the registry is the database's, no owner file on the folder
+            row = db.execute("SELECT active FROM registered_adapters WHERE name = %s", (name,)).fetchone()
+        assert row == (2,) and not (state_dirs.adapters / name / "owner.json").exists()
         assert first.delete(f"/v1/adapters/{name}").status_code == 200
-        assert name not in [adapter["id"] for adapter in second.get("/v1/adapters").json()["data"]]
+        eventually(lambda: name not in listed(second), timeout_s=5)
         assert_error(second.post("/v1/chat/completions", json=ask), 404, "adapter_not_found", "lora_name")
+        assert_error(second.delete(f"/v1/adapters/{name}"), 404, "adapter_not_found", "name")
+        assert not (state_dirs.adapters / name).exists()

@@ -15,7 +15,6 @@ import logging
 import re
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -24,7 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import APIError, error_response, invalid_api_key
 from server.config import SecuritySettings
+from server.gateway.errors import TooManyInFlight
 from server.gateway.keys import KeyStore, Principal
+from server.gateway.limits import InFlightCaps, LocalSlots, SharedSlots
 
 logger = logging.getLogger(__name__)
 
@@ -350,12 +351,6 @@ class SendTimedOut(Exception):
     """The client read nothing of the response for `stream_send_timeout_s`."""
 
 
-@dataclass(slots=True)
-class _InFlight:
-    requests: dict[str, int] = field(default_factory=dict)
-    streams: dict[str, int] = field(default_factory=dict)
-
-
 def wants_stream(body: object) -> bool:
     return isinstance(body, dict) and body.get("stream") is True
 
@@ -367,7 +362,8 @@ class FairnessMiddleware:
     def __init__(self, app: ASGIApp, settings: SecuritySettings) -> None:
         self.app = app
         self.settings = settings
-        self._in_flight = _InFlight()
+        self._caps = InFlightCaps(settings.max_concurrent_requests_per_key, settings.max_concurrent_streams_per_key)
+        self._local = LocalSlots()  # where servers share no database
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -377,41 +373,26 @@ class FairnessMiddleware:
         principal: Principal | None = state.get("principal")
         owner = principal.owner if principal is not None and not principal.admin else None
         stream = wants_stream(state.get("json_body"))
+        # Servers that share a database count each key's requests there (app.state.in_flight), one cap across them.
+        app = scope.get("app")
+        shared = getattr(app.state, "in_flight", None) if app is not None else None
+        slots: LocalSlots | SharedSlots = shared or self._local
+        slot = None
         if owner is not None:
-            refusal = self._refusal(owner, stream)
-            if refusal is not None:
+            try:
+                slot = await slots.acquire(owner, stream, self._caps)
+            except TooManyInFlight as refusal:
                 await error_response(refusal)(scope, receive, send)
                 return
-        counters = (self._in_flight.requests, *((self._in_flight.streams,) if stream else ()))
-        if owner is not None:
-            for counter in counters:
-                counter[owner] = counter.get(owner, 0) + 1
+            except Exception:  # the shared database is out of reach: serve uncounted rather than fail the request
+                logger.exception("in-flight caps could not be checked for %s; request served uncounted", owner)
         try:
             await self.app(scope, receive, self._timed(send))
         except SendTimedOut:
             logger.warning("%s %s: the client stopped reading; response ended", scope["method"], scope["path"])
         finally:
-            if owner is not None:
-                for counter in counters:
-                    counter[owner] -= 1
-                    if not counter[owner]:
-                        del counter[owner]
-
-    def _refusal(self, owner: str, stream: bool) -> APIError | None:
-        settings = self.settings
-        if self._in_flight.requests.get(owner, 0) >= settings.max_concurrent_requests_per_key:
-            what = f"{settings.max_concurrent_requests_per_key} concurrent requests"
-        elif stream and self._in_flight.streams.get(owner, 0) >= settings.max_concurrent_streams_per_key:
-            what = f"{settings.max_concurrent_streams_per_key} concurrent streams"
-        else:
-            return None
-        return APIError(
-            429,
-            f"This API key already has {what} in flight; wait for one to finish.",
-            type="rate_limit_error",
-            code="too_many_concurrent_requests",
-            headers={"Retry-After": "1"},
-        )
+            if slot is not None:
+                slots.release(slot)
 
     def _timed(self, send: Send) -> Send:
         timeout = self.settings.stream_send_timeout_s

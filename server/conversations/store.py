@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from server.conversations.errors import StoredCompletionNotFound, StoredResponseNotFound
-from server.storage import Database
+from server.storage import POSTGRES, Database, Location
 
 CONVERSATIONS_DATABASE = "conversations.sqlite3"
 
@@ -42,6 +41,15 @@ MIGRATIONS = (
     CREATE INDEX responses_owner ON responses (owner, seq);
     """,
 )
+# PostgreSQL (servers sharing a database): the same tables, numbered by an identity column.
+POSTGRES_MIGRATIONS = (
+    MIGRATIONS[0].replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"),
+)
+# A metadata key's value, per engine (metadata is a JSON object of strings).
+METADATA_VALUE = {
+    "sqlite": "EXISTS (SELECT 1 FROM json_each(metadata) WHERE json_each.key = ? AND json_each.value = ?)",
+    "postgresql": "CAST(metadata AS jsonb) ->> CAST(? AS TEXT) = ?",
+}
 
 Order = Literal["asc", "desc"]
 
@@ -83,13 +91,15 @@ def _chat(row) -> StoredChat:
 
 
 class ConversationStore(Database):
-    """SQLite (it filters metadata with `json_each`)."""
+    """Stored chat completions and Responses: a SQLite file, or the shared PostgreSQL database (where one server
+    continues what another stored)."""
 
     MIGRATIONS = MIGRATIONS
+    POSTGRES_MIGRATIONS = POSTGRES_MIGRATIONS
     SCHEMA = "conversations"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, "conversations")
+    def __init__(self, location: Location) -> None:
+        super().__init__(location, "conversations")
 
     # --- stored chat completions ------------------------------------------------------------------------------
 
@@ -131,7 +141,7 @@ class ConversationStore(Database):
             where.append("model = ?")
             args.append(model)
         for key, value in metadata.items():
-            where.append("EXISTS (SELECT 1 FROM json_each(metadata) WHERE json_each.key = ? AND json_each.value = ?)")
+            where.append(METADATA_VALUE["postgresql" if self.db.dialect is POSTGRES else "sqlite"])
             args += [key, value]
         if after is not None:
             cursor = self.db.execute("SELECT seq FROM chat_completions WHERE id = ? AND owner = ?", (after, owner))

@@ -10,12 +10,11 @@ caches (adapter slots, prefix-cache blocks) on those, so a replaced version can
 never serve stale state. Requests hold a lease on the version they started
 with; a replaced or deleted version leaves the engine when its last request ends.
 
-Several servers may share one adapters directory (`shared`, set where they
-share a database): each then reads the registry from the directory whenever it
-looks an adapter up (the `active` pointer, one small file) or lists them, so a
-version one server adds, promotes or deletes is what every server serves. New
-version numbers and owner files are claimed atomically (a rename or a link that
-fails when another server got there first).
+Servers that share a database share one adapters directory too, and keep the
+registry (owners, versions, the active pointer) in that database instead
+(server/engine/registry.py sets `registry`): the store then serves what the
+registry's latest reading (`registered`) names active, and claims version
+numbers and ownership there.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import safe_open
 from vllm.lora.request import LoRARequest
@@ -42,6 +42,9 @@ from vllm.lora.request import LoRARequest
 from server.config import ModelEntry
 from server.errors import ServerError
 from server.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    from server.engine.registry import AdapterRegistry, Registered
 
 logger = logging.getLogger(__name__)
 
@@ -258,21 +261,46 @@ class AdapterStore:
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()  # holds the tasks so they are not garbage-collected
         self.metrics = Metrics()  # the app puts its own here (app.py)
-        self.shared = False  # True: other servers change the directory too (read it on every lookup)
+        self.registry: AdapterRegistry | None = None  # the shared database's registry (None: the directory is it)
+        self.registered: Registered = {}  # with a registry: its latest reading of this model's adapters
+        self.registered_generation = -1  # the registry generation `registered` was read at
 
     def load_existing(self) -> None:
         """Register the active version of every valid adapter on disk (vLLM loads weights on first use)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for directory in self._adapter_directories():
-            self._sync(directory.name)
+        for name in self._adapter_names():
+            self._sync(name)
 
-    def _adapter_directories(self) -> list[Path]:
-        return sorted(p for p in self.root.iterdir() if p.is_dir() and ADAPTER_NAME.match(p.name))
+    def _adapter_names(self) -> list[str]:
+        if self.registry is not None:
+            return sorted(self.registered)
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and ADAPTER_NAME.match(p.name))
+
+    def _active_number(self, name: str) -> int | None:
+        if self.registry is not None:
+            registered = self.registered.get(name)
+            if registered is None or registered.active not in registered.versions:
+                return None
+            return registered.active
+        directory = self.root / name
+        return self._active_version_number(directory) if directory.is_dir() else None
+
+    async def apply_registry(self, generation: int, registered: Registered) -> None:
+        """Serve what the registry names active at `generation` (another server may have added, promoted or deleted);
+        a reading older than the one applied (taken before this server's own change) is ignored."""
+        async with self._lock:
+            self._apply_registry(generation, registered)
+
+    def _apply_registry(self, generation: int, registered: Registered) -> None:
+        if generation < self.registered_generation:
+            return
+        self.registered, self.registered_generation = registered, generation
+        self._sync_all()
 
     def _sync(self, name: str) -> None:
-        """Serve the version the directory names active for `name` (none when it is gone or has none)."""
+        """Serve the version the registry names active for `name` (none when it is gone or has none)."""
         directory = self.root / name
-        number = self._active_version_number(directory) if directory.is_dir() else None
+        number = self._active_number(name)
         current = self._active.get(name)
         if current is not None and current.version == number:
             return
@@ -291,7 +319,7 @@ class AdapterStore:
             self._retire_later(current)
 
     def _sync_all(self) -> None:
-        for name in {*self._active, *(directory.name for directory in self._adapter_directories())}:
+        for name in {*self._active, *self._adapter_names()}:
             self._sync(name)
 
     def _retire_later(self, version: AdapterVersion) -> None:
@@ -314,7 +342,11 @@ class AdapterStore:
         return sorted(int(p.name[1:]) for p in directory.glob("v*") if p.name[1:].isdigit() and p.is_dir())
 
     def _active_version_number(self, directory: Path) -> int | None:
-        versions = self._versions(directory)
+        return self.active_in_directory(directory, self._versions(directory))
+
+    @staticmethod
+    def active_in_directory(directory: Path, versions: list[int]) -> int | None:
+        """The version a directory's `active` file names (the latest where it names none valid; None: `none`)."""
         try:
             pointer = (directory / ACTIVE_FILE).read_text().strip()
         except OSError:
@@ -328,12 +360,13 @@ class AdapterStore:
         return chosen if chosen in versions else (versions[-1] if versions else None)
 
     def list(self) -> list[AdapterVersion]:
-        if self.shared:
-            self._sync_all()
         return [self._active[name] for name in sorted(self._active)]
 
     def ownership(self, name: str) -> Ownership | None:
         """The adapter's owner (None when no adapter of that name exists on disk)."""
+        if self.registry is not None:
+            registered = self.registered.get(name)
+            return registered.ownership if registered is not None else None
         directory = self.root / name
         if not ADAPTER_NAME.match(name) or not directory.is_dir():
             return None
@@ -341,6 +374,8 @@ class AdapterStore:
 
     def owned_by(self, owner: str) -> list[str]:
         """Names of the adapters (active or not) `owner` owns."""
+        if self.registry is not None:
+            return sorted(name for name, registered in self.registered.items() if registered.ownership.owner == owner)
         if not self.root.is_dir():
             return []
         return sorted(
@@ -359,22 +394,23 @@ class AdapterStore:
     def versions(self, name: str) -> list[tuple[int, dict]]:
         """Every version of `name` on disk, oldest first, with its manifest (served or not)."""
         directory = self.root / check_name(name, "name")
+        if self.registry is not None:
+            registered = self.registered.get(name)
+            if registered is None or not registered.versions:
+                raise AdapterNotFound(name, "name")
+            return sorted(registered.versions.items())
         versions = self._versions(directory) if directory.is_dir() else []
         if not versions:
             raise AdapterNotFound(name, "name")
         return [(number, read_manifest(directory / f"v{number}")) for number in versions]
 
     def get(self, name: str, param: str = "lora_name") -> AdapterVersion:
-        if self.shared and ADAPTER_NAME.match(name):
-            self._sync(name)
         version = self._active.get(name)
         if version is None:
             raise AdapterNotFound(name, param)
         return version
 
     def __contains__(self, name: str) -> bool:
-        if self.shared and ADAPTER_NAME.match(name):
-            self._sync(name)
         return name in self._active
 
     @staticmethod
@@ -414,6 +450,13 @@ class AdapterStore:
             raise InvalidAdapter(f"`{name}` is the base model's own name; choose another adapter name.", "name")
         # File work runs in a thread: an 8B model's adapter is hundreds of MB, and streams must not stall.
         facts = await asyncio.to_thread(inspect_adapter, source, self.entry, self.model_config)
+        if self.registry is not None:
+            manifest = self._manifest(name, 0, source, source_label, facts)
+            quotas = {"max_versions": max_versions, "max_adapters": max_adapters}
+            shared = bool(shared) if shared is not None else owner is None
+            return await self._add_registered(
+                self.registry, name, source, manifest, owner, admin, shared, activate, quotas
+            )
         async with self._lock:
             directory = self.root / name
             exists = directory.is_dir()
@@ -438,16 +481,7 @@ class AdapterStore:
             while True:  # the next number; another server taking it first makes the rename fail: take the next
                 number = (self._versions(directory) or [0])[-1] + 1
                 target = directory / f"v{number}"
-                manifest = {
-                    **read_manifest(source),
-                    "name": name,
-                    "version": number,
-                    "base_model": self.entry.name,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "source": source_label,
-                    "rank": facts.rank,
-                    "target_modules": list(facts.target_modules),
-                }
+                manifest = self._manifest(name, number, source, source_label, facts)
                 try:
                     await asyncio.to_thread(_copy_version, source, target, manifest)
                     break
@@ -474,6 +508,63 @@ class AdapterStore:
             self._retire_later(previous)
         return version
 
+    def _manifest(self, name: str, number: int, source: Path, source_label: str, facts: AdapterFacts) -> dict:
+        return {
+            **read_manifest(source),
+            "name": name,
+            "version": number,
+            "base_model": self.entry.name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "source": source_label,
+            "rank": facts.rank,
+            "target_modules": list(facts.target_modules),
+        }
+
+    async def _add_registered(
+        self,
+        registry: AdapterRegistry,
+        name: str,
+        source: Path,
+        manifest: dict,
+        owner: str | None,
+        admin: bool,
+        shared: bool,
+        activate: bool,
+        quotas: dict[str, int | None],
+    ) -> AdapterVersion:
+        """`add` with the shared database's registry: the number claimed there first, then the files, then the
+        engine, then the active pointer; a failure on the way gives the claim back."""
+        model = self.entry.name
+        async with self._lock:
+            claim = await registry.claim(model, name, manifest, owner=owner, admin=admin, shared=shared, **quotas)
+            target = self.root / name / f"v{claim.version}"
+            manifest = {**manifest, "version": claim.version}
+            version = AdapterVersion(name, claim.version, target, next(self._ids), manifest)
+            try:
+                # The number is ours: a folder already there is what a failed attempt left.
+                await asyncio.to_thread(_replace_version, source, target, manifest)
+                if activate:
+                    await self._engine.add_lora(version.lora_request)
+            except Exception as exc:
+                await registry.forget(model, name, claim)
+                await asyncio.to_thread(shutil.rmtree, target, True)
+                self.metrics.adapter_added("failed")
+                if isinstance(exc, OSError):
+                    raise
+                raise InvalidAdapter(f"The engine could not load the adapter: {exc}") from exc
+            if not activate:
+                self.metrics.adapter_added("stored")
+            else:
+                await registry.activate(model, name, claim.version)
+                self.metrics.adapter_added("loaded")
+                previous = self._active.get(name)
+                self._active[name] = version
+                if previous is not None:
+                    self._retire_later(previous)
+            generation, models = await registry.load()
+            self._apply_registry(generation, models.get(model, {}))  # its own version is served already
+        return version
+
     async def remove(
         self, name: str, *, param: str = "name", owner: str | None = None, admin: bool = True
     ) -> AdapterVersion:
@@ -487,11 +578,23 @@ class AdapterStore:
                 raise AdapterNotFound(name, param)
             if not ownership.may_change(owner or "", admin):
                 raise AdapterOwned(name, param)
-            del self._active[name]
-            # Out of the registry at once (a rename), for every server; the files go after, off the event loop.
-            removed = self.root / f".removed-{name}-{uuid.uuid4().hex[:8]}"
-            (self.root / name).rename(removed)
-            await asyncio.to_thread(shutil.rmtree, removed, True)
+            if self.registry is not None:  # checked again there: another server may have changed it meanwhile
+                try:
+                    removed = await self.registry.remove(
+                        self.entry.name, name, self.root / name, owner=owner, admin=admin
+                    )
+                except (AdapterNotFound, AdapterOwned) as exc:
+                    exc.param = param
+                    raise
+                del self._active[name]
+                generation, models = await self.registry.load()
+                self._apply_registry(generation, models.get(self.entry.name, {}))
+            else:  # out of the registry at once (a rename), for every server; the files go after, off the event loop
+                removed = self.root / f".removed-{name}-{uuid.uuid4().hex[:8]}"
+                (self.root / name).rename(removed)
+                del self._active[name]
+            if removed is not None:
+                await asyncio.to_thread(shutil.rmtree, removed, True)
         await self._retire(version)
         return version
 
@@ -509,7 +612,8 @@ class AdapterStore:
                     DRAIN_TIMEOUT_S,
                 )
                 return
-        await self._engine.remove_lora(version.engine_id)
+        if self._engine is not None:  # a model not loaded yet has nothing in an engine
+            await self._engine.remove_lora(version.engine_id)
 
 
 def _copy_version(source: Path, target: Path, manifest: dict) -> None:
@@ -522,6 +626,13 @@ def _copy_version(source: Path, target: Path, manifest: dict) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _replace_version(source: Path, target: Path, manifest: dict) -> None:
+    """`_copy_version` where the number is already claimed: a folder left there by a failed attempt goes first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    _copy_version(source, target, manifest)
 
 
 def _create_atomically(path: Path, text: str) -> bool:

@@ -105,6 +105,18 @@ class RateLimited(GatewayError):
         return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
+class TooManyInFlight(GatewayError):
+    """The key has as many requests (or streams) in flight as it may (429; one may end within a second)."""
+
+    status, type, code = 429, "rate_limit_error", "too_many_concurrent_requests"
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"This API key already has {what} in flight; wait for one to finish.")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class TemplateNotFound(GatewayError):
     status, code, param = 404, "template_not_found", "template"
 

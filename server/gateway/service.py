@@ -31,7 +31,7 @@ from server.gateway.errors import (
     WorkNotCovered,
 )
 from server.gateway.keys import KeyStore, Principal
-from server.gateway.limits import RateLimiter, SharedRateLimiter, check_credits
+from server.gateway.limits import RateLimiter, SharedRateLimiter, SharedSlots, check_credits
 from server.gateway.routing import Route, Router
 from server.gateway.templates import TemplateStore
 from server.gateway.usage import UsageRecord, UsageStore
@@ -133,6 +133,7 @@ class Gateway:
         self.templates = templates
         self.router = router
         self.limiter = limiter if limiter is not None else RateLimiter()
+        self.in_flight: SharedSlots | None = None  # requests in flight per key, where servers share a database
 
     @asynccontextmanager
     async def admission(

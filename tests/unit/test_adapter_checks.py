@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from server.engine.adapters import InvalidAdapter, check_name, module_shapes, path_under
+from tests.conftest import StoreLocation
 
 
 @pytest.mark.parametrize("name", ["alpha", "my-adapter_2", "A" * 64])
@@ -137,48 +138,117 @@ async def test_store_records_owners_and_enforces_them_and_quotas(tmp_path: Path)
     assert "alpha" not in store and store.ownership("alpha") is None
 
 
-async def test_stores_of_two_servers_on_one_directory_serve_what_either_changed(tmp_path: Path) -> None:
-    """Two servers' stores (`shared`) on one adapters directory: what one adds, promotes or removes, the other serves
-    at its next lookup; versions taken at once get distinct numbers; a name made by two owners at once has one."""
+async def test_stores_of_two_servers_on_one_database_serve_what_either_changed(
+    tmp_path: Path, store_location: StoreLocation
+) -> None:
+    """Two servers' stores on one adapters directory with the registry in their shared database: what one adds,
+    promotes or removes, the other serves within a poll; versions taken at once get distinct numbers; a name made by
+    two owners at once has one; a removal on one is a 404 on the other."""
     import asyncio
+    from contextlib import AsyncExitStack
 
     from server.config import load_settings
-    from server.engine.adapters import AdapterOwned, AdapterStore, _create_atomically
+    from server.engine.adapters import AdapterNotFound, AdapterOwned, AdapterStore
+    from server.engine.registry import POLL_S, shared_adapter_registry
 
     entry = load_settings(environ={}).served
     config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
     source = write_adapter(tmp_path / "source")
-    first, second = (
-        AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine()) for _ in range(2)
-    )
-    for store in (first, second):
-        store.shared = True
-        store.load_existing()
-    await first.add("alpha", source, source_label="upload", owner="key_a", admin=False)
-    assert [version.name for version in second.list()] == ["alpha"] and second.get("alpha").version == 1
-    assert second.ownership("alpha").owner == "key_a"
-    await second.add("alpha", source, source_label="upload", owner="key_a", admin=False)
-    assert first.get("alpha").version == 2  # promoted on the other server: served here too
-    await first.add("alpha", source, source_label="upload", owner="key_a", admin=False, activate=False)
-    assert second.get("alpha").version == 2  # stored unpromoted: still v2 everywhere
-    await asyncio.gather(
-        *(store.add("alpha", source, source_label="upload", owner="key_a", admin=False) for store in (first, second))
-    )
-    assert [number for number, _ in first.versions("alpha")] == [1, 2, 3, 4, 5]
-    outcomes = await asyncio.gather(
-        *(
-            store.add("bravo", source, source_label="upload", owner=owner, admin=False)
-            for store, owner in ((first, "key_a"), (second, "key_b"))
-        ),
-        return_exceptions=True,
-    )
-    [made] = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
-    assert [type(outcome) for outcome in outcomes if isinstance(outcome, Exception)] == [AdapterOwned]
-    assert first.ownership("bravo") == second.ownership("bravo") and made.version == 1
+    engines = RecordingEngine(), RecordingEngine()
+    first, second = (AdapterStore(tmp_path / "adapters", entry, config, engine_client=engine) for engine in engines)
+    location = store_location("adapters.sqlite3")
+
+    async def soon(check) -> None:  # the other server's poll
+        for _ in range(int(10 / POLL_S)):
+            if check():
+                return
+            await asyncio.sleep(POLL_S / 2)
+        assert check()
+
+    async with AsyncExitStack() as stack:
+        for store in (first, second):
+            store.load_existing()
+            await stack.enter_async_context(shared_adapter_registry(location, [store]))
+        await first.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+        assert first.registered["alpha"].active == 1  # in the database: no owner file, no active file
+        assert not (tmp_path / "adapters" / "alpha" / "owner.json").exists()
+        await soon(lambda: "alpha" in second)
+        assert [version.name for version in second.list()] == ["alpha"] and second.get("alpha").version == 1
+        assert second.ownership("alpha").owner == "key_a"
+        await second.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+        await soon(lambda: first.get("alpha").version == 2)  # promoted on the other server: served here too
+        await first.add("alpha", source, source_label="upload", owner="key_a", admin=False, activate=False)
+        await soon(lambda: len(second.versions("alpha")) == 3)
+        assert second.get("alpha").version == 2  # stored unpromoted: still v2 everywhere
+        await asyncio.gather(
+            *(
+                store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+                for store in (first, second)
+            )
+        )
+        await soon(lambda: first.get("alpha").version == second.get("alpha").version)
+        assert [number for number, _ in first.versions("alpha")] == [1, 2, 3, 4, 5]
+        assert sorted(path.name for path in (tmp_path / "adapters" / "alpha").iterdir()) == [
+            f"v{n}" for n in range(1, 6)
+        ]
+        outcomes = await asyncio.gather(
+            *(
+                store.add("bravo", source, source_label="upload", owner=owner, admin=False)
+                for store, owner in ((first, "key_a"), (second, "key_b"))
+            ),
+            return_exceptions=True,
+        )
+        [made] = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+        assert [type(outcome) for outcome in outcomes if isinstance(outcome, Exception)] == [AdapterOwned]
+        await soon(lambda: first.ownership("bravo") == second.ownership("bravo"))
+        assert made.version == 1
+        alphas = first.get("alpha").engine_id, second.get("alpha").engine_id
+        assert alphas[0] in engines[0].loaded or alphas[1] in engines[1].loaded
+        await second.remove("alpha", owner="key_a", admin=False)
+        await soon(lambda: "alpha" not in first)
+        assert [version.name for version in first.list()] == ["bravo"]
+        assert not (tmp_path / "adapters" / "alpha").exists()
+        with pytest.raises(AdapterNotFound):
+            await first.remove("alpha", owner="key_a", admin=False)
+        await soon(lambda: alphas[0] not in engines[0].loaded and alphas[1] not in engines[1].loaded)  # retired
+
+
+async def test_owner_files_are_claimed_whole(tmp_path: Path) -> None:
+    """One server alone: its registry is the directory; an owner file is claimed whole or not at all."""
+    from server.config import load_settings
+    from server.engine.adapters import AdapterStore, _create_atomically
+
+    entry = load_settings(environ={}).served
+    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine())
+    store.load_existing()
+    await store.add("bravo", write_adapter(tmp_path / "source"), source_label="upload", owner="key_a", admin=False)
     # the owner file is claimed whole or not at all: a second claim leaves the first's
     owner_file = tmp_path / "adapters" / "bravo" / "owner.json"
     before = owner_file.read_text()
     assert not _create_atomically(owner_file, '{"owner": "key_c", "shared": true}\n')
     assert owner_file.read_text() == before and not list(owner_file.parent.glob(".*.tmp"))
-    await second.remove("alpha", owner="key_a", admin=False)
-    assert "alpha" not in first and [version.name for version in first.list()] == ["bravo"]
+    assert store.ownership("bravo").owner == "key_a"
+
+
+async def test_a_registry_reading_taken_before_the_stores_own_change_is_ignored(tmp_path: Path) -> None:
+    """The poll reads the registry, then waits for the store while it adds a version: that older reading must not
+    bring the previous version back (nor swap the engine's LoRA ids back and forth)."""
+    from server.config import load_settings
+    from server.engine.adapters import AdapterStore
+    from server.engine.registry import shared_adapter_registry
+
+    entry = load_settings(environ={}).served
+    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    source = write_adapter(tmp_path / "source")
+    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine())
+    store.load_existing()
+    async with shared_adapter_registry(tmp_path / "registry.sqlite3", [store]) as registry:
+        await store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+        stale = await registry.load()  # alpha v1 active
+        served = await store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
+        await store.apply_registry(stale[0], stale[1][entry.name])
+        assert store.get("alpha") is served and served.version == 2
+        generation, models = await registry.load()
+        await store.apply_registry(generation, models[entry.name])
+        assert store.get("alpha") is served

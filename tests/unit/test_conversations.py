@@ -1,4 +1,4 @@
-"""Stored completions / responses store, chunk folding, Responses translation (pure; SQLite in tmp_path)."""
+"""Stored completions / responses store (SQLite and PostgreSQL), chunk folding, Responses translation (pure)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from server.conversations.responses import (
 )
 from server.conversations.store import ConversationStore, StoredChat, StoredResponse
 from server.errors import InvalidParam
+from tests.conftest import StoreLocation
 
 
 def chat(number: int, model: str = "m", **metadata: str) -> StoredChat:
@@ -34,8 +35,9 @@ def chat(number: int, model: str = "m", **metadata: str) -> StoredChat:
 
 
 @pytest.fixture
-async def store(tmp_path):
-    opened = ConversationStore(tmp_path / "conversations.sqlite3")
+async def store(store_location: StoreLocation):
+    """The store on a SQLite file and on PostgreSQL (where servers that share a database keep it)."""
+    opened = ConversationStore(store_location("conversations.sqlite3"))
     await opened.open()
     yield opened
     await opened.close()

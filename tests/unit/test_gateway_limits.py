@@ -9,8 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from server.gateway.errors import InsufficientCredits, RateLimited
-from server.gateway.limits import WINDOW_S, Limits, RateLimiter, SharedRateLimiter, check_credits
+from server.gateway.errors import InsufficientCredits, RateLimited, TooManyInFlight
+from server.gateway.limits import (
+    WINDOW_S,
+    InFlightCaps,
+    Limits,
+    LocalSlots,
+    RateLimiter,
+    SharedRateLimiter,
+    SharedSlots,
+    check_credits,
+    check_in_flight,
+)
+from server.supervision import stop
 from tests.conftest import StoreLocation
 from tests.postgres import new_database
 
@@ -113,3 +124,76 @@ async def test_servers_sharing_the_database_share_one_window(store_location: Sto
     finally:
         await first.close()
         await second.close()
+
+
+def test_in_flight_caps_refuse_the_request_past_either_cap() -> None:
+    caps = InFlightCaps(requests=3, streams=2)
+    check_in_flight(2, 1, stream=True, caps=caps)
+    with pytest.raises(TooManyInFlight, match="3 concurrent requests"):
+        check_in_flight(3, 0, stream=False, caps=caps)
+    with pytest.raises(TooManyInFlight, match="2 concurrent streams") as refused:
+        check_in_flight(2, 2, stream=True, caps=caps)
+    assert refused.value.status == 429 and refused.value.headers() == {"Retry-After": "1"}
+    check_in_flight(2, 2, stream=False, caps=caps)  # streams full, a plain request still fits
+
+
+async def test_local_slots_count_per_key_and_give_back() -> None:
+    slots, caps = LocalSlots(), InFlightCaps(requests=2, streams=1)
+    held = [await slots.acquire("k", True, caps), await slots.acquire("other", True, caps)]
+    with pytest.raises(TooManyInFlight, match="1 concurrent streams"):
+        await slots.acquire("k", True, caps)
+    held.append(await slots.acquire("k", False, caps))
+    with pytest.raises(TooManyInFlight, match="2 concurrent requests"):
+        await slots.acquire("k", False, caps)
+    for slot in held:
+        slots.release(slot)
+    assert not slots.requests and not slots.streams
+
+
+async def test_shared_slots_hold_one_cap_across_servers_and_a_dead_servers_slots_expire(
+    store_location: StoreLocation,
+) -> None:
+    """Two servers' slots on one database: the cap is the key's, whichever server holds the slots; a server that
+    stops renewing (it died) frees its slots when their leases run out; a live server's leases are renewed."""
+    location = store_location("slots.sqlite3")
+    now = [1000.0]
+    first, second = SharedSlots(location, lease_s=10.0), SharedSlots(location, lease_s=10.0)
+    for slots in (first, second):
+        slots.clock = lambda: now[0]
+        await slots.open()
+    caps = InFlightCaps(requests=3, streams=2)
+    try:
+        await first.acquire("k", True, caps)
+        on_second = await second.acquire("k", True, caps)
+        with pytest.raises(TooManyInFlight, match="2 concurrent streams"):
+            await first.acquire("k", True, caps)
+        await second.acquire("other", True, caps)  # another key's caps are its own
+        await first.acquire("k", False, caps)
+        with pytest.raises(TooManyInFlight, match="3 concurrent requests"):
+            await second.acquire("k", False, caps)
+        second.release(on_second)
+        await second._run(lambda: None)  # the release (off the caller's path) is written
+        await first.acquire("k", True, caps)
+        # the first server dies (stops renewing); the second renews its own: only the first's slots expire
+        await stop(first._renewal)
+        on_second = await second.acquire("other", False, caps)
+        now[0] += 8.0
+        await second.renew()
+        now[0] += 4.0
+        await second.acquire("k", True, caps)
+        await second.acquire("k", True, caps)  # the dead server's three slots of `k` no longer count
+        with pytest.raises(TooManyInFlight, match="2 concurrent streams"):
+            await second.acquire("k", True, caps)
+        await second.acquire("other", False, caps)
+        with pytest.raises(TooManyInFlight, match="3 concurrent requests"):  # `other`'s renewed slots still count
+            await second.acquire("other", False, caps)
+    finally:
+        for slots in (first, second):
+            await slots.close()
+    reopened = SharedSlots(location)  # closing gave back every slot of the server
+    await reopened.open()
+    try:
+        for _ in range(3):
+            await reopened.acquire("other", False, caps)
+    finally:
+        await reopened.close()
