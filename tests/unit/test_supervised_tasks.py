@@ -16,6 +16,7 @@ from server.adaption.runner import AdaptionService
 from server.app import start_nightly_curation
 from server.config import load_settings
 from server.engine import runtime
+from server.engine.pool import EnginePool, PoolSettings
 from server.engine.runtime import Engine
 from server.supervision import stop
 
@@ -87,16 +88,18 @@ async def test_the_fine_tuning_loop_restarts_after_a_failure_and_runs_later_jobs
     jobs = JobStore(tmp_path / "adaption.sqlite3")
     await jobs.open()
     # No memory service: training then fails the job, which shows the loop reached it (the loop is under test).
-    service = AdaptionService(jobs, None, None, settings.served, settings.adaption, tmp_path / "work")
+    # A pool never started: the loop only reads which models it serves (no engine runs here).
+    pool = EnginePool([settings.served], lambda entry: tmp_path / "adapters", PoolSettings(), is_gpu=False)
+    service = AdaptionService(jobs, None, pool, settings.served, settings.adaption, tmp_path / "work")
     service.restart_backoff_s = 0.01
     real_get, real_claim = jobs.get, jobs.claim
     injected = []
 
-    async def failing_claim(worker: str):  # failure injection: the job store fails once, outside the job's `try`
-        if not injected:
+    async def failing_claim(worker: str, base_models: list[str]):  # failure injection: the store fails once,
+        if not injected:  # outside the job's `try`
             injected.append(worker)
             raise OSError("injected: database is locked")
-        return await real_claim(worker)
+        return await real_claim(worker, base_models)
 
     monkeypatch.setattr(jobs, "claim", failing_claim)
     try:
