@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -176,7 +176,7 @@ class Engine:
         self.lora_switching = False  # restarting in place to get them (LoRA `auto`)
         self.lora_switches = 0
         self._lora_wait_s = lora_wait_s
-        self._lora_lock = asyncio.Lock()
+        self._lora_task: asyncio.Task | None = None  # the switch under way
         self._gate = asyncio.Event()  # cleared while the LoRA switch holds new requests back
         self._gate.set()
         self._in_flight = 0  # generate() calls inside the engine
@@ -247,6 +247,9 @@ class Engine:
         """Stop watching and shut the engine down (its processes and memory go; the adapters store stays)."""
         await stop(self._watchdog)
         self._watchdog = None
+        if self._lora_task is not None and not self._lora_task.done():  # a LoRA switch under way: let it land,
+            with suppress(Exception):  # or its new engine would outlive this one (its failure was logged)
+                await self._lora_task
         await asyncio.to_thread(self._llm.shutdown)
 
     async def sleep(self) -> None:
@@ -327,10 +330,10 @@ class Engine:
         the adapter, as before)."""
         if self.lora_enabled or self.entry.lora.enabled != "auto":
             return
-        async with self._lora_lock:  # callers that arrive meanwhile wait for the one switch
-            if self.lora_enabled:
-                return
-            await self._switch_to_lora(reason)
+        if self._lora_task is None or self._lora_task.done():  # callers that arrive meanwhile wait for the one switch
+            self._lora_task = asyncio.create_task(self._switch_to_lora(reason), name=f"lora:{self.entry.name}")
+        # Shielded: a caller that goes away (a client disconnecting) must not stop the switch half-way.
+        await asyncio.shield(self._lora_task)
 
     async def _switch_to_lora(self, reason: str) -> None:
         metrics = self.adapters.metrics
@@ -353,6 +356,7 @@ class Engine:
                     self._in_flight,
                     self._lora_wait_s,
                 )
+            logger.info("model %s: drained in %.1fs; restarting with LoRA", self.entry.name, time.monotonic() - started)
             old = self._llm
             await asyncio.to_thread(old.shutdown)
             try:
