@@ -431,6 +431,53 @@ def bench_variants(
             except RuntimeError as exc:  # a shared box: a start may fail for memory; the others still run
                 print(f"[{spec}] round {round_index + 1} failed: {str(exc)[-500:]}", flush=True)
     loads.append({"before": "end", "load": os.getloadavg()})
+    return {"specs": specs, "rounds": rounds, **merge_rounds(runs), "load_average": loads}
+
+
+def bench_variants_together(
+    specs: list[str], entry: ModelEntry, levels: list[int], output_tokens: int, log_dir: Path, rounds: int
+) -> dict:
+    """The configurations' servers all up at once, driven in turn level by level (round 1: a, b; round 2: b, a
+    ...): on a shared box whose load swings by the minute, each level's runs lie seconds apart."""
+    servers: dict[str, Server] = {}
+    startup: dict[str, float] = {}
+    runs: dict[str, list[dict]] = {spec: [] for spec in specs}
+    loads = []
+    try:
+        for spec in specs:  # one at a time: each start has the box to itself
+            kind, env = variant_kind(spec, entry, log_dir)
+            if kind.startswith("ours"):
+                fresh = log_dir / f"{kind}-{time.monotonic_ns()}"
+                env = {
+                    "LLM_SERVER_DATA_DIR": str(fresh / "data"),
+                    "LLM_SERVER_ADAPTERS_DIR": str(fresh / "adapters"),
+                } | env
+            servers[spec] = Server(kind, entry, log_dir, env)
+            startup[spec] = round(servers[spec].wait_ready(), 1)
+            print(f"[{spec}] ready in {startup[spec]}s: {' '.join(servers[spec].command)}", flush=True)
+        for round_index in range(rounds):
+            order = specs if round_index % 2 == 0 else list(reversed(specs))
+            levels_by_spec: dict[str, list[dict]] = {spec: [] for spec in specs}
+            for concurrency in levels:
+                for spec in order:
+                    loads.append({"before": f"{spec} c={concurrency}", "load": os.getloadavg()})
+                    requests = max(3 * concurrency, 8)
+                    level = asyncio.run(
+                        run_level(servers[spec].base_url, [entry.name], concurrency, requests, output_tokens)
+                    ).summary()
+                    levels_by_spec[spec].append(level)
+                    print(f"[{spec}] round {round_index + 1} c={concurrency}: {level}", flush=True)
+            for spec in specs:
+                runs[spec].append({"startup_s": startup[spec], "levels": levels_by_spec[spec]})
+    finally:
+        for server in servers.values():
+            server.stop()
+    loads.append({"before": "end", "load": os.getloadavg()})
+    return {"specs": specs, "rounds": rounds, "together": True, **merge_rounds(runs), "load_average": loads}
+
+
+def merge_rounds(runs: dict[str, list[dict]]) -> dict:
+    """Each configuration's levels: the rounds' medians, with every round's figure beside."""
     merged = {}
     for spec, results in runs.items():
         if not results:
@@ -455,7 +502,7 @@ def bench_variants(
             "startup_s_rounds": [result["startup_s"] for result in results],
             "levels": levels_out,
         }
-    return {"specs": specs, "rounds": rounds, "results": merged, "load_average": loads}
+    return {"results": merged}
 
 
 def median(values: list[float]) -> float:
@@ -466,7 +513,8 @@ def print_variants_table(report: dict) -> None:
     """Each configuration against the first (the baseline: `vllm serve` defaults)."""
     specs = [spec for spec in report["specs"] if spec in report["results"]]
     base = report["results"][specs[0]]
-    print(f"\nconfigurations side by side ({report['rounds']} rounds, medians; ratios vs {specs[0]})")
+    how = "all up at once, in turn level by level" if report.get("together") else "one after another"
+    print(f"\nconfigurations side by side ({how}; {report['rounds']} rounds, medians; ratios vs {specs[0]})")
     print(f"{'configuration':44} {'start s':>8} {'streams':>7} {'tok/s':>8} {'x':>6} {'TTFT p50':>9} {'x':>6}")
     for spec in specs:
         result = report["results"][spec]
@@ -660,6 +708,12 @@ def main() -> None:
         " ours/KEY=VALUE/... (models.yaml overrides of the served entry, dotted for nested: lora.enabled=false)",
     )
     parser.add_argument("--variant-rounds", type=int, default=2, help="variants: rounds (order reversed each round)")
+    parser.add_argument(
+        "--variants-together",
+        action="store_true",
+        help="variants: start every configuration's server at once and take turns level by level (needs the"
+        " memory of all; fairer on a box whose load swings)",
+    )
     parser.add_argument("--prefix-modes", default="", help=f"prefix: modes to run (default all: {PREFIX_MODES})")
     parser.add_argument(
         "--prefix-variant",
@@ -710,7 +764,8 @@ def main() -> None:
         }
     if "variants" in sections:
         specs = [spec for spec in args.variants.split(",") if spec]
-        report["variants"] = bench_variants(specs, entry, levels, args.output_tokens, log_dir, args.variant_rounds)
+        run = bench_variants_together if args.variants_together else bench_variants
+        report["variants"] = run(specs, entry, levels, args.output_tokens, log_dir, args.variant_rounds)
     if "lora" in sections:
         sources, names = make_bench_adapters(log_dir)
         report["lora"] = {
