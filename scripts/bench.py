@@ -313,6 +313,8 @@ async def one_request(
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:  # the stream ended with an error event (e.g. the engine died): a failed request
+                raise httpx.HTTPError(f"stream error: {chunk['error']}")
             if chunk.get("usage"):
                 usage = chunk["usage"]
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
