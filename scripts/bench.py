@@ -148,7 +148,10 @@ def server_command(kind: str, entry: ModelEntry, port: int, model: str | None = 
             "--log-level",
             "warning",
         ]
-    if kind == "vllm-defaults":  # `vllm serve MODEL`: every engine setting left at vLLM's own default ...
+    if kind in (
+        "vllm-defaults",
+        "vllm-defaults-lora",
+    ):  # `vllm serve MODEL`: every engine setting at vLLM's default ...
         source = str(entry.source_path) if entry.is_local else entry.source
         engine_flags = [
             "--model",
@@ -160,6 +163,16 @@ def server_command(kind: str, entry: ModelEntry, port: int, model: str | None = 
             "--kv-cache-memory-bytes",
             str(engine_args_for(entry).kv_cache_memory_bytes),
         ]
+        if kind == "vllm-defaults-lora":  # ... and LoRA on, with our slots: what LoRA alone costs vLLM
+            engine_flags += [
+                "--enable-lora",
+                "--max-loras",
+                str(entry.lora.max_loras),
+                "--max-lora-rank",
+                str(entry.lora.max_lora_rank),
+                "--max-cpu-loras",
+                str(entry.lora.max_cpu_loras),
+            ]
     else:
         engine_flags = vllm_serve_flags(entry)
     return [
@@ -232,8 +245,11 @@ def variant_config(entry: ModelEntry, overrides: dict[str, object], log_dir: Pat
 
     raw = yaml.safe_load((ROOT / "models.yaml").read_text())
     model = next(item for item in raw["models"] if item["name"] == entry.name)
-    for key, value in overrides.items():
-        target = model if key in ModelEntry.model_fields else raw
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")  # `lora.enabled`: a field inside the entry's `lora` mapping
+        target = model if dotted.split(".")[0] in ModelEntry.model_fields else raw
+        for parent in parents:
+            target = target.setdefault(parent, {})
         if value is None:
             target.pop(key, None)
         else:
@@ -297,6 +313,8 @@ async def one_request(
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:  # the stream ended with an error event (e.g. the engine died): a failed request
+                raise httpx.HTTPError(f"stream error: {chunk['error']}")
             if chunk.get("usage"):
                 usage = chunk["usage"]
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
@@ -357,8 +375,23 @@ async def run_level(
     )
 
 
-def bench_server(kind: str, entry: ModelEntry, levels: list[int], output_tokens: int, log_dir: Path) -> dict:
-    server = Server(kind, entry, log_dir)
+def bench_server(
+    kind: str,
+    entry: ModelEntry,
+    levels: list[int],
+    output_tokens: int,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> dict:
+    """One server of `kind` started, driven at each concurrency level, stopped. Ours gets an empty data and
+    adapters folder of its own (no adapters of a previous run: LoRA `auto` then starts without LoRA)."""
+    if kind.startswith("ours"):
+        fresh = log_dir / f"{kind}-{time.monotonic_ns()}"
+        extra_env = {
+            "LLM_SERVER_DATA_DIR": str(fresh / "data"),
+            "LLM_SERVER_ADAPTERS_DIR": str(fresh / "adapters"),
+        } | (extra_env or {})
+    server = Server(kind, entry, log_dir, extra_env)
     try:
         startup = server.wait_ready()
         print(f"[{kind}] ready in {startup:.1f}s: {' '.join(server.command)}", flush=True)
@@ -371,6 +404,131 @@ def bench_server(kind: str, entry: ModelEntry, levels: list[int], output_tokens:
         return {"startup_s": round(startup, 1), "command": server.command, "levels": results}
     finally:
         server.stop()
+
+
+def variant_kind(spec: str, entry: ModelEntry, log_dir: Path) -> tuple[str, dict[str, str]]:
+    """`ours/lora.enabled=false/enforce_eager=false` -> (kind, env naming a models.yaml with those overrides);
+    `ours`, `vllm-defaults`, `vllm-defaults-lora`, `vllm` -> (kind, {})."""
+    kind, *pairs = spec.split("/")
+    if not pairs:
+        return kind, {}
+    config = variant_config(entry, parse_overrides(",".join(pairs)), log_dir)
+    return spec.replace("/", "+"), {"LLM_SERVER_CONFIG": str(config)}
+
+
+def bench_variants(
+    specs: list[str], entry: ModelEntry, levels: list[int], output_tokens: int, log_dir: Path, rounds: int
+) -> dict:
+    """Several server configurations, `rounds` times each, in turn (round 1: a, b, c; round 2: c, b, a ...), so
+    the shared box's load falls on all of them alike; each level's figures are the rounds' medians."""
+    runs: dict[str, list[dict]] = {spec: [] for spec in specs}
+    loads = []
+    for round_index in range(rounds):
+        order = specs if round_index % 2 == 0 else list(reversed(specs))
+        for spec in order:
+            kind, env = variant_kind(spec, entry, log_dir)
+            loads.append({"before": spec, "load": os.getloadavg()})
+            try:
+                runs[spec].append(bench_server(kind, entry, levels, output_tokens, log_dir, env))
+            except RuntimeError as exc:  # a shared box: a start may fail for memory; the others still run
+                print(f"[{spec}] round {round_index + 1} failed: {str(exc)[-500:]}", flush=True)
+    loads.append({"before": "end", "load": os.getloadavg()})
+    return {"specs": specs, "rounds": rounds, **merge_rounds(runs), "load_average": loads}
+
+
+def bench_variants_together(
+    specs: list[str], entry: ModelEntry, levels: list[int], output_tokens: int, log_dir: Path, rounds: int
+) -> dict:
+    """The configurations' servers all up at once, driven in turn level by level (round 1: a, b; round 2: b, a
+    ...): on a shared box whose load swings by the minute, each level's runs lie seconds apart."""
+    servers: dict[str, Server] = {}
+    startup: dict[str, float] = {}
+    runs: dict[str, list[dict]] = {spec: [] for spec in specs}
+    loads = []
+    try:
+        for spec in specs:  # one at a time: each start has the box to itself
+            kind, env = variant_kind(spec, entry, log_dir)
+            if kind.startswith("ours"):
+                fresh = log_dir / f"{kind}-{time.monotonic_ns()}"
+                env = {
+                    "LLM_SERVER_DATA_DIR": str(fresh / "data"),
+                    "LLM_SERVER_ADAPTERS_DIR": str(fresh / "adapters"),
+                } | env
+            servers[spec] = Server(kind, entry, log_dir, env)
+            startup[spec] = round(servers[spec].wait_ready(), 1)
+            print(f"[{spec}] ready in {startup[spec]}s: {' '.join(servers[spec].command)}", flush=True)
+        for round_index in range(rounds):
+            order = specs if round_index % 2 == 0 else list(reversed(specs))
+            levels_by_spec: dict[str, list[dict]] = {spec: [] for spec in specs}
+            for concurrency in levels:
+                for spec in order:
+                    loads.append({"before": f"{spec} c={concurrency}", "load": os.getloadavg()})
+                    requests = max(3 * concurrency, 8)
+                    level = asyncio.run(
+                        run_level(servers[spec].base_url, [entry.name], concurrency, requests, output_tokens)
+                    ).summary()
+                    levels_by_spec[spec].append(level)
+                    print(f"[{spec}] round {round_index + 1} c={concurrency}: {level}", flush=True)
+            for spec in specs:
+                runs[spec].append({"startup_s": startup[spec], "levels": levels_by_spec[spec]})
+    finally:
+        for server in servers.values():
+            server.stop()
+    loads.append({"before": "end", "load": os.getloadavg()})
+    return {"specs": specs, "rounds": rounds, "together": True, **merge_rounds(runs), "load_average": loads}
+
+
+def merge_rounds(runs: dict[str, list[dict]]) -> dict:
+    """Each configuration's levels: the rounds' medians, with every round's figure beside."""
+    merged = {}
+    for spec, results in runs.items():
+        if not results:
+            continue
+        levels_out = []
+        for index, level in enumerate(results[0]["levels"]):
+            each = [result["levels"][index] for result in results]
+            levels_out.append(
+                {
+                    "concurrency": level["concurrency"],
+                    "output_tok_per_s": median([one["output_tok_per_s"] for one in each]),
+                    "ttft_p50_ms": median([one["ttft_p50_ms"] for one in each]),
+                    "ttft_p99_ms": median([one["ttft_p99_ms"] for one in each]),
+                    "itl_p50_ms": median([one["itl_p50_ms"] for one in each]),
+                    "errors": sum(one["errors"] for one in each),
+                    "tok_per_s_rounds": [one["output_tok_per_s"] for one in each],
+                    "ttft_p50_ms_rounds": [one["ttft_p50_ms"] for one in each],
+                }
+            )
+        merged[spec] = {
+            "startup_s": median([result["startup_s"] for result in results]),
+            "startup_s_rounds": [result["startup_s"] for result in results],
+            "levels": levels_out,
+        }
+    return {"results": merged}
+
+
+def median(values: list[float]) -> float:
+    return round(percentile(values, 50), 2)
+
+
+def print_variants_table(report: dict) -> None:
+    """Each configuration against the first (the baseline: `vllm serve` defaults)."""
+    specs = [spec for spec in report["specs"] if spec in report["results"]]
+    base = report["results"][specs[0]]
+    how = "all up at once, in turn level by level" if report.get("together") else "one after another"
+    print(f"\nconfigurations side by side ({how}; {report['rounds']} rounds, medians; ratios vs {specs[0]})")
+    print(f"{'configuration':44} {'start s':>8} {'streams':>7} {'tok/s':>8} {'x':>6} {'TTFT p50':>9} {'x':>6}")
+    for spec in specs:
+        result = report["results"][spec]
+        for mine, theirs in zip(result["levels"], base["levels"], strict=True):
+            print(
+                f"{spec:44} {result['startup_s']:8.1f} {mine['concurrency']:7d} {mine['output_tok_per_s']:8.1f} "
+                f"{mine['output_tok_per_s'] / theirs['output_tok_per_s']:6.3f} {mine['ttft_p50_ms']:9.1f} "
+                f"{mine['ttft_p50_ms'] / theirs['ttft_p50_ms']:6.3f}"
+            )
+    print("load average (1/5/15 min) before each run:")
+    for item in report["load_average"]:
+        print(f"  {item['before']}: {[round(x, 2) for x in item['load']]}")
 
 
 def bench_guardrails(entry: ModelEntry, levels: list[int], output_tokens: int, log_dir: Path) -> dict:
@@ -537,11 +695,26 @@ def main() -> None:
     parser.add_argument(
         "--sections",
         default="compare,defaults,prefix,lora,memory,adaption,guardrails,gateway,load,models",
-        help="compare (vs vllm serve at our engine settings), defaults (our defaults vs vllm serve's), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
+        help="compare (vs vllm serve at our engine settings), defaults (our defaults vs vllm serve's), variants"
+        " (several configurations side by side in alternating rounds, see --variants), lora (multi-LoRA), memory, memory-prefix (TTFT with memory behind a long"
         " system prompt), prefix (long shared system prompt with/without memory, template, policy; vLLM's prefix-cache"
         " hit rate), adaption, guardrails (policy on vs off),"
         " gateway (auth + usage + templates overhead), load (200 streams + vanishing clients),"
         " models (a second model on demand: cold load, wake after idle, two models together vs alone)",
+    )
+    parser.add_argument(
+        "--variants",
+        default="vllm-defaults,vllm-defaults-lora,ours,ours/lora.enabled=false",
+        help="variants: configurations run side by side, the first the baseline: vllm-defaults (`vllm serve MODEL`),"
+        " vllm-defaults-lora (the same with --enable-lora and our LoRA slots), vllm (our engine flags), ours, or"
+        " ours/KEY=VALUE/... (models.yaml overrides of the served entry, dotted for nested: lora.enabled=false)",
+    )
+    parser.add_argument("--variant-rounds", type=int, default=2, help="variants: rounds (order reversed each round)")
+    parser.add_argument(
+        "--variants-together",
+        action="store_true",
+        help="variants: start every configuration's server at once and take turns level by level (needs the"
+        " memory of all; fairer on a box whose load swings)",
     )
     parser.add_argument("--prefix-modes", default="", help=f"prefix: modes to run (default all: {PREFIX_MODES})")
     parser.add_argument(
@@ -591,6 +764,10 @@ def main() -> None:
             "comparison": comparison_rows(mine, theirs),
             "load_average_after_vllm_after_ours": [load_between, os.getloadavg()],
         }
+    if "variants" in sections:
+        specs = [spec for spec in args.variants.split(",") if spec]
+        run = bench_variants_together if args.variants_together else bench_variants
+        report["variants"] = run(specs, entry, levels, args.output_tokens, log_dir, args.variant_rounds)
     if "lora" in sections:
         sources, names = make_bench_adapters(log_dir)
         report["lora"] = {
@@ -681,6 +858,8 @@ def main() -> None:
         print(
             f"load average (1/5/15 min) after vllm / after ours: {report['defaults']['load_average_after_vllm_after_ours']}"
         )
+    if "variants" in report:
+        print_variants_table(report["variants"])
     if "lora" in report:
         print_lora_table(report["lora"]["ours"], report["lora"]["vllm_serve"])
     if "memory" in report:

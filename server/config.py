@@ -63,7 +63,11 @@ class _Strict(BaseModel):
 
 
 class LoraLimits(_Strict):
-    enabled: bool = True
+    enabled: bool | Literal["auto"] = Field(
+        True,
+        description="true: the engine always has LoRA slots; false: never (adapters refused); auto: LoRA only once"
+        " an adapter is needed (started with it when adapters exist, else switched on in place at first use)",
+    )
     max_loras: int = Field(4, ge=1)
     max_lora_rank: int = Field(16, ge=1, le=512)
     max_cpu_loras: int = Field(8, ge=1)

@@ -303,3 +303,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if engine_fixtures & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.engine)
+    # The LoRA `auto` test first: it needs the session server as it starts (no adapters: no LoRA slots); the
+    # adapter tests after it find LoRA on.
+    items.sort(key=lambda item: item.path.name != "test_lora_auto.py")

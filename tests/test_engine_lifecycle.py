@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -70,8 +71,10 @@ def test_client_disconnect_aborts_engine_request(server: RunningServer, stream: 
 
 
 @pytest.fixture
-def dying_server(tmp_path, test_server_env) -> Iterator[RunningServer]:
-    """A server of its own (own adapters and data), since this test kills its engine."""
+def dying_server(tmp_path, test_server_env, adapter_sources) -> Iterator[RunningServer]:
+    """A server of its own (own adapters and data), since this test kills its engine. An adapter is on disk before
+    it starts, so its engine starts with LoRA (`lora.enabled: auto`) and the test's upload needs no switch."""
+    shutil.copytree(adapter_sources / "bravo", tmp_path / "adapters" / "seeded" / "v1")
     env = {
         **test_server_env,
         "LLM_SERVER_ADAPTERS_DIR": str(tmp_path / "adapters"),
@@ -99,6 +102,7 @@ def test_engine_core_death_under_load_restarts_the_engine_in_place(
     dying_server: RunningServer, adapter_sources
 ) -> None:
     server = dying_server
+    assert httpx.get(f"{server.base_url}/health", timeout=10).json()["lora"] == "on"  # an adapter on disk at start
     with httpx.Client(base_url=server.base_url, headers=AUTH, timeout=60) as session:
         assert (
             session.post("/v1/adapters", json={"name": "alpha", "path": str(adapter_sources / "alpha")}).status_code
@@ -138,7 +142,8 @@ def test_engine_core_death_under_load_restarts_the_engine_in_place(
             server.log()[-3000:]
         )
         assert server.process.poll() is None
-        assert httpx.get(f"{server.base_url}/health", timeout=10).json()["restarts"] == 1
+        restarted = httpx.get(f"{server.base_url}/health", timeout=10).json()
+        assert restarted["restarts"] == 1 and restarted["lora"] == "on"  # restarted as it ran: with LoRA
         assert engine_core(server).pid != first_core.pid
         answer = session.post("/v1/chat/completions", json={**LONG_STORY, "max_tokens": 8, "min_tokens": 0})
         assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 8

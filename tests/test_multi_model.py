@@ -62,8 +62,9 @@ TRAINING_TIMEOUT_S = 1800  # one small job on a shared CPU at low priority
 def multi(tmp_path_factory: pytest.TempPathFactory, adapter_sources: Path) -> Iterator[RunningServer]:
     raw = yaml.safe_load((ROOT / "models.yaml").read_text())
     entries = {entry["name"]: entry for entry in raw["models"]}
-    first = {**entries[MODEL], "cpu_kv_cache_gib": 1}
-    second = {**entries[SECOND], "load": "on_demand", "keep_alive": KEEP_ALIVE_S, "cpu_kv_cache_gib": 1}
+    lora = {"lora": {**entries[MODEL]["lora"], "enabled": True}}  # LoRA `auto`'s switch is tested on its own
+    first = {**entries[MODEL], "cpu_kv_cache_gib": 1, **lora}
+    second = {**entries[SECOND], "load": "on_demand", "keep_alive": KEEP_ALIVE_S, "cpu_kv_cache_gib": 1, **lora}
     broken = {**entries[SECOND], "name": BROKEN, "aliases": [], "source": "/nonexistent/weights", "load": "on_demand"}
     raw["models"] = [first, second, broken]
     raw["max_loaded_models"] = 2

@@ -27,6 +27,7 @@ async def health(request: Request) -> JSONResponse:
             "model": engine.entry.name,
             "running_requests": sum(model["running_requests"] for model in models.values()),
             "restarts": engine.restarts,
+            "lora": engine.lora_state,  # off: no LoRA slots yet (lora.enabled: auto), switching, on
             "models": models,
             "sleep_mode": pool.sleep_mode,  # idle models sleep (vLLM sleep mode, GPU) rather than unload
         }

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.adaption.runner import AdaptionService
+from server.engine.pool import EnginePool
 from server.observability.metrics import Metrics
 from server.serving.catalog import ModelCatalog
 
@@ -19,4 +20,7 @@ async def metrics(request: Request) -> Response:
     # State gauges are read now, from the stores, so they hold across restarts.
     own.jobs_by_state(await adaption.jobs.count_by_state())
     own.adapters_loaded.set(len(catalog.adapters.list()))
+    pool: EnginePool = request.app.state.engines
+    for engine in pool.engines():
+        own.model_lora_state(engine.entry.name, engine.lora_state)
     return Response(generate_latest(REGISTRY) + own.exposition(), media_type=CONTENT_TYPE_LATEST)

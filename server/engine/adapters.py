@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +264,10 @@ class AdapterStore:
         self.registry: AdapterRegistry | None = None  # the shared database's registry (None: the directory is it)
         self.registered: Registered = {}  # with a registry: its latest reading of this model's adapters
         self.registered_generation = -1  # the registry generation `registered` was read at
+        # LoRA `auto` (runtime.Engine): whether the engine has LoRA slots now, and how to get them (an in-place
+        # restart with LoRA) before an adapter is loaded into it.
+        self.lora_on = True
+        self.ensure_lora: Callable[[str], Awaitable[None]] | None = None
 
     def load_existing(self) -> None:
         """Register the active version of every valid adapter on disk (vLLM loads weights on first use)."""
@@ -327,11 +331,13 @@ class AdapterStore:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
-    async def attach(self, engine_client) -> None:
-        """Serve through a new engine (the old one died): load the active versions into it again."""
+    async def attach(self, engine_client, *, lora: bool = True) -> None:
+        """Serve through a new engine (the old one died, or it restarted with LoRA): load the active versions into
+        it again (`lora=False`: an engine without LoRA slots; versions are loaded once it has them)."""
         async with self._lock:
             self._engine = engine_client
-            for version in list(self._active.values()):
+            self.lora_on = lora
+            for version in list(self._active.values()) if lora else []:
                 try:
                     await engine_client.add_lora(version.lora_request)
                 except Exception:  # its files may be gone or damaged: later requests for it get the engine's error
@@ -450,6 +456,8 @@ class AdapterStore:
             raise InvalidAdapter(f"`{name}` is the base model's own name; choose another adapter name.", "name")
         # File work runs in a thread: an 8B model's adapter is hundreds of MB, and streams must not stall.
         facts = await asyncio.to_thread(inspect_adapter, source, self.entry, self.model_config)
+        if activate and not self.lora_on and self.ensure_lora is not None:
+            await self.ensure_lora(f"adapter {name} added")  # outside the lock: the restart attaches (takes it)
         if self.registry is not None:
             manifest = self._manifest(name, 0, source, source_label, facts)
             quotas = {"max_versions": max_versions, "max_adapters": max_adapters}
@@ -612,8 +620,26 @@ class AdapterStore:
                     DRAIN_TIMEOUT_S,
                 )
                 return
-        if self._engine is not None:  # a model not loaded yet has nothing in an engine
+        if self._engine is not None and self.lora_on:  # a model not loaded yet, or without LoRA: nothing to remove
             await self._engine.remove_lora(version.engine_id)
+
+
+def has_served_adapters(root: Path) -> bool:
+    """Whether `root` holds an adapter with a version to serve (read from the directory alone, before any engine
+    exists: LoRA `auto` starts the engine with LoRA when it does)."""
+    if not root.is_dir():
+        return False
+    for directory in root.iterdir():
+        if not (directory.is_dir() and ADAPTER_NAME.match(directory.name)):
+            continue
+        versions = AdapterStore._versions(directory)
+        try:
+            pointer = (directory / ACTIVE_FILE).read_text().strip()
+        except OSError:
+            pointer = ""
+        if versions and pointer != NO_ACTIVE_VERSION:
+            return True
+    return False
 
 
 def _copy_version(source: Path, target: Path, manifest: dict) -> None:

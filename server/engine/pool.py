@@ -92,6 +92,7 @@ class ModelSlot:
             "load": "startup" if self.primary else self.entry.load,
             "keep_alive_s": None if self.primary else self.keep_alive_s,
             "running_requests": self.engine.running_requests if self.state == "awake" and self.engine else 0,
+            "lora": self.engine.lora_state if self.engine is not None else None,
             "loads": self.loads,
             "last_load_s": None if self.last_load_s is None else round(self.last_load_s, 3),
             **({"error": self.error} if self.error else {}),
@@ -302,6 +303,7 @@ class EnginePool:
                         adapters=slot.adapters,
                         restart_attempts=self.settings.restart_attempts,
                         restart_backoff_s=self.settings.restart_backoff_s,
+                        lora_wait_s=self.settings.load_timeout_s,
                     )
                     slot.adapters = slot.engine.adapters
             except Exception as exc:  # logged; requests waiting for it get a 503 and the next one tries again

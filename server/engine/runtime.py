@@ -11,8 +11,9 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from server.config import ModelEntry
-from server.engine.adapters import AdapterStore, AdapterVersion
+from server.engine.adapters import AdapterStore, AdapterVersion, has_served_adapters
 from server.engine.errors import EngineUnavailable, InvalidOption
 from server.engine.logprobs import TokenLogprob, token_logprobs
 from server.engine.prompt import ChatTurn, render_prompt, special_token_pattern, special_token_strings
@@ -66,8 +67,9 @@ class CompletionDelta:
     prompt_logprobs: list[TokenLogprob] | None = None
 
 
-def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
-    """The vLLM engine arguments a registry entry stands for."""
+def engine_args_for(entry: ModelEntry, *, lora: bool | None = None) -> AsyncEngineArgs:
+    """The vLLM engine arguments a registry entry stands for; `lora`: with LoRA slots or not (None: as the entry
+    says, `auto` meaning with them)."""
     if entry.is_local and not entry.source_path.is_dir():
         raise FileNotFoundError(
             f"models.yaml: models[{entry.name}].source: {entry.source_path} does not exist"
@@ -87,7 +89,7 @@ def engine_args_for(entry: ModelEntry) -> AsyncEngineArgs:
         kv_cache_memory_bytes=entry.cpu_kv_cache_gib * GiB if current_platform.is_cpu() else None,
         enforce_eager=entry.enforce_eager,
         block_size=entry.block_size,
-        enable_lora=entry.lora.enabled,
+        enable_lora=entry.lora.enabled is not False if lora is None else lora,
         max_loras=entry.lora.max_loras,
         max_lora_rank=entry.lora.max_lora_rank,
         max_cpu_loras=entry.lora.max_cpu_loras,
@@ -126,10 +128,22 @@ def engine_environment(entry: ModelEntry) -> Iterator[None]:
                 os.environ["VLLM_CPU_OMP_THREADS_BIND"] = before
 
 
-def start_llm(entry: ModelEntry) -> AsyncLLM:
+def start_llm(entry: ModelEntry, *, lora: bool | None = None) -> AsyncLLM:
     """A new vLLM async engine for `entry` (blocking: tens of seconds on a CPU; call it in a thread)."""
     with engine_environment(entry):
-        return AsyncLLM.from_engine_args(engine_args_for(entry))
+        return AsyncLLM.from_engine_args(engine_args_for(entry, lora=lora))
+
+
+def lora_at_start(entry: ModelEntry, adapters_dir: Path, adapters: AdapterStore | None) -> bool:
+    """Whether an engine starts with LoRA slots: `lora.enabled` true, or `auto` with an adapter to serve.
+
+    LoRA costs every token, base-model requests too (vLLM runs its LoRA kernels over the whole batch, and on its
+    CPU backend LoRA turns compilation off): `auto` pays for it only once an adapter exists."""
+    if entry.lora.enabled != "auto":
+        return bool(entry.lora.enabled)
+    if adapters is not None and adapters.list():
+        return True
+    return has_served_adapters(adapters_dir)
 
 
 class Engine:
@@ -137,6 +151,11 @@ class Engine:
 
     When vLLM's engine core dies, the watchdog restarts it in place (bounded tries, doubling back-off) while
     requests get `EngineUnavailable` with a retry hint; the adapters that were being served are loaded again.
+
+    LoRA `auto`: an engine started without LoRA slots (no adapter to serve) is restarted in place with them when
+    an adapter is first needed (a request naming one, an adapter added): new requests wait at a gate, the running
+    ones finish, the engine restarts with LoRA, the adapters are loaded, the gate opens. Nothing fails meanwhile
+    unless the switch outlasts `lora_wait_s` (then 503 with Retry-After).
     """
 
     def __init__(
@@ -148,9 +167,21 @@ class Engine:
         adapters: AdapterStore | None = None,
         restart_attempts: int = 0,
         restart_backoff_s: float = 1.0,
+        lora: bool = True,
+        lora_wait_s: float = 300.0,
     ) -> None:
         self.entry = entry
         self._llm = llm
+        self.lora_enabled = lora  # the engine has LoRA slots now
+        self.lora_switching = False  # restarting in place to get them (LoRA `auto`)
+        self.lora_switches = 0
+        self._lora_wait_s = lora_wait_s
+        self._lora_task: asyncio.Task | None = None  # the switch under way
+        self._gate = asyncio.Event()  # cleared while the LoRA switch holds new requests back
+        self._gate.set()
+        self._in_flight = 0  # generate() calls inside the engine
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._tokenizer = llm.get_tokenizer()
         self._specials = special_token_pattern(special_token_strings(self._tokenizer))
         self._death_logged = False
@@ -162,12 +193,14 @@ class Engine:
         self.asleep = False  # vLLM sleep mode: weights offloaded, KV cache freed (GPU only)
         if adapters is None:
             self.adapters = AdapterStore(adapters_dir, entry, llm.model_config.hf_config.to_dict(), llm)
+            self.adapters.lora_on = lora
             self.adapters.load_existing()
         else:  # a model loaded again (on demand, after an unload): the same adapters, into the new engine
             self.adapters = adapters
             if not adapters.model_config:  # its config could not be read before it loaded
                 adapters.model_config = llm.model_config.hf_config.to_dict()
                 adapters.load_existing()
+        self.adapters.ensure_lora = self.enable_lora
         self._watchdog: asyncio.Task | None = None
 
     @classmethod
@@ -179,9 +212,18 @@ class Engine:
         adapters: AdapterStore | None = None,
         restart_attempts: int = 0,
         restart_backoff_s: float = 1.0,
+        lora_wait_s: float = 300.0,
     ) -> Engine:
         """Start an engine without blocking the event loop (the server keeps answering), watched; `close` ends it."""
-        llm = await asyncio.to_thread(start_llm, entry)
+        lora = await asyncio.to_thread(lora_at_start, entry, adapters_dir, adapters)
+        if entry.lora.enabled == "auto":
+            logger.info(
+                "model %s starts %s LoRA (lora.enabled: auto; %s)",
+                entry.name,
+                "with" if lora else "without",
+                "adapters to serve" if lora else "no adapters yet: switched on when one is first needed",
+            )
+        llm = await asyncio.to_thread(start_llm, entry, lora=lora)
         try:
             engine = cls(
                 entry,
@@ -190,9 +232,11 @@ class Engine:
                 adapters=adapters,
                 restart_attempts=restart_attempts,
                 restart_backoff_s=restart_backoff_s,
+                lora=lora,
+                lora_wait_s=lora_wait_s,
             )
             if adapters is not None:
-                await adapters.attach(llm)
+                await adapters.attach(llm, lora=lora)
         except BaseException:
             await asyncio.to_thread(llm.shutdown)
             raise
@@ -203,6 +247,9 @@ class Engine:
         """Stop watching and shut the engine down (its processes and memory go; the adapters store stays)."""
         await stop(self._watchdog)
         self._watchdog = None
+        if self._lora_task is not None and not self._lora_task.done():  # a LoRA switch under way: let it land,
+            with suppress(Exception):  # or its new engine would outlive this one (its failure was logged)
+                await self._lora_task
         await asyncio.to_thread(self._llm.shutdown)
 
     async def sleep(self) -> None:
@@ -227,7 +274,7 @@ class Engine:
         """
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_S)
-            if self._llm.errored:
+            if self._llm.errored and not self.lora_switching:  # the switch shuts its old engine down itself
                 self._log_death_once()
                 self._llm.output_processor.propagate_error(EngineDeadError())
                 if self.restarts_left:
@@ -252,7 +299,7 @@ class Engine:
                 try:
                     # In a thread: the engine core takes seconds to start, and the event loop keeps
                     # answering (503 with Retry-After) meanwhile. vLLM starts its output handler on first use.
-                    llm = await asyncio.to_thread(start_llm, self.entry)
+                    llm = await asyncio.to_thread(start_llm, self.entry, lora=self.lora_enabled)
                 except Exception:
                     logger.exception("engine restart %d failed; next try in %.1fs", attempt, wait_s)
                     await asyncio.sleep(wait_s)
@@ -261,13 +308,94 @@ class Engine:
                 self._llm = llm
                 self._death_logged = False
                 self.restarts += 1
-                await self.adapters.attach(llm)
+                await self.adapters.attach(llm, lora=self.lora_enabled)
                 logger.warning("vLLM engine for %s is serving again (restart %d)", self.entry.name, self.restarts)
                 return
             self._gave_up = True
             logger.error("vLLM engine for %s did not restart after %d tries", self.entry.name, self._restart_attempts)
         finally:
             self.restarting = False
+
+    # --- LoRA `auto`: LoRA slots only once an adapter is needed ----------------------------------------------
+
+    @property
+    def lora_state(self) -> str:
+        """`on`, `off` (no LoRA slots: base-model requests run at full speed) or `switching` (restarting with them)."""
+        return "switching" if self.lora_switching else "on" if self.lora_enabled else "off"
+
+    async def enable_lora(self, reason: str) -> None:
+        """Restart the engine in place with LoRA slots (LoRA `auto`), gracefully: new requests wait (at most
+        `lora_wait_s`), running ones finish, then the engine restarts with LoRA and the adapters are loaded.
+        A no-op when the engine has LoRA, or when the entry says `lora.enabled: false` (the engine then refuses
+        the adapter, as before)."""
+        if self.lora_enabled or self.entry.lora.enabled != "auto":
+            return
+        if self._lora_task is None or self._lora_task.done():  # callers that arrive meanwhile wait for the one switch
+            self._lora_task = asyncio.create_task(self._switch_to_lora(reason), name=f"lora:{self.entry.name}")
+        # Shielded: a caller that goes away (a client disconnecting) must not stop the switch half-way.
+        await asyncio.shield(self._lora_task)
+
+    async def _switch_to_lora(self, reason: str) -> None:
+        metrics = self.adapters.metrics
+        started = time.monotonic()
+        self.lora_switching = True
+        self._gate.clear()
+        logger.warning(
+            "model %s: LoRA needed (%s): holding new requests, draining %d running, restarting its engine with LoRA",
+            self.entry.name,
+            reason,
+            self._in_flight,
+        )
+        try:
+            try:
+                await asyncio.wait_for(self._drained.wait(), self._lora_wait_s)
+            except TimeoutError:
+                logger.warning(
+                    "model %s: %d requests still running after %.0fs; restarting with LoRA anyway (they fail)",
+                    self.entry.name,
+                    self._in_flight,
+                    self._lora_wait_s,
+                )
+            logger.info("model %s: drained in %.1fs; restarting with LoRA", self.entry.name, time.monotonic() - started)
+            old = self._llm
+            await asyncio.to_thread(old.shutdown)
+            try:
+                llm = await asyncio.to_thread(start_llm, self.entry, lora=True)
+            except Exception:
+                logger.exception("model %s: engine did not start with LoRA; starting it again without", self.entry.name)
+                metrics.lora_switched(self.entry.name, False, time.monotonic() - started)
+                self._llm = await asyncio.to_thread(start_llm, self.entry, lora=False)
+                await self.adapters.attach(self._llm, lora=False)
+                raise EngineUnavailable(
+                    "The model engine could not be started with LoRA adapters; please retry later.", retry_after_s=60
+                ) from None
+            self._llm = llm
+            self.lora_enabled = True
+            self.lora_switches += 1
+            await self.adapters.attach(llm, lora=True)
+            seconds = time.monotonic() - started
+            metrics.lora_switched(self.entry.name, True, seconds)
+            logger.warning("model %s: serving with LoRA now (switched in %.1fs)", self.entry.name, seconds)
+        finally:
+            self.lora_switching = False
+            self._gate.set()
+
+    async def _enter(self) -> None:
+        """Count a request into the engine, first waiting while a LoRA switch holds new requests back."""
+        if not self._gate.is_set():
+            try:
+                await asyncio.wait_for(self._gate.wait(), self._lora_wait_s)
+            except TimeoutError:
+                raise EngineUnavailable(
+                    "The model engine is restarting with LoRA adapters; please retry shortly.", retry_after_s=10
+                ) from None
+        self._in_flight += 1
+        self._drained.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._drained.set()
 
     @property
     def retry_after_s(self) -> int:
@@ -280,12 +408,13 @@ class Engine:
 
     @property
     def is_dead(self) -> bool:
-        return self._llm.errored
+        return self._llm.errored and not self.lora_switching
 
     @property
     def status(self) -> str:
-        """`ok`, `restarting` (dead, a new engine coming up) or `engine_dead` (no more tries)."""
-        if not self._llm.errored:
+        """`ok`, `restarting` (dead, a new engine coming up) or `engine_dead` (no more tries). A LoRA switch is
+        `ok`: requests wait for it rather than fail (`lora_state` says `switching`)."""
+        if not self.is_dead:
             return "ok"
         return "restarting" if self.restarting or self.restarts_left else "engine_dead"
 
@@ -381,6 +510,16 @@ class Engine:
 
     async def generate(self, prepared: PreparedChat, request_id: str) -> AsyncIterator[CompletionDelta]:
         """Run the request; cancelling the iteration aborts it in the engine."""
+        if prepared.adapter is not None and not self.lora_enabled:
+            await self.enable_lora(f"a request for adapter {prepared.adapter.name}")
+        await self._enter()
+        try:
+            async for delta in self._generate(prepared, request_id):
+                yield delta
+        finally:
+            self._leave()
+
+    async def _generate(self, prepared: PreparedChat, request_id: str) -> AsyncIterator[CompletionDelta]:
         self._raise_if_dead()
         prompt = TokensPrompt(prompt_token_ids=prepared.prompt_token_ids)
         top_logprobs = prepared.sampling_params.logprobs
@@ -451,12 +590,12 @@ class Engine:
         return EngineUnavailable(message, retry_after_s=self.retry_after_s)
 
     def _raise_if_dead(self) -> None:
-        if self._llm.errored:
+        if self.is_dead:
             self._log_death_once()
             raise self._unavailable()
 
     def _log_death_once(self) -> None:
-        if self._llm.errored and not self._death_logged:
+        if self.is_dead and not self._death_logged:
             self._death_logged = True
             logger.error(
                 "vLLM engine for %s is dead: answering 503 to every generation request until %s",

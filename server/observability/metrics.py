@@ -23,6 +23,7 @@ TRAINING_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 COUNT_BUCKETS = (0, 1, 2, 3, 5, 8, 13, 21)
 LOAD_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 MODEL_STATES = ("unloaded", "loading", "awake", "unloading", "sleeping")
+LORA_STATES = ("off", "switching", "on")
 
 
 def key_label(key_id: str | None) -> str:
@@ -189,6 +190,25 @@ class Metrics:
             buckets=LOAD_BUCKETS,
             registry=r,
         )
+        self.model_lora = Gauge(
+            name("model_lora"),
+            "1 for each served model's LoRA state (on, off: no LoRA slots yet, switching), 0 for the others",
+            ["model", "state"],
+            registry=r,
+        )
+        self.lora_switches = Counter(
+            name("lora_switches"),
+            "In-place engine restarts that switched LoRA on (lora.enabled: auto), by model and outcome",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.lora_switch_duration = Histogram(
+            name("lora_switch_duration_seconds"),
+            "Time from an adapter being needed to the engine serving with LoRA (drain + restart)",
+            ["model"],
+            buckets=LOAD_BUCKETS,
+            registry=r,
+        )
         self.model_sleeps = Counter(
             name("model_sleeps"),
             "Idle models put to sleep or unloaded, by model and reason",
@@ -300,3 +320,12 @@ class Metrics:
 
     def model_slept(self, model: str, reason: str) -> None:
         self.model_sleeps.labels(model, reason).inc()
+
+    def model_lora_state(self, model: str, state: str) -> None:
+        for each in LORA_STATES:
+            self.model_lora.labels(model, each).set(1 if each == state else 0)
+
+    def lora_switched(self, model: str, ok: bool, seconds: float) -> None:
+        self.lora_switches.labels(model, "ok" if ok else "failed").inc()
+        if ok:
+            self.lora_switch_duration.labels(model).observe(seconds)

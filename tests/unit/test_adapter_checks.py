@@ -252,3 +252,34 @@ async def test_a_registry_reading_taken_before_the_stores_own_change_is_ignored(
         generation, models = await registry.load()
         await store.apply_registry(generation, models[entry.name])
         assert store.get("alpha") is served
+
+
+async def test_store_without_lora_asks_for_it_before_loading_and_never_removes_from_the_engine(tmp_path: Path) -> None:
+    """LoRA `auto`: a store whose engine has no LoRA slots asks for them (`ensure_lora`) before loading a version;
+    a stored-only version asks nothing; an engine without slots is never asked to remove one."""
+    from server.config import load_settings
+    from server.engine.adapters import AdapterStore
+
+    entry = load_settings(environ={}).served
+    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    source = write_adapter(tmp_path / "source")
+    engine = RecordingEngine()
+    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=engine)
+    store.load_existing()
+    await store.attach(engine, lora=False)
+    asked: list[str] = []
+
+    async def ensure_lora(reason: str) -> None:
+        asked.append(reason)
+        await store.attach(engine, lora=True)  # what the engine's switch does once restarted with LoRA
+
+    store.ensure_lora = ensure_lora
+    await store.add("alpha", source, source_label="upload", activate=False)
+    assert asked == [] and engine.loaded == set()
+    version = await store.add("alpha", source, source_label="upload")
+    assert asked == ["adapter alpha added"] and engine.loaded == {version.engine_id} and store.lora_on
+    await store.add("bravo", source, source_label="upload")
+    assert len(asked) == 1  # slots once; later adapters load straight away
+    await store.attach(engine, lora=False)  # (an engine restarted without slots)
+    await store.remove("alpha")
+    assert version.engine_id in engine.loaded  # not asked of an engine without LoRA

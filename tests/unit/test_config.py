@@ -218,3 +218,40 @@ def test_several_served_models_and_keep_alive(tmp_path: Path) -> None:
             mistral.model_copy(update={"gpu_memory_utilization": 0.45}),
         ]
     )
+
+
+def test_lora_enabled_auto_true_false_reach_the_engine_arguments(tmp_path: Path) -> None:
+    """`lora.enabled`: true/false as before; auto starts without LoRA slots unless an adapter is on disk."""
+    from server.engine.adapters import ACTIVE_FILE
+    from server.engine.runtime import engine_args_for, lora_at_start
+
+    source = tmp_path / "model"
+    source.mkdir()
+    entry = {"name": "tiny", "source": str(source), "max_model_len": 512}
+
+    def served(enabled: object):
+        return load(tmp_path, {"default_model": "tiny", "models": [{**entry, "lora": {"enabled": enabled}}]}).served
+
+    adapters = tmp_path / "adapters"
+    for enabled, engine_default in ((True, True), (False, False), ("auto", True)):
+        model = served(enabled)
+        assert model.lora.enabled == enabled
+        assert engine_args_for(model).enable_lora is engine_default  # auto: with slots unless told otherwise
+        assert engine_args_for(model, lora=False).enable_lora is False
+        assert lora_at_start(model, adapters, None) is (enabled is True)  # no adapters folder yet
+    with pytest.raises(ConfigError, match="lora.enabled"):
+        served("sometimes")
+    auto = served("auto")
+    (adapters / "alpha").mkdir(parents=True)  # an adapter folder without versions serves nothing
+    (adapters / "not a name").mkdir()
+    assert not lora_at_start(auto, adapters, None)
+    (adapters / "alpha" / "v1").mkdir()
+    assert lora_at_start(auto, adapters, None)
+    (adapters / "alpha" / ACTIVE_FILE).write_text("none\n")  # versions, none promoted: nothing to serve
+    assert not lora_at_start(auto, adapters, None)
+    assert not lora_at_start(served(False), adapters, None)
+
+
+def test_shipped_embedded_models_use_lora_auto() -> None:
+    settings = load_settings(environ={})
+    assert settings.served.lora.enabled == "auto"

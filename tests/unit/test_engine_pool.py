@@ -18,6 +18,7 @@ class QuickEngine:
 
     delay_s = 0.0
     fail = False
+    lora_state = "off"
 
     def __init__(self, entry: ModelEntry) -> None:
         self.entry, self.asleep, self.running_requests, self.closed, self.adapters = entry, False, 0, False, None

@@ -224,7 +224,7 @@ async def test_an_engine_restart_retries_with_back_off_then_gives_up(
     new_engine = DeadEngine()
     new_engine.errored = False
 
-    def start_llm(entry):
+    def start_llm(entry, *, lora=None):
         starts.append(time.monotonic())
         if len(starts) <= failing_starts:
             raise RuntimeError("injected: the engine core did not start")
@@ -237,6 +237,7 @@ async def test_an_engine_restart_retries_with_back_off_then_gives_up(
     engine.adapters = AdapterStore(tmp_path / "adapters", engine.entry, {}, None)
     engine._restart_attempts, engine._restart_backoff_s = 3, 0.05
     engine.restarting, engine._gave_up, engine.restarts, engine._death_logged = False, False, 0, True
+    engine.lora_enabled, engine.lora_switching = True, False
     assert engine.status == "restarting"
     await engine._restart()
     waits = [later - earlier for earlier, later in itertools.pairwise(starts)]
