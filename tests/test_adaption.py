@@ -81,8 +81,9 @@ def taught(client: openai.OpenAI, http: httpx.Client) -> dict:
     assert served_by(client, adapter) == f"base-model; no promoted version of {adapter} yet"
     trigger = {"nightly": [group, GOAL], "finetune_thresh": len(FACTS), "min_finetune_group": 5, "lora_name": adapter}
     for fact in FACTS:
+        # Greedy replies: the exchanges are training data too, so every run trains the same adapter (not a draw).
         client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": fact}], max_tokens=8, extra_body=trigger
+            model=MODEL, messages=[{"role": "user", "content": fact}], max_tokens=8, temperature=0, extra_body=trigger
         )
     job = None
     served_during_training = False
@@ -155,7 +156,7 @@ def test_a_later_version_keeps_old_facts_learns_new_ones_and_follows_memory_upda
     }
     for fact in LATER_FACTS:
         client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": fact}], max_tokens=8, extra_body=trigger
+            model=MODEL, messages=[{"role": "user", "content": fact}], max_tokens=8, temperature=0, extra_body=trigger
         )
     job = finished(client, adapter, after=taught["job"].id)
     assert job.status == "succeeded" and job.metadata["promoted"] == "true", job.model_extra["result"]

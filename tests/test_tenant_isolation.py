@@ -189,8 +189,10 @@ def test_memories_and_templates_stay_with_their_key(tenants) -> None:
 def test_files_the_server_creates_are_private(
     server: RunningServer, state_dirs: StateDirs, shared_adapter: str
 ) -> None:
-    databases = list(state_dirs.data.glob("*.sqlite3"))
-    assert databases
-    for path in [*databases, *(state_dirs.adapters / shared_adapter).rglob("*")]:
+    # The session server keeps its databases in PostgreSQL: what it writes itself is the data directory (work files
+    # of training, any SQLite store) and the adapters' folders.
+    adapter_files = list((state_dirs.adapters / shared_adapter).rglob("*"))
+    assert adapter_files
+    for path in [state_dirs.data, *state_dirs.data.rglob("*"), *adapter_files]:
         mode = stat.S_IMODE(os.stat(path).st_mode)
         assert mode & 0o077 == 0, f"{path} is mode {oct(mode)}"
