@@ -69,6 +69,7 @@ def serve(args: argparse.Namespace) -> None:
         host=host,
         port=settings.port,
         log_level=args.log_level,
+        log_config=None,  # uvicorn's lines (the access log too) in our format, with times: when a request was answered
         timeout_graceful_shutdown=settings.resilience.shutdown_grace_s,
     )
 

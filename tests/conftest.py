@@ -34,6 +34,8 @@ UNREACHABLE_PROVIDER = "nowhere"  # a provider nothing listens for
 IMPATIENT_PROVIDER = "impatient"  # the upstream with a 1 ms timeout
 START_TIMEOUT_S = 420
 
+FAILURE_LOG_LINES = 80
+
 
 @dataclass
 class RunningServer:
@@ -218,8 +220,8 @@ def async_client(server: RunningServer) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
 
 
-def keyed_http(server: RunningServer, key: str) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+def keyed_http(server: RunningServer, key: str, timeout_s: float = 120) -> httpx.Client:
+    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout_s)
 
 
 @pytest.fixture(scope="session")
@@ -286,6 +288,19 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> StoreLocat
         return lambda sqlite_file: tmp_path / sqlite_file
     url = new_database(request.getfixturevalue("postgres"))
     return lambda sqlite_file: url
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """A failed test's report ends with the last lines of every server it used: what the server saw, and when."""
+    report = yield
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, RunningServer):
+                report.sections.append(
+                    (f"server log: {name}", "\n".join(value.log().splitlines()[-FAILURE_LOG_LINES:]))
+                )
+    return report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

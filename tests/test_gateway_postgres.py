@@ -209,10 +209,11 @@ def test_a_keys_stream_cap_holds_across_both_servers(
     long = {"model": MODEL, "messages": HELLO, "max_tokens": 1500, "min_tokens": 1500, "stream": True}
     started = [threading.Event() for _ in range(cap)]
     stop, ended = threading.Event(), threading.Event()
+    start_s = 300  # each server's engine runs its four long streams on a shared core: allow a loaded box its time
 
     def stream(i: int) -> None:  # reads its stream (a client that stops reading is cut off) until told to stop
         with (
-            keyed_http((server, second_server)[i % 2], key["key"]) as session,
+            keyed_http((server, second_server)[i % 2], key["key"], timeout_s=start_s) as session,
             session.stream("POST", "/v1/chat/completions", json=long) as response,
         ):
             assert response.status_code == 200
@@ -226,7 +227,7 @@ def test_a_keys_stream_cap_holds_across_both_servers(
     for reader in readers:
         reader.start()
     try:
-        assert all(event.wait(300) for event in started)
+        assert all(event.wait(start_s) for event in started)
         with keyed_http(server, key["key"]) as first, keyed_http(second_server, key["key"]) as second:
             for session in (first, second):
                 refused = session.post("/v1/chat/completions", json={**long, "max_tokens": 1, "min_tokens": 1})
