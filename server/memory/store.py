@@ -262,6 +262,9 @@ class MemoryStore(Protocol):
     async def dense_search(self, group: MemoryGroup, vector: np.ndarray, k: int) -> list[tuple[int, float]]: ...
     async def lexical_search(self, group: MemoryGroup, lexical_query: str, k: int) -> list[tuple[int, float]]: ...
     async def fetch(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, Memory]: ...
+    async def candidates(
+        self, group: MemoryGroup, vector: np.ndarray, k: int, also: Sequence[int]
+    ) -> tuple[list[tuple[int, float]], dict[int, tuple[Memory, np.ndarray]]]: ...
     async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     async def snapshot(self, group: MemoryGroup) -> Snapshot: ...
     async def apply(
@@ -447,6 +450,26 @@ class MemoryDatabase(Database):
             (group_id, json.dumps(ids)),
         )
         return {row["id"]: _memory(row) for row in rows}
+
+    async def candidates(
+        self, group: MemoryGroup, vector: np.ndarray, k: int, also: Sequence[int]
+    ) -> tuple[list[tuple[int, float]], dict[int, tuple[Memory, np.ndarray]]]:
+        """A retrieval's store work in one call: the `k` dense hits (as `dense_search`), and the rows and
+        embeddings of those hits and of the memories `also` (the lexical hits), read in one query."""
+        return await self._run(self._candidates, group.id, vector, k, list(also))
+
+    def _candidates(
+        self, group_id: int, vector: np.ndarray, k: int, also: list[int]
+    ) -> tuple[list[tuple[int, float]], dict[int, tuple[Memory, np.ndarray]]]:
+        dense = self._dense(group_id, vector, k)
+        ids = list(dict.fromkeys([memory_id for memory_id, _ in dense] + also))
+        rows = self.db.execute(
+            f"SELECT {_MEMORY_COLUMNS}, {self.VECTOR_COLUMN} AS embedding FROM memories"
+            f" WHERE group_id = ? AND {self._ids()}",
+            (group_id, json.dumps(ids)),
+        ).fetchall()
+        vectors = self._vectors([row["embedding"] for row in rows])
+        return dense, {row["id"]: (_memory(row), vectors[i]) for i, row in enumerate(rows)}
 
     async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]:
         return await self._run(self._fetch_embeddings, group.id, list(ids))
