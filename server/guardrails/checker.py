@@ -11,7 +11,7 @@ checks (`ThreadBatcher`). Text longer than the model's window is checked in
 overlapping segments and scores the most violating one.
 
 With `evidence` on, what the policy names explicitly decides first (`evidence.py`:
-named competitors and stated secrets in the text, a dosage, personal data,
+named competitors and stated secrets in the text, credentials of a kind it names, a dosage, personal data,
 profanity, the language of each sentence); the model scores the rest, with the
 policy's own brand masked. Scores are calibrated: the raw score at the configured
 `threshold` (chosen on the dev set, never the test set) reads 0.5.

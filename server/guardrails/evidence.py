@@ -13,7 +13,11 @@ These are read from the policy with patterns and looked up in the text:
 - personal data: e-mail addresses, phone, card, IBAN and social security
   numbers, street addresses, under a policy naming that kind of data;
 - profanity: swear words and direct insults, under a policy about profanity,
-  less the words the policy itself allows.
+  less the words the policy itself allows;
+- credentials: under a policy forbidding a kind of credential it names (passwords,
+  PINs, access codes, API keys, tokens, private keys, connection strings), a value
+  of one stated in the text (`the password is kT9!vq2m`, a `ghp_...` token, a
+  private-key block, `user:pass@` in a URL); a placeholder or a rule about them is not.
 
 `policy_terms(policy)` parses once; `evidence(terms, text)` is per text. The
 result is `VIOLATES` (a hit), `COMPLIES` (a language policy met by every
@@ -249,6 +253,13 @@ NOT_SWEARING_ONLY = re.compile(
     re.IGNORECASE,
 )
 
+CREDENTIAL_POLICY = re.compile(
+    r"\b(passwords?|passcodes?|passphrases?|pins?|credentials?|(?:api|access|secret|private|signing|ssh|license|"
+    r"licence|master|encryption)\s+keys?|(?:access\s+|auth\w*\s+|bearer\s+)?tokens?|(?:access|door|entry|"
+    r"alarm|gate|keypad|security|admin)\s+codes?|connection\s+strings?)\b",
+    re.IGNORECASE,
+)
+
 PII_KINDS = {
     "email": re.compile(
         r"\be-?mails?\b|\bcontact\s+details\b|\bpersonal\s+(?:data|information|details)\b", re.IGNORECASE
@@ -287,6 +298,7 @@ class PolicyTerms:
     swearing_only: bool = False  # every rule is about swear words: no lexicon hit is compliance
     allowed_words: frozenset[str] = frozenset()
     pii: frozenset[str] = field(default_factory=frozenset)
+    credentials: bool = False  # the policy forbids revealing a kind of credential it names
 
     @property
     def empty(self) -> bool:
@@ -297,6 +309,7 @@ class PolicyTerms:
             or self.dosage
             or self.profanity
             or self.pii
+            or self.credentials
         )
 
 
@@ -439,6 +452,10 @@ def policy_terms(policy: str) -> PolicyTerms:
         swearing_only=bool(SWEARING_ONLY.search(policy)) and not NOT_SWEARING_ONLY.search(policy),
         allowed_words=permitted_words(policy),
         pii=frozenset(kind for kind, pattern in PII_KINDS.items() if pattern.search(policy)),
+        credentials=any(
+            CREDENTIAL_POLICY.search(sentence) and PROHIBITION.search(sentence) and not PERMISSION.search(sentence)
+            for sentence in sentences(policy)
+        ),
     )
 
 
@@ -559,7 +576,10 @@ PROFANITY_WORDS = (
     r"crap|crappy|damn|damned|damnit|dammit|goddamn\w*|bitch\w*|bastards?|assholes?|arseholes?|a\*+hole|"
     r"dickheads?|piss(?:ed)?(?:\s+off)?|bollocks|wtf|ffs|stfu|cunts?|twats?|wankers?|dumbass\w*|jackass\w*|"
     r"morons?|moronic|idiots?|idiotic|imbeciles?|retards?|retarded|douche\w*|pricks?|screw\s+you|"
-    r"(?:what|who|where|why|how)\s+the\s+(?:hell|heck)"
+    r"(?:what|who|where|why|how)\s+the\s+(?:hell|heck)|"
+    r"bloody(?!\s+(?:mary|marys|nose|noses|lip|lips|wound|wounds|battle|battles|war|wars|sunday|footprints?))|"
+    # a censored swear word: letters around asterisks (f***, s***ty, b*tch), never a lone footnote mark
+    r"[a-z]+\*{2,}[a-z]*|[a-z]+\*+[a-z]+"
 )
 PROFANITY = re.compile(rf"(?<![\w*-])(?:{PROFANITY_WORDS})(?![\w*-])", re.IGNORECASE)
 TERM_BOUNDARY = r"(?<![\w-]){}(?![\w-])"
@@ -567,6 +587,36 @@ BUSINESS_LINE = re.compile(
     r"\b(hotline|helpline|support|customer\s+service|toll-?free|switchboard|reception|office|main\s+line)\b",
     re.IGNORECASE,
 )
+
+
+STATED_CREDENTIAL = re.compile(
+    r"\b(password|passcode|passphrase|pin|code|key|token|secret)s?\b(?:\s+[\w'-]+){0,4}?\s*(?:\bis\b|\bwas\b|:|=)"
+    r"\s*['\"“‘]?([^\s'\"”’,;)]{4,})",
+    re.IGNORECASE,
+)
+CREDENTIAL_FORMS = re.compile(
+    r"\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{8,}|\bsk-[A-Za-z0-9-]{12,}|\bgh[pousr]_[A-Za-z0-9]{16,}|"
+    r"\bxox[abpr]-[A-Za-z0-9-]{10,}|\bAKIA[0-9A-Z]{16}\b|-----BEGIN [A-Z ]*PRIVATE KEY-----|"
+    r"\bBearer\s+[A-Za-z0-9._~+/-]{16,}"
+)
+URL_CREDENTIAL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@", re.IGNORECASE)
+MIXED_VALUE = re.compile(r"^(?=.*[A-Za-z])(?=.*\d)\S{5,}$")
+DIGIT_CODE = re.compile(r"^\d(?:[\s-]?\d){3,}$")
+
+
+def stated_credential(text: str) -> bool:
+    """A credential's value in the text: a known token form, `user:secret@` in a URL, or a named credential
+    followed by a value mixing letters and digits (a PIN or code: four digits or more)."""
+    if CREDENTIAL_FORMS.search(text):
+        return True
+    if any(MIXED_VALUE.match(match.group(1)) for match in URL_CREDENTIAL.finditer(text)):
+        return True
+    for match in STATED_CREDENTIAL.finditer(text):
+        value = match.group(2).rstrip(".!?:")
+        digits_only = match.group(1).lower() in {"pin", "code", "passcode"} and DIGIT_CODE.match(value)
+        if MIXED_VALUE.match(value) or digits_only:
+            return True
+    return False
 
 
 def luhn_valid(digits: str) -> bool:
@@ -626,6 +676,8 @@ def evidence(terms: PolicyTerms, text: str) -> Finding | None:
     for term in terms.forbidden:
         if contains_term(text, term):
             return Finding(Evidence.VIOLATES, "it contains a name or value the policy forbids")
+    if terms.credentials and stated_credential(text):
+        return Finding(Evidence.VIOLATES, "it states a credential of a kind the policy forbids revealing")
     if terms.dosage and dosage_instruction(text):
         return Finding(Evidence.VIOLATES, "it states a dosage")
     if terms.pii and personal_data(text, terms.pii):

@@ -147,3 +147,38 @@ def test_a_public_business_line_is_not_a_persons_phone_number() -> None:
     kinds = policy_terms("Do not reveal customers' phone numbers.").pii
     assert not personal_data("Our support hotline, 0800 123 456, is open daily.", kinds)
     assert personal_data("The customer's mobile is 07700 900 456.", kinds)
+
+
+def test_censored_and_british_swearing_but_not_footnotes_or_a_bloody_nose() -> None:
+    policy = "No swear words, please."
+    assert verdict(policy, "This f***ing form keeps timing out.") is Evidence.VIOLATES
+    assert verdict(policy, "What a sh*tty week.") is Evidence.VIOLATES
+    assert verdict(policy, "The bloody printer jammed again.") is Evidence.VIOLATES
+    assert verdict(policy, "He came home with a bloody nose after the match.") is Evidence.COMPLIES
+    assert verdict(policy, "Prices from 9.99* (terms* apply).") is Evidence.COMPLIES
+
+
+@pytest.mark.parametrize(
+    ("policy", "text", "found"),
+    [
+        ("Never reveal passwords.", "Your temporary password is Wq7-lake-31, change it at first login.", True),
+        ("Never reveal passwords.", "The Wi-Fi password for the guest lounge is Harbor#2211.", True),
+        ("Never reveal passwords.", "Reset your password from the login page.", False),
+        ("Never reveal passwords.", "The password must be at least 12 characters.", False),
+        ("Do not output API keys or tokens.", "Set the header to Bearer ghp_k2Lm9Qx7Rt4Vb8Nc1Zd3.", True),
+        ("Do not output API keys or tokens.", 'openai.api_key = "sk-proj-92kdL3mQ8xZ1"', True),
+        ("Do not output API keys or tokens.", "Replace YOUR_API_KEY with the key from your dashboard.", False),
+        ("Keep connection strings private.", "Use mysql://app:Zr8kq2v@10.0.0.5/shop to connect.", True),
+        ("Keep connection strings private.", "It looks like postgres://user:password@host/db in general.", False),
+        ("Never reveal the door codes.", "The back door code is 3-9-1-4.", True),
+        ("Never reveal the door codes.", "Ask facilities if you forgot the door code.", False),
+        ("Never leak private keys.", "-----BEGIN OPENSSH PRIVATE KEY----- b3BlbnNzaC1r", True),
+        # no credential kind named by the policy: the model judges
+        ("Never share the system prompt.", "The password is Wq7-lake-31.", None),
+        ("Key details of the merger are confidential.", "The token is abc12345xyz.", None),
+    ],
+)
+def test_a_credential_stated_under_a_policy_naming_its_kind(policy: str, text: str, found: bool | None) -> None:
+    assert verdict(policy, text) is {True: Evidence.VIOLATES, False: None, None: None}[found]
+    if found is None:
+        assert not policy_terms(policy).credentials
