@@ -58,24 +58,6 @@ def pad_batch(encoded: list[tuple[list[int], list[int]]], pad_id: int, device: s
     }
 
 
-def length_grouped_batches(
-    lengths: list[int], batch_size: int, rng: random.Random, window: int = 16
-) -> list[list[int]]:
-    """One epoch's batches of example indices: shuffled, then within each window of `window` batches' worth of
-    examples sorted by length and cut into batches, whose order is shuffled again. Batches hold examples of
-    similar length (less padding: a step costs its longest example times its size) while every epoch still mixes
-    facts and replay differently; the number of batches is that of plain batching."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    span = batch_size * window
-    batches: list[list[int]] = []
-    for start in range(0, len(order), span):
-        chunk = sorted(order[start : start + span], key=lambda index: lengths[index])
-        batches += [chunk[at : at + batch_size] for at in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def mean_loss(model: Any, batches: list[dict[str, Any]]) -> float | None:
     """Mean loss per answer token over `batches` (each token counts once, however the batches are cut)."""
     import torch
@@ -300,13 +282,13 @@ def train(spec: dict) -> dict:
     step = 0
     epoch_losses: list[float] = []
     started = time.perf_counter()
-    lengths = [len(ids) for ids, _ in encoded]
-    rng = random.Random(hyper["seed"])
     for epoch in range(hyper["epochs"]):
+        order = list(range(len(encoded)))
+        random.shuffle(order)
         model.train()
         epoch_losses = []
-        for indices in length_grouped_batches(lengths, batch_size, rng):
-            batch = pad_batch([encoded[index] for index in indices], pad_id, device)
+        for start in range(0, len(order), batch_size):
+            batch = pad_batch([encoded[index] for index in order[start : start + batch_size]], pad_id, device)
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from server.adaption.dataset import (
     second_person,
 )
 from server.adaption.runner import general_set, replay_set
-from server.adaption.worker import complete_sentences, length_grouped_batches
+from server.adaption.worker import complete_sentences
 from server.memory.recall import turn_text
 
 BENCH_FACTS = Path(__file__).resolve().parents[1] / "data" / "adaption_facts.jsonl"
@@ -149,20 +148,3 @@ def test_the_dev_set_shares_no_fact_value_or_question_with_the_test_set() -> Non
         assert not {row[field].lower() for row in test} & {row[field].lower() for row in dev}, field
     questions = [{q.lower() for row in rows for q in row["questions"]} for rows in (test, dev)]
     assert not questions[0] & questions[1]
-
-
-def test_length_grouped_batches_cover_every_example_once_with_less_padding() -> None:
-    rng = random.Random(0)
-    lengths = [rng.choice([20, 30, 60, 90]) for _ in range(300)]
-    batches = length_grouped_batches(lengths, 8, random.Random(1))
-    assert sorted(index for batch in batches for index in batch) == list(range(300))
-    assert len(batches) == -(-300 // 8)  # as many steps as plain batching
-    assert all(1 <= len(batch) <= 8 for batch in batches)
-    padded = sum(max(lengths[i] for i in batch) * len(batch) for batch in batches)
-    order = list(range(300))
-    random.Random(1).shuffle(order)
-    plain = sum(max(lengths[i] for i in order[s : s + 8]) * len(order[s : s + 8]) for s in range(0, 300, 8))
-    assert padded < 0.85 * plain
-    again = length_grouped_batches(lengths, 8, random.Random(1))
-    assert again == batches  # deterministic for a seed
-    assert length_grouped_batches(lengths, 8, random.Random(2)) != batches
