@@ -34,8 +34,8 @@ FACTS = ROOT / "tests" / "data" / "adaption_facts.jsonl"
 GOAL = "A personal assistant that remembers what the user tells it"
 
 
-def bench_facts() -> list[dict]:
-    return [json.loads(line) for line in FACTS.read_text().splitlines() if line.strip()]
+def bench_facts(path: Path = FACTS) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def names(answer: str, value: str) -> bool:
@@ -97,11 +97,15 @@ def recall_end_to_end(
     counts: list[int],
     measure: Callable[[], dict] | None = None,
     timeout_s: float = 3600,
+    facts_path: Path = FACTS,
 ) -> dict:
     """Tell facts, wait for the triggered job, ask the hand-written questions with and without the adapter."""
     headers = {"Authorization": f"Bearer {api_key}"}
-    facts = bench_facts()
-    report: dict = {"runs": []}
+    facts = bench_facts(facts_path)
+    report: dict = {
+        "facts_file": str(facts_path.relative_to(ROOT) if facts_path.is_relative_to(ROOT) else facts_path),
+        "runs": [],
+    }
     with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client:
         if measure is not None:
             report["serving_idle"] = measure()
@@ -153,7 +157,10 @@ def recall_end_to_end(
 
 
 def print_adaption_table(report: dict) -> None:
-    print("\nadaption: facts told through chat -> triggered job -> recall on hand-written questions (memory off)")
+    print(
+        "\nadaption: facts told through chat -> triggered job -> recall on hand-written questions (memory off;"
+        f" {report.get('facts_file', 'tests/data/adaption_facts.jsonl')})"
+    )
     print(
         f"  {'facts':>5} {'adapter':>8} {'base':>6} {'promoted':>8} {'general right (base) / loss (base)':>36}"
         f" {'train s':>8} {'job s':>7} {'examples':>8}"
@@ -192,6 +199,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--counts", default="8,20,50")
     parser.add_argument("--output-tokens", type=int, default=64)
+    parser.add_argument(
+        "--facts",
+        type=Path,
+        default=FACTS,
+        help="facts and questions (JSONL); tuning uses the dev set scripts/data/adaption_dev_facts.jsonl, the"
+        " reported figure the test set (the default)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     args = parser.parse_args()
     entry = load_settings().served
@@ -204,7 +218,9 @@ def main() -> None:
             return asyncio.run(run_level(server.base_url, [entry.name], 4, 8, args.output_tokens)).summary()
 
         counts = [int(part) for part in args.counts.split(",")]
-        report = recall_end_to_end(server.base_url, API_KEY, entry.name, counts, measure)
+        report = recall_end_to_end(
+            server.base_url, API_KEY, entry.name, counts, measure, facts_path=args.facts.resolve()
+        )
     print_adaption_table(report)
     path = args.out / f"bench-adaption-{stamp}.json"
     path.write_text(json.dumps(report, indent=2))

@@ -21,6 +21,7 @@ from server.adaption.worker import complete_sentences
 from server.memory.recall import turn_text
 
 BENCH_FACTS = Path(__file__).resolve().parents[1] / "data" / "adaption_facts.jsonl"
+DEV_FACTS = Path(__file__).resolve().parents[2] / "scripts" / "data" / "adaption_dev_facts.jsonl"
 
 
 def test_second_person_says_the_users_memory_back() -> None:
@@ -114,9 +115,10 @@ def test_an_updated_fact_is_taught_with_its_new_value_only() -> None:
     assert data_hash(before.train) != data_hash(after.train)
 
 
-def test_the_bench_questions_are_written_apart_from_the_templates() -> None:
+@pytest.mark.parametrize("path", [BENCH_FACTS, DEV_FACTS], ids=["test set", "dev set"])
+def test_the_bench_questions_are_written_apart_from_the_templates(path: Path) -> None:
     """The end-to-end figure (scripts/bench_adaption.py) asks hand-written questions no template produces."""
-    rows = [json.loads(line) for line in BENCH_FACTS.read_text().splitlines()]
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(rows) == 50
     for row in rows:
         built = frame(row["fact"])
@@ -136,3 +138,13 @@ def test_the_replay_prompts_are_none_of_the_general_sets_questions() -> None:
     general = {item["question"].lower() for item in general_set()}
     replay = [item["question"].lower() for item in replay_set()]
     assert len(replay) >= 40 and not general & set(replay)
+
+
+def test_the_dev_set_shares_no_fact_value_or_question_with_the_test_set() -> None:
+    """Settings are tuned on the dev set (scripts/data), the reported figure is the test set's: kept apart."""
+    test = [json.loads(line) for line in BENCH_FACTS.read_text().splitlines()]
+    dev = [json.loads(line) for line in DEV_FACTS.read_text().splitlines()]
+    for field in ("fact", "value"):
+        assert not {row[field].lower() for row in test} & {row[field].lower() for row in dev}, field
+    questions = [{q.lower() for row in rows for q in row["questions"]} for rows in (test, dev)]
+    assert not questions[0] & questions[1]
