@@ -6,6 +6,7 @@ in-flight caps, and the adapter registry (the weight files on the directory both
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -41,8 +42,13 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 def second_server(
     tmp_path_factory: pytest.TempPathFactory, server: RunningServer, test_server_env: dict[str, str]
 ) -> Iterator[RunningServer]:
-    """Another server process with the session server's environment: the same PostgreSQL database."""
-    running = start_server(tmp_path_factory.mktemp("second-server") / "server.log", env=test_server_env)
+    """Another server process with the session server's environment: the same PostgreSQL database.
+
+    Its engine gets a core of its own (vLLM's CPU binding, as README advises for two engines on one box): with both
+    engines bound to core 0, the session engine stalled for two minutes while this one ran its streams (its engine
+    core logged "No available shared memory broadcast block found in 60 seconds")."""
+    env = test_server_env | {"VLLM_CPU_OMP_THREADS_BIND": str(os.cpu_count() - 1)}
+    running = start_server(tmp_path_factory.mktemp("second-server") / "server.log", env=env)
     yield running
     running.stop()
 
