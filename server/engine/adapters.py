@@ -240,6 +240,7 @@ class AdapterVersion:
     manifest: dict
     in_flight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    retired: bool = False  # replaced or removed: new leases go to the version active now
 
     @property
     def lora_request(self) -> LoRARequest:
@@ -419,10 +420,16 @@ class AdapterStore:
     def __contains__(self, name: str) -> bool:
         return name in self._active
 
-    @staticmethod
     @asynccontextmanager
-    async def lease(version: AdapterVersion) -> AsyncIterator[AdapterVersion]:
-        """Keep `version` in the engine until the caller is done with it."""
+    async def lease(self, version: AdapterVersion, param: str = "lora_name") -> AsyncIterator[AdapterVersion]:
+        """Keep `version` in the engine until the caller is done with it.
+
+        A version retired since the request was prepared (promoted over or removed meanwhile) gives way to the one
+        active now (AdapterNotFound when none is): leasing it would make vLLM load the retired weights again and
+        keep them in its cache.
+        """
+        if version.retired:
+            version = self.get(version.name, param)
         version.in_flight += 1
         version.drained.clear()
         try:
@@ -607,6 +614,7 @@ class AdapterStore:
         return version
 
     async def _retire(self, version: AdapterVersion) -> None:
+        version.retired = True
         if version.in_flight:
             try:
                 await asyncio.wait_for(version.drained.wait(), DRAIN_TIMEOUT_S)

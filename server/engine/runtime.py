@@ -527,8 +527,8 @@ class Engine:
         prompt_entries: list[TokenLogprob] | None = None  # vLLM sends them once, at the end of prefill
         adapter = prepared.adapter
         try:
-            async with AdapterStore.lease(adapter) if adapter is not None else nullcontext():
-                lora_request = adapter.lora_request if adapter is not None else None
+            async with self.adapters.lease(adapter) if adapter is not None else nullcontext() as leased:
+                lora_request = leased.lora_request if leased is not None else None
                 async for output in self._llm.generate(
                     prompt, prepared.sampling_params, request_id, lora_request=lora_request
                 ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,35 @@ async def test_store_without_lora_asks_for_it_before_loading_and_never_removes_f
     await store.attach(engine, lora=False)  # (an engine restarted without slots)
     await store.remove("alpha")
     assert version.engine_id in engine.loaded  # not asked of an engine without LoRA
+
+
+async def test_a_version_retired_after_a_request_was_prepared_gives_way_to_the_active_one(tmp_path: Path) -> None:
+    """A request prepared on v1 that reaches the engine after v2 was promoted runs on v2: leasing the retired v1
+    would load its weights into vLLM again. A busy version is kept until its requests end; a removed adapter's
+    prepared request gets AdapterNotFound."""
+    from server.config import load_settings
+    from server.engine.adapters import AdapterNotFound, AdapterStore
+
+    entry = load_settings(environ={}).served
+    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
+    source = write_adapter(tmp_path / "source")
+    engine = RecordingEngine()
+    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=engine)
+    store.load_existing()
+    first = await store.add("alpha", source, source_label="upload")
+    prepared = store.get("alpha")
+    second = await store.add("alpha", source, source_label="upload")
+    await asyncio.gather(*store._retiring)
+    assert first.retired and first.engine_id not in engine.loaded
+    async with store.lease(prepared) as leased:
+        assert leased is second and second.in_flight == 1
+        third = await store.add("alpha", source, source_label="upload")
+        await asyncio.sleep(0.05)
+        assert second.retired and second.engine_id in engine.loaded  # busy: kept until its request ends
+    await asyncio.gather(*store._retiring)
+    assert second.engine_id not in engine.loaded and third.engine_id in engine.loaded
+    prepared = store.get("alpha")
+    await store.remove("alpha")
+    with pytest.raises(AdapterNotFound):
+        async with store.lease(prepared):
+            pass
