@@ -158,7 +158,7 @@ class MemoryService:
             self.store.lexical_search(group, lexical_query(query), settings.candidates),
         )
         relevance = dict(lexical)
-        _, rows = await self.store.candidates(group, vector, settings.candidates, list(relevance))
+        rows = await self.store.candidates(group, vector, settings.candidates, list(relevance))
         memories = {memory_id: memory for memory_id, (memory, _) in rows.items()}
         ids = list(rows)
         embeddings = np.stack([embedding for _, embedding in rows.values()]) if rows else np.zeros((0, len(vector)))

@@ -264,7 +264,7 @@ class MemoryStore(Protocol):
     async def fetch(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, Memory]: ...
     async def candidates(
         self, group: MemoryGroup, vector: np.ndarray, k: int, also: Sequence[int]
-    ) -> tuple[list[tuple[int, float]], dict[int, tuple[Memory, np.ndarray]]]: ...
+    ) -> dict[int, tuple[Memory, np.ndarray]]: ...
     async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     async def snapshot(self, group: MemoryGroup) -> Snapshot: ...
     async def apply(
@@ -453,14 +453,14 @@ class MemoryDatabase(Database):
 
     async def candidates(
         self, group: MemoryGroup, vector: np.ndarray, k: int, also: Sequence[int]
-    ) -> tuple[list[tuple[int, float]], dict[int, tuple[Memory, np.ndarray]]]:
-        """A retrieval's store work in one call: the `k` dense hits (as `dense_search`), and the rows and
-        embeddings of those hits and of the memories `also` (the lexical hits), read in one query."""
+    ) -> dict[int, tuple[Memory, np.ndarray]]:
+        """A retrieval's store work in one call: the rows and embeddings of the `k` dense hits (as `dense_search`)
+        and of the memories `also` (the lexical hits), read in one query."""
         return await self._run(self._candidates, group.id, vector, k, list(also))
 
     def _candidates(
         self, group_id: int, vector: np.ndarray, k: int, also: list[int]
-    ) -> tuple[list[tuple[int, float]], dict[int, tuple[Memory, np.ndarray]]]:
+    ) -> dict[int, tuple[Memory, np.ndarray]]:
         dense = self._dense(group_id, vector, k)
         ids = list(dict.fromkeys([memory_id for memory_id, _ in dense] + also))
         rows = self.db.execute(
@@ -469,7 +469,7 @@ class MemoryDatabase(Database):
             (group_id, json.dumps(ids)),
         ).fetchall()
         vectors = self._vectors([row["embedding"] for row in rows])
-        return dense, {row["id"]: (_memory(row), vectors[i]) for i, row in enumerate(rows)}
+        return {row["id"]: (_memory(row), vectors[i]) for i, row in enumerate(rows)}
 
     async def fetch_embeddings(self, group: MemoryGroup, ids: Sequence[int]) -> dict[int, np.ndarray]:
         return await self._run(self._fetch_embeddings, group.id, list(ids))
