@@ -19,8 +19,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 
-from server.config import MemorySettings
+from server.config import MemorySettings, load_settings
 from server.memory.embedder import Embedder
 from server.memory.recall import lexical_query
 from server.memory.service import MemoryService
@@ -111,10 +112,13 @@ async def end_to_end_ingest(embedder: Embedder, texts: list[str]) -> float:
 
 
 async def retrieval_report(sizes: list[int], cache_dir: Path) -> dict:
-    embedder = Embedder(MemorySettings().embedding_model)
+    settings = load_settings()  # the served configuration's embedder, query dtype and threads
+    embedder = Embedder(settings.memory.embedding_model, query_dtype=settings.memory.query_embedding_dtype)
     facts = labelled_facts()
     texts = [fact.fact for fact in facts] + distractors(max(sizes) - len(facts))
     vectors = corpus_embeddings(embedder, texts, cache_dir)
+    # Retrieval is timed with the threads the server gives its own CPU work (the engine keeps the other core).
+    torch.set_num_threads(settings.own_cpu_threads)
     queries = [fact.question for fact in facts] * 3
     report: dict = {"groups": []}
     for size in sizes:
