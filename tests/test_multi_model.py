@@ -15,9 +15,11 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 import yaml
 
+from server.engine.placement import spread_bindings, this_process_cpus
 from tests.conftest import (
     API_KEY,
     MODEL,
@@ -107,6 +109,14 @@ def cards(session: httpx.Client) -> dict[str, dict]:
     return {card["id"]: card for card in response.json()["data"]}
 
 
+def engine_worker_cores(server: RunningServer) -> list[tuple[int, ...]]:
+    """The cores each of the server's vLLM worker processes is bound to, in order."""
+    workers = psutil.Process(server.process.pid).children(recursive=True)
+    return sorted(
+        tuple(sorted(worker.cpu_affinity())) for worker in workers if worker.name().startswith("VLLM::Worker")
+    )
+
+
 def wait_state(session: httpx.Client, model: str, state: str, timeout_s: float = 60) -> bool:
     return wait_until(lambda: states(session)[model] == state, timeout_s)
 
@@ -144,6 +154,9 @@ def test_on_demand_load_with_requests_waiting_then_idle_unload_and_wake(
         assert cards(admin)[SECOND]["state"] == "loading"
         assert first.result() == SECOND and [f.result() for f in during] == [SECOND, SECOND]
     assert states(admin)[SECOND] == "awake"
+    # Two engines on one CPU box run on cores of their own (vLLM's auto binding would put both on the same ones).
+    expected = spread_bindings(3, this_process_cpus())[:2]
+    assert engine_worker_cores(multi) == sorted(tuple(int(cpu) for cpu in binding.split(",")) for binding in expected)
     assert admin.get("/health").json()["models"][SECOND]["loads"] == 1  # one load for the three requests
     assert ask(MODEL) == MODEL  # both answer by name, side by side
     log = multi.log()

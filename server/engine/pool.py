@@ -29,6 +29,7 @@ from vllm.platforms import current_platform
 from server.config import ModelEntry, check_gpu_shares, parse_keep_alive
 from server.engine.adapters import AdapterStore, InvalidAdapter
 from server.engine.errors import AdapterOfAnotherModel, EngineUnavailable
+from server.engine.placement import this_process_cpus, with_cpu_bindings
 from server.engine.runtime import Engine, sleep_mode_available
 from server.observability.metrics import Metrics
 from server.supervision import start_supervised, stop
@@ -141,6 +142,8 @@ class EnginePool:
     ) -> None:
         if (not current_platform.is_cpu()) if is_gpu is None else is_gpu:
             check_gpu_shares(entries)  # ConfigError: the served models' shares of the GPU do not fit
+        else:
+            entries = with_cpu_bindings(entries, this_process_cpus())  # several engines: cores of their own
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.sleep_mode = sleep_mode_available()
