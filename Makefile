@@ -3,7 +3,8 @@
 # make bench  - our server vs `vllm serve` on the same model and load
 # make lint   - ruff check and ruff format --check over server, scripts and tests
 # make eval-guardrails - precision/recall/F1 and check latency of the guardrail checker
-# make eval-memory - memory retrieval recall@1/5/10 beside cosine and BM25 baselines (tuning and test sets)
+# make eval-memory - memory retrieval recall@1/5/10 beside cosine and BM25 baselines (tuning and test sets),
+#                    then the fact named in chat answers beside no memory and the evidence alone
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MODEL  ?=
@@ -44,6 +45,8 @@ eval-guardrails: model
 
 eval-memory: install
 	HF_HUB_OFFLINE=1 $(PY) scripts/eval_memory.py $(EVAL_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) scripts/eval_memory_chat.py --set tuning
+	HF_HUB_OFFLINE=1 $(PY) scripts/eval_memory_chat.py --set test
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench-results
