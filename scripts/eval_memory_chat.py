@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench import API_KEY, ready_server
+from bench import API_KEY, parse_overrides, ready_server, variant_config
 
 from server.config import load_settings
 from tests.memory_corpus import distractors, labelled_facts
@@ -78,7 +78,12 @@ def question_set(name: str) -> tuple[list[Question], list[str]]:
     return [Question(f.fact, f.question, f.answer, "tuning") for f in labelled_facts()], distractors(DISTRACTORS)
 
 
-def evaluate(base_url: str, model: str, facts: list[Question], distractor_texts: list[str]) -> dict:
+METHODS = ("memory", "no memory", "evidence only")
+
+
+def evaluate(
+    base_url: str, model: str, facts: list[Question], distractor_texts: list[str], methods: tuple[str, ...] = METHODS
+) -> dict:
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=API_KEY, max_retries=0, timeout=300)
     with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=600) as http:
         shared = f"eval-chat-{uuid.uuid4().hex[:8]}"
@@ -88,16 +93,13 @@ def evaluate(base_url: str, model: str, facts: list[Question], distractor_texts:
         rows = []
         for number, fact in enumerate(facts):
             alone = f"{shared}-evidence-{number}"
-            tell(http, alone, [fact.fact])
-            replies = {
-                "memory": ask(client, model, fact.question, shared),
-                "no memory": ask(client, model, fact.question, None),
-                "evidence only": ask(client, model, fact.question, alone),
-            }
+            if "evidence only" in methods:
+                tell(http, alone, [fact.fact])
+            groups = {"memory": shared, "no memory": None, "evidence only": alone}
+            replies = {method: ask(client, model, fact.question, groups[method]) for method in methods}
             rows.append({"question": fact.question, "answer": fact.answer, "type": fact.type, "replies": replies})
             named = {method: names_answer(reply, fact.answer) for method, reply in replies.items()}
             print(f"  {number + 1:>2}/{len(facts)} {fact.type:<11} {named}", flush=True)
-    methods = ("memory", "no memory", "evidence only")
     named = {m: sum(names_answer(row["replies"][m], row["answer"]) for row in rows) for m in methods}
     return {"questions": len(rows), "distractors": DISTRACTORS, "named": named, "rows": rows}
 
@@ -107,12 +109,19 @@ def main() -> None:
     parser.add_argument("--set", choices=("test", "tuning"), default="test")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--limit", type=int, default=None, help="only the first N facts")
+    parser.add_argument("--methods", default=",".join(METHODS), help="which of: " + ", ".join(METHODS))
+    parser.add_argument("--config", default="", help="models.yaml overrides, e.g. memory.top_k=3 (a variant)")
     args = parser.parse_args()
     entry = load_settings().served
     facts, distractor_texts = question_set(args.set)
     facts = facts[: args.limit]
-    with tempfile.TemporaryDirectory() as folder, ready_server("ours", entry, Path(folder), Path(folder)) as server:
-        report = evaluate(server.base_url, entry.name, facts, distractor_texts)
+    methods = tuple(method for method in METHODS if method in args.methods.split(","))
+    with tempfile.TemporaryDirectory() as folder:
+        overrides = parse_overrides(args.config) if args.config else {}
+        config = variant_config(entry, overrides, Path(folder)) if overrides else None
+        with ready_server("ours", entry, Path(folder), Path(folder), config) as server:
+            report = evaluate(server.base_url, entry.name, facts, distractor_texts, methods)
+    report["config"] = args.config
     total = report["questions"]
     print(f"\nfact named in the chat answer ({entry.name}, {total} {args.set} facts, {DISTRACTORS} distractors):")
     for method, count in report["named"].items():
