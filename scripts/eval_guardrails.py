@@ -25,7 +25,7 @@ import json
 import re
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from transformers import AutoTokenizer
 from server.config import GuardrailSettings, load_settings
 from server.guardrails.checker import PairScorer, calibrated, checker_model_path, open_checker, open_scorer
 from server.guardrails.evidence import Evidence, evidence, masked_own_brand, policy_terms, sentences
+from server.guardrails.kinds import kind_threshold, policy_kind
 from server.guardrails.training import LabelledCase, load_cases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,7 @@ SETS = {
 }
 WINDOW_TOKENS = 50  # sliding_window 5 x chunk_size 10: one token per stream chunk
 LATENCY_CHECKS = 200
+MIN_KIND_CASES = 8  # a kind with fewer dev cases (or only one label among them) keeps the global threshold
 SCORE_BATCH = 32
 STOPWORDS = frozenset(
     [
@@ -132,10 +134,27 @@ def keyword_flag(case: LabelledCase) -> bool:
     return bool(content_words(case.policy) & content_words(case.text))
 
 
-def best_threshold(scores: list[float], labels: list[bool]) -> float:
-    """The threshold with the highest F1 (ties: the one nearest 0.5)."""
+def best_threshold(scores: list[float], labels: list[bool], prefer: float = 0.5) -> float:
+    """The threshold with the highest F1 (ties: the one nearest `prefer`)."""
     grid = [step / 100 for step in range(2, 99)]
-    return max(grid, key=lambda t: (prf([s >= t for s in scores], labels)["f1"], -abs(t - 0.5)))
+    return max(grid, key=lambda t: (prf([s >= t for s in scores], labels)["f1"], -abs(t - prefer)))
+
+
+def kind_thresholds(
+    cases: list[LabelledCase], scores: list[float], default: float, min_cases: int = MIN_KIND_CASES
+) -> dict[str, float]:
+    """Per kind of policy (inferred from its words, as the server does), the best threshold on these cases;
+    a kind with fewer than `min_cases` of them, or with one label only, gets none (it keeps `default`).
+    Ties go to the threshold nearest `default`: a kind whose cases do not tell thresholds apart keeps it."""
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for index, case in enumerate(cases):
+        by_kind[policy_kind(case.policy)].append(index)
+    chosen = {}
+    for kind, indices in sorted(by_kind.items()):
+        labels = [cases[i].violates for i in indices]
+        if len(indices) >= min_cases and any(labels) and not all(labels):
+            chosen[kind] = best_threshold([scores[i] for i in indices], labels, prefer=default)
+    return chosen
 
 
 def model_scores(scorer: PairScorer, pairs: list[tuple[str, str]]) -> list[float]:
@@ -200,6 +219,8 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
         raw[name]["sentences"] = ensemble_scores(cases, worst)
     dev_labels = [case.violates for case in sets["dev"]]
     thresholds = {kind: best_threshold(raw["dev"][kind], dev_labels) for kind in ("model", "ensemble", "sentences")}
+    per_kind = kind_thresholds(sets["dev"], raw["dev"]["ensemble"], thresholds["ensemble"])
+    kinds = {name: [policy_kind(case.policy) for case in cases] for name, cases in sets.items()}
     candidates: dict[str, Callable[[str, int], bool]] = {
         "baseline: flag everything": lambda _name, _i: True,
         "baseline: shares a word with the policy": lambda name, i: keyword_flag(sets[name][i]),
@@ -216,8 +237,16 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
         f"evidence + model, worst sentence @{thresholds['sentences']:.2f} (dev)": lambda name, i: (
             raw[name]["sentences"][i] >= thresholds["sentences"]
         ),
-        f"configured (evidence {'on' if settings.evidence else 'off'}, threshold {settings.threshold})": lambda name, i: (
-            calibrated(raw[name]["ensemble" if settings.evidence else "model"][i], settings.threshold) >= 0.5
+        "evidence + model, per-kind thresholds (dev)": lambda name, i: (
+            raw[name]["ensemble"][i] >= kind_threshold(kinds[name][i], per_kind, thresholds["ensemble"])
+        ),
+        f"configured (evidence {'on' if settings.evidence else 'off'}, threshold {settings.threshold}, "
+        f"{len(settings.kind_thresholds)} per kind)": lambda name, i: (
+            calibrated(
+                raw[name]["ensemble" if settings.evidence else "model"][i],
+                kind_threshold(kinds[name][i], settings.kind_thresholds, settings.threshold),
+            )
+            >= 0.5
         ),
     }
     results = {
@@ -226,24 +255,51 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
         }
         for candidate, flag in candidates.items()
     }
-    return {"thresholds_chosen_on_dev": thresholds, "candidates": results}
+    inferred = {
+        name: {
+            "agreement": round(sum(k == c.category for k, c in zip(kinds[name], cases)) / len(cases), 3),
+            "inferred": dict(sorted(Counter(kinds[name]).items())),
+        }
+        for name, cases in sets.items()
+    }
+    return {
+        "thresholds_chosen_on_dev": thresholds,
+        "kind_thresholds_chosen_on_dev": per_kind,
+        "inferred_kinds": inferred,
+        "candidates": results,
+    }
 
 
 def print_backend(name: str, result: dict, latency: dict) -> None:
     print(f"\n== {name}: check p50 {latency['check_p50_ms']} ms, p99 {latency['check_p99_ms']} ms")
     print(f"thresholds chosen on dev: {result['thresholds_chosen_on_dev']}")
-    print(f"{'candidate':<52} {'dev P':>6} {'R':>6} {'F1':>6}   {'test P':>6} {'R':>6} {'F1':>6}")
+    print(
+        f"per-kind thresholds chosen on dev (models.yaml guardrails.kind_thresholds): {result['kind_thresholds_chosen_on_dev']}"
+    )
+    for set_name, inferred in result["inferred_kinds"].items():
+        print(
+            f"kinds inferred from the policies, {set_name}: {inferred['inferred']} (same as the labelled kind: {inferred['agreement']})"
+        )
+    print(f"{'candidate':<62} {'dev P':>6} {'R':>6} {'F1':>6}   {'test P':>6} {'R':>6} {'F1':>6}")
     for candidate, sets in result["candidates"].items():
         dev, test = sets["dev"], sets["test"]
         print(
-            f"{candidate:<52} {dev['precision']:>6.3f} {dev['recall']:>6.3f} {dev['f1']:>6.3f}   "
+            f"{candidate:<62} {dev['precision']:>6.3f} {dev['recall']:>6.3f} {dev['f1']:>6.3f}   "
             f"{test['precision']:>6.3f} {test['recall']:>6.3f} {test['f1']:>6.3f}"
         )
-    configured = next(sets for candidate, sets in result["candidates"].items() if candidate.startswith("configured"))
+    candidates = result["candidates"]
+    configured = next(sets for candidate, sets in candidates.items() if candidate.startswith("configured"))
+    global_name = next(
+        candidate for candidate in candidates if re.match(r"evidence \+ model @0\.\d+ \(dev\)", candidate)
+    )
     for set_name in ("dev", "test"):
-        print(f"per kind, configured, {set_name}:  kind n P R F1")
+        print(f"per labelled kind, {set_name}:  kind n   configured P R F1   ({global_name}: F1)")
         for kind, row in configured[set_name]["by_kind"].items():
-            print(f"    {kind:<18} {row['n']:>3} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f}")
+            plain = candidates[global_name][set_name]["by_kind"][kind]["f1"]
+            print(
+                f"    {kind:<18} {row['n']:>3} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f}"
+                f"   ({plain:.3f})"
+            )
 
 
 async def main() -> None:

@@ -234,6 +234,23 @@ class AdaptionSettings(_Strict):
     )
 
 
+# What a guardrail policy is about, inferred from its words (server/guardrails/kinds.py): thresholds may differ per kind.
+PolicyKind = Literal[
+    "competitors",
+    "personal_data",
+    "secrets",
+    "profanity",
+    "medical_advice",
+    "legal_advice",
+    "financial_advice",
+    "tone",
+    "language",
+    "topics",
+    "inappropriate",
+    "general",
+]
+
+
 class GuardrailSettings(_Strict):
     """Output policies (`guardrail_policy`) and `/v1/moderations`: the checker model and request limits."""
 
@@ -251,6 +268,11 @@ class GuardrailSettings(_Strict):
         description="the model's raw score at or above which text violates (chosen on the dev set, "
         "`make eval-guardrails`); returned scores are calibrated so that it reads 0.5",
     )
+    kind_thresholds: dict[PolicyKind, float] = Field(
+        default_factory=dict,
+        description="per kind of policy (inferred from its words), the raw score that violates, chosen on the dev "
+        "set by `make eval-guardrails`; a kind not listed uses `threshold`",
+    )
     evidence: bool = Field(
         True, description="terms the policy names (competitors, secrets, languages, dosages, PII) decide first"
     )
@@ -266,6 +288,14 @@ class GuardrailSettings(_Strict):
     )
     max_moderation_inputs: int = Field(64, ge=1, description="most inputs one /v1/moderations request may check")
     max_moderation_chars: int = Field(32_000, ge=1, description="longest input /v1/moderations accepts")
+
+    @field_validator("kind_thresholds")
+    @classmethod
+    def _kind_thresholds_are_scores(cls, thresholds: dict[str, float]) -> dict[str, float]:
+        for kind, value in thresholds.items():
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"kind_thresholds.{kind} must be between 0 and 1 (exclusive), not {value}")
+        return thresholds
 
 
 class ProviderEntry(_Strict):

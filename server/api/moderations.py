@@ -71,6 +71,7 @@ async def create_moderation(request: Request) -> JSONResponse:
                 category_applied_input_types={POLICY_CATEGORY: ["text"]},
                 score=verdict.score,
                 reason=verdict.reason,
+                kind=verdict.kind,
             )
             for verdict in verdicts
         ],

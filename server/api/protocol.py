@@ -648,9 +648,11 @@ class ModerationResult(BaseModel):
     categories: dict[str, bool]
     category_scores: dict[str, float]
     category_applied_input_types: dict[str, list[str]]
-    # Extensions: the policy's score and a short reason.
+    # Extensions: the policy's score, a short reason, and the policy's kind (inferred from its words) whose
+    # threshold judged it.
     score: float
     reason: str
+    kind: str
 
 
 class ModerationResponse(BaseModel):

@@ -14,7 +14,8 @@ With `evidence` on, what the policy names explicitly decides first (`evidence.py
 named competitors and stated secrets in the text, credentials of a kind it names, a dosage, personal data,
 profanity, the language of each sentence); the model scores the rest, with the
 policy's own brand masked. Scores are calibrated: the raw score at the configured
-`threshold` (chosen on the dev set, never the test set) reads 0.5.
+threshold (chosen on the dev set, never the test set) reads 0.5; the threshold is the one of the policy's
+kind (`kinds.py`, inferred from its words; `kind_thresholds`), else the global `threshold`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from transformers import (
 )
 
 from server.batching import ThreadBatcher
-from server.config import GuardrailSettings
+from server.config import GuardrailSettings, PolicyKind
 from server.guardrails.encoder import GUARD_SPEC, HEAD_FILE, pair_logits
 from server.guardrails.evidence import (
     Evidence,
@@ -48,6 +49,7 @@ from server.guardrails.evidence import (
     policy_terms,
     redacted,
 )
+from server.guardrails.kinds import GENERAL, kind_threshold, policy_kind
 from server.guardrails.training import BUILTIN_NAME, builtin_guard
 from server.model_sources import resolve_packaged
 from server.observability.metrics import Metrics
@@ -66,6 +68,7 @@ class Verdict:
     flagged: bool
     score: float  # 0..1, how surely the text violates the policy
     reason: str
+    kind: PolicyKind = GENERAL  # the policy's kind, inferred from its words: it chose the threshold
 
 
 def verdict_reason(policy: str, flagged: bool, because: str | None = None) -> str:
@@ -102,12 +105,14 @@ class Checker:
         max_batch: int,
         use_evidence: bool,
         metrics: Metrics | None = None,
+        kind_thresholds: dict[PolicyKind, float] | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()  # the app's, set when it wires the checker
         self.name = name
         self.threshold = threshold
+        self.kind_thresholds = dict(kind_thresholds or {})
         self.use_evidence = use_evidence
-        self._terms: OrderedDict[str, PolicyTerms] = OrderedDict()
+        self._parsed: OrderedDict[str, tuple[PolicyTerms, PolicyKind]] = OrderedDict()
         self._batcher: ThreadBatcher[tuple[str, str], float] = ThreadBatcher(
             scorer.score_pairs, max_batch, "guardrails"
         )
@@ -119,7 +124,7 @@ class Checker:
         if not texts:
             return []
         started = time.perf_counter()
-        terms = self.terms(policy)
+        terms, kind = self.parsed(policy)
         shown = redacted(policy, terms)  # the policy as a reason quotes it
         if not self.use_evidence:
             terms = NO_TERMS
@@ -128,34 +133,37 @@ class Checker:
         pairs = [(policy, masked_own_brand(terms, texts[index])) for index in undecided]
         model_scores = dict(zip(undecided, await self._batcher.run(pairs))) if pairs else {}
         verdicts = [
-            self.verdict(shown, model_scores[index]) if finding is None else evidence_verdict(shown, finding)
+            self.verdict(shown, model_scores[index], kind)
+            if finding is None
+            else evidence_verdict(shown, finding, kind)
             for index, finding in enumerate(findings)
         ]
         violations = sum(verdict.flagged for verdict in verdicts)
         self.metrics.guardrail_checked(self.name, violations, len(verdicts) - violations, time.perf_counter() - started)
         return verdicts
 
-    def terms(self, policy: str) -> PolicyTerms:
-        """The policy's explicit terms, parsed once per policy (the latest `PARSED_POLICIES` kept)."""
-        terms = self._terms.pop(policy, None) or policy_terms(policy)
-        self._terms[policy] = terms
-        if len(self._terms) > PARSED_POLICIES:
-            self._terms.popitem(last=False)
-        return terms
+    def parsed(self, policy: str) -> tuple[PolicyTerms, PolicyKind]:
+        """The policy's explicit terms and its kind, parsed once per policy (the latest `PARSED_POLICIES` kept)."""
+        parsed = self._parsed.pop(policy, None) or (policy_terms(policy), policy_kind(policy))
+        self._parsed[policy] = parsed
+        if len(self._parsed) > PARSED_POLICIES:
+            self._parsed.popitem(last=False)
+        return parsed
 
-    def verdict(self, policy: str, raw_score: float) -> Verdict:
-        """`policy` as the reason quotes it; `raw_score` the model's."""
-        score = calibrated(raw_score, self.threshold)
+    def verdict(self, policy: str, raw_score: float, kind: PolicyKind = GENERAL) -> Verdict:
+        """`policy` as the reason quotes it; `raw_score` the model's, judged at its kind's threshold."""
+        score = calibrated(raw_score, kind_threshold(kind, self.kind_thresholds, self.threshold))
         flagged = score >= 0.5
-        return Verdict(flagged, round(float(score), 4), verdict_reason(policy, flagged))
+        return Verdict(flagged, round(float(score), 4), verdict_reason(policy, flagged), kind)
 
     async def close(self) -> None:
         await self._batcher.close()
 
 
-def evidence_verdict(policy: str, finding: Finding) -> Verdict:
+def evidence_verdict(policy: str, finding: Finding, kind: PolicyKind = GENERAL) -> Verdict:
     flagged = finding.evidence is Evidence.VIOLATES
-    return Verdict(flagged, EVIDENCE_SCORES[finding.evidence], verdict_reason(policy, flagged, finding.because))
+    reason = verdict_reason(policy, flagged, finding.because)
+    return Verdict(flagged, EVIDENCE_SCORES[finding.evidence], reason, kind)
 
 
 class ClassifierScorer:
@@ -306,4 +314,11 @@ def open_checker(settings: GuardrailSettings, model_path: Path | str, scorer: Pa
     """The configured backend on `model_path` (blocking: loads the model, unless `scorer` is it already)."""
     scorer = scorer or open_scorer(settings, model_path)
     name = settings.model.removeprefix(BUILTIN_PREFIX).rstrip("/").rsplit("/", 1)[-1]
-    return Checker(name, scorer, settings.threshold, settings.max_batch, settings.evidence)
+    return Checker(
+        name,
+        scorer,
+        settings.threshold,
+        settings.max_batch,
+        settings.evidence,
+        kind_thresholds=settings.kind_thresholds,
+    )
