@@ -35,7 +35,9 @@ from server.config import GuardrailSettings, load_settings
 from server.guardrails.checker import PairScorer, calibrated, checker_model_path, open_checker, open_scorer
 from server.guardrails.evidence import Evidence, evidence, masked_own_brand, policy_terms, sentences
 from server.guardrails.kinds import kind_threshold, policy_kind
+from server.guardrails.topics import TopicJudge, allowed_topic
 from server.guardrails.training import LabelledCase, load_cases
+from server.memory.embedder import Embedder
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = {
@@ -164,12 +166,18 @@ def model_scores(scorer: PairScorer, pairs: list[tuple[str, str]]) -> list[float
     return scores
 
 
-def ensemble_scores(cases: list[LabelledCase], masked: list[float]) -> list[float]:
-    """Evidence decides where it speaks (1.0 / 0.0), the model's raw score elsewhere."""
+def ensemble_scores(cases: list[LabelledCase], masked: list[float], topics: TopicJudge | None) -> list[float]:
+    """Evidence decides where it speaks (1.0 / 0.0), then (with `topics`) an off-topic sentence under an
+    "only X" policy (1.0), the model's raw score elsewhere: what the server's `Checker` does."""
     out = []
     for case, score in zip(cases, masked):
         found = evidence(policy_terms(case.policy), case.text)
-        out.append(score if found is None else float(found.evidence is Evidence.VIOLATES))
+        if found is not None:
+            out.append(float(found.evidence is Evidence.VIOLATES))
+        elif topics is not None and (topic := allowed_topic(case.policy)) and topics.off_topic(topic, [case.text])[0]:
+            out.append(1.0)
+        else:
+            out.append(score)
     return out
 
 
@@ -184,8 +192,10 @@ def stream_windows(cases: list[LabelledCase], tokenizer_source: str) -> list[tup
     ]
 
 
-async def check_latency(settings: GuardrailSettings, model: str, scorer: PairScorer, windows: list) -> dict:
-    checker = open_checker(settings, model, scorer)
+async def check_latency(
+    settings: GuardrailSettings, model: str, scorer: PairScorer, topics: TopicJudge, windows: list
+) -> dict:
+    checker = open_checker(settings, model, scorer, topics)
     latencies = []
     try:
         for policy, window in windows:
@@ -200,7 +210,9 @@ async def check_latency(settings: GuardrailSettings, model: str, scorer: PairSco
     }
 
 
-def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict[str, list[LabelledCase]]) -> dict:
+def evaluate_backend(
+    settings: GuardrailSettings, scorer: PairScorer, topics: TopicJudge, sets: dict[str, list[LabelledCase]]
+) -> dict:
     """Every candidate on every set; thresholds chosen on dev only."""
     raw: dict[str, dict[str, list[float]]] = {}
     for name, cases in sets.items():
@@ -208,7 +220,11 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
         masked = model_scores(
             scorer, [(case.policy, masked_own_brand(policy_terms(case.policy), case.text)) for case in cases]
         )
-        raw[name] = {"model": plain, "ensemble": ensemble_scores(cases, masked)}
+        raw[name] = {
+            "model": plain,
+            "ensemble": ensemble_scores(cases, masked, topics),
+            "no_topics": ensemble_scores(cases, masked, None),
+        }
         # candidate: the worst of the whole text and each of its sentences (a violation diluted in a long text)
         pieces = [sentences(masked_own_brand(policy_terms(case.policy), case.text)) for case in cases]
         flat = model_scores(scorer, [(case.policy, piece) for case, parts in zip(cases, pieces) for piece in parts])
@@ -216,9 +232,11 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
         for whole, parts in zip(masked, pieces):
             worst.append(max([whole, *flat[offset : offset + len(parts)]]))
             offset += len(parts)
-        raw[name]["sentences"] = ensemble_scores(cases, worst)
+        raw[name]["sentences"] = ensemble_scores(cases, worst, topics)
     dev_labels = [case.violates for case in sets["dev"]]
-    thresholds = {kind: best_threshold(raw["dev"][kind], dev_labels) for kind in ("model", "ensemble", "sentences")}
+    thresholds = {
+        kind: best_threshold(raw["dev"][kind], dev_labels) for kind in ("model", "no_topics", "ensemble", "sentences")
+    }
     per_kind = kind_thresholds(sets["dev"], raw["dev"]["ensemble"], thresholds["ensemble"])
     kinds = {name: [policy_kind(case.policy) for case in cases] for name, cases in sets.items()}
     candidates: dict[str, Callable[[str, int], bool]] = {
@@ -230,6 +248,9 @@ def evaluate_backend(settings: GuardrailSettings, scorer: PairScorer, sets: dict
         ),
         "model @0.5": lambda name, i: raw[name]["model"][i] >= 0.5,
         f"model @{thresholds['model']:.2f} (dev)": lambda name, i: raw[name]["model"][i] >= thresholds["model"],
+        f"evidence + model, no topic evidence @{thresholds['no_topics']:.2f} (dev)": lambda name, i: (
+            raw[name]["no_topics"][i] >= thresholds["no_topics"]
+        ),
         "evidence + model @0.5": lambda name, i: raw[name]["ensemble"][i] >= 0.5,
         f"evidence + model @{thresholds['ensemble']:.2f} (dev)": lambda name, i: (
             raw[name]["ensemble"][i] >= thresholds["ensemble"]
@@ -319,15 +340,18 @@ async def main() -> None:
     for name, cases in sets.items():
         print(f"{name}: {len(cases)} cases ({sum(case.violates for case in cases)} violating), {SETS[name]}")
     windows = stream_windows(sets["dev"] + sets["test"], str(Path(served.source).expanduser()))
+    embedder = Embedder(server_settings.memory.embedding_model, query_dtype="float32")  # the server's memory one
+    topics = TopicJudge(embedder.encode)
     results = {}
     for kind, model in backends:
         config = GuardrailSettings(**(settings.model_dump() | {"backend": kind, "model": model}))
         path = checker_model_path(model)
         scorer = open_scorer(config, path)
-        result = evaluate_backend(config, scorer, sets)
-        latency = await check_latency(config, path, scorer, windows)
+        result = evaluate_backend(config, scorer, topics, sets)
+        latency = await check_latency(config, path, scorer, topics, windows)
         results[f"{kind}:{model}"] = result | latency
         print_backend(f"{kind}:{model}", result, latency)
+    await embedder.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"sets": {k: len(v) for k, v in sets.items()}, "backends": results}, indent=2))
     print(f"wrote {args.out}")

@@ -20,6 +20,7 @@ kind (`kinds.py`, inferred from its words; `kind_thresholds`), else the global `
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -50,6 +51,7 @@ from server.guardrails.evidence import (
     redacted,
 )
 from server.guardrails.kinds import GENERAL, kind_threshold, policy_kind
+from server.guardrails.topics import TopicJudge, allowed_topic
 from server.guardrails.training import BUILTIN_NAME, builtin_guard
 from server.model_sources import resolve_packaged
 from server.observability.metrics import Metrics
@@ -60,6 +62,7 @@ CLASSIFIER_MAX_TOKENS = 256
 VIOLATION_LABELS = ("violation", "violates", "unsafe", "entailment", "flagged")
 EVIDENCE_SCORES = {Evidence.VIOLATES: 0.99, Evidence.COMPLIES: 0.01}
 NO_TERMS = PolicyTerms()
+OFF_TOPIC = Finding(Evidence.VIOLATES, "a sentence is about another topic than the one the policy allows")
 PARSED_POLICIES = 256  # a stream checks one policy many times: it is parsed once
 
 
@@ -106,13 +109,15 @@ class Checker:
         use_evidence: bool,
         metrics: Metrics | None = None,
         kind_thresholds: dict[PolicyKind, float] | None = None,
+        topics: TopicJudge | None = None,
     ) -> None:
         self.metrics = metrics if metrics is not None else Metrics()  # the app's, set when it wires the checker
         self.name = name
         self.threshold = threshold
         self.kind_thresholds = dict(kind_thresholds or {})
+        self.topics = topics  # with evidence on: off-topic sentences under "only X" policies
         self.use_evidence = use_evidence
-        self._parsed: OrderedDict[str, tuple[PolicyTerms, PolicyKind]] = OrderedDict()
+        self._parsed: OrderedDict[str, tuple[PolicyTerms, PolicyKind, str | None]] = OrderedDict()
         self._batcher: ThreadBatcher[tuple[str, str], float] = ThreadBatcher(
             scorer.score_pairs, max_batch, "guardrails"
         )
@@ -124,12 +129,17 @@ class Checker:
         if not texts:
             return []
         started = time.perf_counter()
-        terms, kind = self.parsed(policy)
+        terms, kind, topic = self.parsed(policy)
         shown = redacted(policy, terms)  # the policy as a reason quotes it
         if not self.use_evidence:
-            terms = NO_TERMS
+            terms, topic = NO_TERMS, None
         findings = [evidence(terms, text) for text in texts]
         undecided = [index for index, finding in enumerate(findings) if finding is None]
+        if topic is not None and self.topics is not None and undecided:
+            strays = await asyncio.to_thread(self.topics.off_topic, topic, [texts[index] for index in undecided])
+            for index, stray in zip(undecided, strays):
+                findings[index] = OFF_TOPIC if stray else None
+            undecided = [index for index, finding in enumerate(findings) if finding is None]
         pairs = [(policy, masked_own_brand(terms, texts[index])) for index in undecided]
         model_scores = dict(zip(undecided, await self._batcher.run(pairs))) if pairs else {}
         verdicts = [
@@ -142,9 +152,10 @@ class Checker:
         self.metrics.guardrail_checked(self.name, violations, len(verdicts) - violations, time.perf_counter() - started)
         return verdicts
 
-    def parsed(self, policy: str) -> tuple[PolicyTerms, PolicyKind]:
-        """The policy's explicit terms and its kind, parsed once per policy (the latest `PARSED_POLICIES` kept)."""
-        parsed = self._parsed.pop(policy, None) or (policy_terms(policy), policy_kind(policy))
+    def parsed(self, policy: str) -> tuple[PolicyTerms, PolicyKind, str | None]:
+        """The policy's explicit terms, its kind and the topic it confines replies to, parsed once per policy
+        (the latest `PARSED_POLICIES` kept)."""
+        parsed = self._parsed.pop(policy, None) or (policy_terms(policy), policy_kind(policy), allowed_topic(policy))
         self._parsed[policy] = parsed
         if len(self._parsed) > PARSED_POLICIES:
             self._parsed.popitem(last=False)
@@ -310,8 +321,14 @@ def open_scorer(settings: GuardrailSettings, model_path: Path | str) -> PairScor
     return ClassifierScorer(str(model_path), settings.quantize)
 
 
-def open_checker(settings: GuardrailSettings, model_path: Path | str, scorer: PairScorer | None = None) -> Checker:
-    """The configured backend on `model_path` (blocking: loads the model, unless `scorer` is it already)."""
+def open_checker(
+    settings: GuardrailSettings,
+    model_path: Path | str,
+    scorer: PairScorer | None = None,
+    topics: TopicJudge | None = None,
+) -> Checker:
+    """The configured backend on `model_path` (blocking: loads the model, unless `scorer` is it already);
+    `topics`: off-topic evidence for "only X" policies (sentence embeddings, `topics.py`)."""
     scorer = scorer or open_scorer(settings, model_path)
     name = settings.model.removeprefix(BUILTIN_PREFIX).rstrip("/").rsplit("/", 1)[-1]
     return Checker(
@@ -321,4 +338,5 @@ def open_checker(settings: GuardrailSettings, model_path: Path | str, scorer: Pa
         settings.max_batch,
         settings.evidence,
         kind_thresholds=settings.kind_thresholds,
+        topics=topics,
     )
