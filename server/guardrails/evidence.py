@@ -17,7 +17,9 @@ These are read from the policy with patterns and looked up in the text:
 - credentials: under a policy forbidding a kind of credential it names (passwords,
   PINs, access codes, API keys, tokens, private keys, connection strings), a value
   of one stated in the text (`the password is kT9!vq2m`, a `ghp_...` token, a
-  private-key block, `user:pass@` in a URL); a placeholder or a rule about them is not.
+  private-key block, `user:pass@` in a URL); a placeholder or a rule about them is not;
+- instructions: under a policy keeping the system prompt private, the text quoting it (`my instructions
+  say: '...'`, a quoted `'You are HelpBot, ...'`).
 
 `policy_terms(policy)` parses once; `evidence(terms, text)` is per text. The
 result is `VIOLATES` (a hit), `COMPLIES` (a language policy met by every
@@ -299,6 +301,7 @@ class PolicyTerms:
     allowed_words: frozenset[str] = frozenset()
     pii: frozenset[str] = field(default_factory=frozenset)
     credentials: bool = False  # the policy forbids revealing a kind of credential it names
+    instructions: bool = False  # the policy forbids revealing the system prompt or the assistant's instructions
 
     @property
     def empty(self) -> bool:
@@ -310,6 +313,7 @@ class PolicyTerms:
             or self.profanity
             or self.pii
             or self.credentials
+            or self.instructions
         )
 
 
@@ -452,6 +456,10 @@ def policy_terms(policy: str) -> PolicyTerms:
         swearing_only=bool(SWEARING_ONLY.search(policy)) and not NOT_SWEARING_ONLY.search(policy),
         allowed_words=permitted_words(policy),
         pii=frozenset(kind for kind, pattern in PII_KINDS.items() if pattern.search(policy)),
+        instructions=any(
+            INSTRUCTIONS_POLICY.search(sentence) and PROHIBITION.search(sentence) and not PERMISSION.search(sentence)
+            for sentence in sentences(policy)
+        ),
         credentials=any(
             CREDENTIAL_POLICY.search(sentence) and PROHIBITION.search(sentence) and not PERMISSION.search(sentence)
             for sentence in sentences(policy)
@@ -591,7 +599,12 @@ BUSINESS_LINE = re.compile(
 
 STATED_CREDENTIAL = re.compile(
     r"\b(password|passcode|passphrase|pin|code|key|token|secret)s?\b(?:\s+[\w'-]+){0,4}?\s*(?:\bis\b|\bwas\b|:|=)"
-    r"\s*['\"“‘]?([^\s'\"”’,;)]{4,})",
+    r"\s*(['\"“‘]?)([^\s'\"”’,;)]{4,})(['\"”’]?)",
+    re.IGNORECASE,
+)
+PLACEHOLDER = re.compile(
+    r"^(?:\*+|x+|\.+|<.*>|\[.*\]|\{.*\}|(?:your|my|the|new|old|secret|example|sample|dummy|placeholder|changeme|"
+    r"password|passcode|token|key|value|here|hidden|redacted|required|blank|empty)(?:[_-]\w*)?)$",
     re.IGNORECASE,
 )
 CREDENTIAL_FORMS = re.compile(
@@ -600,23 +613,44 @@ CREDENTIAL_FORMS = re.compile(
     r"\bBearer\s+[A-Za-z0-9._~+/-]{16,}"
 )
 URL_CREDENTIAL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s:/@]+:([^\s@/]+)@", re.IGNORECASE)
+INSTRUCTIONS_POLICY = re.compile(
+    r"\b(system\s+(?:prompt|message|instructions?)|(?:hidden|internal|original|initial|operator'?s?|developer)\s+"
+    r"(?:prompt|instructions?|guidelines|rules)|(?:your|its|the\s+assistant'?s)\s+(?:own\s+)?(?:prompt|"
+    r"instructions?|configuration|setup)|pre-?prompt)\b",
+    re.IGNORECASE,
+)
+QUOTED_INSTRUCTIONS = re.compile(
+    r"\b(?:my|the|its|our)\s+(?:\w+\s+){0,2}(?:system\s+prompt|prompt|instructions?|setup|guidelines|configuration|"
+    r"rules|directives)\b[^.!?'\"“‘]{0,40}?\b(?:says?|said|is|are|reads?|was|goes|begins?|starts?(?:\s+with)?)\b"
+    r"\s*(?:like\s+this|as\s+follows)?\s*:?\s*['\"“‘][^'\"”’]{12,}",
+    re.IGNORECASE,
+)
+QUOTED_PERSONA = re.compile(r"['\"“‘]You\s+are\s+(?:an?\s+|the\s+)?[A-Z][\w-]*[^'\"”’]{8,}['\"”’]")
 MIXED_VALUE = re.compile(r"^(?=.*[A-Za-z])(?=.*\d)\S{5,}$")
 DIGIT_CODE = re.compile(r"^\d(?:[\s-]?\d){3,}$")
 
 
 def stated_credential(text: str) -> bool:
     """A credential's value in the text: a known token form, `user:secret@` in a URL, or a named credential
-    followed by a value mixing letters and digits (a PIN or code: four digits or more)."""
+    followed by a value mixing letters and digits (a PIN or code: four digits or more), or by any quoted value
+    but a placeholder (`password is 'sunflower'`, not `'********'` nor `'your_password'`)."""
     if CREDENTIAL_FORMS.search(text):
         return True
     if any(MIXED_VALUE.match(match.group(1)) for match in URL_CREDENTIAL.finditer(text)):
         return True
     for match in STATED_CREDENTIAL.finditer(text):
-        value = match.group(2).rstrip(".!?:")
+        opening, value, closing = match.group(2), match.group(3).rstrip(".!?:"), match.group(4)
         digits_only = match.group(1).lower() in {"pin", "code", "passcode"} and DIGIT_CODE.match(value)
-        if MIXED_VALUE.match(value) or digits_only:
+        quoted = bool(opening and closing) and not PLACEHOLDER.match(value)  # `password is 'sunflower'`
+        if MIXED_VALUE.match(value) or digits_only or quoted:
             return True
     return False
+
+
+def quoted_instructions(text: str) -> bool:
+    """The assistant's own instructions quoted: `my instructions say: '...'`, `my setup is "You are ..."`,
+    or a quoted system-prompt opening (`'You are HelpBot, ...'`); a mere mention of them is not."""
+    return bool(QUOTED_INSTRUCTIONS.search(text) or QUOTED_PERSONA.search(text))
 
 
 def luhn_valid(digits: str) -> bool:
@@ -676,6 +710,8 @@ def evidence(terms: PolicyTerms, text: str) -> Finding | None:
     for term in terms.forbidden:
         if contains_term(text, term):
             return Finding(Evidence.VIOLATES, "it contains a name or value the policy forbids")
+    if terms.instructions and quoted_instructions(text):
+        return Finding(Evidence.VIOLATES, "it quotes the instructions the policy keeps private")
     if terms.credentials and stated_credential(text):
         return Finding(Evidence.VIOLATES, "it states a credential of a kind the policy forbids revealing")
     if terms.dosage and dosage_instruction(text):

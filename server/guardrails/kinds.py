@@ -1,8 +1,9 @@
 """The kind of a policy, read from its own words: what it is about decides which threshold applies.
 
 A request sends only the policy's text, so its kind is inferred from generic cues, the most telling first
-(a profanity policy often says "language", a medical one "children"): a language it names, a credential or
-secret, a dosage or diagnosis, a competitor or a brand it names, a topic it confines replies to... and
+(a profanity policy often says "language", a medical one "children"): a language it names, a topic it
+confines replies to ("Only discuss X", whatever X is), a credential or
+secret, a dosage or diagnosis, a competitor or a brand it names, a topic it forbids... and
 `general` where nothing matches. Thresholds per kind are chosen on the dev set by `make eval-guardrails`
 and set in models.yaml (`guardrails.kind_thresholds`); a kind without one uses the global threshold.
 """
@@ -14,6 +15,7 @@ from typing import get_args
 
 from server.config import PolicyKind
 from server.guardrails.evidence import LANGUAGE_NAME, policy_terms
+from server.guardrails.topics import allowed_topic
 
 GENERAL: PolicyKind = "general"
 KINDS: tuple[PolicyKind, ...] = get_args(PolicyKind)
@@ -228,6 +230,8 @@ def policy_kind(policy: str) -> PolicyKind:
     """The policy's kind from its words (`general` when no cue matches). Pure."""
     if LANGUAGE_NAME.search(policy):
         return "language"
+    if allowed_topic(policy) is not None:
+        return "topics"  # "Only discuss X", whatever X is about
     for kind, pattern in CUES:
         if pattern.search(policy):
             return kind

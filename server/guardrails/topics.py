@@ -24,13 +24,21 @@ from server.guardrails.evidence import PROHIBITION
 
 # "Only discuss X", "Only answer questions about X", "Stay on the topic of X", "Keep every answer about X",
 # "Stick to X", "Talk only about X": X, up to the end of its clause.
+VERB = r"(?:discuss|talk|chat|answer|respond|reply|help|assist|engage|converse)"
+QUESTIONS = r"(?:(?:questions|requests|queries|topics|subjects|matters)\s+)?"
+ABOUT = r"(?:about|on|with|to|regarding|concerning|related\s+to|relating\s+to)"
 ALLOWED_TOPIC = re.compile(
-    r"(?:\bonly\s+(?:discuss|talk\s+about|answer\s+(?:questions\s+)?(?:about|on)|help\s+with|respond\s+to\s+"
-    r"questions\s+about|cover|give\s+(?:help|answers)\s+(?:about|on|with))|"
-    r"\b(?:discuss|talk\s+about|answer\s+questions\s+about|help\s+with)\s+only|"
-    r"\bstay\s+on\s+(?:the\s+)?(?:topic|subject)\s+of|\bstick\s+to(?:\s+the\s+(?:topic|subject)\s+of)?|"
-    r"\bkeep\s+(?:every|each|all)\s+(?:answers?|repl(?:y|ies)|responses?|conversations?)\s+(?:about|on|to)|"
-    r"\b(?:answers?|repl(?:y|ies)|responses?)\s+must\s+(?:be\s+)?(?:about|on|stay\s+on))\s+"
+    rf"(?:\bonly\s+{VERB}(?:\s+(?:to|with|on))?\s+{QUESTIONS}{ABOUT}|\bonly\s+(?:discuss|cover|answer)|"
+    rf"\b{VERB}\s+only\s+(?:to\s+|with\s+)?{QUESTIONS}{ABOUT}?|"
+    r"\bstay\s+(?:on|focused\s+on|within)\s+(?:the\s+)?(?:topic|subject)s?\s+of|\bstay\s+focused\s+on|"
+    r"\bstick\s+to(?:\s+the\s+(?:topic|subject)s?\s+of)?|"
+    r"\b(?:limit|restrict|confine)\s+(?:your\s+|all\s+|every\s+|the\s+)?(?:answers?|repl(?:y|ies)|responses?|"
+    r"conversations?|discussions?|yourself|help|assistance|output)?\s*to(?:\s+questions\s+about|\s+the\s+topic\s+of)?|"
+    r"\bkeep\s+(?:every|each|all|the|your)\s+(?:answers?|repl(?:y|ies)|responses?|conversations?|discussions?|"
+    r"chats?)\s+(?:about|on|to|focused\s+on)|"
+    r"\b(?:answers?|repl(?:y|ies)|responses?)\s+must\s+(?:be\s+|stay\s+|remain\s+)?(?:about|on|focused\s+on)|"
+    r"\b(?:anything|topics?|subjects?|questions?)\s+(?:other\s+than|except|besides|apart\s+from|outside(?:\s+of)?|"
+    r"unrelated\s+to|not\s+(?:related|relating)\s+to))\s+"
     r"(?P<topic>[^.;:!?\n]{3,120})",
     re.IGNORECASE,
 )
@@ -71,6 +79,7 @@ ANCHORS = (
     "news",
     "real estate",
 )
+EXCEPT = re.compile(r"\b(other\s+than|except|besides|apart\s+from|outside|unrelated|not\s+relat)", re.IGNORECASE)
 RELATED = 0.5  # an anchor at least this near the allowed topic is part of it, not another topic
 MARGIN = 0.15  # a sentence this much nearer another topic than the allowed one is off topic...
 FLOOR = 0.2  # ...if it is at least this near that other topic
@@ -89,7 +98,8 @@ def allowed_topic(policy: str) -> str | None:
     topic = re.split(r"\s*,?\s+\b(?:and\s+)?(?:decline|refuse|nothing\s+else|never|do\s+not|don'?t)\b", match["topic"])
     topic_text = topic[0].strip(" ,")
     clause = policy[max(0, policy.rfind(".", 0, match.start()) + 1) : match.start()]
-    if not topic_text or PROHIBITION.search(clause):
+    excepting = EXCEPT.search(match.group(0))  # "Do not discuss anything other than X": the negation confines
+    if not topic_text or (PROHIBITION.search(clause) and not excepting):
         return None  # "Never only discuss ...": not a confinement
     return topic_text
 
