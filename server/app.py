@@ -78,6 +78,7 @@ from server.gateway.service import Gateway
 from server.gateway.templates import TemplateStore
 from server.gateway.usage import UsageStore
 from server.guardrails.checker import Checker, checker_model_path, open_checker
+from server.guardrails.topics import TopicJudge
 from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
 from server.memory.embedder import Embedder
 from server.memory.schedule import curate_nightly
@@ -200,9 +201,11 @@ async def adaption_service(
 
 
 @asynccontextmanager
-async def guardrail_checker(settings: GuardrailSettings) -> AsyncIterator[Checker]:
+async def guardrail_checker(settings: GuardrailSettings, embedder: Embedder) -> AsyncIterator[Checker]:
+    """The checker; `embedder` (the memory's sentence embedder) judges off-topic sentences under "only X" policies."""
     path = await asyncio.to_thread(checker_model_path, settings.model)  # the builtin one trains on first use
-    checker = await asyncio.to_thread(open_checker, settings, path)
+    topics = await asyncio.to_thread(TopicJudge, embedder.encode)
+    checker = await asyncio.to_thread(open_checker, settings, path, None, topics)
     try:
         yield checker
     finally:
@@ -276,7 +279,7 @@ def build_app(settings: Settings) -> Starlette:
             own_threads(settings.own_cpu_threads),
             memory_service(settings, metrics) as memory,
             adaption_service(settings, pool, memory, metrics) as adaption,
-            guardrail_checker(settings.guardrails) as checker,
+            guardrail_checker(settings.guardrails, memory.embedder) as checker,
             gateway_service(settings, metrics) as gateway,
             conversation_store(settings) as conversations,
         ):

@@ -621,7 +621,7 @@ INSTRUCTIONS_POLICY = re.compile(
 )
 QUOTED_INSTRUCTIONS = re.compile(
     r"\b(?:my|the|its|our)\s+(?:\w+\s+){0,2}(?:system\s+prompt|prompt|instructions?|setup|guidelines|configuration|"
-    r"rules|directives)\b[^.!?'\"“‘]{0,40}?\b(?:says?|said|is|are|reads?|was|goes|begins?|starts?(?:\s+with)?)\b"
+    r"rules|directives)\b[^.!?'\"“‘]{0,40}?\b(?:says?|said|is|are|reads?|was|goes|(?:begins?|starts?)(?:\s+with)?)\b"
     r"\s*(?:like\s+this|as\s+follows)?\s*:?\s*['\"“‘][^'\"”’]{12,}",
     re.IGNORECASE,
 )

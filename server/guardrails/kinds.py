@@ -45,7 +45,8 @@ CUES: tuple[tuple[PolicyKind, re.Pattern[str]], ...] = (
     (
         "language",
         cue(
-            r"(?:same|user'?s|one|any\s+other|other|foreign|a\s+single)\s+languages?\b",
+            r"(?:same|user'?s|one|any\s+other|other|another|foreign|a\s+single)\s+languages?\b",
+            r"switch\w*\s+languages?",
             r"code-?switch",
             r"translat",
         ),

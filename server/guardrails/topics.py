@@ -81,8 +81,8 @@ ANCHORS = (
 )
 EXCEPT = re.compile(r"\b(other\s+than|except|besides|apart\s+from|outside|unrelated|not\s+relat)", re.IGNORECASE)
 RELATED = 0.5  # an anchor at least this near the allowed topic is part of it, not another topic
-MARGIN = 0.15  # a sentence this much nearer another topic than the allowed one is off topic...
-FLOOR = 0.2  # ...if it is at least this near that other topic
+MARGIN = 0.12  # a sentence this much nearer another topic than the allowed one is off topic...
+FLOOR = 0.15  # ...if it is at least this near that other topic
 MIN_WORDS = 5  # shorter sentences (a greeting, a fragment) say too little
 SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
 CACHED_TOPICS = 256
