@@ -179,6 +179,27 @@ def test_moderations_scores_are_calibrated_and_named_terms_decide(client: openai
     assert dosage.results[0].flagged and "dosage" in dosage.results[0].model_dump()["reason"]
 
 
+def test_moderations_return_the_policys_kind_and_judge_off_topic_sentences(http: httpx.Client) -> None:
+    """Each result names the kind inferred from the policy's words (its threshold judged the score); under an
+    "only X" policy a sentence about another topic is flagged with its own reason."""
+    texts = [
+        "Roast the peppers until blistered. By the way, that band's new album and the concert tour are great.",
+        "To keep risotto creamy, add the warm stock one ladle at a time and stir often.",
+    ]
+    response = http.post("/v1/moderations", json={"input": texts, "policy": "Only discuss cooking and recipes."})
+    assert response.status_code == 200
+    stray, cooking = response.json()["results"]
+    assert stray["kind"] == cooking["kind"] == "topics"
+    assert stray["flagged"] and "another topic" in stray["reason"]
+    assert not cooking["flagged"] and cooking["score"] < 0.5
+    (secret,) = http.post(
+        "/v1/moderations", json={"input": "The password is kT9!vq2m.", "policy": "Never reveal passwords."}
+    ).json()["results"]
+    assert secret["kind"] == "secrets" and secret["flagged"]
+    (default,) = http.post("/v1/moderations", json={"input": "Hello there."}).json()["results"]
+    assert default["kind"] == "inappropriate"  # the default policy: "Flag any inappropriate content."
+
+
 def test_moderations_single_string_and_default_policy(http: httpx.Client) -> None:
     response = http.post("/v1/moderations", json={"input": "You are a worthless idiot and I hate you."})
     assert response.status_code == 200
