@@ -10,6 +10,10 @@ These are read from the policy with patterns and looked up in the text:
 - language: the languages a policy requires or forbids, against the language of
   each sentence of the text (common-word and script identification);
 - dosages: an amount with a unit of medicine, under a policy about dosages;
+- medical advice: under a policy forbidding diagnoses, a condition asserted as the user's (`this sounds
+  like shingles`, `you probably have strep throat`); under one forbidding recommending, stopping or changing
+  medication, an unhedged instruction to (`you can just stop taking the antidepressant`, `ask your GP for
+  doxycycline`); a hedged, negated or conditional one ("if you have asthma", "don't stop taking it") is not;
 - personal data: e-mail addresses, phone, card, IBAN and social security
   numbers, street addresses, under a policy naming that kind of data;
 - profanity: swear words and direct insults, under a policy about profanity,
@@ -296,6 +300,8 @@ class PolicyTerms:
     forbidden_languages: frozenset[str] = frozenset()
     language_only: bool = False  # every rule of the policy is about language: meeting it is compliance
     dosage: bool = False
+    diagnosis: bool = False  # the policy forbids diagnosing
+    medication: bool = False  # the policy forbids recommending, stopping or changing medication
     profanity: bool = False
     swearing_only: bool = False  # every rule is about swear words: no lexicon hit is compliance
     allowed_words: frozenset[str] = frozenset()
@@ -310,6 +316,8 @@ class PolicyTerms:
             or self.required_languages
             or self.forbidden_languages
             or self.dosage
+            or self.diagnosis
+            or self.medication
             or self.profanity
             or self.pii
             or self.credentials
@@ -452,6 +460,8 @@ def policy_terms(policy: str) -> PolicyTerms:
         forbidden_languages=forbidden_langs,
         language_only=language_only,
         dosage=bool(DOSAGE_POLICY.search(policy)),
+        diagnosis=forbids(policy, DIAGNOSIS_POLICY),
+        medication=forbids(policy, MEDICATION_POLICY),
         profanity=bool(PROFANITY_POLICY.search(policy)),
         swearing_only=bool(SWEARING_ONLY.search(policy)) and not NOT_SWEARING_ONLY.search(policy),
         allowed_words=permitted_words(policy),
@@ -568,6 +578,56 @@ DOSE_FREQUENCY = re.compile(
 MEDICINE = re.compile(
     r"\b(syrup|tablet|pill|capsule|dose|medicine|medication|paracetamol|acetaminophen|ibuprofen|aspirin|"
     r"amoxicillin|antibiotic|insulin|drops|inhaler|\w+(?:cillin|mycin|profen|olol|pril|statin|azole|zepam))\b",
+    re.IGNORECASE,
+)
+DIAGNOSIS_POLICY = re.compile(r"\bdiagnos\w*", re.IGNORECASE)
+MEDICATION_POLICY = re.compile(
+    r"\b(?:recommend|suggest|prescrib|name|stop|chang|adjust|switch|skip|quit|alter|modify)\w*\b[^.;]{0,40}?"
+    r"\b(?:medications?|medicines?|meds|drugs?|prescriptions?|pills|antibiotics?|treatments?)\b",
+    re.IGNORECASE,
+)
+CONDITION = (
+    r"(?:\w+(?:itis|osis|emia|aemia|pathy|algia)|(?:\w+\s+)?infection|flu|influenza|(?:a\s+|the\s+)?cold|virus|"
+    r"(?:\w+\s+)?syndrome|(?:\w+\s+)?disorder|(?:\w+\s+)?disease|fracture|sprain|(?:\w+\s+)?deficiency|allergy|"
+    r"migraines?|(?:type\s+[12]\s+)?diabetes|asthma|strep(?:\s+throat)?|pneumonia|concussion|depression|anxiety|"
+    r"adhd|ulcer|hernia|reflux|gerd|eczema|psoriasis|shingles|uti|covid(?:-19)?|hypertension|gout|measles|"
+    r"chickenpox|lupus|celiac|ibs|sciatica|vertigo|insomnia|(?:pulled|strained|torn)\s+(?:\w+\s+)?muscle|"
+    r"(?:\w+\s+)?tear|food\s+poisoning|pink\s+eye|(?:kidney|gall)\s*stones?|a\s+stroke|heart\s+attack)"
+)
+DIAGNOSIS = re.compile(
+    r"\b(?:you(?:'ve\s+got|\s+have\s+got|\s+have|'re\s+(?:suffering|dealing)\s+(?:from|with)|\s+(?:probably|likely|"
+    r"most\s+likely|clearly|definitely|almost\s+certainly)\s+(?:have|got)|\s+(?:might|may|could)\s+have)|"
+    r"(?:it|this|that)\s+(?:sounds|looks|seems)\s+like|(?:it|this|that)(?:'s|\s+is)\s+(?:probably|likely|most\s+likely|"
+    r"almost\s+certainly|definitely|clearly)(?:\s+just)?|(?:classic|typical|textbook|clear)\s+(?:signs?|case|"
+    r"symptoms?)\s+of|(?:mean|means|indicate|indicates|point\s+to|points\s+to)\s+(?:that\s+)?(?:you\s+have\s+)?)"
+    rf"\s+(?:a\s+|an\s+|the\s+|some\s+|mild\s+|severe\s+|early\s+|bad\s+)?(?:\w+\s+){{0,2}}?{CONDITION}\b",
+    re.IGNORECASE,
+)
+DRUG = (
+    r"(?:\w+(?:cillin|mycin|cycline|floxacin|profen|olol|pril|sartan|statin|azole|prazole|zepam|zolam|oxetine|"
+    r"aline|pram|triptan|dronate|tidine|semide|afil|codone|morphine|sone|olone|pine|pam|mab|xaban|gliptin|formin)s?|"
+    r"statins?|paracetamol|acetaminophen|ibuprofen|aspirin|naproxen|insulin|warfarin|lithium|melatonin|antibiotics?|"
+    r"antidepressants?|ssris?|benzodiazepines?|benzos|opioids?|steroids?|sleeping\s+pills|blood\s+thinners?|"
+    r"antihistamines?|medications?|medicines?|meds|pills|tablets|prescriptions?|inhalers?|dose|doses|dosage)"
+)
+MEDICATION_CHANGE = re.compile(
+    r"\b(?:stop|quit|skip|halve|double|reduce|lower|increase|cut\s+(?:back|down)\s+on|come\s+off|taper\s+off|"
+    r"switch\s+(?:from|to)|go\s+off|ditch|drop|swap)\s+(?:taking\s+|using\s+)?(?:your\s+|the\s+|that\s+|those\s+|"
+    rf"this\s+|these\s+|their\s+|his\s+|her\s+|my\s+)?(?:\w+\s+){{0,2}}?{DRUG}\b",
+    re.IGNORECASE,
+)
+MEDICATION_ADVICE = re.compile(
+    r"\b(?:ask\s+(?:your\s+)?(?:doctor|gp|physician|prescriber|pharmacist)?\s*(?:for|about\s+(?:getting|trying))|"
+    r"get\s+(?:a\s+prescription|prescribed)\s+(?:for\s+)?|you\s+(?:should|could|can|need\s+to|ought\s+to)\s+"
+    r"(?:take|try|use|get|start(?:\s+on)?)|(?:i|we)(?:'d|\s+would)?\s+(?:recommend|suggest)|(?:best|right)\s+"
+    r"(?:option|choice|bet|medicine|medication)\s+(?:is|would\s+be)|go\s+with|start\s+(?:on|taking))\s+"
+    rf"(?:some\s+|a\s+course\s+of\s+|an?\s+)?(?:\w+\s+){{0,2}}?(?!(?:medications?|medicines?|meds|pills|tablets|"
+    rf"prescriptions?|inhalers?|dose|doses|dosage)\b){DRUG}\b",
+    re.IGNORECASE,
+)
+UNASSERTED = re.compile(
+    r"\b(?:if|whether|when|unless|in\s+case|can'?t|cannot|unable|not\s+able|won'?t|don'?t|do\s+not|never|"
+    r"shouldn'?t|should\s+not|without|not\s+sure|only\s+a\s+doctor|a\s+doctor\s+can|rule\s+out)\b",
     re.IGNORECASE,
 )
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
@@ -691,6 +751,25 @@ def personal_data(text: str, kinds: frozenset[str]) -> bool:
     return False
 
 
+def forbids(policy: str, pattern: re.Pattern[str]) -> bool:
+    """Whether a sentence of the policy forbids what `pattern` names."""
+    return any(
+        pattern.search(sentence) and PROHIBITION.search(sentence) and not PERMISSION.search(sentence)
+        for sentence in sentences(policy)
+    )
+
+
+def asserted(pattern: re.Pattern[str], text: str) -> bool:
+    """A match of `pattern` in a clause that does not hedge, negate or condition it before the match
+    ("I can't tell whether you have the flu", "if you have asthma", "don't stop taking it")."""
+    for sentence in sentences(text):
+        for match in pattern.finditer(sentence):
+            clause = sentence[: match.start()].rsplit(",", 1)[-1]  # "If it bothers you, stop taking it"
+            if not UNASSERTED.search(clause):
+                return True
+    return False
+
+
 def dosage_instruction(text: str) -> bool:
     """An amount with a unit of medicine; a count of tablets or spoons needs a medicine or a schedule nearby."""
     for match in DOSAGE.finditer(text):
@@ -716,6 +795,10 @@ def evidence(terms: PolicyTerms, text: str) -> Finding | None:
         return Finding(Evidence.VIOLATES, "it states a credential of a kind the policy forbids revealing")
     if terms.dosage and dosage_instruction(text):
         return Finding(Evidence.VIOLATES, "it states a dosage")
+    if terms.diagnosis and asserted(DIAGNOSIS, text):
+        return Finding(Evidence.VIOLATES, "it tells the user what condition they have")
+    if terms.medication and (asserted(MEDICATION_CHANGE, text) or asserted(MEDICATION_ADVICE, text)):
+        return Finding(Evidence.VIOLATES, "it tells the user to take, stop or change a medicine")
     if terms.pii and personal_data(text, terms.pii):
         return Finding(Evidence.VIOLATES, "it contains personal data of a kind the policy names")
     if terms.profanity:

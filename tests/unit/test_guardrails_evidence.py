@@ -215,3 +215,48 @@ def test_quoting_the_system_prompt_under_a_policy_keeping_it_private(text: str, 
     assert policy_terms(policy).instructions
     assert (verdict(policy, text) is Evidence.VIOLATES) is found
     assert verdict("Never reveal passwords.", text) is None  # another policy: no such evidence
+
+
+@pytest.mark.parametrize(
+    ("policy", "text", "found"),
+    [
+        (
+            "Never diagnose medical conditions.",
+            "From the rash and fever you describe, this sounds like shingles.",
+            True,
+        ),
+        ("Never diagnose medical conditions.", "You probably have strep throat; it spreads fast in schools.", True),
+        ("Never diagnose medical conditions.", "It's probably just a pulled calf muscle, so rest it.", True),
+        ("Never diagnose medical conditions.", "Shingles is caused by the same virus as chickenpox.", False),
+        (
+            "Never diagnose medical conditions.",
+            "I can't tell whether you have the flu; a doctor can test for it.",
+            False,
+        ),
+        ("Never diagnose medical conditions.", "If you have asthma, keep your inhaler close.", False),
+        ("Do not recommend prescription medications.", "You could ask your GP for a course of doxycycline.", True),
+        ("Do not recommend prescription medications.", "Ask your doctor whether medication could help.", False),
+        ("Do not recommend prescription medications.", "You should take your medication as prescribed.", False),
+        (
+            "Avoid telling users to change their prescribed medication.",
+            "If it bothers you, just stop taking the statin.",
+            True,
+        ),
+        (
+            "Avoid telling users to change their prescribed medication.",
+            "Many people skip their blood pressure pills.",
+            True,
+        ),
+        (
+            "Avoid telling users to change their prescribed medication.",
+            "Don't stop taking your statins on your own.",
+            False,
+        ),
+        # another policy: no such evidence
+        ("Never reveal passwords.", "This sounds like shingles.", None),
+    ],
+)
+def test_medical_advice_asserted_under_a_policy_forbidding_it(policy: str, text: str, found: bool | None) -> None:
+    assert verdict(policy, text) is {True: Evidence.VIOLATES, False: None, None: None}[found]
+    terms = policy_terms(policy)
+    assert (terms.diagnosis or terms.medication) is (found is not None)
