@@ -166,7 +166,7 @@ def model_scores(scorer: PairScorer, pairs: list[tuple[str, str]]) -> list[float
     return scores
 
 
-def ensemble_scores(cases: list[LabelledCase], masked: list[float], topics: TopicJudge | None) -> list[float]:
+async def ensemble_scores(cases: list[LabelledCase], masked: list[float], topics: TopicJudge | None) -> list[float]:
     """Evidence decides where it speaks (1.0 / 0.0), then (with `topics`) an off-topic sentence under an
     "only X" policy (1.0), the model's raw score elsewhere: what the server's `Checker` does."""
     out = []
@@ -174,7 +174,11 @@ def ensemble_scores(cases: list[LabelledCase], masked: list[float], topics: Topi
         found = evidence(policy_terms(case.policy), case.text)
         if found is not None:
             out.append(float(found.evidence is Evidence.VIOLATES))
-        elif topics is not None and (topic := allowed_topic(case.policy)) and topics.off_topic(topic, [case.text])[0]:
+        elif (
+            topics is not None
+            and (topic := allowed_topic(case.policy))
+            and (await topics.off_topic(topic, [case.text]))[0]
+        ):
             out.append(1.0)
         else:
             out.append(score)
@@ -210,7 +214,7 @@ async def check_latency(
     }
 
 
-def evaluate_backend(
+async def evaluate_backend(
     settings: GuardrailSettings, scorer: PairScorer, topics: TopicJudge, sets: dict[str, list[LabelledCase]]
 ) -> dict:
     """Every candidate on every set; thresholds chosen on dev only."""
@@ -222,8 +226,8 @@ def evaluate_backend(
         )
         raw[name] = {
             "model": plain,
-            "ensemble": ensemble_scores(cases, masked, topics),
-            "no_topics": ensemble_scores(cases, masked, None),
+            "ensemble": await ensemble_scores(cases, masked, topics),
+            "no_topics": await ensemble_scores(cases, masked, None),
         }
         # candidate: the worst of the whole text and each of its sentences (a violation diluted in a long text)
         pieces = [sentences(masked_own_brand(policy_terms(case.policy), case.text)) for case in cases]
@@ -232,7 +236,7 @@ def evaluate_backend(
         for whole, parts in zip(masked, pieces):
             worst.append(max([whole, *flat[offset : offset + len(parts)]]))
             offset += len(parts)
-        raw[name]["sentences"] = ensemble_scores(cases, worst, topics)
+        raw[name]["sentences"] = await ensemble_scores(cases, worst, topics)
     dev_labels = [case.violates for case in sets["dev"]]
     thresholds = {
         kind: best_threshold(raw["dev"][kind], dev_labels) for kind in ("model", "no_topics", "ensemble", "sentences")
@@ -341,13 +345,13 @@ async def main() -> None:
         print(f"{name}: {len(cases)} cases ({sum(case.violates for case in cases)} violating), {SETS[name]}")
     windows = stream_windows(sets["dev"] + sets["test"], str(Path(served.source).expanduser()))
     embedder = Embedder(server_settings.memory.embedding_model, query_dtype="float32")  # the server's memory one
-    topics = TopicJudge(embedder.encode)
+    topics = await TopicJudge.open(embedder.embed)
     results = {}
     for kind, model in backends:
         config = GuardrailSettings(**(settings.model_dump() | {"backend": kind, "model": model}))
         path = checker_model_path(model)
         scorer = open_scorer(config, path)
-        result = evaluate_backend(config, scorer, topics, sets)
+        result = await evaluate_backend(config, scorer, topics, sets)
         latency = await check_latency(config, path, scorer, topics, windows)
         results[f"{kind}:{model}"] = result | latency
         print_backend(f"{kind}:{model}", result, latency)

@@ -20,7 +20,6 @@ kind (`kinds.py`, inferred from its words; `kind_thresholds`), else the global `
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import OrderedDict
@@ -136,7 +135,7 @@ class Checker:
         findings = [evidence(terms, text) for text in texts]
         undecided = [index for index, finding in enumerate(findings) if finding is None]
         if topic is not None and self.topics is not None and undecided:
-            strays = await asyncio.to_thread(self.topics.off_topic, topic, [texts[index] for index in undecided])
+            strays = await self.topics.off_topic(topic, [texts[index] for index in undecided])
             for index, stray in zip(undecided, strays):
                 findings[index] = OFF_TOPIC if stray else None
             undecided = [index for index, finding in enumerate(findings) if finding is None]

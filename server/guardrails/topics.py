@@ -14,9 +14,8 @@ margins were chosen on the dev set (tests/data/guardrails_eval.jsonl). `allowed_
 from __future__ import annotations
 
 import re
-import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -87,7 +86,7 @@ MIN_WORDS = 5  # shorter sentences (a greeting, a fragment) say too little
 SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
 CACHED_TOPICS = 256
 
-Encode = Callable[[Sequence[str]], np.ndarray]  # unit-length rows, one per text (blocking)
+Embed = Callable[[Sequence[str]], Awaitable[np.ndarray]]  # unit-length rows, one per text (the memory's embedder)
 
 
 def allowed_topic(policy: str) -> str | None:
@@ -129,31 +128,33 @@ def off_topic(
 
 
 class TopicJudge:
-    """Off-topic sentences under "only X" policies, by sentence embeddings (blocking: call it from threads)."""
+    """Off-topic sentences under "only X" policies, by sentence embeddings. `embed` is the memory embedder's
+    `embed`: its own thread batches the checker's sentences with memory's texts (one tokenizer, one thread)."""
 
-    def __init__(self, encode: Encode) -> None:
-        self.encode = encode
-        self.anchor_rows = encode(list(ANCHORS))
+    def __init__(self, embed: Embed, anchor_rows: np.ndarray) -> None:
+        self.embed = embed
+        self.anchor_rows = anchor_rows
         self._topics: OrderedDict[str, np.ndarray] = OrderedDict()  # the latest topics' rows
-        self._lock = threading.Lock()
 
-    def topic_row(self, topic: str) -> np.ndarray:
-        with self._lock:
-            row = self._topics.pop(topic, None)
+    @classmethod
+    async def open(cls, embed: Embed) -> TopicJudge:
+        return cls(embed, await embed(list(ANCHORS)))
+
+    async def topic_row(self, topic: str) -> np.ndarray:
+        row = self._topics.pop(topic, None)
         if row is None:
-            row = self.encode([topic])[0]
-        with self._lock:
-            self._topics[topic] = row
-            if len(self._topics) > CACHED_TOPICS:
-                self._topics.popitem(last=False)
+            row = (await self.embed([topic]))[0]
+        self._topics[topic] = row
+        if len(self._topics) > CACHED_TOPICS:
+            self._topics.popitem(last=False)
         return row
 
-    def off_topic(self, topic: str, texts: Sequence[str]) -> list[bool]:
+    async def off_topic(self, topic: str, texts: Sequence[str]) -> list[bool]:
         """For each text, whether a sentence of it is about another topic than `topic`."""
-        topic_row = self.topic_row(topic)
+        topic_row = await self.topic_row(topic)
         pieces = [checked_sentences(text) for text in texts]
         flat = [sentence for sentences in pieces for sentence in sentences]
-        rows = self.encode(flat) if flat else np.zeros((0, len(topic_row)), dtype=np.float32)
+        rows = await self.embed(flat) if flat else np.zeros((0, len(topic_row)), dtype=np.float32)
         verdicts, offset = [], 0
         for sentences in pieces:
             verdicts.append(off_topic(rows[offset : offset + len(sentences)], topic_row, self.anchor_rows))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from server.config import MemorySettings
-from server.guardrails.topics import TopicJudge, allowed_topic, checked_sentences, off_topic
+from server.guardrails.topics import ANCHORS, TopicJudge, allowed_topic, checked_sentences, off_topic
 from server.memory.embedder import Embedder
 
 
@@ -58,18 +58,21 @@ def test_off_topic_means_clearly_nearer_another_topic_than_the_allowed_one() -> 
     assert not off_topic(np.stack([away]), topic, anchors[1:])  # no other topic left to compare with
 
 
-@pytest.fixture(scope="module")
-def judge() -> TopicJudge:
+async def test_the_judge_on_the_real_embedder() -> None:
     embedder = Embedder(MemorySettings().embedding_model, query_dtype="float32")
-    return TopicJudge(embedder.encode)
+    try:
+        judge = await TopicJudge.open(embedder.embed)
+        assert judge.anchor_rows.shape[0] == len(ANCHORS)
+        strays = await judge.off_topic("cooking and recipes", TEXTS)
+        assert await judge.off_topic("cooking and recipes", []) == []
+    finally:
+        await embedder.close()
+    assert strays == [False, False, True, True]
 
 
-def test_the_judge_on_the_real_embedder(judge: TopicJudge) -> None:
-    texts = [
-        "To keep risotto creamy, add the warm stock one ladle at a time and stir often.",
-        "Bake the bread at 220 degrees for thirty minutes until golden.",
-        "The striker scored twice and the team won the football match.",
-        "Roast the peppers until blistered. By the way, that band's new album and the concert tour are great.",
-    ]
-    assert judge.off_topic("cooking and recipes", texts) == [False, False, True, True]
-    assert judge.off_topic("cooking and recipes", []) == []
+TEXTS = [
+    "To keep risotto creamy, add the warm stock one ladle at a time and stir often.",
+    "Bake the bread at 220 degrees for thirty minutes until golden.",
+    "The striker scored twice and the team won the football match.",
+    "Roast the peppers until blistered. By the way, that band's new album and the concert tour are great.",
+]
