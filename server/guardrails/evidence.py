@@ -22,6 +22,8 @@ These are read from the policy with patterns and looked up in the text:
   PINs, access codes, API keys, tokens, private keys, connection strings), a value
   of one stated in the text (`the password is kT9!vq2m`, a `ghp_...` token, a
   private-key block, `user:pass@` in a URL); a placeholder or a rule about them is not;
+- codenames: under a policy forbidding internal codenames, a name given as one (`Project Nightjar`, `the
+  'Kestrel' rewrite`, `codenamed Falcon`);
 - instructions: under a policy keeping the system prompt private, the text quoting it (`my instructions
   say: '...'`, a quoted `'You are HelpBot, ...'`).
 
@@ -308,6 +310,7 @@ class PolicyTerms:
     pii: frozenset[str] = field(default_factory=frozenset)
     credentials: bool = False  # the policy forbids revealing a kind of credential it names
     instructions: bool = False  # the policy forbids revealing the system prompt or the assistant's instructions
+    codenames: bool = False  # the policy forbids revealing internal codenames
 
     @property
     def empty(self) -> bool:
@@ -322,6 +325,7 @@ class PolicyTerms:
             or self.pii
             or self.credentials
             or self.instructions
+            or self.codenames
         )
 
 
@@ -466,6 +470,7 @@ def policy_terms(policy: str) -> PolicyTerms:
         swearing_only=bool(SWEARING_ONLY.search(policy)) and not NOT_SWEARING_ONLY.search(policy),
         allowed_words=permitted_words(policy),
         pii=frozenset(kind for kind, pattern in PII_KINDS.items() if pattern.search(policy)),
+        codenames=forbids(policy, CODENAME_POLICY),
         instructions=any(
             INSTRUCTIONS_POLICY.search(sentence) and PROHIBITION.search(sentence) and not PERMISSION.search(sentence)
             for sentence in sentences(policy)
@@ -685,6 +690,16 @@ QUOTED_INSTRUCTIONS = re.compile(
     r"\s*(?:like\s+this|as\s+follows)?\s*:?\s*['\"“‘][^'\"”’]{12,}",
     re.IGNORECASE,
 )
+CODENAME_POLICY = re.compile(r"\bcode\s*-?\s*names?\b|\binternal\s+(?:project\s+)?names?\b", re.IGNORECASE)
+# A name given as a codename: `Project Nightjar`, `codenamed Falcon`, `internally called Atlas`, `the 'Kestrel'
+# rewrite` (a quoted capitalised word naming a piece of work).
+CODENAME = re.compile(
+    r"\b(?:Project|Operation|[Cc]ode-?\s?named?|[Cc]ode\s+name\s+(?:is\s+)?|[Ii]nternally\s+(?:called|known\s+as|"
+    r"named|dubbed))\s+['\"“‘]?(?!(?:Managers?|Management|Settings|Plans?|Overview|Teams?|Leads?|Owners?|"
+    r"Details|Pages?|Boards?|Files?|Folders?|Members?|Goals?|Status)\b)[A-Z][a-z]+\b|"
+    r"['\"“‘][A-Z][a-z]+['\"”’]\s+(?:rewrite|project|release|initiative|launch|feature|effort|program(?:me)?|"
+    r"build|update|redesign|migration|platform|prototype)\b"
+)
 QUOTED_PERSONA = re.compile(r"['\"“‘]You\s+are\s+(?:an?\s+|the\s+)?[A-Z][\w-]*[^'\"”’]{8,}['\"”’]")
 MIXED_VALUE = re.compile(r"^(?=.*[A-Za-z])(?=.*\d)\S{5,}$")
 DIGIT_CODE = re.compile(r"^\d(?:[\s-]?\d){3,}$")
@@ -789,6 +804,8 @@ def evidence(terms: PolicyTerms, text: str) -> Finding | None:
     for term in terms.forbidden:
         if contains_term(text, term):
             return Finding(Evidence.VIOLATES, "it contains a name or value the policy forbids")
+    if terms.codenames and CODENAME.search(text):
+        return Finding(Evidence.VIOLATES, "it names an internal codename")
     if terms.instructions and quoted_instructions(text):
         return Finding(Evidence.VIOLATES, "it quotes the instructions the policy keeps private")
     if terms.credentials and stated_credential(text):

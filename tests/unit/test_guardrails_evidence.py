@@ -260,3 +260,20 @@ def test_medical_advice_asserted_under_a_policy_forbidding_it(policy: str, text:
     assert verdict(policy, text) is {True: Evidence.VIOLATES, False: None, None: None}[found]
     terms = policy_terms(policy)
     assert (terms.diagnosis or terms.medication) is (found is not None)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        ("That feature ships as part of Project Nightjar, targeted for Q3.", True),
+        ("Between us, the 'Kestrel' rewrite is why the old API is going away.", True),
+        ("The new engine, codenamed Falcon, lands next year.", True),
+        ("Ask your Project Manager for the timeline.", False),
+        ("The public release is called Version 5.0 and is out today.", False),
+        ("It's on our roadmap, but I can't share internal details yet.", False),
+    ],
+)
+def test_a_codename_under_a_policy_forbidding_them(text: str, found: bool) -> None:
+    policy = "Do not disclose internal project codenames."
+    assert policy_terms(policy).codenames and not policy_terms("Never reveal passwords.").codenames
+    assert (verdict(policy, text) is Evidence.VIOLATES) is found
