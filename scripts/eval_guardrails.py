@@ -344,8 +344,9 @@ async def main() -> None:
     for name, cases in sets.items():
         print(f"{name}: {len(cases)} cases ({sum(case.violates for case in cases)} violating), {SETS[name]}")
     windows = stream_windows(sets["dev"] + sets["test"], str(Path(served.source).expanduser()))
-    embedder = Embedder(server_settings.memory.embedding_model, query_dtype="float32")  # the server's memory one
-    topics = await TopicJudge.open(embedder.embed)
+    memory = server_settings.memory  # the server's memory embedder, as the server's checker uses it
+    embedder = Embedder(memory.embedding_model, query_dtype=memory.query_embedding_dtype)
+    topics = await TopicJudge.open(embedder.embed_queries)
     results = {}
     for kind, model in backends:
         config = GuardrailSettings(**(settings.model_dump() | {"backend": kind, "model": model}))

@@ -204,7 +204,7 @@ async def adaption_service(
 async def guardrail_checker(settings: GuardrailSettings, embedder: Embedder) -> AsyncIterator[Checker]:
     """The checker; `embedder` (the memory's sentence embedder) judges off-topic sentences under "only X" policies."""
     path = await asyncio.to_thread(checker_model_path, settings.model)  # the builtin one trains on first use
-    topics = await TopicJudge.open(embedder.embed)
+    topics = await TopicJudge.open(embedder.embed_queries)  # short texts: the query model's fast path
     checker = await asyncio.to_thread(open_checker, settings, path, None, topics)
     try:
         yield checker

@@ -129,7 +129,8 @@ def off_topic(
 
 class TopicJudge:
     """Off-topic sentences under "only X" policies, by sentence embeddings. `embed` is the memory embedder's
-    `embed`: its own thread batches the checker's sentences with memory's texts (one tokenizer, one thread)."""
+    `embed_queries`: its own thread batches the checker's sentences with memory's queries (one tokenizer user),
+    in bfloat16 where the CPU has it (the same decisions on the dev and test sets as float32, measured)."""
 
     def __init__(self, embed: Embed, anchor_rows: np.ndarray) -> None:
         self.embed = embed

@@ -59,9 +59,10 @@ def test_off_topic_means_clearly_nearer_another_topic_than_the_allowed_one() -> 
 
 
 async def test_the_judge_on_the_real_embedder() -> None:
-    embedder = Embedder(MemorySettings().embedding_model, query_dtype="float32")
+    memory = MemorySettings()
+    embedder = Embedder(memory.embedding_model, query_dtype=memory.query_embedding_dtype)  # as the server runs it
     try:
-        judge = await TopicJudge.open(embedder.embed)
+        judge = await TopicJudge.open(embedder.embed_queries)
         assert judge.anchor_rows.shape[0] == len(ANCHORS)
         strays = await judge.off_topic("cooking and recipes", TEXTS)
         assert await judge.off_topic("cooking and recipes", []) == []
