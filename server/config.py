@@ -107,6 +107,13 @@ class ModelEntry(_Strict):
     )
     lora: LoraLimits = LoraLimits()
     sampling: SamplingDefaults = SamplingDefaults()
+    memory_top_k: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="most recalled memories in this model's prompts (a small model answers better from fewer);"
+        " None: memory.top_k",
+    )
     load: Literal["startup", "on_demand"] = Field(
         "startup", description="startup: loaded before the server answers; on_demand: on its first request"
     )

@@ -41,6 +41,21 @@ def ask(client: openai.OpenAI, content: str, nightly: list[str] | None = None, *
     )
 
 
+def test_a_chat_recalls_at_most_its_models_memory_top_k(client: openai.OpenAI, http: httpx.Client) -> None:
+    """The block's size is the answering model's (`memory_top_k`: the embedded model answers best from one),
+    though the group holds more matching memories."""
+    from server.config import load_settings
+
+    top_k = load_settings(environ={}).find_model(MODEL).memory_top_k
+    group = new_group("dogs")
+    dogs = ["My dog is called Rex.", "My other dog is called Bella.", "My neighbour's dog is called Max."]
+    assert http.post(f"/v1/memory/{group}/memories", json={"text": dogs}).status_code == 200
+    hits = http.post(f"/v1/memory/{group}/search", json={"query": "What are my dogs called?", "limit": 5}).json()
+    assert len(hits["data"]) > top_k
+    recalled = ask(client, "What are my dogs called?", [group, GOAL])
+    assert recalled.headers["x-nightly-memories-used"] == str(top_k)
+
+
 def test_fact_told_earlier_is_answered_from_memory(client: openai.OpenAI, http: httpx.Client) -> None:
     group = new_group("rex")
     told = ask(client, "My dog is called Rex.", [group, GOAL])

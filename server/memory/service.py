@@ -189,23 +189,29 @@ class MemoryService:
         return [ScoredMemory(memories[candidate.id], score) for candidate, score in kept[:limit]]
 
     async def recall(
-        self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
+        self,
+        owner: str,
+        name: str,
+        user_goal: str,
+        query: str,
+        count_tokens: Callable[[str], int],
+        top_k: int | None = None,
     ) -> Recalled:
         """The group's memories most relevant to `query`, as a block within the token budget.
 
         The chat path places `block` with `engine.prompt.with_context_block`: after the stable prefix."""
         started = time.perf_counter()
-        recalled = await self._recall(owner, name, user_goal, query, count_tokens)
+        recalled = await self._recall(owner, name, user_goal, query, count_tokens, top_k or self.settings.top_k)
         self.metrics.recalled(time.perf_counter() - started, len(recalled.memories))
         return recalled
 
     async def _recall(
-        self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
+        self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int], top_k: int
     ) -> Recalled:
         group = await self.store.get_group(owner, name)
         if group is None or group.memory_count == 0 or not query.strip():
             return Recalled("", ())
-        hits = await self._search(group, query, self.settings.top_k, user_goal)
+        hits = await self._search(group, query, top_k, user_goal)
         budget = self.settings.prompt_token_budget
         lines = [memory_line(hit.memory.text, hit.memory.kind, hit.memory.created_at) for hit in hits]
         _, used = memory_block(lines, budget, count_tokens)  # the best that fit the budget ...

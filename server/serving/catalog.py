@@ -105,6 +105,13 @@ class ModelCatalog:
         parent = self.adapters.parent(adapter)
         return self.base_model(parent) or self.served if parent is not None else self.served
 
+    def entry_for(self, name: str) -> ModelEntry | None:
+        """The served model a request for `name` runs on (an adapter's base model); None for another provider's."""
+        model, provider = parse_model_ref(name)
+        if provider not in (None, LOCAL_PROVIDER):
+            return None
+        return self.parent_entry(model) if self.is_adapter(model) else self.base_model(model)
+
     def is_adapter(self, name: str) -> bool:
         return name in self.adapters
 

@@ -87,7 +87,13 @@ class Engines(Protocol):
 
 class Memory(Protocol):
     async def recall(
-        self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
+        self,
+        owner: str,
+        name: str,
+        user_goal: str,
+        query: str,
+        count_tokens: Callable[[str], int],
+        top_k: int | None = None,
     ) -> Recalled: ...
 
     def remember_later(
@@ -203,8 +209,14 @@ class ChatService:
         if call.memory is None:
             return None
         query = latest_user_text(call.turns)
+        entry = self.catalog.entry_for(call.models[0])  # how many memories the model asked first can use
         return await self.memory.recall(
-            call.caller, call.memory.group, call.memory.user_goal, query, self.engine.count_tokens
+            call.caller,
+            call.memory.group,
+            call.memory.user_goal,
+            query,
+            self.engine.count_tokens,
+            entry.memory_top_k if entry is not None else None,
         )
 
     async def _start(self, call: ChatCall, admission: Admission, recalled: Recalled | None, name: str) -> _Started:

@@ -160,3 +160,11 @@ def test_several_models_each_with_its_adapters() -> None:
     assert MULTI.adapters.holder("bravo") == "second" and MULTI.adapters.holder("new") is None
     assert sorted(pair[1].name for pair in MULTI.adapters.listed()) == ["alpha", "bravo"]
     assert ("bravo", "local") in MULTI.endpoints() and ("two", "local") in MULTI.endpoints()
+
+
+def test_the_entry_a_name_runs_on() -> None:
+    """What sizes a request's memory block (`memory_top_k`): the served model a name runs on, an adapter's base."""
+    names = ("s", "two", "alpha", "bravo", "bravo@local", "second")
+    assert [MULTI.entry_for(name).name for name in names] == ["small", "second", "small", "second", "second", "second"]
+    assert MULTI.entry_for("nowhere") is None
+    assert MULTI.entry_for("big@up") is None  # another provider's model

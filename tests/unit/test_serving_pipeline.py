@@ -91,7 +91,13 @@ class FakeMemory:
     remembered: list[str] = field(default_factory=list)
 
     async def recall(
-        self, owner: str, name: str, user_goal: str, query: str, count_tokens: Callable[[str], int]
+        self,
+        owner: str,
+        name: str,
+        user_goal: str,
+        query: str,
+        count_tokens: Callable[[str], int],
+        top_k: int | None = None,
     ) -> Recalled:
         return Recalled(block="", memories=())
 
