@@ -104,15 +104,23 @@ def write_adapter(folder: Path) -> Path:
     return folder
 
 
-async def test_store_records_owners_and_enforces_them_and_quotas(tmp_path: Path) -> None:
+def recording_store(tmp_path: Path):
+    """A store of the embedded model's adapters on a recording engine, and an adapter folder to add from."""
     from server.config import load_settings
-    from server.engine.adapters import AdapterNotFound, AdapterOwned, AdapterQuotaExceeded, AdapterStore
+    from server.engine.adapters import AdapterStore
 
     entry = load_settings(environ={}).served
     config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
-    source = write_adapter(tmp_path / "source")
-    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine())
+    engine = RecordingEngine()
+    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=engine)
     store.load_existing()
+    return store, engine, write_adapter(tmp_path / "source")
+
+
+async def test_store_records_owners_and_enforces_them_and_quotas(tmp_path: Path) -> None:
+    from server.engine.adapters import AdapterNotFound, AdapterOwned, AdapterQuotaExceeded
+
+    store, _, source = recording_store(tmp_path)
     mine = {"owner": "key_a", "admin": False, "max_versions": 2, "max_adapters": 2}
     await store.add("alpha", source, source_label="upload", **mine)
     ownership = store.ownership("alpha")
@@ -235,38 +243,25 @@ async def test_owner_files_are_claimed_whole(tmp_path: Path) -> None:
 async def test_a_registry_reading_taken_before_the_stores_own_change_is_ignored(tmp_path: Path) -> None:
     """The poll reads the registry, then waits for the store while it adds a version: that older reading must not
     bring the previous version back (nor swap the engine's LoRA ids back and forth)."""
-    from server.config import load_settings
-    from server.engine.adapters import AdapterStore
     from server.engine.registry import shared_adapter_registry
 
-    entry = load_settings(environ={}).served
-    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
-    source = write_adapter(tmp_path / "source")
-    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=RecordingEngine())
-    store.load_existing()
+    store, _, source = recording_store(tmp_path)
     async with shared_adapter_registry(tmp_path / "registry.sqlite3", [store]) as registry:
         await store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
         stale = await registry.load()  # alpha v1 active
         served = await store.add("alpha", source, source_label="upload", owner="key_a", admin=False)
-        await store.apply_registry(stale[0], stale[1][entry.name])
+        await store.apply_registry(stale[0], stale[1][store.entry.name])
         assert store.get("alpha") is served and served.version == 2
         generation, models = await registry.load()
-        await store.apply_registry(generation, models[entry.name])
+        await store.apply_registry(generation, models[store.entry.name])
         assert store.get("alpha") is served
 
 
 async def test_store_without_lora_asks_for_it_before_loading_and_never_removes_from_the_engine(tmp_path: Path) -> None:
     """LoRA `auto`: a store whose engine has no LoRA slots asks for them (`ensure_lora`) before loading a version;
     a stored-only version asks nothing; an engine without slots is never asked to remove one."""
-    from server.config import load_settings
-    from server.engine.adapters import AdapterStore
 
-    entry = load_settings(environ={}).served
-    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
-    source = write_adapter(tmp_path / "source")
-    engine = RecordingEngine()
-    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=engine)
-    store.load_existing()
+    store, engine, source = recording_store(tmp_path)
     await store.attach(engine, lora=False)
     asked: list[str] = []
 
@@ -290,15 +285,9 @@ async def test_a_version_retired_after_a_request_was_prepared_gives_way_to_the_a
     """A request prepared on v1 that reaches the engine after v2 was promoted runs on v2: leasing the retired v1
     would load its weights into vLLM again. A busy version is kept until its requests end; a removed adapter's
     prepared request gets AdapterNotFound."""
-    from server.config import load_settings
-    from server.engine.adapters import AdapterNotFound, AdapterStore
+    from server.engine.adapters import AdapterNotFound
 
-    entry = load_settings(environ={}).served
-    config = {"hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3, "intermediate_size": 1536}
-    source = write_adapter(tmp_path / "source")
-    engine = RecordingEngine()
-    store = AdapterStore(tmp_path / "adapters", entry, config, engine_client=engine)
-    store.load_existing()
+    store, engine, source = recording_store(tmp_path)
     first = await store.add("alpha", source, source_label="upload")
     prepared = store.get("alpha")
     second = await store.add("alpha", source, source_label="upload")
