@@ -386,7 +386,40 @@ def _pick(key: str, items: Sequence[str], count: int) -> list[str]:
 
 
 def answer_variants(frame_: Frame) -> tuple[str, ...]:
-    return (frame_.answer, f"{frame_.answer.rstrip('.')}, as you told me.", f"You told me: {frame_.answer}")
+    """The answer said plainly, and once with a natural tail. No form that starts with a fixed prefix: the model
+    learned to loop on one ("You told me: You told me: ...") instead of naming the value."""
+    return (frame_.answer, f"{frame_.answer.rstrip('.')}, as you told me.")
+
+
+def _question_words(frame_: Frame) -> frozenset[str]:
+    return frozenset(word for question in frame_.train_questions for word in content_words(question))
+
+
+def nearest_frames(frames: Sequence[Frame]) -> list[int | None]:
+    """For each frame, the index of the other frame asked about most alike (Jaccard of the content words of their
+    training questions: two names, two places), the first on ties; None where there is no other frame."""
+    words = [_question_words(built) for built in frames]
+    nearest: list[int | None] = []
+    for index, mine in enumerate(words):
+        best, best_score = None, -1.0
+        for other, theirs in enumerate(words):
+            if other == index:
+                continue
+            union = len(mine | theirs)
+            score = len(mine & theirs) / union if union else 0.0
+            if score > best_score:
+                best, best_score = other, score
+        nearest.append(best)
+    return nearest
+
+
+def contrast_example(mine: Frame, other: Frame) -> Example:
+    """Two alike facts asked about together and answered each with its own value, so that their values are told
+    apart (`mine`'s question first; the questions are training wordings, never probes)."""
+    first = _pick(mine.fact + "/contrast", mine.train_questions, 1)[0]
+    second = _pick(other.fact + "/contrast-with", other.train_questions, 1)[0]
+    question = f"{first} And {second[:1].lower()}{second[1:]}"
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": f"{mine.answer} {other.answer}"}]
 
 
 @dataclass(frozen=True)
@@ -402,18 +435,19 @@ class Curriculum:
 def curriculum(memories: Sequence[MemoryRecord], questions_per_fact: int = 6, probes_per_fact: int = 2) -> Curriculum:
     """Training examples (questions per fact in varied wordings, plus the real exchanges) and probes in other wordings.
 
-    A fact stated more than once (or updated: the memory holds the new value) is taught once.
+    Each fact is also asked about once together with the fact most alike it (`contrast_example`), so that similar
+    facts (two names, two places) keep their own values. A fact stated more than once (or updated: the memory holds
+    the new value) is taught once.
     """
-    train: list[Example] = []
-    probes: list[Probe] = []
+    items: list[Frame | Example] = []  # in memory order: a fact's frame, or a real exchange
     seen: set[str] = set()
-    facts = turns = 0
+    turns = 0
     for memory in memories:
         if memory.kind == "turn":
             if memory.text.startswith(TURN_USER_PREFIX) and TURN_ASSISTANT_PREFIX in memory.text:
                 user, answer = memory.text.removeprefix(TURN_USER_PREFIX).split(TURN_ASSISTANT_PREFIX, 1)
                 if user.strip() and answer.strip():
-                    train.append([{"role": "user", "content": user}, {"role": "assistant", "content": answer}])
+                    items.append([{"role": "user", "content": user}, {"role": "assistant", "content": answer}])
                     turns += 1
             continue
         if memory.kind not in FACT_KINDS:
@@ -422,10 +456,21 @@ def curriculum(memories: Sequence[MemoryRecord], questions_per_fact: int = 6, pr
         if built is None or built.fact.lower() in seen:
             continue
         seen.add(built.fact.lower())
+        items.append(built)
+    frames = [item for item in items if isinstance(item, Frame)]
+    nearest = nearest_frames(frames)
+    train: list[Example] = []
+    probes: list[Probe] = []
+    facts = 0
+    for item in items:
+        if not isinstance(item, Frame):
+            train.append(item)
+            continue
+        built = item
         facts += 1
         answers = answer_variants(built)
         for number, question in enumerate(_pick(built.fact, built.train_questions, questions_per_fact)):
-            answer = answers[0] if number % 2 == 0 else answers[1 + (number // 2) % (len(answers) - 1)]
+            answer = answers[1] if number % 3 == 1 else answers[0]
             train.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
         train.append(
             [
@@ -433,6 +478,8 @@ def curriculum(memories: Sequence[MemoryRecord], questions_per_fact: int = 6, pr
                 {"role": "assistant", "content": built.answer},
             ]
         )
+        if (other := nearest[facts - 1]) is not None:
+            train.append(contrast_example(built, frames[other]))
         trained = {example[0]["content"].lower() for example in train}
         for question in _pick(built.fact + "/probe", built.probe_questions, probes_per_fact):
             if question.lower() not in trained:

@@ -9,11 +9,13 @@ import pytest
 
 from server.adaption.dataset import (
     MemoryRecord,
+    contrast_example,
     curriculum,
     data_hash,
     first_person,
     frame,
     names_value,
+    nearest_frames,
     second_person,
 )
 from server.adaption.runner import general_set, replay_set
@@ -91,9 +93,10 @@ def test_curriculum_teaches_each_fact_in_several_wordings_plus_the_real_exchange
     ]
     taught = curriculum(memories, questions_per_fact=4, probes_per_fact=2)
     assert (taught.facts, taught.turns) == (2, 1)
-    rex = [example for example in taught.train if "Rex" in example[-1]["content"]]
-    assert len(rex) == 4 + 1  # four questions, and the fact among what the model remembers about the user
-    assert len({example[0]["content"] for example in rex}) == 5
+    rex = [example for example in taught.train if example[-1]["content"].startswith("Your dog is called Rex")]
+    # four questions, the fact among what the model remembers about the user, and asked beside the other fact
+    assert len(rex) == 4 + 1 + 1
+    assert len({example[0]["content"] for example in rex}) == 6
     assert [
         {"role": "user", "content": "My dog is called Rex."},
         {"role": "assistant", "content": "What a lovely name!"},
@@ -148,3 +151,36 @@ def test_the_dev_set_shares_no_fact_value_or_question_with_the_test_set() -> Non
         assert not {row[field].lower() for row in test} & {row[field].lower() for row in dev}, field
     questions = [{q.lower() for row in rows for q in row["questions"]} for rows in (test, dev)]
     assert not questions[0] & questions[1]
+
+
+def test_no_answer_is_taught_behind_a_fixed_prefix() -> None:
+    """A taught prefix ("You told me: ...") made the model loop on it instead of naming the value."""
+    taught = curriculum([MemoryRecord("My dog is called Rex.", "fact"), MemoryRecord("I live in Porto.", "fact")])
+    answers = [example[-1]["content"] for example in taught.train]
+    assert not any(answer.lower().startswith("you told me") for answer in answers)
+    assert "Your dog is called Rex." in answers and "Your dog is called Rex, as you told me." in answers
+    plain = sum(answer == "Your dog is called Rex." for answer in answers)
+    assert plain > sum(answer == "Your dog is called Rex, as you told me." for answer in answers)
+
+
+def test_alike_facts_are_asked_together_and_answered_each_with_its_own_value() -> None:
+    facts = ["My dog is called Rex.", "I live in Porto.", "My cat is called Tom.", "I grew up in Oslo."]
+    frames = [frame(fact) for fact in facts]
+    assert all(built is not None for built in frames)
+    # Two names pair with each other, two places with each other.
+    assert nearest_frames(frames) == [2, 3, 0, 1]
+    assert nearest_frames(frames[:1]) == [None]
+    example = contrast_example(frames[0], frames[2])
+    question, answer = example[0]["content"], example[1]["content"]
+    assert answer == "Your dog is called Rex. Your cat is called Tom."
+    assert question.count("?") + question.count(".") >= 2 and " And " in question
+    assert not {"rex", "tom"} & set(question.lower().replace("?", " ").split())
+    taught = curriculum([MemoryRecord(fact, "fact") for fact in facts])
+    assert example in taught.train
+    # The contrast questions are training wordings: still none of the held-out probes.
+    trained = {example[0]["content"].lower() for example in taught.train}
+    assert all(probe.question.lower() not in trained for probe in taught.probes)
+    assert not any(probe.question.lower() in question.lower() for probe in taught.probes)
+    # A fact alone has nothing to be told apart from.
+    alone = curriculum([MemoryRecord(facts[0], "fact")])
+    assert not any(" And " in example[0]["content"] for example in alone.train)
