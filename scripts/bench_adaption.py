@@ -134,7 +134,7 @@ def recall_end_to_end(
                 "general_correct": result.get("general_correct"),
                 "general_correct_base": result.get("baseline_general_correct"),
                 "general_examples": result.get("general_examples"),
-                "general_tolerance": result.get("general_tolerance"),
+                "general_loss_tolerance": result.get("general_loss_tolerance"),
                 "general_loss": result.get("general_loss"),
                 "general_loss_base": result.get("baseline_general_loss"),
                 "verdict": result.get("verdict"),

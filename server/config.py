@@ -227,8 +227,8 @@ class AdaptionSettings(_Strict):
         40, ge=0, le=1000, description="everyday prompts answered by the base model and taught beside the facts"
     )
     replay_max_tokens: int = Field(48, ge=8, le=512, description="length of the base model's replay answers")
-    general_tolerance: float = Field(
-        0.05, ge=0.0, le=1.0, description="share of the general set a promoted version may answer wrong beyond the base"
+    general_loss_tolerance: float = Field(
+        0.2, ge=0.0, le=10.0, description="share by which a promoted version's general-set loss may exceed the base's"
     )
     seed: int = 0
     cpu_threads: int = Field(1, ge=1, description="threads the worker may use on a CPU box (serving keeps the rest)")

@@ -113,9 +113,9 @@ def test_facts_told_through_chat_train_an_adapter_that_recalls_them(client: open
     # The job's own promotion test: held-out questions in template wordings, against the base model on the same ones.
     assert result["facts"] == len(FACTS) and result["turns"] == len(FACTS) and result["probes"] == 2 * len(FACTS)
     assert result["recall"] > result["baseline_recall"]
-    allowed = int(result["general_tolerance"] * result["general_examples"])
-    assert result["general_correct"] >= result["baseline_general_correct"] - allowed
     assert result["general_loss"] > 0 and result["baseline_general_loss"] > 0
+    assert result["general_loss"] <= result["baseline_general_loss"] * (1 + result["general_loss_tolerance"])
+    assert 0 <= result["general_correct"] <= result["general_examples"]
     assert len(result["data_hash"]) == 64 and result["verdict"].startswith("it names the fact for")
 
     assert served_by(client, adapter) == f"{adapter}@v1"

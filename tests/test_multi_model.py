@@ -55,7 +55,7 @@ CHEAP_ADAPTION = {
     "probes_per_fact": 1,
     "probe_max_tokens": 12,
     "replay_examples": 0,
-    "general_tolerance": 1.0,
+    "general_loss_tolerance": 10.0,
 }
 TRAINING_TIMEOUT_S = 1800  # one small job on a shared CPU at low priority
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -81,26 +80,27 @@ def _named(figures: dict) -> str:
 
 def promotion(result: dict, tolerance: float) -> Verdict:
     """Promote only if (a) the new version names the trained facts for more held-out questions than the base model
-    (and for no fewer than the version being served), and (b) on the general set it answers at most `tolerance`
-    (a fraction of the set) fewer questions right than the base model. The general set's loss is reported beside."""
+    (and for no fewer than the version being served), and (b) its loss on the general set's reference answers rises
+    by at most `tolerance` (a share of the base model's loss). The loss is deterministic for given weights and
+    averages every reference token; the count of general questions answered right is reported beside it, not gated
+    on: on 40 questions it swung 16-24 between adapters trained with the same settings (base model: 19)."""
     base, current, new = result["base"], result.get("current"), result["new"]
     recall = (
         f"it names the fact for {_named(new)} held-out questions about the trained facts"
         f" (base model: {_named(base)}{f'; version served now: {_named(current)}' if current else ''})"
     )
     size = round(base["general_correct"] / base["general_accuracy"]) if base["general_accuracy"] else 0
-    allowed = math.floor(tolerance * size + 1e-9)
     rise = new["general_loss"] / base["general_loss"] - 1 if base["general_loss"] else 0.0
     general = (
-        f"general set: {new['general_correct']} of {size} answered right against the base model's"
-        f" {base['general_correct']} (at most {allowed} fewer allowed), loss {new['general_loss']:.3f} against"
-        f" {base['general_loss']:.3f} ({rise:+.1%})"
+        f"general set: loss {new['general_loss']:.3f} against the base model's {base['general_loss']:.3f}"
+        f" ({rise:+.1%}, at most {tolerance:+.0%} allowed), {new['general_correct']} of {size} answered right"
+        f" against {base['general_correct']}"
     )
     if new["recalled"] <= base["recalled"]:
         return Verdict(False, f"{recall}: no better than the base model, so it has not learned the facts; {general}.")
     if current is not None and new["recalled"] < current["recalled"]:
         return Verdict(False, f"{recall}: fewer than the version served now; {general}.")
-    if new["general_correct"] < base["general_correct"] - allowed:
+    if rise > tolerance + 1e-9:
         return Verdict(False, f"{recall}, but {general}: it would lose more of what the model knew than allowed.")
     return Verdict(True, f"{recall}; {general}.")
 
@@ -174,7 +174,7 @@ class AdaptionService:
             "probe_max_tokens": settings.probe_max_tokens,
             "replay_examples": settings.replay_examples,
             "replay_max_tokens": settings.replay_max_tokens,
-            "general_tolerance": settings.general_tolerance,
+            "general_loss_tolerance": settings.general_loss_tolerance,
             "seed": settings.seed,
         }
 
@@ -356,7 +356,7 @@ class AdaptionService:
         result = await self.run_worker(job, memories, spec_base)
         if (await self.jobs.get(job.id)).status == "cancelled":
             return
-        tolerance = job.hyperparameters.get("general_tolerance", self.settings.general_tolerance)
+        tolerance = job.hyperparameters.get("general_loss_tolerance", self.settings.general_loss_tolerance)
         verdict = promotion(result, tolerance)
         output = self.work_dir / job.id / "adapter"
         manifest = {
@@ -378,7 +378,7 @@ class AdaptionService:
             "general_correct": result["new"]["general_correct"],
             "baseline_general_correct": result["base"]["general_correct"],
             "general_examples": result["general_examples"],
-            "general_tolerance": tolerance,
+            "general_loss_tolerance": tolerance,
             "general_loss": result["new"]["general_loss"],
             "baseline_general_loss": result["base"]["general_loss"],
             "train_seconds": result["train_seconds"],
