@@ -307,17 +307,17 @@ def print_backend(name: str, result: dict, latency: dict) -> None:
         )
     print(f"{'candidate':<62} {'dev P':>6} {'R':>6} {'F1':>6}   {'test P':>6} {'R':>6} {'F1':>6}")
     for candidate, sets in result["candidates"].items():
-        dev, test = sets["dev"], sets["test"]
-        print(
-            f"{candidate:<62} {dev['precision']:>6.3f} {dev['recall']:>6.3f} {dev['f1']:>6.3f}   "
-            f"{test['precision']:>6.3f} {test['recall']:>6.3f} {test['f1']:>6.3f}"
-        )
+        row = f"{candidate:<62}"
+        for set_name in ("dev", "test"):
+            if set_name in sets:
+                row += f" {sets[set_name]['precision']:>6.3f} {sets[set_name]['recall']:>6.3f} {sets[set_name]['f1']:>6.3f}  "
+        print(row)
     candidates = result["candidates"]
     configured = next(sets for candidate, sets in candidates.items() if candidate.startswith("configured"))
     global_name = next(
         candidate for candidate in candidates if re.match(r"evidence \+ model @0\.\d+ \(dev\)", candidate)
     )
-    for set_name in ("dev", "test"):
+    for set_name in configured:
         print(f"per labelled kind, {set_name}:  kind n   configured P R F1   ({global_name}: F1)")
         for kind, row in configured[set_name]["by_kind"].items():
             plain = candidates[global_name][set_name]["by_kind"][kind]["f1"]
@@ -335,15 +335,21 @@ async def main() -> None:
         metavar="KIND=MODEL",
         help="a backend to evaluate (repeatable); default: the one models.yaml configures",
     )
+    parser.add_argument(
+        "--sets",
+        default="dev,test",
+        help="comma-separated sets to score (thresholds are always chosen on dev); `dev` alone while tuning",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "guardrails-eval.json")
     args = parser.parse_args()
     server_settings = load_settings()
     settings, served = server_settings.guardrails, server_settings.served
     backends = [spec.split("=", 1) for spec in args.backend] if args.backend else [(settings.backend, settings.model)]
-    sets = {name: load_cases(path) for name, path in SETS.items()}
+    wanted = {name.strip() for name in args.sets.split(",")} | {"dev"}
+    sets = {name: load_cases(path) for name, path in SETS.items() if name in wanted}
     for name, cases in sets.items():
         print(f"{name}: {len(cases)} cases ({sum(case.violates for case in cases)} violating), {SETS[name]}")
-    windows = stream_windows(sets["dev"] + sets["test"], str(Path(served.source).expanduser()))
+    windows = stream_windows([case for cases in sets.values() for case in cases], str(Path(served.source).expanduser()))
     memory = server_settings.memory  # the server's memory embedder, as the server's checker uses it
     embedder = Embedder(memory.embedding_model, query_dtype=memory.query_embedding_dtype)
     topics = await TopicJudge.open(embedder.embed_queries)
