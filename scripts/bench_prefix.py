@@ -118,11 +118,14 @@ def request_body(mode: str, model: str, system: str, question: str, output_token
     return body
 
 
-async def timed_stream(http: httpx.AsyncClient, body: dict) -> tuple[float, int]:
-    """(time to first content token in s, completion tokens)."""
+async def timed_stream(http: httpx.AsyncClient, body: dict) -> tuple[float, int, bool]:
+    """(time to first content token in s, completion tokens, whether the policy cut the stream).
+
+    A stream cut by its policy ends early: its mode's tokens per second then measure the cut, not the speed."""
     started = time.perf_counter()
     first: float | None = None
     tokens = 0
+    cut = False
     async with http.stream("POST", "/v1/chat/completions", json=body) as response:
         if response.status_code != 200:
             await response.aread()
@@ -134,7 +137,8 @@ async def timed_stream(http: httpx.AsyncClient, body: dict) -> tuple[float, int]
                 first = time.perf_counter()
             if '"usage":{' in line:
                 tokens = int(line.split('"completion_tokens":', 1)[1].split(",", 1)[0].split("}", 1)[0])
-    return (first or time.perf_counter()) - started, tokens
+            cut = cut or '"finish_reason":"content_filter"' in line
+    return (first or time.perf_counter()) - started, tokens, cut
 
 
 def setup(base_url: str, headers: dict, system: str, noise: int) -> None:
@@ -175,22 +179,23 @@ def prefix_bench(
         ]
         before = prefix_cache_counters((await http.get("/metrics")).text)
         ttfts: list[float] = []
-        tokens = 0
+        tokens = cuts = 0
 
         async def worker() -> None:
-            nonlocal tokens
+            nonlocal tokens, cuts
             while queue:
                 question = queue.pop()
-                ttft, made = await timed_stream(http, request_body(mode, model, system, question, output_tokens))
+                ttft, made, cut = await timed_stream(http, request_body(mode, model, system, question, output_tokens))
                 ttfts.append(ttft)
                 tokens += made
+                cuts += cut
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(count)))
         wall = time.perf_counter() - started
         after = prefix_cache_counters((await http.get("/metrics")).text)
         return {"ttft_s": ttfts, "tokens": tokens, "wall_s": wall, "queries": after[0] - before[0],
-                "hits": after[1] - before[1]}  # fmt: skip
+                "hits": after[1] - before[1], "cut": cuts}  # fmt: skip
 
     async def run() -> dict:
         limits = httpx.Limits(max_connections=max(clients) + 2)
@@ -217,6 +222,7 @@ def prefix_bench(
                             statistics.median(part["tokens"] / part["wall_s"] for part in parts), 2
                         ),
                         "prefix_cache_queries": int(queries),
+                        "cut_by_policy": sum(part["cut"] for part in parts),
                         "cached_tokens_per_request": round(sum(part["hits"] for part in parts) / len(ttfts), 1),
                         "uncached_tokens_per_request": round(
                             sum(part["queries"] - part["hits"] for part in parts) / len(ttfts), 1
@@ -250,7 +256,7 @@ def print_prefix_bench_table(report: dict) -> None:
     )
     header = (
         f"{'clients':>7} {'mode':<14} {'TTFT p50 / p99 ms':>19} {'x base':>7} {'tok/s':>8} {'x base':>7} "
-        f"{'cache hit':>9} {'cached/uncached tok per req':>27}"
+        f"{'cache hit':>9} {'cached/uncached tok per req':>27} {'cut by policy':>13}"
     )
     print(header)
     print("-" * len(header))
@@ -261,6 +267,7 @@ def print_prefix_bench_table(report: dict) -> None:
                 f"{row['clients']:>7} {mode:<14} {r['ttft_p50_ms']:>8.0f} / {r['ttft_p99_ms']:>8.0f} "
                 f"{r['ttft_p50_ratio']:>7.3f} {r['output_tok_per_s']:>8.1f} {r['throughput_ratio']:>7.3f} {rate:>9} "
                 f"{r['cached_tokens_per_request']:>13.0f} / {r['uncached_tokens_per_request']:>11.0f}"
+                f" {r['cut_by_policy']:>6} of {row['requests_per_mode']:<3}"
             )
     for label, (mode, key, bound, op) in TARGETS.items():
         if mode not in report["levels"][0]["modes"] or key not in report["levels"][0]["modes"][mode]:
