@@ -305,13 +305,15 @@ def print_backend(name: str, result: dict, latency: dict) -> None:
         print(
             f"kinds inferred from the policies, {set_name}: {inferred['inferred']} (same as the labelled kind: {inferred['agreement']})"
         )
-    print(f"{'candidate':<62} {'dev P':>6} {'R':>6} {'F1':>6}   {'test P':>6} {'R':>6} {'F1':>6}")
+    scored = list(next(iter(result["candidates"].values())))  # the sets scored: dev, and test unless left out
+    print(f"{'candidate':<62}" + "".join(f" {name + ' P':>6} {'R':>6} {'F1':>6}  " for name in scored))
     for candidate, sets in result["candidates"].items():
-        row = f"{candidate:<62}"
-        for set_name in ("dev", "test"):
-            if set_name in sets:
-                row += f" {sets[set_name]['precision']:>6.3f} {sets[set_name]['recall']:>6.3f} {sets[set_name]['f1']:>6.3f}  "
-        print(row)
+        print(
+            f"{candidate:<62}"
+            + "".join(
+                f" {sets[n]['precision']:>6.3f} {sets[n]['recall']:>6.3f} {sets[n]['f1']:>6.3f}  " for n in scored
+            )
+        )
     candidates = result["candidates"]
     configured = next(sets for candidate, sets in candidates.items() if candidate.startswith("configured"))
     global_name = next(
