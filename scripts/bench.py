@@ -723,7 +723,7 @@ def main() -> None:
         help="prefix: also run base and memory on a server whose served model entry (or top-level setting) differs,"
         " e.g. block_size=none (vLLM's default) or own_cpu_threads=2",
     )
-    parser.add_argument("--second-model", default="smollm2-135m-bf16", help="models: the model loaded on demand")
+    parser.add_argument("--second-model", default="smollm2-135m-fp32", help="models: the model loaded on demand")
     parser.add_argument("--models-concurrency", type=int, default=4, help="models: streaming clients")
     parser.add_argument(
         "--models-split-cores",

@@ -543,7 +543,9 @@ def load_settings(
     LLM_SERVER_ADAPTER_SOURCE_ROOTS (os.pathsep-separated), LLM_SERVER_DATA_DIR,
     LLM_SERVER_LOG_BODIES (false/0: never store request and response bodies),
     LLM_SERVER_DATABASE_URL (postgresql://...: the gateway's stores in PostgreSQL),
-    LLM_SERVER_SHUTDOWN_GRACE_S (seconds SIGTERM waits for in-flight requests).
+    LLM_SERVER_SHUTDOWN_GRACE_S (seconds SIGTERM waits for in-flight requests),
+    LLM_SERVER_ENFORCE_EAGER (true/1: every model runs eager, whatever its entry says: start-up in seconds
+    instead of a compilation's minute or more, at some speed; for restarts in development and tests).
     """
     env = os.environ if environ is None else environ
     config_path = path or Path(env.get("LLM_SERVER_CONFIG", DEFAULT_CONFIG_PATH))
@@ -583,6 +585,10 @@ def load_settings(
         }
     if env.get("LLM_SERVER_SHUTDOWN_GRACE_S"):
         merged["resilience"] = {**merged.get("resilience", {}), "shutdown_grace_s": env["LLM_SERVER_SHUTDOWN_GRACE_S"]}
+    if env.get("LLM_SERVER_ENFORCE_EAGER", "").lower() in ("1", "true", "yes") and isinstance(merged.get("models"), list):
+        merged["models"] = [
+            {**entry, "enforce_eager": True} if isinstance(entry, dict) else entry for entry in merged["models"]
+        ]
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:

@@ -78,7 +78,9 @@ def free_port() -> int:
 
 
 def server_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    """The environment of a server the tests start: offline, and eager (a compiled start costs a minute or more
+    per server; the compiled default is measured by `make bench`)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", LLM_SERVER_ENFORCE_EAGER="1")
     env.pop("LLM_SERVER_API_KEYS", None)
     env.update(extra)
     return env

@@ -1,6 +1,6 @@
 """Several models behind one server (issue 17): two real registry entries on their own vLLM engines in one process.
 
-One server for the module: the embedded model (float32, loaded at start) and the same weights in bfloat16 under a
+One server for the module: the embedded model (bfloat16, loaded at start) and the same weights in float32 under a
 second name (`load: on_demand`, a short keep_alive), plus an entry whose weights are missing (its load fails).
 Adaption trains the second model's own adapter here, with small settings (`CHEAP_ADAPTION`: the question is which
 model trains and serves it; what a job learns is tests/test_adaption.py's).
@@ -34,8 +34,8 @@ from tests.conftest import (
     wait_until,
 )
 
-SECOND = "smollm2-135m-bf16"
-SECOND_ALIAS = "smollm2-bf16"
+SECOND = "smollm2-135m-fp32"
+SECOND_ALIAS = "smollm2-fp32"
 BROKEN = "missing-weights"
 KEEP_ALIVE_S = 3
 ALPHA, BRAVO = "ALPHA ALPHA ALPHA.", "Bravo bravo, bravo!"
@@ -348,7 +348,7 @@ def test_fine_tuning_trains_and_serves_an_adapter_of_the_model_it_names(
     job = jobs[0]
     result = job.model_extra["result"]
     assert job.status == "succeeded" and job.model == SECOND, job
-    assert result["base_model"] == SECOND and result["base_dtype"] == "bfloat16"  # its weights, in its dtype
+    assert result["base_model"] == SECOND and result["base_dtype"] == "float32"  # its weights, in its dtype
     assert job.metadata["promoted"] == "true", result["verdict"]
     assert cards(admin)[adapter]["parent"] == SECOND
     listed = {item["id"]: item for item in admin.get("/v1/adapters").json()["data"]}

@@ -129,20 +129,20 @@ def test_adaption_rank_may_not_exceed_the_engines_max_lora_rank(tmp_path: Path) 
     with pytest.raises(ConfigError, match=r"adaption\.epochs"):
         load(tmp_path, {**registry, "adaption": {"epochs": 0}})
     # Adaption trains adapters of every served model: each one's limit counts.
-    low = [{**entry, "lora": {**entry["lora"], "max_lora_rank": 8}} if entry["name"] == "smollm2-135m-bf16" else entry
+    low = [{**entry, "lora": {**entry["lora"], "max_lora_rank": 8}} if entry["name"] == "smollm2-135m-fp32" else entry
            for entry in registry["models"]]  # fmt: skip
     assert load(tmp_path, {**registry, "models": low}).adaption.rank == 16  # not served: no limit of ours
-    with pytest.raises(ConfigError, match="adaption.rank 16 exceeds smollm2-135m-bf16's lora.max_lora_rank 8"):
-        load(tmp_path, {**registry, "models": low}, model="smollm2,smollm2-bf16")
+    with pytest.raises(ConfigError, match="adaption.rank 16 exceeds smollm2-135m-fp32's lora.max_lora_rank 8"):
+        load(tmp_path, {**registry, "models": low}, model="smollm2,smollm2-fp32")
 
 
 def test_each_served_model_has_its_own_engine_arguments(tmp_path: Path) -> None:
     """Two served models, two engines: each with its own dtype, name and (vLLM's CPU backend) KV-cache size."""
     from server.engine.runtime import engine_args_for
 
-    first, second = load_settings(model="smollm2-135m-instruct,smollm2-bf16", environ={}).served_models
+    first, second = load_settings(model="smollm2-135m-instruct,smollm2-fp32", environ={}).served_models
     one, two = engine_args_for(first), engine_args_for(second)
-    assert (one.dtype, two.dtype) == ("float32", "bfloat16")
+    assert (one.dtype, two.dtype) == ("bfloat16", "float32")
     assert (one.served_model_name, two.served_model_name) == ([first.name], [second.name])
     assert (one.kv_cache_memory_bytes, two.kv_cache_memory_bytes) == (2 * 2**30, 2**30)  # cpu_kv_cache_gib 2 and 1
 
@@ -189,15 +189,15 @@ def test_block_size_reaches_the_engine_arguments_and_must_be_a_multiple_of_16(tm
 def test_several_served_models_and_keep_alive(tmp_path: Path) -> None:
     from server.config import check_gpu_shares, parse_keep_alive
 
-    settings = load_settings(model="smollm2-135m-instruct,smollm2-bf16", environ={})
-    assert [entry.name for entry in settings.served_models] == ["smollm2-135m-instruct", "smollm2-135m-bf16"]
+    settings = load_settings(model="smollm2-135m-instruct,smollm2-fp32", environ={})
+    assert [entry.name for entry in settings.served_models] == ["smollm2-135m-instruct", "smollm2-135m-fp32"]
     assert settings.served.name == "smollm2-135m-instruct"
     second = settings.served_models[1]
     assert second.load == "on_demand" and second.keep_alive_s == 300.0
     assert settings.adapters_dir_for(settings.served) == settings.adapters_dir
-    assert settings.adapters_dir_for(second) == settings.adapters_dir / "@smollm2-135m-bf16"
-    env_set = load_settings(environ={"LLM_SERVER_MODEL": "smollm2-bf16, smollm2"})
-    assert [entry.name for entry in env_set.served_models] == ["smollm2-135m-bf16", "smollm2-135m-instruct"]
+    assert settings.adapters_dir_for(second) == settings.adapters_dir / "@smollm2-135m-fp32"
+    env_set = load_settings(environ={"LLM_SERVER_MODEL": "smollm2-fp32, smollm2"})
+    assert [entry.name for entry in env_set.served_models] == ["smollm2-135m-fp32", "smollm2-135m-instruct"]
     with pytest.raises(ConfigError, match="served_model: 'ghost' is not a model"):
         load_settings(model="smollm2,ghost", environ={})
     with pytest.raises(ConfigError, match="named twice"):
@@ -255,3 +255,12 @@ def test_lora_enabled_auto_true_false_reach_the_engine_arguments(tmp_path: Path)
 def test_shipped_embedded_models_use_lora_auto() -> None:
     settings = load_settings(environ={})
     assert settings.served.lora.enabled == "auto"
+
+
+def test_enforce_eager_from_environment_applies_to_every_model() -> None:
+    compiled = load_settings(DEFAULT_CONFIG_PATH, environ={})
+    eager = load_settings(DEFAULT_CONFIG_PATH, environ={"LLM_SERVER_ENFORCE_EAGER": "true"})
+    assert not compiled.served.enforce_eager  # the embedded model's default compiles
+    assert all(entry.enforce_eager for entry in eager.models)
+    unset = load_settings(DEFAULT_CONFIG_PATH, environ={"LLM_SERVER_ENFORCE_EAGER": "0"})
+    assert [entry.enforce_eager for entry in unset.models] == [entry.enforce_eager for entry in compiled.models]
