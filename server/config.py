@@ -127,6 +127,12 @@ class ModelEntry(_Strict):
         description="CPU: vLLM's VLLM_CPU_OMP_THREADS_BIND for this model's engine ('auto', 'nobind', '0-3');"
         " unset: the environment's (vLLM's auto binding)",
     )
+    cpu_reserved_cores: int | None = Field(
+        None,
+        ge=0,
+        description="CPU: vLLM's VLLM_CPU_NUM_OF_RESERVED_CPU for this model's engine under its auto binding (cores"
+        " kept off the model for the scheduler and front end); unset: the environment's (vLLM keeps one per rank)",
+    )
 
     @field_validator("keep_alive")
     @classmethod
@@ -585,7 +591,9 @@ def load_settings(
         }
     if env.get("LLM_SERVER_SHUTDOWN_GRACE_S"):
         merged["resilience"] = {**merged.get("resilience", {}), "shutdown_grace_s": env["LLM_SERVER_SHUTDOWN_GRACE_S"]}
-    if env.get("LLM_SERVER_ENFORCE_EAGER", "").lower() in ("1", "true", "yes") and isinstance(merged.get("models"), list):
+    if env.get("LLM_SERVER_ENFORCE_EAGER", "").lower() in ("1", "true", "yes") and isinstance(
+        merged.get("models"), list
+    ):
         merged["models"] = [
             {**entry, "enforce_eager": True} if isinstance(entry, dict) else entry for entry in merged["models"]
         ]

@@ -107,25 +107,33 @@ def sleep_mode_available() -> bool:
 _ENGINE_ENV_LOCK = threading.Lock()
 
 
+def engine_variables(entry: ModelEntry) -> dict[str, str]:
+    """The vLLM CPU variables an entry sets for its engine: its thread binding and the cores it leaves free."""
+    named = {
+        "VLLM_CPU_OMP_THREADS_BIND": entry.cpu_threads_bind,
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": entry.cpu_reserved_cores,
+    }
+    return {name: str(value) for name, value in named.items() if value is not None}
+
+
 @contextmanager
 def engine_environment(entry: ModelEntry) -> Iterator[None]:
-    """The environment an entry's engine core process starts with: its CPU thread binding when it names one.
+    """The environment an entry's engine core process starts with: its CPU variables (`engine_variables`).
 
-    vLLM reads VLLM_CPU_OMP_THREADS_BIND in the engine core process, which inherits this process's environment
-    when it is spawned; engines start one at a time under this lock, so each gets its own."""
+    vLLM reads them in the engine core process, which inherits this process's environment when it is spawned;
+    engines start one at a time under this lock, so each gets its own."""
     with _ENGINE_ENV_LOCK:
-        if entry.cpu_threads_bind is None or not current_platform.is_cpu():
-            yield
-            return
-        before = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = entry.cpu_threads_bind
+        variables = engine_variables(entry) if current_platform.is_cpu() else {}
+        before = {name: os.environ.get(name) for name in variables}
+        os.environ.update(variables)
         try:
             yield
         finally:
-            if before is None:
-                os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-            else:
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = before
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def start_llm(entry: ModelEntry, *, lora: bool | None = None) -> AsyncLLM:

@@ -264,3 +264,13 @@ def test_enforce_eager_from_environment_applies_to_every_model() -> None:
     assert all(entry.enforce_eager for entry in eager.models)
     unset = load_settings(DEFAULT_CONFIG_PATH, environ={"LLM_SERVER_ENFORCE_EAGER": "0"})
     assert [entry.enforce_eager for entry in unset.models] == [entry.enforce_eager for entry in compiled.models]
+
+
+def test_engine_variables_name_the_cpu_settings_an_entry_sets() -> None:
+    from server.engine.runtime import engine_variables
+
+    served = load_settings(DEFAULT_CONFIG_PATH, environ={}).served
+    assert engine_variables(served) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # the embedded model: every core
+    bound = served.model_copy(update={"cpu_threads_bind": "2-7", "cpu_reserved_cores": None})
+    assert engine_variables(bound) == {"VLLM_CPU_OMP_THREADS_BIND": "2-7"}
+    assert engine_variables(served.model_copy(update={"cpu_reserved_cores": None})) == {}  # vLLM's own defaults
