@@ -270,7 +270,8 @@ def test_engine_variables_name_the_cpu_settings_an_entry_sets() -> None:
     from server.engine.runtime import engine_variables
 
     served = load_settings(DEFAULT_CONFIG_PATH, environ={}).served
-    assert engine_variables(served) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}  # the embedded model: every core
-    bound = served.model_copy(update={"cpu_threads_bind": "2-7", "cpu_reserved_cores": None})
+    assert engine_variables(served) == {}  # the embedded model: vLLM's own binding
+    every_core = served.model_copy(update={"cpu_reserved_cores": 0})
+    assert engine_variables(every_core) == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+    bound = served.model_copy(update={"cpu_threads_bind": "2-7"})
     assert engine_variables(bound) == {"VLLM_CPU_OMP_THREADS_BIND": "2-7"}
-    assert engine_variables(served.model_copy(update={"cpu_reserved_cores": None})) == {}  # vLLM's own defaults
