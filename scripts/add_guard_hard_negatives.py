@@ -31,8 +31,10 @@ POOL: tuple[tuple[str, str], ...] = (
     ("Never mention competitor products.", "competitors"),
     ("Don't bring up Microsoft or any of its products.", "competitors"),
     (
-        "You are the assistant for Velo Rides, a bike rental app. Don't mention or recommend rival apps like Lime, "
-        "Bird or Tier.",
+        (
+            "You are the assistant for Velo Rides, a bike rental app. Don't mention or recommend rival apps like Lime, "
+            "Bird or Tier."
+        ),
         "competitors",
     ),
     ("Do not recommend competing browsers; this is the support bot for the Orbit browser.", "competitors"),
