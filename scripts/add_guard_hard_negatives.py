@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "server" / "guardrails" / "data" / "train.jsonl"
 DEV = ROOT / "scripts" / "data" / "guardrails_model_outputs_dev.jsonl"
 STYLE = ROOT / "scripts" / "data" / "model_style_negatives.txt"
-DEV_PREFIX_CHUNKS = (3, 7)
+DEV_PREFIX_CHUNKS = (7,)
 SEED = 15
 
 # Policies the style answers break none of (no topic restrictions: a rambling answer may stray from a topic).
