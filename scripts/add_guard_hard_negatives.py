@@ -5,7 +5,7 @@ human with a job.") and their first words under policies they do not touch. Two 
 - the clean whole answers of the DEV set of model outputs (`scripts/data/guardrails_model_outputs_dev.jsonl`,
   its own policies), and their first-check prefixes (3 and 7 chunks; a stream reads those first);
 - `scripts/data/model_style_negatives.txt`: more answers written in that style (hand-written), each paired with
-  two policies from a pool of training and dev policies none of them touches, and its first words (3 to 6) with
+  two policies from a pool of training and dev policies none of them touches, and its first words (4 to 7) with
   a third.
 Never the test set of model outputs. Idempotent: rows this script added before (the texts of those sources)
 are replaced, so `server/guardrails/data/train.jsonl` holds them once.
@@ -70,7 +70,7 @@ def style_rows(texts: list[str], rng: random.Random) -> list[dict]:
         for policy, category in (first, second):
             rows.append({"policy": policy, "text": text, "violates": False, "category": category})
         words = text.split()
-        prefix = " ".join(words[: rng.randint(3, 6)])
+        prefix = " ".join(words[: rng.randint(4, 7)])
         rows.append({"policy": third[0], "text": prefix, "violates": False, "category": third[1]})
     return rows
 
