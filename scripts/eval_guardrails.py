@@ -14,6 +14,15 @@ chosen on dev, and the ensemble (evidence first, then the model on the own-brand
 Latency is one check through the real `Checker` of a stream window (about 50 tokens of output,
 `sliding_window` 5 of `chunk_size` 10) plus its policy.
 
+The served model's own outputs (`build_model_output_sets.py`: its answers under business system prompts, each
+with several policies, labelled by reading them), scored as two sets each: whole answers and stream prefixes
+(the text after 1, 3, 7, 15 chunks, what a stream's first checks read):
+- model-dev: scripts/data/guardrails_model_outputs_dev.jsonl, its whole answers join dev in choosing thresholds;
+- model-test: tests/data/guardrails_model_outputs_test.jsonl, other businesses and policy wordings, never tuned on.
+For them the false-positive rate (clean texts flagged / clean texts) is printed beside P/R/F1, and each whole
+answer is replayed as a stream through the real stream guard (`stream.guarded`, the configured checker, default
+units): streams cut, clean and violating, with the short-window rule at several word counts (0: off).
+
     python scripts/eval_guardrails.py [--backend classifier=builtin:policy-guard ...] [--out FILE]
 """
 
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import re
 import statistics
@@ -32,9 +42,12 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from server.config import GuardrailSettings, load_settings
+from server.engine import CompletionDelta
 from server.guardrails.checker import PairScorer, calibrated, checker_model_path, open_checker, open_scorer
+from server.guardrails.errors import GuardrailViolation
 from server.guardrails.evidence import Evidence, evidence, masked_own_brand, policy_terms, sentences
 from server.guardrails.kinds import kind_threshold, policy_kind
+from server.guardrails.stream import CONTENT_FILTER, MIN_JUDGED_WORDS, guarded
 from server.guardrails.topics import TopicJudge, allowed_topic
 from server.guardrails.training import LabelledCase, load_cases
 from server.memory.embedder import Embedder
@@ -44,6 +57,14 @@ SETS = {
     "dev": ROOT / "tests" / "data" / "guardrails_eval.jsonl",
     "test": ROOT / "tests" / "data" / "guardrails_test.jsonl",
 }
+MODEL_OUTPUT_SETS = {
+    "model-dev": ROOT / "scripts" / "data" / "guardrails_model_outputs_dev.jsonl",
+    "model-test": ROOT / "tests" / "data" / "guardrails_model_outputs_test.jsonl",
+}
+FORMS = {"answer": "answers", "prefix": "prefixes"}
+TUNING = ("dev", "model-dev answers")  # the sets thresholds are chosen on
+STREAM_MIN_WORDS = (0, 4, 6, MIN_JUDGED_WORDS, 12)  # the short-window rule's word counts replayed (0: off)
+STREAM_UNITS = (10, 5)  # the default chunk_size, sliding_window
 WINDOW_TOKENS = 50  # sliding_window 5 x chunk_size 10: one token per stream chunk
 LATENCY_CHECKS = 200
 MIN_KIND_CASES = 8  # a kind with fewer dev cases (or only one label among them) keeps the global threshold
@@ -107,10 +128,96 @@ def prf(flags: list[bool], labels: list[bool]) -> dict:
     tp = sum(f and y for f, y in zip(flags, labels))
     fp = sum(f and not y for f, y in zip(flags, labels))
     fn = sum(y and not f for f, y in zip(flags, labels))
+    clean = len(labels) - sum(labels)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"n": len(labels), "precision": round(precision, 3), "recall": round(recall, 3), "f1": round(f1, 3)}
+    return {
+        "n": len(labels),
+        "precision": round(precision, 3),
+        "recall": round(recall, 3),
+        "f1": round(f1, 3),
+        "false_positives": fp,
+        "clean": clean,
+        "fp_rate": round(fp / clean, 3) if clean else 0.0,
+    }
+
+
+def model_output_sets(wanted: set[str]) -> tuple[dict[str, list[LabelledCase]], dict[str, list[dict]]]:
+    """The model-output sets, each split into whole answers and prefixes (LabelledCase), and their raw rows."""
+    sets: dict[str, list[LabelledCase]] = {}
+    rows: dict[str, list[dict]] = {}
+    for name, path in MODEL_OUTPUT_SETS.items():
+        if name not in wanted or not path.exists():
+            continue
+        loaded = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for form, plural in FORMS.items():
+            picked = [row for row in loaded if row["form"] == form]
+            rows[f"{name} {plural}"] = picked
+            sets[f"{name} {plural}"] = [
+                LabelledCase(row["policy"], row["text"], row["violates"], row["category"]) for row in picked
+            ]
+    return sets, rows
+
+
+async def replayed_stream(checker, policy: str, chunks: list[str], min_words: int) -> tuple[bool, int]:
+    """(cut?, chunks read before the first release): the answer streamed through the stream guard."""
+
+    async def deltas():
+        for text in chunks:
+            yield CompletionDelta(0, text, 1, None)
+        yield CompletionDelta(0, "", 0, "stop")
+
+    read = 0
+    released_after = len(chunks)
+    source = deltas()
+
+    async def counted():
+        nonlocal read
+        async for delta in source:
+            read += 1
+            yield delta
+
+    check = functools.partial(checker.check, policy)
+    stream = guarded(counted(), check, *STREAM_UNITS, min_judged_words=min_words)
+    cut = False
+    try:
+        async for delta in stream:
+            if delta.finish_reason == CONTENT_FILTER:
+                cut = True
+            elif delta.text and released_after == len(chunks):
+                released_after = read
+    except GuardrailViolation:
+        cut = True
+    return cut, released_after
+
+
+async def stream_replays(
+    settings: GuardrailSettings, model: str, scorer: PairScorer, topics: TopicJudge, rows: dict[str, list[dict]]
+) -> dict:
+    """Per model-output answer set and rule word count: clean streams cut, violating streams cut, and the median
+    chunks read before the first release."""
+    checker = open_checker(settings, model, scorer, topics)
+    out: dict = {}
+    try:
+        for name, picked in rows.items():
+            if not name.endswith(FORMS["answer"]):
+                continue
+            out[name] = {}
+            for min_words in STREAM_MIN_WORDS:
+                results = [await replayed_stream(checker, row["policy"], row["chunks"], min_words) for row in picked]
+                clean = [cut for (cut, _), row in zip(results, picked) if not row["violates"]]
+                bad = [cut for (cut, _), row in zip(results, picked) if row["violates"]]
+                out[name][min_words] = {
+                    "clean_cut": sum(clean),
+                    "clean": len(clean),
+                    "violating_cut": sum(bad),
+                    "violating": len(bad),
+                    "first_release_chunks_p50": statistics.median([first for _, first in results]),
+                }
+    finally:
+        await checker.close()
+    return out
 
 
 def scores_table(cases: list[LabelledCase], flags: list[bool]) -> dict:
@@ -237,11 +344,16 @@ async def evaluate_backend(
             worst.append(max([whole, *flat[offset : offset + len(parts)]]))
             offset += len(parts)
         raw[name]["sentences"] = await ensemble_scores(cases, worst, topics)
-    dev_labels = [case.violates for case in sets["dev"]]
+    tuning = [name for name in TUNING if name in sets]
+    tuning_cases = [case for name in tuning for case in sets[name]]
+    tuning_labels = [case.violates for case in tuning_cases]
     thresholds = {
-        kind: best_threshold(raw["dev"][kind], dev_labels) for kind in ("model", "no_topics", "ensemble", "sentences")
+        kind: best_threshold([score for name in tuning for score in raw[name][kind]], tuning_labels)
+        for kind in ("model", "no_topics", "ensemble", "sentences")
     }
-    per_kind = kind_thresholds(sets["dev"], raw["dev"]["ensemble"], thresholds["ensemble"])
+    per_kind = kind_thresholds(
+        tuning_cases, [score for name in tuning for score in raw[name]["ensemble"]], thresholds["ensemble"]
+    )
     kinds = {name: [policy_kind(case.policy) for case in cases] for name, cases in sets.items()}
     candidates: dict[str, Callable[[str, int], bool]] = {
         "baseline: flag everything": lambda _name, _i: True,
@@ -288,6 +400,7 @@ async def evaluate_backend(
         for name, cases in sets.items()
     }
     return {
+        "tuning_sets": tuning,
         "thresholds_chosen_on_dev": thresholds,
         "kind_thresholds_chosen_on_dev": per_kind,
         "inferred_kinds": inferred,
@@ -297,7 +410,7 @@ async def evaluate_backend(
 
 def print_backend(name: str, result: dict, latency: dict) -> None:
     print(f"\n== {name}: check p50 {latency['check_p50_ms']} ms, p99 {latency['check_p99_ms']} ms")
-    print(f"thresholds chosen on dev: {result['thresholds_chosen_on_dev']}")
+    print(f"thresholds chosen on dev ({' + '.join(result['tuning_sets'])}): {result['thresholds_chosen_on_dev']}")
     print(
         f"per-kind thresholds chosen on dev (models.yaml guardrails.kind_thresholds): {result['kind_thresholds_chosen_on_dev']}"
     )
@@ -305,7 +418,8 @@ def print_backend(name: str, result: dict, latency: dict) -> None:
         print(
             f"kinds inferred from the policies, {set_name}: {inferred['inferred']} (same as the labelled kind: {inferred['agreement']})"
         )
-    scored = list(next(iter(result["candidates"].values())))  # the sets scored: dev, and test unless left out
+    every_set = list(next(iter(result["candidates"].values())))
+    scored = [n for n in every_set if n in SETS]  # the hand-written sets scored: dev, and test unless left out
     print(f"{'candidate':<62}" + "".join(f" {name + ' P':>6} {'R':>6} {'F1':>6}  " for name in scored))
     for candidate, sets in result["candidates"].items():
         print(
@@ -319,13 +433,41 @@ def print_backend(name: str, result: dict, latency: dict) -> None:
     global_name = next(
         candidate for candidate in candidates if re.match(r"evidence \+ model @0\.\d+ \(dev\)", candidate)
     )
-    for set_name in configured:
+    model_sets = [n for n in every_set if n not in SETS]
+    if model_sets:
+        print("\nthe served model's own outputs (FP: clean texts flagged / clean texts; P R F1 where violations)")
+        print(f"{'candidate':<62}" + "".join(f" | {n:<30}" for n in model_sets))
+        for candidate, sets in result["candidates"].items():
+            cells = []
+            for n in model_sets:
+                row = sets[n]
+                fp = f"FP {row['false_positives']:>3}/{row['clean']:<3} {row['fp_rate']:.3f}"
+                prf_cells = (
+                    f"{row['precision']:.2f} {row['recall']:.2f} {row['f1']:.2f}" if row["n"] > row["clean"] else ""
+                )
+                cells.append(f" | {fp} {prf_cells:<14}")
+            print(f"{candidate:<62}" + "".join(cells))
+    for set_name in [n for n in configured if n in SETS]:
         print(f"per labelled kind, {set_name}:  kind n   configured P R F1   ({global_name}: F1)")
         for kind, row in configured[set_name]["by_kind"].items():
             plain = candidates[global_name][set_name]["by_kind"][kind]["f1"]
             print(
                 f"    {kind:<18} {row['n']:>3} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f}"
                 f"   ({plain:.3f})"
+            )
+
+
+def print_replays(replays: dict) -> None:
+    if not replays:
+        return
+    units = f"chunk_size {STREAM_UNITS[0]}, sliding_window {STREAM_UNITS[1]}"
+    print(f"\nwhole answers replayed as streams through the stream guard ({units}); min words: the short-window rule")
+    print(f"{'set':<26} {'min words':>9} {'clean cut':>12} {'violating cut':>14} {'first release p50 (chunks)':>27}")
+    for name, by_words in replays.items():
+        for min_words, row in by_words.items():
+            print(
+                f"{name:<26} {min_words:>9} {row['clean_cut']:>5} of {row['clean']:<4} "
+                f"{row['violating_cut']:>6} of {row['violating']:<4} {row['first_release_chunks_p50']:>27}"
             )
 
 
@@ -339,8 +481,9 @@ async def main() -> None:
     )
     parser.add_argument(
         "--sets",
-        default="dev,test",
-        help="comma-separated sets to score (thresholds are always chosen on dev); `dev` alone while tuning",
+        default="dev,test,model-dev,model-test",
+        help="comma-separated sets to score (thresholds are always chosen on dev and model-dev); "
+        "`dev,model-dev` while tuning",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "guardrails-eval.json")
     args = parser.parse_args()
@@ -349,9 +492,12 @@ async def main() -> None:
     backends = [spec.split("=", 1) for spec in args.backend] if args.backend else [(settings.backend, settings.model)]
     wanted = {name.strip() for name in args.sets.split(",")} | {"dev"}
     sets = {name: load_cases(path) for name, path in SETS.items() if name in wanted}
+    extra_sets, model_rows = model_output_sets(wanted)
+    sets |= extra_sets
     for name, cases in sets.items():
-        print(f"{name}: {len(cases)} cases ({sum(case.violates for case in cases)} violating), {SETS[name]}")
-    windows = stream_windows([case for cases in sets.values() for case in cases], str(Path(served.source).expanduser()))
+        print(f"{name}: {len(cases)} cases ({sum(case.violates for case in cases)} violating)")
+    hand_written = [case for name, cases in sets.items() if name in SETS for case in cases]
+    windows = stream_windows(hand_written, str(Path(served.source).expanduser()))
     memory = server_settings.memory  # the server's memory embedder, as the server's checker uses it
     embedder = Embedder(memory.embedding_model, query_dtype=memory.query_embedding_dtype)
     topics = await TopicJudge.open(embedder.embed_queries)
@@ -362,8 +508,10 @@ async def main() -> None:
         scorer = open_scorer(config, path)
         result = await evaluate_backend(config, scorer, topics, sets)
         latency = await check_latency(config, path, scorer, topics, windows)
-        results[f"{kind}:{model}"] = result | latency
+        replays = await stream_replays(config, path, scorer, topics, model_rows)
+        results[f"{kind}:{model}"] = result | latency | {"stream_replays": replays}
         print_backend(f"{kind}:{model}", result, latency)
+        print_replays(replays)
     await embedder.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"sets": {k: len(v) for k, v in sets.items()}, "backends": results}, indent=2))

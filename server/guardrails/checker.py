@@ -71,6 +71,9 @@ class Verdict:
     score: float  # 0..1, how surely the text violates the policy
     reason: str
     kind: PolicyKind = GENERAL  # the policy's kind, inferred from its words: it chose the threshold
+    # Decided by what the policy names explicitly (`evidence.py`: a forbidden name, a dosage, a credential, ...),
+    # not by a model's judgement: a stream acts on such a verdict however short the window it read.
+    explicit: bool = False
 
 
 def verdict_reason(policy: str, flagged: bool, because: str | None = None) -> str:
@@ -173,7 +176,7 @@ class Checker:
 def evidence_verdict(policy: str, finding: Finding, kind: PolicyKind = GENERAL) -> Verdict:
     flagged = finding.evidence is Evidence.VIOLATES
     reason = verdict_reason(policy, flagged, finding.because)
-    return Verdict(flagged, EVIDENCE_SCORES[finding.evidence], reason, kind)
+    return Verdict(flagged, EVIDENCE_SCORES[finding.evidence], reason, kind, explicit=finding is not OFF_TOPIC)
 
 
 class ClassifierScorer:

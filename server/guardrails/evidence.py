@@ -512,6 +512,9 @@ COMMON_WORDS = {
     "sv": "och att det som en är på för med inte jag du vi till av har hej tack mycket",
 }
 COMMON = {code: frozenset(words.split()) for code, words in COMMON_WORDS.items()}
+# Words English shares with another language ("a", "I", "as", "in"): in an English text they are English, so they
+# count for no other language ("We're a", "Sorry, I" and "As a customer" read as Portuguese and Polish before).
+ENGLISH_TOO = COMMON["en"] | {"a", "i"}
 LETTER_CUES = {
     "es": "ñ¿¡",
     "de": "ßäöü",
@@ -545,7 +548,10 @@ def sentence_language(sentence: str) -> str | None:
         if len(script.findall(sentence)) >= max(2, len(letters) // 3):
             return "ja" if code == "zh" and SCRIPTS[1][1].search(sentence) else code
     words = [word.lower() for word in WORD.findall(sentence)]
-    scores = {code: sum(word in common for word in words) for code, common in COMMON.items()}
+    scores = {
+        code: sum(word in common and (code == "en" or word not in ENGLISH_TOO) for word in words)
+        for code, common in COMMON.items()
+    }
     lowered = sentence.lower()
     for code, cues in LETTER_CUES.items():
         scores[code] += 2 * sum(lowered.count(cue) for cue in cues)
@@ -652,9 +658,12 @@ PROFANITY_WORDS = (
     r"(?:what|who|where|why|how)\s+the\s+(?:hell|heck)|"
     r"bloody(?!\s+(?:mary|marys|nose|noses|lip|lips|wound|wounds|battle|battles|war|wars|sunday|footprints?))|"
     # a censored swear word: letters around asterisks (f***, s***ty, b*tch), never a lone footnote mark
-    r"[a-z]+\*{2,}[a-z]*|[a-z]+\*+[a-z]+"
+    # (a word of four letters or more before the stars is a markdown bold span's end: "**your data**")
+    r"[a-z]{1,3}\*{2,}[a-z]*|[a-z]+\*+[a-z]+"
 )
 PROFANITY = re.compile(rf"(?<![\w*-])(?:{PROFANITY_WORDS})(?![\w*-])", re.IGNORECASE)
+# Markdown emphasis (`**1. Backup your data**`, the served model's lists): its stars are no censored word.
+MARKDOWN_EMPHASIS = re.compile(r"(?<![\w*])\*{1,2}(?=[^\s*])([^*\n]*?[^\s*])\*{1,2}(?![\w*])")
 TERM_BOUNDARY = r"(?<![\w-]){}(?![\w-])"
 BUSINESS_LINE = re.compile(
     r"\b(hotline|helpline|support|customer\s+service|toll-?free|switchboard|reception|office|main\s+line)\b",
@@ -819,7 +828,7 @@ def evidence(terms: PolicyTerms, text: str) -> Finding | None:
     if terms.pii and personal_data(text, terms.pii):
         return Finding(Evidence.VIOLATES, "it contains personal data of a kind the policy names")
     if terms.profanity:
-        for match in PROFANITY.finditer(text):
+        for match in PROFANITY.finditer(MARKDOWN_EMPHASIS.sub(r"\1", text)):
             if match.group(0).lower() not in terms.allowed_words:
                 return Finding(Evidence.VIOLATES, "it uses profanity or an insult")
         if terms.swearing_only:

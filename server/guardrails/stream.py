@@ -10,6 +10,15 @@ so a violation split over small units is still read whole. Held deltas are
 released only after the check that covers them passes; the last partial unit
 (and the finishing delta) is checked before the stream ends. A whole
 (non-streamed) answer is one unit, checked at the end.
+
+A window of fewer than `MIN_JUDGED_WORDS` words is too short for the model to
+judge (a stream's first words, "You can't", were flagged under policies they
+do not touch). A model's flag on such a window does not cut: the unit stays open
+and held, and grows (its due size doubles) until the window is long enough, and
+then the check decides. A flag from explicit evidence (`Verdict.explicit`: a
+name, value or dosage the policy names) cuts at any length, and the end of the
+stream is always judged by the normal rule; nothing is released before a
+passing check covers it.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ CONTENT_FILTER = "content_filter"
 WHOLE_ANSWER = 2**31  # a unit no answer fills: checked once, when its choice finishes
 FIRST_UNIT_CHUNKS = 1  # the first check covers one chunk; units then double up to chunk_size
 MIN_CONTEXT_CHARS = 240  # about two sentences (~50 tokens) of checked text before the new text, at least
+MIN_JUDGED_WORDS = 8  # a model's flag on a shorter window waits for more text (chosen on the dev sets)
 
 
 @dataclass(slots=True)
@@ -59,8 +69,12 @@ class PolicyWindow:
         """Checked text the next check reads before the current unit."""
         return self._checked
 
-    def take_window(self) -> str:
-        """The context and the current unit, which is then closed (the check on it is assumed to pass)."""
+    def window(self) -> str:
+        """What the next check reads: the context and the current unit."""
+        return self._checked + "".join(self._current)
+
+    def close_unit(self) -> None:
+        """The check on `window()` passed: the current unit joins the context."""
         unit = "".join(self._current)
         window = self._checked + unit
         if self.sliding_window > 1:
@@ -68,7 +82,20 @@ class PolicyWindow:
         self._checked = context_tail(window, sum(self._done_units), self.min_context_chars)
         self._current = []
         self._unit_chunks = min(self._unit_chunks * 2, self.chunk_size)
+
+    def grow_unit(self) -> None:
+        """The window was too short to judge: the current unit stays open until it has twice its chunks."""
+        self._unit_chunks = max(1, len(self._current)) * 2
+
+    def take_window(self) -> str:
+        """The context and the current unit, which is then closed (the check on it is assumed to pass)."""
+        window = self.window()
+        self.close_unit()
         return window
+
+
+def too_short_to_judge(window: str, min_words: int) -> bool:
+    return len(window.split()) < min_words
 
 
 def context_tail(text: str, unit_chars: int, min_chars: int) -> str:
@@ -96,6 +123,7 @@ async def guarded(
     *,
     min_context_chars: int = MIN_CONTEXT_CHARS,
     first_unit: int = FIRST_UNIT_CHUNKS,
+    min_judged_words: int = MIN_JUDGED_WORDS,
 ) -> AsyncIterator[CompletionDelta]:
     """`deltas`, each released only once a passing check has covered it.
 
@@ -107,10 +135,18 @@ async def guarded(
     held: dict[int, list[CompletionDelta]] = {}
     finished: set[int] = set()  # choices whose finishing delta the client has received
 
-    async def passed(index: int) -> bool:
-        verdict = await check(windows[index].take_window())
+    async def passed(index: int, final: bool) -> bool:
+        """Check the choice's window: True (the unit is closed) when it passes, False when a model's flag on a
+        window too short to judge defers the decision (the unit stays open); a violation raises."""
+        window = windows[index]
+        text = window.window()
+        verdict = await check(text)
         if verdict.flagged:
+            if not final and not verdict.explicit and too_short_to_judge(text, min_judged_words):
+                window.grow_unit()
+                return False
             raise GuardrailViolation(verdict.reason, verdict.score)
+        window.close_unit()
         return True
 
     try:
@@ -122,10 +158,11 @@ async def guarded(
                 held.setdefault(delta.index, []).append(delta)
                 text = delta_text(delta)
                 due = window.add(text) if text else False
-                if delta.finish_reason is not None:
+                final = delta.finish_reason is not None
+                if final:
                     due = window.unchecked
                 if due:
-                    await passed(delta.index)
+                    due = await passed(delta.index, final)
                 if due or not window.unchecked:  # nothing held that a check has not covered
                     for ready in held.pop(delta.index):
                         if ready.finish_reason is not None:
@@ -133,7 +170,7 @@ async def guarded(
                         yield ready
             for index, window in windows.items():  # a stream that ended without finishing deltas
                 if window.unchecked:
-                    await passed(index)
+                    await passed(index, final=True)
                 for ready in held.pop(index, []):
                     yield ready
         finally:
@@ -148,4 +185,6 @@ def checked_whole(
     deltas: AsyncGenerator[CompletionDelta], check: Callable[[str], Awaitable[Verdict]]
 ) -> AsyncIterator[CompletionDelta]:
     """A non-streamed answer: every choice's whole text is one unit, checked before any of it is released."""
-    return guarded(deltas, check, chunk_size=WHOLE_ANSWER, sliding_window=1, first_unit=WHOLE_ANSWER)
+    return guarded(
+        deltas, check, chunk_size=WHOLE_ANSWER, sliding_window=1, first_unit=WHOLE_ANSWER, min_judged_words=0
+    )

@@ -277,3 +277,19 @@ def test_a_codename_under_a_policy_forbidding_them(text: str, found: bool) -> No
     policy = "Do not disclose internal project codenames."
     assert policy_terms(policy).codenames and not policy_terms("Never reveal passwords.").codenames
     assert (verdict(policy, text) is Evidence.VIOLATES) is found
+
+
+def test_markdown_bold_in_the_served_models_lists_is_no_censored_swear_word() -> None:
+    policy = "Do not use profanity or insult the user."
+    assert verdict(policy, "1. **Backup your data**: Keep your data off the internet.") is None
+    assert verdict(policy, "your data**: Keep it off the internet.") is None  # a window that cut the bold open
+    assert verdict(policy, "This f***ing form, a sh*t day, you b*tch.") is Evidence.VIOLATES
+    assert verdict(policy, "What the **hell** is this?") is Evidence.VIOLATES
+
+
+def test_english_words_other_languages_share_do_not_make_an_english_window_foreign() -> None:
+    english = "Respond only in English."
+    for window in ("We're a", "Sorry, I", "As a customer", "We're currently running a 3-month bill with a 2%"):
+        assert verdict(english, window) is not Evidence.VIOLATES, window
+    assert verdict(english, "Olá, tudo bem?") is Evidence.VIOLATES
+    assert verdict(english, "Obrigado, o seu pacote chega amanhã.") is Evidence.VIOLATES

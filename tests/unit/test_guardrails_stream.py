@@ -11,8 +11,8 @@ from server.guardrails.checker import Verdict
 from server.guardrails.errors import GuardrailViolation
 from server.guardrails.stream import PolicyWindow, checked_whole, context_tail, delta_text, guarded
 
-# The unit mechanics alone: no minimum context, no small first units (tested on their own below).
-UNITS_ONLY = {"min_context_chars": 0}
+# The unit mechanics alone: no minimum context, no deferral of short windows (tested on their own below).
+UNITS_ONLY = {"min_context_chars": 0, "min_judged_words": 0}
 
 
 def test_window_checks_every_chunk_size_chunks_over_the_latest_units() -> None:
@@ -223,3 +223,85 @@ async def test_whole_answer_is_still_one_check_at_the_end() -> None:
     check = RecordingCheck()
     _, error = await drain(checked_whole(Source(words("a ", "b ", "c ", "d ")).run(), check))
     assert error is None and check.windows == ["a b c d "]
+
+
+class ShortWindowCheck(RecordingCheck):
+    """A model that flags every window of fewer than `words` words (as the classifier did on a stream's first
+    words), and windows holding `banned`; `explicit`: its flags come from the policy's named terms."""
+
+    def __init__(self, words: int = 8, banned: str = "BAD", explicit: bool = False) -> None:
+        super().__init__(banned)
+        self.words = words
+        self.explicit = explicit
+
+    async def __call__(self, text: str) -> Verdict:
+        self.windows.append(text)
+        flagged = len(text.split()) < self.words or self.banned in text
+        return Verdict(flagged, 0.99 if flagged else 0.01, "because", explicit=self.explicit and self.banned in text)
+
+
+SENTENCE = ["You", " can't", " change", " the", " date", " online", ",", " but", " our", " team", " can", " help", "."]
+
+
+async def test_a_models_flag_on_a_window_too_short_to_judge_waits_for_more_text() -> None:
+    check = ShortWindowCheck(words=8)
+    source = Source(words(*SENTENCE))
+    stream = guarded(source.run(), check, chunk_size=10, sliding_window=5, min_judged_words=8)
+    first = await anext(stream)
+    # Nothing was released before a passing check covered it: the unit grew by doubling (1, 2, 4, 8 chunks:
+    # 1, 2, 4, 7 words, each flagged and deferred), then the end of the stream was judged whole, and passed.
+    assert check.windows == ["".join(SENTENCE[:n]) for n in (1, 2, 4, 8)] + ["".join(SENTENCE)]
+    assert first.text == "You" and source.produced == len(SENTENCE) + 1
+    rest = [delta.text async for delta in stream]
+    assert "You" + "".join(rest) == "".join(SENTENCE)
+
+
+async def test_explicit_evidence_cuts_a_short_window_at_once() -> None:
+    check = ShortWindowCheck(words=0, banned="Expedia", explicit=True)
+    source = Source(words("Try", " Expedia", " for", " cheaper", " flights", " next", " time", " please", "."))
+    got, error = await drain(guarded(source.run(), check, chunk_size=10, sliding_window=5, min_judged_words=8))
+    assert isinstance(error, GuardrailViolation)
+    assert [d.text for d in got] == ["Try", ""] and got[-1].finish_reason == "content_filter"
+    assert source.closed and source.produced == 3  # cut at the check of chunks 2-3, not deferred
+
+
+async def test_a_model_flag_that_persists_once_the_window_is_long_enough_cuts() -> None:
+    check = ShortWindowCheck(words=0, banned="idiot")
+    tokens = ["You", " are", " such", " a", " complete", " and", " utter", " idiot", ",", " honestly", " you", " are"]
+    got, error = await drain(guarded(Source(words(*tokens)).run(), check, chunk_size=10, sliding_window=5))
+    assert isinstance(error, GuardrailViolation)
+    assert "idiot" not in "".join(d.text for d in got)
+
+
+async def test_a_short_answer_flagged_to_its_end_is_cut_by_the_normal_rule() -> None:
+    check = ShortWindowCheck(words=8)
+    source = Source(words("You", " idiot", "."))
+    got, error = await drain(guarded(source.run(), check, chunk_size=1, sliding_window=1, min_judged_words=8))
+    assert isinstance(error, GuardrailViolation)
+    assert [d.text for d in got] == [""] and got[-1].finish_reason == "content_filter"  # nothing released
+
+
+@pytest.mark.parametrize(("chunk_size", "sliding_window"), [(1, 1), (2, 4), (10, 5)])
+async def test_deferral_never_releases_text_a_passing_check_did_not_cover(chunk_size: int, sliding_window: int) -> None:
+    """A stream of model flags on short windows, then a violation: what was released had passed a check."""
+    check = ShortWindowCheck(words=8, banned="BAD")
+    tokens = SENTENCE + SENTENCE + [" Then", " BAD", " things", "."]
+    got, error = await drain(guarded(Source(words(*tokens)).run(), check, chunk_size, sliding_window))
+    assert isinstance(error, GuardrailViolation)
+    released = "".join(d.text for d in got)
+    assert "BAD" not in released and "".join(tokens).startswith(released)
+    # The released text ends where a passing check's window ended, and that check read enough words.
+    passing = [window for window in check.windows if len(window.split()) >= 8 and "BAD" not in window]
+    assert released and any(released.endswith(window) for window in passing)
+
+
+def test_window_of_a_deferred_unit_keeps_its_text_and_grows() -> None:
+    window = PolicyWindow(chunk_size=10, sliding_window=5)
+    assert window.add("You")
+    window.grow_unit()
+    assert window.add(" can't")  # due again at twice its chunks
+    window.grow_unit()
+    assert [window.add(text) for text in (" do", " it")] == [False, True]
+    assert window.window() == "You can't do it" and window.unchecked
+    window.close_unit()
+    assert not window.unchecked and window.context == "You can't do it"
