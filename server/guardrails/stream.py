@@ -40,7 +40,7 @@ MIN_JUDGED_WORDS = 8  # a model's flag on a shorter window waits for more text (
 
 @dataclass(slots=True)
 class PolicyWindow:
-    """The text of one choice in units; `take_window()` is what the next check reads."""
+    """The text of one choice in units; `window()` is what the next check reads."""
 
     chunk_size: int
     sliding_window: int
@@ -86,12 +86,6 @@ class PolicyWindow:
     def grow_unit(self) -> None:
         """The window was too short to judge: the current unit stays open until it has twice its chunks."""
         self._unit_chunks = max(1, len(self._current)) * 2
-
-    def take_window(self) -> str:
-        """The context and the current unit, which is then closed (the check on it is assumed to pass)."""
-        window = self.window()
-        self.close_unit()
-        return window
 
 
 def too_short_to_judge(window: str, min_words: int) -> bool:

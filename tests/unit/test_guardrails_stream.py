@@ -15,27 +15,34 @@ from server.guardrails.stream import PolicyWindow, checked_whole, context_tail, 
 UNITS_ONLY = {"min_context_chars": 0, "min_judged_words": 0}
 
 
+def take(window: PolicyWindow) -> str:
+    """What the next check reads; the check passes, so the unit closes."""
+    text = window.window()
+    window.close_unit()
+    return text
+
+
 def test_window_checks_every_chunk_size_chunks_over_the_latest_units() -> None:
     window = PolicyWindow(chunk_size=2, sliding_window=3, min_context_chars=0, first_unit=2)
     due = [window.add(text) for text in "ab"]
     assert due == [False, True]
-    assert window.take_window() == "ab"
+    assert take(window) == "ab"
     for text in "cdefgh":
         if window.add(text):
-            last = window.take_window()
+            last = take(window)
     assert last == "cdefgh"  # units cd, ef, gh: the oldest (ab) slid out
     assert not window.unchecked
     window.add("i")
     assert window.unchecked
-    assert window.take_window() == "efghi"  # the partial unit joins the two before it
+    assert take(window) == "efghi"  # the partial unit joins the two before it
 
 
 def test_window_of_one_unit_reads_only_that_unit() -> None:
     window = PolicyWindow(chunk_size=1, sliding_window=1, min_context_chars=0)
     window.add("x")
-    assert window.take_window() == "x"
+    assert take(window) == "x"
     window.add("y")
-    assert window.take_window() == "y"
+    assert take(window) == "y"
 
 
 def test_delta_text_includes_tool_call_pieces() -> None:
@@ -171,7 +178,7 @@ def test_first_units_ramp_up_from_one_chunk_to_chunk_size() -> None:
         if window.add(text):
             sizes.append(count)
             count = 0
-            window.take_window()
+            take(window)
     assert sizes == [1, 2, 4, 5, 5, 5]  # 26 chunks: 22 in units, 4 left unchecked
 
 
