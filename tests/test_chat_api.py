@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import httpx
 import openai
@@ -108,6 +109,30 @@ def test_stream_usage_chunk_when_asked(client: openai.OpenAI) -> None:
     assert usage_chunk.usage.completion_tokens == 8 or chunks[-2].choices[0].finish_reason == "stop"
     assert usage_chunk.usage.total_tokens == usage_chunk.usage.prompt_tokens + usage_chunk.usage.completion_tokens
     assert all(chunk.usage is None for chunk in chunks[:-1])
+
+
+def test_usage_counts_prompt_tokens_served_from_the_prefix_cache(client: openai.OpenAI) -> None:
+    """usage.prompt_tokens_details.cached_tokens (OpenAI's prompt caching): vLLM's prefix cache hits, per request."""
+    # A system prompt no other test sends, long enough to fill several KV blocks (the prefix cache's unit).
+    system = f"Case {uuid.uuid4().hex}. " + " ".join(f"Rule {n}: answer politely and briefly." for n in range(40))
+    messages = [{"role": "system", "content": system}, *CAPITAL]
+    first = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=4)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0  # its first block already differs from all others
+    again = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=4)
+    assert first.usage.prompt_tokens > again.usage.prompt_tokens_details.cached_tokens >= 200
+    streamed = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=4, stream=True, stream_options={"include_usage": True}
+    )
+    usage = list(streamed)[-1].usage
+    assert usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens_details.cached_tokens
+    answered = client.responses.create(
+        model=MODEL, instructions=system, input=CAPITAL[0]["content"], max_output_tokens=4, temperature=0
+    )  # the same prompt through the Responses API: input_tokens_details.cached_tokens
+    assert answered.usage.input_tokens_details.cached_tokens >= 200
+    text = f"Case {uuid.uuid4().hex}. " + " ".join(f"Line {n} of a long document." for n in range(40))
+    legacy = [client.completions.create(model=MODEL, prompt=text, max_tokens=2, temperature=0) for _ in range(2)]
+    assert legacy[0].usage.prompt_tokens_details.cached_tokens == 0
+    assert legacy[1].usage.prompt_tokens > legacy[1].usage.prompt_tokens_details.cached_tokens >= 200
 
 
 def test_max_tokens_gives_length(client: openai.OpenAI) -> None:

@@ -25,6 +25,7 @@ from server.api.protocol import (
     FunctionCall,
     FunctionCallDelta,
     NightlyInfo,
+    PromptTokensDetails,
     TokenLogprob,
     ToolCall,
     ToolCallDelta,
@@ -55,11 +56,12 @@ class CompletionIdentity:
     created: int = field(default_factory=lambda: int(time.time()))
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
 
 
@@ -92,12 +94,12 @@ async def stream_chunks(
     identity: CompletionIdentity,
     *,
     include_usage: bool,
-    usage: Callable[[], tuple[int, int]] | None = None,
+    usage: Callable[[], tuple[int, int, int]] | None = None,
 ) -> AsyncIterator[str]:
     """Serialized chunks, ending with the usage chunk when asked (not `[DONE]`).
 
-    `usage`: the run's final (prompt, completion) tokens; by default the identity's prompt tokens
-    and the deltas' own count."""
+    `usage`: the run's final (prompt, completion, cached prompt) tokens; by default the identity's prompt
+    tokens and the deltas' own counts."""
     # OpenAI sends `"usage": null` on every chunk only when usage was asked for.
     exclude = None if include_usage else {"usage"}
 
@@ -114,9 +116,10 @@ async def stream_chunks(
 
     for index in range(identity.n):
         yield chunk([ChunkChoice(index=index, delta=Delta(role="assistant", content=""))])
-    completion_tokens = 0
+    completion_tokens = cached_tokens = 0
     async for delta in deltas:
         completion_tokens += delta.new_tokens
+        cached_tokens = delta.cached_tokens if delta.cached_tokens is not None else cached_tokens
         if delta.text or delta.tool_calls or delta.logprobs:
             calls = _wire_tool_call_deltas(delta.tool_calls) if delta.tool_calls else None
             yield chunk(
@@ -136,7 +139,8 @@ async def stream_chunks(
             reason = _legacy_reason(finish_reason_of(delta.finish_reason), identity.function_call)
             yield chunk([ChunkChoice(index=delta.index, delta=Delta(), finish_reason=reason)])
     if include_usage:
-        yield chunk([], _usage(*(usage() if usage is not None else (identity.prompt_tokens, completion_tokens))))
+        counted = (identity.prompt_tokens, completion_tokens, cached_tokens)
+        yield chunk([], _usage(*(usage() if usage is not None else counted)))
 
 
 def _legacy_call_delta(calls: list[ToolCallDelta] | None) -> FunctionCallDelta | None:
@@ -172,13 +176,14 @@ class _ChoiceState:
 async def collect_completion(
     deltas: AsyncIterator[CompletionDelta],
     identity: CompletionIdentity,
-    usage: Callable[[], tuple[int, int]] | None = None,
+    usage: Callable[[], tuple[int, int, int]] | None = None,
 ) -> ChatCompletion:
     states = [_ChoiceState() for _ in range(identity.n)]
-    completion_tokens = 0
+    completion_tokens = cached_tokens = 0
     async for delta in deltas:
         state = states[delta.index]
         completion_tokens += delta.new_tokens
+        cached_tokens = delta.cached_tokens if delta.cached_tokens is not None else cached_tokens
         state.text.append(delta.text)
         for piece in delta.tool_calls:
             state.add_tool_chunk(piece)
@@ -199,6 +204,6 @@ async def collect_completion(
             )
             for index, state in enumerate(states)
         ],
-        usage=_usage(*(usage() if usage is not None else (identity.prompt_tokens, completion_tokens))),
+        usage=_usage(*(usage() if usage is not None else (identity.prompt_tokens, completion_tokens, cached_tokens))),
         nightly=identity.nightly,
     )

@@ -175,6 +175,7 @@ class Run:
     created: int = field(default_factory=lambda: int(time.time()))
     states: dict[int, ChoiceState] = field(default_factory=dict)
     completion_tokens: int = 0
+    cached_tokens: dict[int, int] = field(default_factory=dict)  # per prompt: its tokens from the prefix cache
 
     @property
     def prompt_tokens(self) -> int:
@@ -185,6 +186,7 @@ class Run:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": sum(self.cached_tokens.values())},
         }
 
     def choice_piece(self, position: int, delta: CompletionDelta) -> dict:
@@ -192,6 +194,8 @@ class Run:
         index = position * self.body.n + delta.index
         state = self.states.setdefault(index, ChoiceState())
         self.completion_tokens += delta.new_tokens
+        if delta.cached_tokens is not None:
+            self.cached_tokens[position] = delta.cached_tokens
         text = delta.text
         echoed = None
         if self.body.echo and not state.echoed:

@@ -65,6 +65,8 @@ class CompletionDelta:
     # Asked for with `prompt_logprobs`: on each choice's first delta, the prompt's tokens after its first
     # (which has no logprob: nothing comes before it).
     prompt_logprobs: list[TokenLogprob] | None = None
+    # The prompt's tokens served from vLLM's prefix cache (not computed again), once prefill is done; None: unknown.
+    cached_tokens: int | None = None
 
 
 def engine_args_for(entry: ModelEntry, *, lora: bool | None = None) -> AsyncEngineArgs:
@@ -552,7 +554,7 @@ class Engine:
                         if reader is None:
                             reader = ChoiceToolReader(prepared.tool_use, self.entry.tool_format)
                             readers[completion.index] = reader
-                        delta = self._delta(completion, reader, top_logprobs)
+                        delta = self._delta(completion, reader, top_logprobs, output.num_cached_tokens)
                         yield replace(delta, prompt_logprobs=prompt_entries) if first else delta
         except VLLMValidationError as exc:
             raise InvalidOption(str(exc), exc.parameter) from exc
@@ -561,7 +563,11 @@ class Engine:
             raise self._unavailable() from exc
 
     def _delta(
-        self, completion: CompletionOutput, reader: ChoiceToolReader, top_logprobs: int | None
+        self,
+        completion: CompletionOutput,
+        reader: ChoiceToolReader,
+        top_logprobs: int | None,
+        cached_tokens: int | None,
     ) -> CompletionDelta:
         text, calls = reader.feed(completion.text)
         reason = completion.finish_reason
@@ -577,6 +583,7 @@ class Engine:
             finish_reason=reason,
             tool_calls=calls,
             logprobs=self._content_logprobs(completion, top_logprobs),
+            cached_tokens=cached_tokens,
         )
 
     @staticmethod

@@ -220,7 +220,13 @@ def _message(turn: ChatTurn) -> dict:
     return message
 
 
-Counted = Callable[[int, int], None]  # (prompt_tokens, completion_tokens) as the provider reports them
+Counted = Callable[[int, int, int], None]  # (prompt, completion, cached prompt) tokens as the provider reports them
+
+
+def _report(usage: dict, counted: Counted) -> None:
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    counted(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0), int(cached or 0))
 
 
 async def stream_deltas(chunks: AsyncIterator[dict], counted: Counted) -> AsyncIterator[CompletionDelta]:
@@ -234,7 +240,7 @@ async def _chunk_deltas(chunks: AsyncIterator[dict], counted: Counted) -> AsyncI
     async for chunk in chunks:
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            counted(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+            _report(usage, counted)
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
             produced = _delta(choice, delta.get("content") or "", delta.get("tool_calls"))
@@ -246,7 +252,7 @@ async def completion_deltas(completion: dict, counted: Counted) -> AsyncIterator
     """A provider's whole `chat.completion` as one delta per choice; its usage reported to `counted`."""
     usage = completion.get("usage")
     if isinstance(usage, dict):
-        counted(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+        _report(usage, counted)
     for choice in completion.get("choices") or ():
         message = choice.get("message") or {}
         yield _delta(choice, message.get("content") or "", message.get("tool_calls"))

@@ -51,6 +51,7 @@ class RequestAccount:
     adapter: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, served from the engine's prefix cache (or as the provider reports)
     session_id: str | None = None
     user: str | None = None
     tags: tuple[str, ...] = ()

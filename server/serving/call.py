@@ -97,9 +97,9 @@ class ChatRun:
     deltas: AsyncIterator[CompletionDelta] = None  # type: ignore[assignment]  # set by ChatService.start
     created: int = field(default_factory=lambda: int(time.time()))
 
-    def usage(self) -> tuple[int, int]:
-        """(prompt_tokens, completion_tokens) so far."""
-        return self.account.prompt_tokens, self.account.completion_tokens
+    def usage(self) -> tuple[int, int, int]:
+        """(prompt_tokens, completion_tokens, cached_tokens) so far; cached: of the prompt's, from the prefix cache."""
+        return self.account.prompt_tokens, self.account.completion_tokens, self.account.cached_tokens
 
     def respond(self, body: object) -> None:
         """The response body, for the usage log when the request allows it."""

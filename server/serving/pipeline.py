@@ -458,6 +458,8 @@ async def _metered(deltas: AsyncIterator[CompletionDelta], account: RequestAccou
     text: list[str] = []
     async for delta in deltas:
         account.completion_tokens += delta.new_tokens
+        if delta.cached_tokens is not None:
+            account.cached_tokens = delta.cached_tokens
         if delta.index == 0:
             text.append(delta.text)
         yield delta
@@ -468,10 +470,10 @@ class _Reported:
     """The provider's own token counts, when it sends them."""
 
     def __init__(self) -> None:
-        self.usage: tuple[int, int] | None = None
+        self.usage: tuple[int, int, int] | None = None
 
-    def __call__(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.usage = (prompt_tokens, completion_tokens)
+    def __call__(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> None:
+        self.usage = (prompt_tokens, completion_tokens, cached_tokens)
 
 
 async def _counted_upstream(
@@ -493,5 +495,5 @@ async def _counted_upstream(
             yield delta
     finally:
         if reported.usage is not None:
-            account.prompt_tokens, account.completion_tokens = reported.usage
+            account.prompt_tokens, account.completion_tokens, account.cached_tokens = reported.usage
     account.respond(account.prompt_tokens, account.completion_tokens, "".join(text))

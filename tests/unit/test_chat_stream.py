@@ -18,10 +18,11 @@ async def deltas(*items: CompletionDelta) -> AsyncIterator[CompletionDelta]:
 
 
 def story() -> AsyncIterator[CompletionDelta]:
+    """Three tokens; the engine reports 4 of the 7 prompt tokens cached once prefill is done."""
     return deltas(
-        CompletionDelta(0, "Hel", 1, None),
-        CompletionDelta(0, "lo", 1, None),
-        CompletionDelta(0, "", 1, "length"),
+        CompletionDelta(0, "Hel", 1, None, cached_tokens=4),
+        CompletionDelta(0, "lo", 1, None, cached_tokens=4),
+        CompletionDelta(0, "", 1, "length", cached_tokens=4),
     )
 
 
@@ -44,7 +45,12 @@ async def test_chunks_role_then_content_then_finish() -> None:
 async def test_usage_chunk_closes_the_stream_when_asked() -> None:
     chunks = await chunks_of(story(), include_usage=True)
     assert chunks[-1]["choices"] == []
-    assert chunks[-1]["usage"] == {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+    assert chunks[-1]["usage"] == {
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 4},
+    }
     assert all(c["usage"] is None for c in chunks[:-1])
 
 
@@ -53,6 +59,7 @@ async def test_collect_completion_joins_text_and_counts_tokens() -> None:
     assert completion.choices[0].message.content == "Hello"
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage.total_tokens == 10
+    assert completion.usage.prompt_tokens_details.cached_tokens == 4
     assert completion.object == "chat.completion"
     assert "tool_calls" not in completion.model_dump()["choices"][0]["message"]
 

@@ -108,13 +108,16 @@ async def test_provider_chunks_become_deltas_and_usage() -> None:
         tool = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{"}}
         yield {"choices": [{"index": 0, "delta": {"tool_calls": [tool]}}]}
         yield {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}
-        yield {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+        yield {
+            "choices": [],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 5}},
+        }
 
-    counted: list[tuple[int, int]] = []
-    deltas = [delta async for delta in stream_deltas(chunks(), lambda p, c: counted.append((p, c)))]
+    counted: list[tuple[int, int, int]] = []
+    deltas = [delta async for delta in stream_deltas(chunks(), lambda *usage: counted.append(usage))]
     assert [d.text for d in deltas] == ["Hi", "", ""]  # the role chunk is ours to send
     assert deltas[1].tool_calls[0].name == "f" and deltas[1].tool_calls[0].arguments == "{"
-    assert deltas[2].finish_reason == "tool_calls" and counted == [(7, 3)]
+    assert deltas[2].finish_reason == "tool_calls" and counted == [(7, 3, 5)]
 
 
 async def test_provider_completion_becomes_one_delta_per_choice() -> None:
@@ -125,10 +128,10 @@ async def test_provider_completion_becomes_one_delta_per_choice() -> None:
         ],
         "usage": {"prompt_tokens": 4, "completion_tokens": 2},
     }
-    counted: list[tuple[int, int]] = []
-    deltas = [delta async for delta in completion_deltas(completion, lambda p, c: counted.append((p, c)))]
+    counted: list[tuple[int, int, int]] = []  # a provider that reports no cached tokens: none
+    deltas = [delta async for delta in completion_deltas(completion, lambda *usage: counted.append(usage))]
     assert [(d.index, d.text, d.finish_reason) for d in deltas] == [(0, "A", "stop"), (1, "B", "length")]
-    assert deltas[1].logprobs == [] and counted == [(4, 2)]
+    assert deltas[1].logprobs == [] and counted == [(4, 2, 0)]
 
 
 SECOND = ModelEntry(name="second", aliases=("two",), source="./nowhere", max_model_len=100)

@@ -45,6 +45,7 @@ class FakeEngine:
     delay_s: float = 0.0
     max_model_len: int = 1000
     generated: int = 0
+    cached_tokens: int = 2  # of the prompt's, as if served from the prefix cache
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
@@ -69,7 +70,7 @@ class FakeEngine:
             await asyncio.sleep(self.delay_s)
             self.generated += 1
             last = position == len(self.words) - 1
-            yield CompletionDelta(0, word, 1, "stop" if last else None)
+            yield CompletionDelta(0, word, 1, "stop" if last else None, cached_tokens=self.cached_tokens)
 
 
 class NoAdapters:
@@ -222,7 +223,7 @@ async def test_a_whole_answer_is_settled_once_with_its_tokens(served: Served) ->
     chat = call()
     run = await served.service.start(chat)
     assert "".join(delta.text for delta in await drain(run)) == "Hello there friend."
-    assert run.usage() == (3, 4) and run.model == MODEL
+    assert run.usage() == (3, 4, 2) and run.model == MODEL  # 2 of the prompt's 3 tokens from the prefix cache
     (record,) = await records(served, chat.account.request_id)
     assert (record.status, record.prompt_tokens, record.completion_tokens) == (200, 3, 4)
 
