@@ -73,6 +73,15 @@ def test_model_at_provider_is_proxied_and_reported(
     assert theirs["session_id"] is None  # gateway fields are not passed on
 
 
+def test_upstream_cached_tokens_are_passed_on(upstream: RunningServer, client: openai.OpenAI) -> None:
+    """The provider's usage.prompt_tokens_details.cached_tokens (its prefix cache) reaches our client."""
+    system = f"Case {uuid.uuid4().hex}. " + " ".join(f"Rule {n}: answer briefly." for n in range(30))
+    messages = [{"role": "system", "content": system}, *HELLO]
+    first, again = (client.chat.completions.create(model=UPSTREAM, messages=messages, max_tokens=2) for _ in range(2))
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.usage.prompt_tokens > again.usage.prompt_tokens_details.cached_tokens >= 100
+
+
 def test_streams_proxy_as_streams(upstream: RunningServer, client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(model=UPSTREAM, messages=HELLO, max_tokens=6, stream=True))
     assert {chunk.model for chunk in chunks} == {UPSTREAM}
