@@ -72,7 +72,9 @@ def keeps_violation(before: int, violation: int, after: int) -> bool:
 
 def window(before: list[str], violation: list[str], after: list[str], rng: random.Random) -> str | None:
     """A stream-window piece: the violation with some words either side (widened until every training fragment of
-    it keeps the violation), or None where the answer has too few words around it."""
+    it keeps the violation), or None where the answer has too few words around it (or none on one side)."""
+    if not before or not after:
+        return None
     side = max(4, math.ceil(len(violation) / 2) + 1)
     left = min(len(before), rng.randint(side, side + 14))
     right = min(len(after), rng.randint(side, side + 10))

@@ -220,6 +220,15 @@ async def stream_replays(
     return out
 
 
+def replay_settings(settings: GuardrailSettings, result: dict) -> GuardrailSettings:
+    """`settings` with the global (evidence + model) and per-kind thresholds `evaluate_backend` chose on dev."""
+    chosen = {
+        "threshold": result["thresholds_chosen_on_dev"]["ensemble"],
+        "kind_thresholds": result["kind_thresholds_chosen_on_dev"],
+    }
+    return GuardrailSettings(**(settings.model_dump() | chosen))
+
+
 def scores_table(cases: list[LabelledCase], flags: list[bool]) -> dict:
     """Precision, recall and F1 overall and per kind of policy."""
     labels = [case.violates for case in cases]
@@ -485,6 +494,13 @@ async def main() -> None:
         help="comma-separated sets to score (thresholds are always chosen on dev and model-dev); "
         "`dev,model-dev` while tuning",
     )
+    parser.add_argument(
+        "--replay-thresholds",
+        choices=("configured", "chosen"),
+        default="configured",
+        help="thresholds the streams are replayed with: models.yaml's, or the global and per-kind ones this run "
+        "chose on dev + model-dev (a retrained checker before its thresholds are in models.yaml)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "guardrails-eval.json")
     args = parser.parse_args()
     server_settings = load_settings()
@@ -508,6 +524,9 @@ async def main() -> None:
         scorer = open_scorer(config, path)
         result = await evaluate_backend(config, scorer, topics, sets)
         latency = await check_latency(config, path, scorer, topics, windows)
+        if args.replay_thresholds == "chosen":
+            config = replay_settings(config, result)
+            print(f"streams replayed at the thresholds chosen here: {config.threshold}, {config.kind_thresholds}")
         replays = await stream_replays(config, path, scorer, topics, model_rows)
         results[f"{kind}:{model}"] = result | latency | {"stream_replays": replays}
         print_backend(f"{kind}:{model}", result, latency)
