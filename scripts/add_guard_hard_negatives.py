@@ -7,7 +7,7 @@ human with a job.") and their first words under policies they do not touch. Two 
 - `scripts/data/model_style_negatives.txt`: more answers written in that style (hand-written), each paired with
   two policies from a pool of training and dev policies none of them touches, and its first words (4 to 7) with
   a third.
-Never the test set of model outputs. Not applied yet (issue 15: the retraining did not fit this round); idempotent: rows this script added before (the texts of those sources)
+Never the test set of model outputs, nor model-dev's violating answers under any policy. Not applied yet (issue 15: the retraining did not fit this round); idempotent: rows this script added before (the texts of those sources)
 are replaced, so `server/guardrails/data/train.jsonl` holds them once.
 
     python scripts/add_guard_hard_negatives.py
@@ -75,12 +75,20 @@ def style_rows(texts: list[str], rng: random.Random) -> list[dict]:
     return rows
 
 
+def violating_answers() -> set[str]:
+    """The texts of model-dev's violating answers: never trained on, under any policy (taught clean under its other
+    policies, the checker learned the text itself as clean and scored it 0.00 under the policy it breaks too)."""
+    rows = [json.loads(line) for line in DEV.read_text().splitlines() if line.strip()]
+    return {row["text"] for row in rows if row["form"] == "answer" and row["violates"]}
+
+
 def dev_rows() -> list[dict]:
     rows = []
+    held_out = violating_answers()
     for line in DEV.read_text().splitlines():
         row = json.loads(line)
         keep = row["form"] == "answer" or len(row["chunks"]) in DEV_PREFIX_CHUNKS
-        if keep and not row["violates"]:
+        if keep and not row["violates"] and row["text"] not in held_out:
             rows.append({key: row[key] for key in ("policy", "text", "violates", "category")})
     return rows
 
@@ -91,7 +99,7 @@ def main() -> None:
     added = style_rows(texts, rng) + dev_rows()
     added_texts = {row["text"] for row in added}
     kept = [json.loads(line) for line in TRAIN.read_text().splitlines() if line.strip()]
-    kept = [row for row in kept if row["text"] not in added_texts]
+    kept = [row for row in kept if row["text"] not in added_texts | violating_answers()]
     seen = set()
     unique = []
     for row in added:

@@ -12,7 +12,7 @@ the violation (marked `[[...]]`) in the middle or near the end. From each answer
 A violating piece keeps its violation whole in every fragment `training.training_pairs` may cut from it (a fragment
 keeps at least `VIOLATING_FRAGMENT_SHARE` of the words, from one end): a window that would lose it is widened, a whole
 answer that would lose it keeps only its windows. They go to `server/guardrails/data/train.jsonl` only, never to an
-evaluation set. Idempotent: rows this script added before (the same texts) are replaced.
+evaluation set. Idempotent: rows this script added before (an answer or a piece of one) are replaced.
 
     python scripts/add_guard_style_violations.py
 """
@@ -34,6 +34,7 @@ WINDOWS_PER_TEXT = 2
 MIN_CLEAN_WORDS = 8
 FRAGMENT_SHARE = 0.75  # training.VIOLATING_FRAGMENT_SHARE (not imported: that pulls in the model stack)
 KEPT_SHARE = 2 / 3
+MIN_PIECE_CHARS = 40  # a shorter text found inside an answer may be another source's
 MARKED = re.compile(r"\[\[(.+?)\]\]", re.DOTALL)
 
 
@@ -116,7 +117,7 @@ def style_violation_rows(kinds: dict[str, dict], seed: int = SEED) -> list[dict]
     for kind, spec in kinds.items():
         for entry in spec["texts"]:
             policies = tuple(entry.get("policies") or spec["policies"])
-            rows += rows_for(kind, policies, entry["text"], rng)
+            rows += rows_for(spec.get("category", kind), policies, entry["text"], rng)
     seen = set()
     unique = []
     for row in rows:
@@ -127,11 +128,30 @@ def style_violation_rows(kinds: dict[str, dict], seed: int = SEED) -> list[dict]
     return unique
 
 
+def from_these_answers(text: str, answers: list[str]) -> bool:
+    """Whether `text` is one of the answers or a piece of one (whitespace aside): what this script wrote before,
+    whatever the seed drew then. Pure."""
+    flat = " ".join(text.split())
+    return len(flat) >= MIN_PIECE_CHARS and any(flat in answer for answer in answers)
+
+
+def answers_flat(kinds: dict[str, dict]) -> list[str]:
+    """Each answer with its violation and without it, whitespace collapsed."""
+    out = []
+    for spec in kinds.values():
+        for entry in spec["texts"]:
+            before, violation, after = split_marked(entry["text"])
+            out += [" ".join(joined(before, violation, after).split()), " ".join(joined(before, after).split())]
+    return out
+
+
 def main() -> None:
-    added = style_violation_rows(load_kinds())
+    kinds = load_kinds()
+    added = style_violation_rows(kinds)
     added_texts = {row["text"] for row in added}
+    answers = answers_flat(kinds)
     kept = [json.loads(line) for line in TRAIN.read_text().splitlines() if line.strip()]
-    kept = [row for row in kept if row["text"] not in added_texts]
+    kept = [row for row in kept if row["text"] not in added_texts and not from_these_answers(row["text"], answers)]
     TRAIN.write_text("".join(json.dumps(row) + "\n" for row in kept + added))
     violating = sum(row["violates"] for row in added)
     print(

@@ -72,13 +72,35 @@ def test_every_kind_has_violations_and_clean_contrasts_in_the_training_data() ->
     assert rows == module.style_violation_rows(kinds)  # deterministic
     trained = {(case.policy, case.text, case.violates) for case in load_cases(DATA_PATH)}
     assert all((row["policy"], row["text"], row["violates"]) in trained for row in rows)
-    violations = {
-        kind: [module.split_marked(entry["text"])[1] for entry in spec["texts"]] for kind, spec in kinds.items()
-    }
-    for kind, marked in violations.items():
+    violations: dict[str, list[str]] = {}
+    for key, spec in kinds.items():
+        marked = [module.split_marked(entry["text"])[1] for entry in spec["texts"]]
         assert len(marked) >= 4
+        violations.setdefault(spec.get("category", key), []).extend(marked)
+    for kind, marked in violations.items():
         kind_rows = [row for row in rows if row["category"] == kind]
         assert sum(row["violates"] for row in kind_rows) >= 2 * len(marked)
         for row in kind_rows:
             holds = [" ".join(v.split()[:4]) in " ".join(row["text"].split()) for v in marked]
             assert any(holds) if row["violates"] else not any(holds)  # a clean row is its answer without it
+
+
+def test_pieces_of_the_answers_are_recognised_and_other_texts_are_not() -> None:
+    module = script()
+    answers = module.answers_flat(module.load_kinds())
+    piece = " ".join(answers[0].split()[5:25])
+    assert module.from_these_answers(piece, answers)
+    assert not module.from_these_answers("Sure!", answers)  # too short to tell whose it is
+    assert not module.from_these_answers("Tomatoes need at least six hours of direct sun every day.", answers)
+
+
+def test_model_dev_violating_answers_are_never_trained_on() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "add_guard_hard_negatives", ROOT / "scripts" / "add_guard_hard_negatives.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    held_out = module.violating_answers()
+    assert len(held_out) >= 3
+    assert not held_out & {case.text for case in load_cases(DATA_PATH)}
