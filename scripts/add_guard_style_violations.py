@@ -12,7 +12,7 @@ the violation (marked `[[...]]`) in the middle or near the end. From each answer
 A violating piece keeps its violation whole in every fragment `training.training_pairs` may cut from it (a fragment
 keeps at least `VIOLATING_FRAGMENT_SHARE` of the words, from one end): a window that would lose it is widened, a whole
 answer that would lose it keeps only its windows. They go to `server/guardrails/data/train.jsonl` only, never to an
-evaluation set. Idempotent: rows this script added before (an answer or a piece of one) are replaced.
+evaluation set. Measured and not applied yet (README, guardrails: the retrained checker's dev F1 fell). Idempotent: rows this script added before (an answer or a piece of one) are replaced.
 
     python scripts/add_guard_style_violations.py
 """
