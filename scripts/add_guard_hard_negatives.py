@@ -99,15 +99,12 @@ def main() -> None:
     added = style_rows(texts, rng) + dev_rows()
     added_texts = {row["text"] for row in added}
     kept = [json.loads(line) for line in TRAIN.read_text().splitlines() if line.strip()]
-    kept = [row for row in kept if row["text"] not in added_texts | violating_answers()]
-    seen = set()
-    unique = []
+    replaced = added_texts | violating_answers()
+    kept = [row for row in kept if row["text"] not in replaced]
+    unique: dict[tuple[str, str], dict] = {}
     for row in added:
-        key = (row["policy"], row["text"])
-        if key not in seen:
-            seen.add(key)
-            unique.append(row)
-    TRAIN.write_text("".join(json.dumps(row) + "\n" for row in kept + unique))
+        unique.setdefault((row["policy"], row["text"]), row)  # the first of each pair, in order
+    TRAIN.write_text("".join(json.dumps(row) + "\n" for row in kept + list(unique.values())))
     print(f"{len(kept)} cases kept, {len(unique)} hard negatives added -> {TRAIN}")
 
 

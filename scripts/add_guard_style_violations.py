@@ -118,14 +118,10 @@ def style_violation_rows(kinds: dict[str, dict], seed: int = SEED) -> list[dict]
         for entry in spec["texts"]:
             policies = tuple(entry.get("policies") or spec["policies"])
             rows += rows_for(spec.get("category", kind), policies, entry["text"], rng)
-    seen = set()
-    unique = []
+    unique: dict[tuple[str, str], dict] = {}
     for row in rows:
-        key = (row["policy"], row["text"])
-        if key not in seen:
-            seen.add(key)
-            unique.append(row)
-    return unique
+        unique.setdefault((row["policy"], row["text"]), row)  # the first of each pair, in order
+    return list(unique.values())
 
 
 def from_these_answers(text: str, answers: list[str]) -> bool:

@@ -14,10 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 EVAL_SETS = [ROOT / "tests" / "data" / name for name in ("guardrails_eval.jsonl", "guardrails_test.jsonl")]
 
 
-def script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "add_guard_style_violations", ROOT / "scripts" / "add_guard_style_violations.py"
-    )
+def script(name: str = "add_guard_style_violations") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -97,12 +95,6 @@ def test_pieces_of_the_answers_are_recognised_and_other_texts_are_not() -> None:
 
 
 def test_model_dev_violating_answers_are_never_trained_on() -> None:
-    spec = importlib.util.spec_from_file_location(
-        "add_guard_hard_negatives", ROOT / "scripts" / "add_guard_hard_negatives.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    held_out = module.violating_answers()
+    held_out = script("add_guard_hard_negatives").violating_answers()
     assert len(held_out) >= 3
     assert not held_out & {case.text for case in load_cases(DATA_PATH)}
