@@ -18,11 +18,12 @@ SERVE_ARGS := $(if $(MODEL),--model $(MODEL)) $(if $(HOST),--host $(HOST)) $(if 
 install:
 	@VENV=$(VENV) scripts/install.sh
 
-# The embedded default model and guardrail checker, built once into ~/.cache/llm-server
-# (the scripts skip an up-to-date build).
+# The embedded default model, guardrail checker and memory query encoder, built once into
+# ~/.cache/llm-server (the scripts skip an up-to-date build).
 model: install
 	@HF_HUB_OFFLINE=1 $(PY) scripts/build_smollm2.py
 	@HF_HUB_OFFLINE=1 $(PY) scripts/build_guard.py
+	@HF_HUB_OFFLINE=1 $(PY) scripts/build_memory_query.py
 
 serve: model
 	$(PY) -m server serve $(SERVE_ARGS)
@@ -43,7 +44,7 @@ bench: model
 eval-guardrails: model
 	HF_HUB_OFFLINE=1 $(PY) scripts/eval_guardrails.py $(EVAL_ARGS)
 
-eval-memory: install
+eval-memory: model
 	HF_HUB_OFFLINE=1 $(PY) scripts/eval_memory.py $(EVAL_ARGS)
 	HF_HUB_OFFLINE=1 $(PY) scripts/eval_memory_chat.py --set tuning
 	HF_HUB_OFFLINE=1 $(PY) scripts/eval_memory_chat.py --set test

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from server.config import MemorySettings, load_settings
-from server.memory.embedder import Embedder
+from server.memory.embedder import Embedder, open_embedder
 from server.memory.recall import lexical_query
 from server.memory.service import MemoryService
 from server.memory.store import NewMemory, SQLiteMemoryStore
@@ -113,7 +113,7 @@ async def end_to_end_ingest(embedder: Embedder, texts: list[str]) -> float:
 
 async def retrieval_report(sizes: list[int], cache_dir: Path) -> dict:
     settings = load_settings()  # the served configuration's embedder, query dtype and threads
-    embedder = Embedder(settings.memory.embedding_model, query_dtype=settings.memory.query_embedding_dtype)
+    embedder = open_embedder(settings.memory)
     facts = labelled_facts()
     texts = [fact.fact for fact in facts] + distractors(max(sizes) - len(facts))
     vectors = corpus_embeddings(embedder, texts, cache_dir)

@@ -516,7 +516,7 @@ async def main() -> None:
     windows = stream_windows(hand_written, str(Path(served.source).expanduser()))
     memory = server_settings.memory  # the server's memory embedder, as the server's checker uses it
     embedder = Embedder(memory.embedding_model, query_dtype=memory.query_embedding_dtype)
-    topics = await TopicJudge.open(embedder.embed_queries)
+    topics = await TopicJudge.open(embedder.embed_short)
     results = {}
     for kind, model in backends:
         config = GuardrailSettings(**(settings.model_dump() | {"backend": kind, "model": model}))

@@ -8,12 +8,16 @@ apart in another voice and never tuned on):
                 + 2,000 test distractors about the same people and topics;
 - test-sessions: two users' dated multi-session conversations (every user turn a memory) + 600 dated
                 distractor turns each; questions on time, knowledge updates, inference.
+- query-dev:    the query encoder's held-out training rows (server/memory/query_encoder.py), their memories and
+                hard negatives + 2,000 tuning distractors, measured with an encoder trained without them: what
+                its recipe is chosen on (not run by default).
 
 Methods, on the same memories and questions:
 - server: `MemoryService.search` (the retrieval chat uses), in-process on a real SQLite + HNSW store;
 - server-pg (with --postgres or --database-url): the same service on the PostgreSQL store (pgvector, tsvector),
   the one servers sharing a database use;
 - cosine: brute-force cosine of the same embedder (all-MiniLM-L6-v2) over every memory;
+- q-cosine: the same with the questions embedded by memory's query encoder (`memory.query_model`);
 - bm25:   plain Okapi BM25 (k1 1.2, b 0.75, lower-cased words, no stemming, no stop words).
 
     python scripts/eval_memory.py [--out bench-results/eval-memory.json] [--sets test-facts,...]
@@ -45,7 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from server.config import MemorySettings
-from server.memory.embedder import Embedder
+from server.memory.embedder import Embedder, open_embedder
+from server.memory.query_encoder import builtin_query_encoder, is_held_out, load_pairs
 from server.memory.service import MemoryService
 from server.memory.store import memory_store
 from server.storage import Location
@@ -165,13 +170,21 @@ async def evaluate(
         )
     if postgres is not None:
         served["server-pg"] = await service_ranks(postgres, embedder, settings, texts, dates, questions)
-    cosine_ranks, bm25_ranks, types = [], [], []
-    query_vectors = embedder.encode([question for question, *_ in questions])
-    for (question, evidence, _, kind), query_vector in zip(questions, query_vectors, strict=True):
+    cosine_ranks, encoder_ranks, bm25_ranks, types = [], [], [], []
+    asked = [question for question, *_ in questions]
+    query_vectors, encoder_vectors = embedder.encode(asked), embedder.encode_queries(asked)
+    for (question, evidence, _, kind), query_vector, encoder_vector in zip(
+        questions, query_vectors, encoder_vectors, strict=True
+    ):
         cosine_ranks.append(first_rank([int(i) for i in np.argsort(-(vectors @ query_vector))], evidence))
+        encoder_ranks.append(first_rank([int(i) for i in np.argsort(-(vectors @ encoder_vector))], evidence))
         bm25_ranks.append(first_rank(bm25.rank(question), evidence))
         types.append(kind)
-    methods = {name: ranks for name, (ranks, _, _) in served.items()} | {"cosine": cosine_ranks, "bm25": bm25_ranks}
+    methods = {name: ranks for name, (ranks, _, _) in served.items()} | {
+        "cosine": cosine_ranks,
+        "q-cosine": encoder_ranks,
+        "bm25": bm25_ranks,
+    }
     for name, ranks in methods.items():
         table = recall_table(ranks)
         table["empty"] = served[name][1] if name in served else 0
@@ -225,6 +238,12 @@ def session_sets() -> list[tuple[str, list[str], list[float], list]]:
     return sets
 
 
+def query_dev_set() -> tuple[list[str], None, list]:
+    pairs = [pair for pair in load_pairs() if is_held_out(pair)]
+    texts = [pair.positive for pair in pairs] + [pair.negative for pair in pairs] + tuning_distractors(DISTRACTORS)
+    return texts, None, [(pair.query, {i}, None, pair.kind) for i, pair in enumerate(pairs)]
+
+
 def merge(parts: list[dict]) -> dict:
     """Question-weighted average of per-conversation results."""
     total = sum(part["questions"] for part in parts)
@@ -241,12 +260,12 @@ def merge(parts: list[dict]) -> dict:
 
 
 def methods(result: dict) -> list[str]:
-    return [name for name in ("server", "server-pg", "cosine", "bm25") if name in result]
+    return [name for name in ("server", "server-pg", "cosine", "q-cosine", "bm25") if name in result]
 
 
 async def main_async(sets: list[str], postgres: str | None = None) -> dict:
     settings = MemorySettings()
-    embedder = Embedder(settings.embedding_model, query_dtype=settings.query_embedding_dtype)
+    embedder = open_embedder(settings)
     report: dict = {}
     try:
         if "tuning-facts" in sets:
@@ -260,6 +279,16 @@ async def main_async(sets: list[str], postgres: str | None = None) -> dict:
             report["test-sessions"] = merge(parts)
     finally:
         await embedder.close()
+    if "query-dev" in sets:
+        dev = Embedder(
+            settings.embedding_model,
+            query_dtype=settings.query_embedding_dtype,
+            query_source=str(builtin_query_encoder(dev=True)),
+        )
+        try:
+            report["query-dev"] = await evaluate(dev, settings, *query_dev_set())
+        finally:
+            await dev.close()
     return report
 
 

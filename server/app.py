@@ -80,7 +80,7 @@ from server.gateway.usage import UsageStore
 from server.guardrails.checker import Checker, checker_model_path, open_checker
 from server.guardrails.topics import TopicJudge
 from server.memory.curation import CONSOLIDATE_SYSTEM, Consolidate, consolidation_prompt
-from server.memory.embedder import Embedder
+from server.memory.embedder import Embedder, open_embedder
 from server.memory.schedule import curate_nightly
 from server.memory.service import Judge, MemoryService
 from server.memory.store import memory_store
@@ -139,9 +139,7 @@ async def own_threads(count: int) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def memory_service(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[MemoryService]:
-    embedder = await asyncio.to_thread(
-        Embedder, settings.memory.embedding_model, query_dtype=settings.memory.query_embedding_dtype
-    )
+    embedder = await asyncio.to_thread(open_embedder, settings.memory)  # the builtin query encoder trains on first use
     store = memory_store(settings.gateway_database(MEMORY_DATABASE), embedder.dimensions)
     await store.open()
     service = MemoryService(store, embedder, settings.memory, metrics)
@@ -204,7 +202,7 @@ async def adaption_service(
 async def guardrail_checker(settings: GuardrailSettings, embedder: Embedder) -> AsyncIterator[Checker]:
     """The checker; `embedder` (the memory's sentence embedder) judges off-topic sentences under "only X" policies."""
     path = await asyncio.to_thread(checker_model_path, settings.model)  # the builtin one trains on first use
-    topics = await TopicJudge.open(embedder.embed_queries)  # short texts: the query model's fast path
+    topics = await TopicJudge.open(embedder.embed_short)
     checker = await asyncio.to_thread(open_checker, settings, path, None, topics)
     try:
         yield checker

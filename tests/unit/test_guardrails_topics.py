@@ -62,7 +62,7 @@ async def test_the_judge_on_the_real_embedder() -> None:
     memory = MemorySettings()
     embedder = Embedder(memory.embedding_model, query_dtype=memory.query_embedding_dtype)  # as the server runs it
     try:
-        judge = await TopicJudge.open(embedder.embed_queries)
+        judge = await TopicJudge.open(embedder.embed_short)
         assert judge.anchor_rows.shape[0] == len(ANCHORS)
         strays = await judge.off_topic("cooking and recipes", TEXTS)
         assert await judge.off_topic("cooking and recipes", []) == []
