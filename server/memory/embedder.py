@@ -17,7 +17,6 @@ judge) keep the stored texts' model.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -26,12 +25,11 @@ from sentence_transformers import SentenceTransformer
 
 from server.batching import ThreadBatcher
 from server.config import MemorySettings
+from server.cpu_features import cpu_flags, native_bfloat16
 from server.memory.query_encoder import query_model_path, query_model_source
 from server.model_sources import resolve_packaged
 
 EmbeddingDtype = Literal["auto", "float32", "bfloat16"]
-# CPU flags of native bfloat16 arithmetic; without them torch emulates it, slower than float32.
-NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 SMALL_BATCH = 8  # at most this many texts: one forward pass, no length sorting or chunking
 
 
@@ -39,20 +37,7 @@ def resolve_dtype(setting: EmbeddingDtype, cpu_flags: Iterable[str]) -> Literal[
     """The dtype the embedder runs in: `auto` is bfloat16 where the CPU computes it natively, else float32."""
     if setting != "auto":
         return setting
-    return "bfloat16" if NATIVE_BF16_FLAGS & set(cpu_flags) else "float32"
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first CPU's feature flags (Linux); none elsewhere."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+    return "bfloat16" if native_bfloat16(cpu_flags) else "float32"
 
 
 def open_embedder(settings: MemorySettings) -> Embedder:

@@ -1,4 +1,4 @@
-"""Which dtype the embedder runs in: bfloat16 only where the CPU computes it natively, or as configured."""
+"""Which dtype a CPU computes in: the query embedder (`auto`), adaption training, and the CPU flags they read."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from server.adaption.worker import cpu_training_dtype
 from server.config import MemorySettings
-from server.memory.embedder import cpu_flags, resolve_dtype
+from server.cpu_features import cpu_flags
+from server.memory.embedder import resolve_dtype
 
 
 @pytest.mark.parametrize(
@@ -46,3 +48,21 @@ def test_query_embedding_dtype_setting_is_checked() -> None:
     assert MemorySettings(query_embedding_dtype="bfloat16").query_embedding_dtype == "bfloat16"
     with pytest.raises(ValueError, match="query_embedding_dtype"):
         MemorySettings(query_embedding_dtype="int8")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("served", "flags", "trained"),
+    [
+        ("bfloat16", {"avx2"}, "float32"),  # emulated bfloat16: many times slower than float32
+        ("bfloat16", {"avx512f", "avx512_bf16"}, "bfloat16"),
+        ("bfloat16", {"amx_bf16"}, "bfloat16"),
+        ("float32", {"avx2"}, "float32"),
+        ("float16", {"avx2"}, "float16"),
+        ("auto", {"avx2"}, "auto"),
+        (None, set(), None),
+    ],
+)
+def test_adaption_trains_on_the_cpu_in_the_served_dtype_unless_bfloat16_is_emulated(
+    served: str | None, flags: set[str], trained: str | None
+) -> None:
+    assert cpu_training_dtype(served, flags) == trained
