@@ -24,3 +24,11 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 
 def native_bfloat16(flags: Iterable[str]) -> bool:
     return bool(NATIVE_BF16_FLAGS & set(flags))
+
+
+def cpu_dtype(setting: str, flags: Iterable[str]) -> str:
+    """The dtype a model computes in on a CPU: `auto` is bfloat16 where the CPU computes it natively, else float32;
+    any other setting is itself."""
+    if setting != "auto":
+        return setting
+    return "bfloat16" if native_bfloat16(flags) else "float32"

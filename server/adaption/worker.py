@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from server.adaption.dataset import names_value
-from server.cpu_features import cpu_flags, native_bfloat16
+from server.cpu_features import cpu_dtype, cpu_flags, native_bfloat16
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -118,7 +118,7 @@ def generate(
 class Evaluator:
     """Recall of the probes, and the general set (loss and answers), for one model at a time."""
 
-    def __init__(self, tokenizer: Any, spec: dict, device: str) -> None:
+    def __init__(self, tokenizer: Any, spec: dict, device: str, base_dtype: str) -> None:
         hyper = spec["hyperparameters"]
         self.tokenizer = tokenizer
         self.device = device
@@ -138,9 +138,7 @@ class Evaluator:
         ]
         self.general_items = spec["general"]
         self.cache_key = hashlib.sha256(
-            json.dumps(
-                [spec["model_dir"], spec.get("dtype"), spec["general"], self.max_new_tokens, self.batch_size]
-            ).encode()
+            json.dumps([spec["model_dir"], base_dtype, spec["general"], self.max_new_tokens, self.batch_size]).encode()
         ).hexdigest()
 
     def general_figures(self, model: Any) -> dict:
@@ -206,7 +204,7 @@ def replay_examples(model: Any, tokenizer: Any, spec: dict, device: str) -> list
         return []
     cache = Path(spec["base_cache"]).with_name("base-replay.json") if spec.get("base_cache") else None
     key = hashlib.sha256(
-        json.dumps([spec["model_dir"], spec.get("dtype"), prompts, hyper["replay_max_tokens"]]).encode()
+        json.dumps([spec["model_dir"], str(model.dtype), prompts, hyper["replay_max_tokens"]]).encode()
     ).hexdigest()
     if cache is not None and cache.exists() and (stored := json.loads(cache.read_text())).get("key") == key:
         answers = stored["answers"]
@@ -223,10 +221,12 @@ def replay_examples(model: Any, tokenizer: Any, spec: dict, device: str) -> list
 
 
 def cpu_training_dtype(dtype: str | None, flags: Iterable[str]) -> str | None:
-    """The served dtype to train in on a CPU: bfloat16 where the CPU lacks it natively is float32. Emulated
-    bfloat16 made one test job train for over 40 minutes on an AVX2-only EPYC; the adapter, trained on float32
-    copies of the same weights, serves on the bfloat16 ones."""
-    return "float32" if dtype == "bfloat16" and not native_bfloat16(flags) else dtype
+    """The served dtype to train in on a CPU: `auto` as the engine resolves it (server.cpu_features.cpu_dtype), and
+    bfloat16 where the CPU lacks it natively is float32. Emulated bfloat16 made one test job train for over 40
+    minutes on an AVX2-only EPYC; an adapter trained on float32 copies of the weights serves on bfloat16 ones."""
+    if dtype == "bfloat16" and not native_bfloat16(flags):
+        return "float32"
+    return None if dtype is None else cpu_dtype(dtype, flags)
 
 
 def torch_dtype(dtype: str | None) -> Any:
@@ -260,7 +260,7 @@ def train(spec: dict) -> dict:
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch_dtype(dtype)).to(device)
     base_dtype = str(model.dtype).removeprefix("torch.")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    evaluate = Evaluator(tokenizer, spec, device)
+    evaluate = Evaluator(tokenizer, spec, device, base_dtype)
 
     started = time.perf_counter()
     base = evaluate(model, Path(spec["base_cache"]) if spec.get("base_cache") else None)

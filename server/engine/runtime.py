@@ -26,6 +26,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from server.config import ModelEntry
+from server.cpu_features import cpu_dtype, cpu_flags
 from server.engine.adapters import AdapterStore, AdapterVersion, has_served_adapters
 from server.engine.errors import EngineUnavailable, InvalidOption
 from server.engine.logprobs import TokenLogprob, token_logprobs
@@ -82,7 +83,7 @@ def engine_args_for(entry: ModelEntry, *, lora: bool | None = None) -> AsyncEngi
         model=source,
         tokenizer=entry.tokenizer,
         served_model_name=[entry.name],
-        dtype=entry.dtype,
+        dtype=served_dtype(entry),
         max_model_len=entry.max_model_len,
         tensor_parallel_size=entry.tensor_parallel_size,
         pipeline_parallel_size=entry.pipeline_parallel_size,
@@ -99,6 +100,13 @@ def engine_args_for(entry: ModelEntry, *, lora: bool | None = None) -> AsyncEngi
         # Where the platform has it (CUDA, ROCm, XPU): an idle model sleeps (weights offloaded, KV cache freed).
         enable_sleep_mode=sleep_mode_available(),
     )
+
+
+def served_dtype(entry: ModelEntry) -> str:
+    """The dtype the engine computes `entry` in. On a CPU, `auto` is bfloat16 only where the CPU computes it
+    natively, else float32: vLLM's own `auto` keeps a bfloat16 checkpoint's dtype on any x86 CPU, emulated without
+    avx512_bf16/amx_bf16 (see models.yaml for what that costs)."""
+    return cpu_dtype(entry.dtype, cpu_flags()) if current_platform.is_cpu() else entry.dtype
 
 
 def sleep_mode_available() -> bool:

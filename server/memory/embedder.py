@@ -16,7 +16,7 @@ judge) keep the stored texts' model.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -25,19 +25,12 @@ from sentence_transformers import SentenceTransformer
 
 from server.batching import ThreadBatcher
 from server.config import MemorySettings
-from server.cpu_features import cpu_flags, native_bfloat16
+from server.cpu_features import cpu_dtype, cpu_flags
 from server.memory.query_encoder import query_model_path, query_model_source
 from server.model_sources import resolve_packaged
 
 EmbeddingDtype = Literal["auto", "float32", "bfloat16"]
 SMALL_BATCH = 8  # at most this many texts: one forward pass, no length sorting or chunking
-
-
-def resolve_dtype(setting: EmbeddingDtype, cpu_flags: Iterable[str]) -> Literal["float32", "bfloat16"]:
-    """The dtype the embedder runs in: `auto` is bfloat16 where the CPU computes it natively, else float32."""
-    if setting != "auto":
-        return setting
-    return "bfloat16" if native_bfloat16(cpu_flags) else "float32"
 
 
 def open_embedder(settings: MemorySettings) -> Embedder:
@@ -61,7 +54,7 @@ class Embedder:
     ) -> None:
         """`source`: the model of stored texts; `query_source`: memory search queries' own encoder (a path or
         repo id), None for `source`'s."""
-        self.query_dtype = resolve_dtype(query_dtype, cpu_flags())
+        self.query_dtype = cpu_dtype(query_dtype, cpu_flags())
         self._model = SentenceTransformer(resolve_packaged(source), device="cpu").eval()
         self._short_model = self._model
         if self.query_dtype != "float32":

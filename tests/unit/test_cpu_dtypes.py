@@ -1,4 +1,5 @@
-"""Which dtype a CPU computes in: the query embedder (`auto`), adaption training, and the CPU flags they read."""
+"""Which dtype a CPU computes in: the served model and the query embedder (`auto`), adaption training, and the CPU
+flags they read."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import pytest
 
 from server.adaption.worker import cpu_training_dtype
 from server.config import MemorySettings
-from server.cpu_features import cpu_flags
-from server.memory.embedder import resolve_dtype
+from server.cpu_features import cpu_dtype, cpu_flags
 
 
 @pytest.mark.parametrize(
@@ -23,8 +23,8 @@ from server.memory.embedder import resolve_dtype
         ("bfloat16", set(), "bfloat16"),
     ],
 )
-def test_resolve_dtype(setting: str, flags: set[str], expected: str) -> None:
-    assert resolve_dtype(setting, flags) == expected  # type: ignore[arg-type]
+def test_cpu_dtype(setting: str, flags: set[str], expected: str) -> None:
+    assert cpu_dtype(setting, flags) == expected
 
 
 def test_cpu_flags_read_from_cpuinfo(tmp_path: Path) -> None:
@@ -58,7 +58,8 @@ def test_query_embedding_dtype_setting_is_checked() -> None:
         ("bfloat16", {"amx_bf16"}, "bfloat16"),
         ("float32", {"avx2"}, "float32"),
         ("float16", {"avx2"}, "float16"),
-        ("auto", {"avx2"}, "auto"),
+        ("auto", {"avx2"}, "float32"),  # as the engine serves it
+        ("auto", {"avx512_bf16"}, "bfloat16"),
         (None, set(), None),
     ],
 )
