@@ -224,9 +224,8 @@ def cpu_training_dtype(dtype: str | None, flags: Iterable[str]) -> str | None:
     """The served dtype to train in on a CPU: `auto` as the engine resolves it (server.cpu_features.cpu_dtype), and
     bfloat16 where the CPU lacks it natively is float32. Emulated bfloat16 made one test job train for over 40
     minutes on an AVX2-only EPYC; an adapter trained on float32 copies of the weights serves on bfloat16 ones."""
-    if dtype == "bfloat16" and not native_bfloat16(flags):
-        return "float32"
-    return None if dtype is None else cpu_dtype(dtype, flags)
+    resolved = dtype if dtype is None else cpu_dtype(dtype, flags)
+    return "float32" if resolved == "bfloat16" and not native_bfloat16(flags) else resolved
 
 
 def torch_dtype(dtype: str | None) -> Any:
