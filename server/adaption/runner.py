@@ -122,10 +122,12 @@ class BaseModels(Protocol):
     def awake_adapters(self, slot: ModelSlot) -> AbstractAsyncContextManager[AdapterStore]: ...
 
 
-def spec_model(entry: ModelEntry) -> dict:
-    """What the worker loads to train `entry`'s adapter: its weights, tokenizer (chat template) and dtype."""
+def spec_model(entry: ModelEntry, served_dtype: str | None = None) -> dict:
+    """What the worker loads to train `entry`'s adapter: its weights, tokenizer (chat template) and dtype: the one
+    its engine computes in when loaded (`served_dtype`: vLLM's `auto` resolved), so the adapter trains on the
+    weights it will serve with; else the entry's (the worker resolves `auto` on a CPU as the engine would)."""
     source = str(entry.source_path) if entry.is_local else entry.source
-    return {"model_dir": source, "tokenizer": entry.tokenizer or source, "dtype": entry.dtype}
+    return {"model_dir": source, "tokenizer": entry.tokenizer or source, "dtype": served_dtype or entry.dtype}
 
 
 class AdaptionService:
@@ -346,7 +348,7 @@ class AdaptionService:
         except AdapterNotFound:
             current_path, current_version = None, None
         spec_base = {
-            **spec_model(entry),
+            **spec_model(entry, slot.engine.dtype if slot.engine is not None else None),
             "current_adapter": current_path,
             "cpu_threads": self.settings.cpu_threads,
             "gpu_memory_fraction": self.settings.gpu_memory_fraction,

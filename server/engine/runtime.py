@@ -221,6 +221,11 @@ class Engine:
         self.adapters.ensure_lora = self.enable_lora
         self._watchdog: asyncio.Task | None = None
 
+    @property
+    def dtype(self) -> str:
+        """The dtype vLLM computes in, its `auto` resolved (a float32 checkpoint serves in bfloat16 on a GPU)."""
+        return str(self._llm.model_config.dtype).removeprefix("torch.")
+
     @classmethod
     async def start(
         cls,

@@ -94,6 +94,9 @@ def test_the_worker_gets_the_models_weights_tokenizer_and_dtype(service: Adaptio
     import torch
 
     assert spec_model(SECOND) == {"model_dir": "nowhere", "tokenizer": "./tok", "dtype": "bfloat16"}
+    auto = SECOND.model_copy(update={"dtype": "auto"})
+    assert spec_model(auto)["dtype"] == "auto"  # not loaded: the worker resolves it
+    assert spec_model(auto, "bfloat16")["dtype"] == "bfloat16"  # loaded: what vLLM resolved it to
     assert spec_model(OWN)["tokenizer"] == "nowhere"  # none of its own: the weights' folder
     hub = OWN.model_copy(update={"source": "org/model"})
     assert spec_model(hub)["model_dir"] == "org/model"  # a repo id stays one (loaded from the HF cache)
