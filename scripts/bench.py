@@ -723,6 +723,12 @@ def main() -> None:
         help="prefix: also run base and memory on a server whose served model entry (or top-level setting) differs,"
         " e.g. block_size=none (vLLM's default) or own_cpu_threads=2",
     )
+    parser.add_argument(
+        "--prefix-policy",
+        default=GUARDRAIL["guardrail_policy"],
+        help="prefix: the guardrail_policy of the policy modes (the default cuts many of the embedded model's"
+        " answers by false positives; a policy its answers pass measures the checks' own cost)",
+    )
     parser.add_argument("--second-model", default="smollm2-135m-fp32", help="models: the model loaded on demand")
     parser.add_argument("--models-concurrency", type=int, default=4, help="models: streaming clients")
     parser.add_argument(
@@ -787,7 +793,7 @@ def main() -> None:
             load_before = os.getloadavg()
             modes = tuple(args.prefix_modes.split(",")) if args.prefix_modes else PREFIX_MODES
             report["prefix"] = prefix_bench(
-                server.base_url, API_KEY, entry.name, entry_token_counter(entry), modes=modes
+                server.base_url, API_KEY, entry.name, entry_token_counter(entry), modes=modes, policy=args.prefix_policy
             )
             report["prefix"]["load_average_before_after"] = [load_before, os.getloadavg()]
         if args.prefix_variant:

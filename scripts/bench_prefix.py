@@ -83,7 +83,9 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def request_body(mode: str, model: str, system: str, question: str, output_tokens: int) -> dict:
+def request_body(
+    mode: str, model: str, system: str, question: str, output_tokens: int, policy: str = GUARDRAIL["guardrail_policy"]
+) -> dict:
     body: dict = {
         "model": model,
         "max_tokens": output_tokens,
@@ -114,7 +116,7 @@ def request_body(mode: str, model: str, system: str, question: str, output_token
     if mode in ("memory", "memory+policy"):
         body["nightly"] = [GROUP, "a personal assistant"]
     if mode in ("policy", "memory+policy"):
-        body |= GUARDRAIL
+        body |= GUARDRAIL | {"guardrail_policy": policy}
     return body
 
 
@@ -166,7 +168,10 @@ def prefix_bench(
     rounds: int = 2,
     noise: int = 0,
     modes: tuple[str, ...] = MODES,
+    policy: str = GUARDRAIL["guardrail_policy"],
 ) -> dict:
+    """`policy`: the policy modes' guardrail_policy. Its checks run on every unit whether they pass or not; a
+    policy whose checks flag the answers cuts streams, and a cut stream's tokens per second measure the cut."""
     headers = {"Authorization": f"Bearer {api_key}"}
     system = long_system_prompt(count_tokens, system_tokens)
     setup(base_url, headers, system, noise)
@@ -185,7 +190,9 @@ def prefix_bench(
             nonlocal tokens, cuts
             while queue:
                 question = queue.pop()
-                ttft, made, cut = await timed_stream(http, request_body(mode, model, system, question, output_tokens))
+                ttft, made, cut = await timed_stream(
+                    http, request_body(mode, model, system, question, output_tokens, policy)
+                )
                 ttfts.append(ttft)
                 tokens += made
                 cuts += cut
@@ -199,10 +206,15 @@ def prefix_bench(
 
     async def run() -> dict:
         limits = httpx.Limits(max_connections=max(clients) + 2)
-        report: dict = {"system_prompt_tokens": system_tokens, "output_tokens": output_tokens, "levels": []}
+        report: dict = {
+            "system_prompt_tokens": system_tokens,
+            "output_tokens": output_tokens,
+            "policy": policy,
+            "levels": [],
+        }
         async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=600, limits=limits) as http:
             for mode in modes:  # warm-up: the system prompt enters the cache, the checker and embedder load
-                await timed_stream(http, request_body(mode, model, system, "warm-up (ticket w)", 4))
+                await timed_stream(http, request_body(mode, model, system, "warm-up (ticket w)", 4, policy))
             for count in clients:
                 requests = max(6, 2 * count)
                 running = [mode for mode in modes if count == 1 or mode not in ONE_CLIENT_ONLY]
@@ -252,7 +264,8 @@ def prefix_bench(
 def print_prefix_bench_table(report: dict) -> None:
     print(
         f"\nprefix cache: {report['system_prompt_tokens']}-token shared system prompt, "
-        f"{report['output_tokens']} tokens per answer; ratios vs base (no feature) at the same client count"
+        f"{report['output_tokens']} tokens per answer; ratios vs base (no feature) at the same client count;"
+        f" policy modes: {report.get('policy')!r}"
     )
     header = (
         f"{'clients':>7} {'mode':<14} {'TTFT p50 / p99 ms':>19} {'x base':>7} {'tok/s':>8} {'x base':>7} "
