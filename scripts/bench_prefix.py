@@ -83,9 +83,7 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def request_body(
-    mode: str, model: str, system: str, question: str, output_tokens: int, policy: str = GUARDRAIL["guardrail_policy"]
-) -> dict:
+def request_body(mode: str, model: str, system: str, question: str, output_tokens: int, policy: str) -> dict:
     body: dict = {
         "model": model,
         "max_tokens": output_tokens,
@@ -265,7 +263,7 @@ def print_prefix_bench_table(report: dict) -> None:
     print(
         f"\nprefix cache: {report['system_prompt_tokens']}-token shared system prompt, "
         f"{report['output_tokens']} tokens per answer; ratios vs base (no feature) at the same client count;"
-        f" policy modes: {report.get('policy')!r}"
+        f" policy modes: {report['policy']!r}"
     )
     header = (
         f"{'clients':>7} {'mode':<14} {'TTFT p50 / p99 ms':>19} {'x base':>7} {'tok/s':>8} {'x base':>7} "
