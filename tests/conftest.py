@@ -36,6 +36,19 @@ START_TIMEOUT_S = 420
 
 FAILURE_LOG_LINES = 80
 
+# One short job, for tests whose question is not what a job learns: fewer wordings, no replay, the general set not
+# gating promotion (only its figures reported).
+CHEAP_ADAPTION = {
+    "rank": 8,
+    "alpha": 16,
+    "learning_rate": 0.004,
+    "questions_per_fact": 4,
+    "probes_per_fact": 1,
+    "probe_max_tokens": 12,
+    "replay_examples": 0,
+    "general_loss_tolerance": 10.0,
+}
+
 
 @dataclass
 class RunningServer:

@@ -4,7 +4,6 @@ version keeps the old facts and follows memory updates; plus the jobs API, its e
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -12,8 +11,19 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
-from tests.conftest import API_KEY, MODEL, RunningServer, StateDirs, server_env, start_server
+from tests.conftest import (
+    API_KEY,
+    CHEAP_ADAPTION,
+    MODEL,
+    ROOT,
+    RunningServer,
+    assert_error,
+    server_env,
+    start_server,
+)
+from tests.prometheus import matching, scrape, value
 
 GOAL = "A companion that remembers what the user tells it"
 # Facts told through chat, and questions about them written by hand, in words no training template uses.
@@ -76,9 +86,11 @@ def finished(client: openai.OpenAI, adapter: str, after: str | None = None, time
 
 
 @pytest.fixture(scope="module")
-def taught(client: openai.OpenAI, http: httpx.Client) -> dict:
-    """One adapter trained once for this module: five facts told through chat with the seed's fields only."""
+def taught(server: RunningServer, client: openai.OpenAI, http: httpx.Client) -> dict:
+    """One adapter trained once for this module: five facts told through chat with the seed's fields only; the
+    server's metrics scraped before and after."""
     group, adapter = f"told-{uuid.uuid4().hex[:6]}", f"told-{uuid.uuid4().hex[:6]}"
+    _, metrics_before = scrape(server.base_url)
     base_recalled = recalled(client, FACTS)
     assert served_by(client, adapter) == f"base-model; no promoted version of {adapter} yet"
     trigger = {"nightly": [group, GOAL], "finetune_thresh": len(FACTS), "min_finetune_group": 5, "lora_name": adapter}
@@ -102,6 +114,7 @@ def taught(client: openai.OpenAI, http: httpx.Client) -> dict:
         "job": job,
         "base_recalled": base_recalled,
         "served": served_during_training,
+        "metrics": (metrics_before, scrape(server.base_url)[1]),
     }
 
 
@@ -126,6 +139,34 @@ def test_facts_told_through_chat_train_an_adapter_that_recalls_them(client: open
         f"\nhand-written questions answered with the fact: adapter {len(learned)}/5, base {len(taught['base_recalled'])}/5"
     )
     assert len(learned) >= 4 and len(learned) > len(taught["base_recalled"])
+
+
+def test_the_job_its_losses_and_the_adapter_load_are_counted(http: httpx.Client, taught: dict) -> None:
+    before, after = taught["metrics"]
+    job = http.get(f"/v1/fine_tuning/jobs/{taught['job'].id}").json()
+
+    def grew(name: str, **labels: str) -> float:
+        return matching(after, name, **labels) - matching(before, name, **labels)
+
+    assert grew("llm_server_fine_tuning_jobs_finished_total", state="succeeded") == 1
+    assert grew("llm_server_fine_tuning_training_duration_seconds_count") == 1
+    assert value(after, "llm_server_fine_tuning_last_loss", kind="eval") == job["result"]["general_loss"]
+    steps = [
+        event["data"]
+        for event in http.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
+        if event["type"] == "metrics" and event["data"] and "step" in event["data"]
+    ]
+    last_step = max(steps, key=lambda data: data["step"])
+    assert value(after, "llm_server_fine_tuning_last_loss", kind="train") == last_step["train_loss"]
+    assert grew("llm_server_adapter_loads_total", outcome="loaded") == 1  # promoted: loaded at once
+    assert value(after, "llm_server_fine_tuning_jobs", state="succeeded") >= 1
+    assert value(after, "llm_server_adapters_loaded") == len(http.get("/v1/adapters").json()["data"])
+    # The console's adapter page lists every version, served or kept.
+    [version] = http.get(f"/v1/adapters/{taught['adapter']}/versions").json()["data"]
+    assert version["version"] == 1 and version["fine_tuning_job"] == job["id"] and version["active"] is True
+    assert version["eval_loss"] == job["result"]["general_loss"]
+    assert_error(http.get("/v1/adapters/no-such-adapter/versions"), 404, "adapter_not_found", "name")
+    assert_error(http.get("/v1/adapters/9bad/versions"), 400, "invalid_adapter", "name")
 
 
 def test_job_events_report_progress_and_the_eval_figures(client: openai.OpenAI, taught: dict) -> None:
@@ -281,19 +322,19 @@ def test_jobs_api_bad_input_and_ownership(client: openai.OpenAI, http: httpx.Cli
     assert adapter not in [a["id"] for a in http.get("/v1/adapters").json()["data"]]  # nothing trained, nothing served
 
 
-def test_a_job_cut_off_by_a_restart_runs_again(tmp_path: Path, state_dirs: StateDirs) -> None:
+def test_a_job_cut_off_by_a_restart_runs_again(tmp_path: Path) -> None:
+    # What a job learns is this module's other tests' question: here a short one, cut off and run again.
+    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    raw["adaption"] = {**raw["adaption"], **CHEAP_ADAPTION}
+    config = tmp_path / "models.yaml"
+    config.write_text(yaml.safe_dump(raw))
     env = server_env(
+        LLM_SERVER_CONFIG=str(config),
         LLM_SERVER_API_KEYS=API_KEY,
         LLM_SERVER_DATA_DIR=str(tmp_path / "data"),
         LLM_SERVER_ADAPTERS_DIR=str(tmp_path / "adapters"),
     )
     group, adapter = "restart-group", "restart-adapter"
-    # The base model's figures the session server's jobs cached (keyed by the model and the prompts), as a server
-    # that trained before has them: both runs of this job then spend their time training, not evaluating the base.
-    work = tmp_path / "data" / "adaption-work"
-    work.mkdir(parents=True)
-    for cached in (state_dirs.data / "adaption-work").glob("base-*.json"):
-        shutil.copy(cached, work)
 
     def connect(server: RunningServer) -> tuple[openai.OpenAI, httpx.Client]:
         headers = {"Authorization": f"Bearer {API_KEY}"}

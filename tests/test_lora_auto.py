@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import MODEL, RunningServer, assert_error, engine_running_requests, wait_until
+from tests.prometheus import Samples, scrape
 
 ALPHA = "ALPHA ALPHA ALPHA."  # what scripts/make_adapters.py taught `alpha` to answer
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -20,13 +20,12 @@ STORY = [{"role": "user", "content": "Tell me a long story about a lighthouse ke
 STREAM_TOKENS = 64
 
 
-def lora_metrics(server: RunningServer) -> dict[tuple[str, frozenset], float]:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+def lora_metrics(server: RunningServer) -> Samples:
+    _, samples = scrape(server.base_url)
     return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name.startswith("llm_server_model_lora") or sample.name.startswith("llm_server_lora_switch")
+        key: value
+        for key, value in samples.items()
+        if key[0].startswith("llm_server_model_lora") or key[0].startswith("llm_server_lora_switch")
     }
 
 

@@ -1,5 +1,6 @@
 """`/metrics` scraped after real requests: our `llm_server_*` metrics beside vLLM's, key ids never secrets;
-plus the endpoints added for the console (`GET /v1/memory`, usage by hour)."""
+plus the endpoints added for the console (`GET /v1/memory`, usage by hour). Fine-tuning's metrics are read in
+tests/test_adaption.py, around the one job that module trains."""
 
 from __future__ import annotations
 
@@ -8,40 +9,15 @@ import uuid
 
 import httpx
 import openai
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import API_KEY, MODEL, OTHER_API_KEY, RunningServer, assert_error, new_key, wait_until
-
-Samples = dict[tuple[str, frozenset], float]
-
-
-def scrape(server: RunningServer) -> tuple[str, Samples]:
-    response = httpx.get(f"{server.base_url}/metrics", timeout=30)  # public: no key
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    text = response.text
-    samples = {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-    return text, samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def matching(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every sample of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (sample, have), v in samples.items() if sample == name and wanted <= have)
+from tests.prometheus import matching, scrape, value
 
 
 def test_requests_tokens_and_guardrail_checks_are_counted(
     server: RunningServer, client: openai.OpenAI, http: httpx.Client
 ) -> None:
-    _, before = scrape(server)
+    _, before = scrape(server.base_url)
     completion = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
     )
@@ -50,7 +26,7 @@ def test_requests_tokens_and_guardrail_checks_are_counted(
     unauthenticated = httpx.get(f"{server.base_url}/v1/models", timeout=30)
     assert unauthenticated.status_code == 401
     assert http.get(f"/v1/memory/no-such-group-{uuid.uuid4().hex[:8]}").status_code == 404
-    text, after = scrape(server)
+    text, after = scrape(server.base_url)
 
     def grew(name: str, **labels: str) -> float:
         return matching(after, name, **labels) - matching(before, name, **labels)
@@ -82,7 +58,7 @@ def test_requests_tokens_and_guardrail_checks_are_counted(
 def test_refusals_and_credits_are_counted_by_key_id_never_the_secret(server: RunningServer, http: httpx.Client) -> None:
     paying = new_key(http, name="metrics-paying", credits=100_000, requests_per_minute=1)
     broke = new_key(http, name="metrics-broke", credits=0)
-    _, before = scrape(server)
+    _, before = scrape(server.base_url)
     with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {paying['key']}"}) as session:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
         first = session.post("/v1/chat/completions", json=body, timeout=120)
@@ -95,7 +71,7 @@ def test_refusals_and_credits_are_counted_by_key_id_never_the_secret(server: Run
         timeout=120,
     )
     assert refused.status_code == 402
-    text, after = scrape(server)
+    text, after = scrape(server.base_url)
     spent = first.json()["usage"]["total_tokens"]
     assert value(after, "llm_server_credits_spent_total", key_id=paying["id"]) == spent
     rate_limited = {"reason": "rate_limit", "key_id": paying["id"]}
@@ -110,7 +86,7 @@ def test_refusals_and_credits_are_counted_by_key_id_never_the_secret(server: Run
 
 def test_memory_recall_write_back_and_notes_are_counted(server: RunningServer, http: httpx.Client) -> None:
     group = f"metrics-{uuid.uuid4().hex[:8]}"
-    _, before = scrape(server)
+    _, before = scrape(server.base_url)
     added = http.post(f"/v1/memory/{group}/memories", json={"text": ["I keep bees.", "My bees make clover honey."]})
     assert added.status_code == 200, added.text
     answer = http.post(
@@ -126,7 +102,7 @@ def test_memory_recall_write_back_and_notes_are_counted(server: RunningServer, h
     used = int(answer.headers["x-nightly-memories-used"])
 
     def grew(name: str, **labels: str) -> float:
-        return matching(scrape(server)[1], name, **labels) - matching(before, name, **labels)
+        return matching(scrape(server.base_url)[1], name, **labels) - matching(before, name, **labels)
 
     assert grew("llm_server_memories_written_total", kind="note") == 2
     assert grew("llm_server_memory_recall_duration_seconds_count") == 1
@@ -169,49 +145,3 @@ def test_usage_groups_by_hour(http: httpx.Client) -> None:
     row = next(row for row in rows if row["tag"] == tag)
     assert row["hour"] in hours and row["requests"] == 1
     assert_error(http.get("/v1/usage", params={"group_by": "minute"}), 400, None, "group_by")
-
-
-def test_fine_tuning_training_loss_and_adapter_loads_are_counted(server: RunningServer, http: httpx.Client) -> None:
-    group = f"metrics-ft-{uuid.uuid4().hex[:8]}"
-    facts = [f"My {thing} is {colour}." for thing, colour in [("kite", "red"), ("boat", "blue"), ("door", "green")]]
-    assert http.post(f"/v1/memory/{group}/memories", json={"text": facts}).status_code == 200
-    _, before = scrape(server)
-    created = http.post(
-        "/v1/fine_tuning/jobs",
-        json={"model": MODEL, "training_file": f"memory:{group}", "lora_name": f"metrics-{uuid.uuid4().hex[:6]}"},
-    )
-    assert created.status_code in (200, 201), created.text
-    job_id = created.json()["id"]
-
-    def finished() -> bool:
-        return http.get(f"/v1/fine_tuning/jobs/{job_id}").json()["status"] in ("succeeded", "failed", "cancelled")
-
-    assert wait_until(finished, timeout_s=600)
-    job = http.get(f"/v1/fine_tuning/jobs/{job_id}").json()
-    assert job["status"] == "succeeded", job
-    _, after = scrape(server)
-
-    def grew(name: str, **labels: str) -> float:
-        return matching(after, name, **labels) - matching(before, name, **labels)
-
-    assert grew("llm_server_fine_tuning_jobs_finished_total", state="succeeded") == 1
-    assert grew("llm_server_fine_tuning_training_duration_seconds_count") == 1
-    assert value(after, "llm_server_fine_tuning_last_loss", kind="eval") == job["result"]["general_loss"]
-    steps = [
-        event["data"]
-        for event in http.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
-        if event["type"] == "metrics" and event["data"] and "step" in event["data"]
-    ]
-    last_step = max(steps, key=lambda data: data["step"])
-    assert value(after, "llm_server_fine_tuning_last_loss", kind="train") == last_step["train_loss"]
-    outcome = "loaded" if job["metadata"]["promoted"] == "true" else "stored"
-    assert grew("llm_server_adapter_loads_total", outcome=outcome) == 1
-    assert value(after, "llm_server_fine_tuning_jobs", state="succeeded") >= 1
-    assert value(after, "llm_server_adapters_loaded") == len(http.get("/v1/adapters").json()["data"])
-    # The console's adapter page lists every version, served or kept.
-    [version] = http.get(f"/v1/adapters/{job['metadata']['lora_name']}/versions").json()["data"]
-    assert version["version"] == 1 and version["fine_tuning_job"] == job_id
-    assert version["active"] is (job["metadata"]["promoted"] == "true")
-    assert version["eval_loss"] == job["result"]["general_loss"]
-    assert_error(http.get("/v1/adapters/no-such-adapter/versions"), 404, "adapter_not_found", "name")
-    assert_error(http.get("/v1/adapters/9bad/versions"), 400, "invalid_adapter", "name")

@@ -22,6 +22,7 @@ import yaml
 from server.engine.placement import spread_bindings, this_process_cpus
 from tests.conftest import (
     API_KEY,
+    CHEAP_ADAPTION,
     MODEL,
     OTHER_API_KEY,
     ROOT,
@@ -45,17 +46,6 @@ FACTS = {
     "My cat is called Pumpernickel.": ("Pumpernickel", "What does my cat answer to?"),
     "I live in Reykjavik.": ("Reykjavik", "Which city is my home?"),
     "I play the harpsichord.": ("harpsichord", "Which instrument do I play?"),
-}
-# One short job: fewer wordings, no replay, the general set not gating promotion (only its figures reported).
-CHEAP_ADAPTION = {
-    "rank": 8,
-    "alpha": 16,
-    "learning_rate": 0.004,
-    "questions_per_fact": 4,
-    "probes_per_fact": 1,
-    "probe_max_tokens": 12,
-    "replay_examples": 0,
-    "general_loss_tolerance": 10.0,
 }
 TRAINING_TIMEOUT_S = 1800  # one small job on a shared CPU at low priority
 

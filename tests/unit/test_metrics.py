@@ -24,16 +24,11 @@ from server.gateway.service import Gateway, RequestAccount
 from server.gateway.templates import TemplateStore
 from server.gateway.usage import UsageStore
 from server.observability.metrics import STATIC_KEY, Metrics
+from tests.prometheus import Samples, parse
 
 
-def samples(metrics: Metrics) -> dict[tuple[str, frozenset], float]:
-    """Every sample of the exposition, by (name, labels)."""
-    text = metrics.exposition().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
+def samples(metrics: Metrics) -> Samples:
+    return parse(metrics.exposition().decode())
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:
