@@ -326,6 +326,11 @@ def test_a_job_cut_off_by_a_restart_runs_again(tmp_path: Path) -> None:
     # What a job learns is this module's other tests' question: here a short one, cut off and run again.
     raw = yaml.safe_load((ROOT / "models.yaml").read_text())
     raw["adaption"] = {**raw["adaption"], **CHEAP_ADAPTION}
+    # LoRA on from the start: the promoted version loads without LoRA `auto` switching on (an engine restart).
+    raw["models"] = [
+        {**entry, "lora": {**entry["lora"], "enabled": True}} if entry["name"] == MODEL else entry
+        for entry in raw["models"]
+    ]
     config = tmp_path / "models.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = server_env(
