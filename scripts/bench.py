@@ -717,6 +717,8 @@ def main() -> None:
         " memory of all; fairer on a box whose load swings)",
     )
     parser.add_argument("--prefix-modes", default="", help=f"prefix: modes to run (default all: {PREFIX_MODES})")
+    parser.add_argument("--prefix-clients", default="1,8", help="prefix: comma-separated concurrent client counts")
+    parser.add_argument("--prefix-rounds", type=int, default=2, help="prefix: rounds per mode (alternating modes)")
     parser.add_argument(
         "--prefix-variant",
         default="",
@@ -789,24 +791,32 @@ def main() -> None:
         with ready_server("ours-memory-prefix", entry, log_dir, log_dir / "prefix-data") as server:
             report["memory_prefix"] = prefix_ttft_with_memory(server.base_url, API_KEY, entry.name)
     if "prefix" in sections:
-        with ready_server("ours-prefix", entry, log_dir, log_dir / "prefix-bench-data") as server:
+        prefix_clients = tuple(int(part) for part in args.prefix_clients.split(","))
+
+        def run_prefix(server: Server, modes: tuple[str, ...]) -> dict:
             load_before = os.getloadavg()
-            modes = tuple(args.prefix_modes.split(",")) if args.prefix_modes else PREFIX_MODES
-            report["prefix"] = prefix_bench(
-                server.base_url, API_KEY, entry.name, entry_token_counter(entry), modes=modes, policy=args.prefix_policy
+            result = prefix_bench(
+                server.base_url,
+                API_KEY,
+                entry.name,
+                entry_token_counter(entry),
+                clients=prefix_clients,
+                rounds=args.prefix_rounds,
+                modes=modes,
+                policy=args.prefix_policy,
             )
-            report["prefix"]["load_average_before_after"] = [load_before, os.getloadavg()]
+            return result | {"load_average_before_after": [load_before, os.getloadavg()]}
+
+        with ready_server("ours-prefix", entry, log_dir, log_dir / "prefix-bench-data") as server:
+            report["prefix"] = run_prefix(
+                server, tuple(args.prefix_modes.split(",")) if args.prefix_modes else PREFIX_MODES
+            )
         if args.prefix_variant:
             overrides = parse_overrides(args.prefix_variant)
             config = variant_config(entry, overrides, log_dir)
             with ready_server("ours-prefix-variant", entry, log_dir, log_dir / "prefix-variant-data", config) as server:
-                load_before = os.getloadavg()
-                variant = prefix_bench(
-                    server.base_url, API_KEY, entry.name, entry_token_counter(entry), modes=("base", "memory")
-                )
-                variant["overrides"] = {key: value for key, value in overrides.items()}
-                variant["load_average_before_after"] = [load_before, os.getloadavg()]
-                report["prefix_variant"] = variant
+                variant = run_prefix(server, ("base", "memory"))
+                report["prefix_variant"] = variant | {"overrides": dict(overrides)}
     if "adaption" in sections:
         with ready_server("ours-adaption", entry, log_dir, log_dir / "adaption-data") as server:
 

@@ -90,6 +90,18 @@ def free_port() -> int:
     raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
+def shipped_config() -> dict:
+    """The repository's models.yaml, parsed: where a test server's own configuration starts."""
+    return yaml.safe_load((ROOT / "models.yaml").read_text())
+
+
+def write_config(folder: Path, config: dict) -> Path:
+    """`config` written as `folder`/models.yaml, the path for LLM_SERVER_CONFIG."""
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 def server_env(**extra: str) -> dict[str, str]:
     """The environment of a server the tests start: offline, and eager (a compiled start costs a minute or more
     per server; the compiled default is measured by `make bench`)."""
@@ -165,7 +177,7 @@ def upstream_port() -> int:
 def gateway_config(tmp_path_factory: pytest.TempPathFactory, upstream_port: int) -> Path:
     """models.yaml plus providers: `upstream` (a second server of ours), `nowhere` (refuses connections)
     and `impatient` (the upstream with a timeout it cannot meet)."""
-    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    raw = shipped_config()
     raw["providers"] = [
         {
             "name": UPSTREAM_PROVIDER,
@@ -183,9 +195,7 @@ def gateway_config(tmp_path_factory: pytest.TempPathFactory, upstream_port: int)
             "timeout_s": 0.001,
         },
     ]
-    path = tmp_path_factory.mktemp("config") / "models.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return write_config(tmp_path_factory.mktemp("config"), raw)
 
 
 @pytest.fixture(scope="session")

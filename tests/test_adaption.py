@@ -11,17 +11,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-import yaml
 
 from tests.conftest import (
     API_KEY,
     CHEAP_ADAPTION,
     MODEL,
-    ROOT,
     RunningServer,
     assert_error,
     server_env,
+    shipped_config,
     start_server,
+    write_config,
 )
 from tests.prometheus import matching, scrape, value
 
@@ -324,15 +324,14 @@ def test_jobs_api_bad_input_and_ownership(client: openai.OpenAI, http: httpx.Cli
 
 def test_a_job_cut_off_by_a_restart_runs_again(tmp_path: Path) -> None:
     # What a job learns is this module's other tests' question: here a short one, cut off and run again.
-    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    raw = shipped_config()
     raw["adaption"] = {**raw["adaption"], **CHEAP_ADAPTION}
     # LoRA on from the start: the promoted version loads without LoRA `auto` switching on (an engine restart).
     raw["models"] = [
         {**entry, "lora": {**entry["lora"], "enabled": True}} if entry["name"] == MODEL else entry
         for entry in raw["models"]
     ]
-    config = tmp_path / "models.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(tmp_path, raw)
     env = server_env(
         LLM_SERVER_CONFIG=str(config),
         LLM_SERVER_API_KEYS=API_KEY,

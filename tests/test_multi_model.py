@@ -17,7 +17,6 @@ import httpx
 import openai
 import psutil
 import pytest
-import yaml
 
 from server.engine.placement import spread_bindings, this_process_cpus
 from tests.conftest import (
@@ -25,14 +24,15 @@ from tests.conftest import (
     CHEAP_ADAPTION,
     MODEL,
     OTHER_API_KEY,
-    ROOT,
     RunningServer,
     assert_error,
     keyed_http,
     new_key,
     server_env,
+    shipped_config,
     start_server,
     wait_until,
+    write_config,
 )
 
 SECOND = "smollm2-135m-fp32"
@@ -52,7 +52,7 @@ TRAINING_TIMEOUT_S = 1800  # one small job on a shared CPU at low priority
 
 @pytest.fixture(scope="module")
 def multi(tmp_path_factory: pytest.TempPathFactory, adapter_sources: Path) -> Iterator[RunningServer]:
-    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    raw = shipped_config()
     entries = {entry["name"]: entry for entry in raw["models"]}
     lora = {"lora": {**entries[MODEL]["lora"], "enabled": True}}  # LoRA `auto`'s switch is tested on its own
     first = {**entries[MODEL], "cpu_kv_cache_gib": 1, **lora}
@@ -63,8 +63,7 @@ def multi(tmp_path_factory: pytest.TempPathFactory, adapter_sources: Path) -> It
     raw["adaption"] = {**raw["adaption"], **CHEAP_ADAPTION}
     raw["model_load_timeout_s"] = 240
     root = tmp_path_factory.mktemp("multi")
-    config = root / "models.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(root, raw)
     env = server_env(
         LLM_SERVER_CONFIG=str(config),
         LLM_SERVER_MODEL=f"{MODEL},{SECOND_ALIAS},{BROKEN}",  # the set by name or alias, as `--model a,b`

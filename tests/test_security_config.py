@@ -10,18 +10,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.conftest import (
     MODEL,
-    ROOT,
     RunningServer,
     assert_error,
     keyed_http,
     keys_cli,
     new_key,
     server_env,
+    shipped_config,
     start_server,
+    write_config,
 )
 
 SECURITY = {
@@ -41,10 +41,9 @@ def configured(
 ) -> Iterator[tuple[RunningServer, dict, dict]]:
     """A server with small limits and one stored admin key (created by the CLI before it starts, no static keys)."""
     folder = tmp_path_factory.mktemp("configured")
-    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    raw = shipped_config()
     raw["security"] = SECURITY
-    config = folder / "models.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = write_config(folder, raw)
     env = server_env(
         LLM_SERVER_CONFIG=str(config),
         LLM_SERVER_DATA_DIR=str(folder / "data"),

@@ -81,10 +81,28 @@ def third_person(text: str) -> str:
     return _FIRST_PERSON_TOKEN.sub(rewrite, text)
 
 
-def memory_line(text: str, kind: str, said_at: float | None = None) -> str:
-    """How one memory reads in the prompt: in third person, dated when known; a stored turn by what the user said
-    (never by what the assistant answered)."""
-    date = f"({datetime.fromtimestamp(said_at, UTC):%Y-%m-%d}) " if said_at is not None else ""
+def said_when(said_at: float, now: float) -> str:
+    """When a memory was said, as a person would put it relative to `now` (UTC days): "today", "yesterday",
+    "3 days ago" within a week, then "Sep 14", and "Sep 14 2025" before this year.
+
+    Every uncached prompt token costs prefill time before the first token (issue 21), and an ISO date is 12 of
+    the model's tokens against 4-6 for these; a recent date also reads without arithmetic for "last week"."""
+    said, today = datetime.fromtimestamp(said_at, UTC), datetime.fromtimestamp(now, UTC)
+    days = (today.date() - said.date()).days
+    if days <= 0:
+        return "today"
+    if days == 1:
+        return "yesterday"
+    if days < 7:
+        return f"{days} days ago"
+    day = f"{said:%b} {said.day}"
+    return day if said.year == today.year else f"{day} {said.year}"
+
+
+def memory_line(text: str, kind: str, said_at: float | None = None, now: float | None = None) -> str:
+    """How one memory reads in the prompt: in third person, dated (relative to `now`) when both are given; a
+    stored turn by what the user said (never by what the assistant answered)."""
+    date = f"({said_when(said_at, now)}) " if said_at is not None and now is not None else ""
     if kind == "turn" and text.startswith(TURN_USER_PREFIX):
         said = text.removeprefix(TURN_USER_PREFIX).split(TURN_ASSISTANT_PREFIX, 1)[0]
         return f"{date}Earlier the user said: {third_person(said)}"

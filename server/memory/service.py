@@ -211,12 +211,14 @@ class MemoryService:
         group = await self.store.get_group(owner, name)
         if group is None or group.memory_count == 0 or not query.strip():
             return Recalled("", ())
-        hits = await self._search(group, query, top_k, user_goal)
+        now = time.time()
+        hits = await self._search(group, query, top_k, user_goal, now)
         budget = self.settings.prompt_token_budget
-        lines = [memory_line(hit.memory.text, hit.memory.kind, hit.memory.created_at) for hit in hits]
+        lines = [memory_line(hit.memory.text, hit.memory.kind, hit.memory.created_at, now) for hit in hits]
         _, used = memory_block(lines, budget, count_tokens)  # the best that fit the budget ...
         chosen = prompt_order([hit.memory for hit in hits[:used]])  # ... listed oldest first (cache-stable)
-        block, shown = memory_block([memory_line(m.text, m.kind, m.created_at) for m in chosen], budget, count_tokens)
+        chosen_lines = [memory_line(m.text, m.kind, m.created_at, now) for m in chosen]
+        block, shown = memory_block(chosen_lines, budget, count_tokens)
         return Recalled(block, tuple(chosen[:shown]))
 
     # write-back

@@ -18,6 +18,7 @@ from server.memory.recall import (
     people_asked_about,
     prompt_order,
     rank,
+    said_when,
     statements,
     third_party,
     third_person,
@@ -67,8 +68,20 @@ def test_memory_line_shows_a_turn_by_what_the_user_said() -> None:
     assert stored == "User: My dog is called Rex.\nAssistant: What a lovely name!"
     assert memory_line(stored, "turn") == "Earlier the user said: The user's dog is called Rex."
     assert memory_line("I like tea.", "fact") == "The user likes tea."
-    assert memory_line("I like tea.", "fact", DEC_1) == "(2026-12-01) The user likes tea."
-    assert "lovely" not in memory_line(stored, "turn", DEC_1)  # never what the assistant said
+    assert memory_line("I like tea.", "fact", DEC_1, DEC_1 + 3600) == "(today) The user likes tea."
+    assert memory_line("I like tea.", "fact", DEC_1) == "The user likes tea."  # no clock, no date
+    assert "lovely" not in memory_line(stored, "turn", DEC_1, DEC_1)  # never what the assistant said
+
+
+def test_a_memory_is_dated_as_a_person_would_say_it() -> None:
+    day = 86400.0
+    assert said_when(DEC_1, DEC_1 + 11 * 3600) == "today"  # 23:00 the same UTC day
+    assert said_when(DEC_1, DEC_1 + 13 * 3600) == "yesterday"  # 01:00 the next day
+    assert said_when(DEC_1, DEC_1 + 6 * day) == "6 days ago"
+    assert said_when(DEC_1, DEC_1 + 7 * day) == "Dec 1"
+    assert said_when(DEC_1 - 300 * day, DEC_1) == "Feb 4"
+    assert said_when(DEC_1 - 400 * day, DEC_1) == "Oct 27 2025"
+    assert said_when(DEC_1 + day, DEC_1) == "today"  # a clock behind the store's is not "in 1 days"
 
 
 def test_memory_block_stops_at_the_token_budget() -> None:
