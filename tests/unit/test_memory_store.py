@@ -8,7 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.memory.store import CurationChange, MemoryDatabase, NewMemory, PostgresMemoryStore, memory_store
+from server.memory.store import (
+    EXACT_SEARCH_MAX,
+    CurationChange,
+    MemoryDatabase,
+    NewMemory,
+    PostgresMemoryStore,
+    memory_store,
+)
 from server.storage import Location
 from tests.conftest import StoreLocation
 from tests.postgres import new_database
@@ -129,6 +136,20 @@ async def test_index_is_rebuilt_when_its_saved_copy_is_stale(tmp_path: Path) -> 
     dense, _ = await reopened.search(group, unit(2), "", 1)
     assert dense[0][0] == late.id
     await reopened.close()
+
+
+async def test_a_small_groups_nearest_neighbours_are_exact(tmp_path: Path) -> None:
+    store = await opened(tmp_path / "m.sqlite3")
+    group = await store.ensure_group("owner", "g", "goal")
+    vectors = [unit(i) for i in range(EXACT_SEARCH_MAX)]
+    await store.add(group, [NewMemory(f"m{i}", "note", vector) for i, vector in enumerate(vectors)])
+    matrix = np.stack(vectors)
+    for seed in range(5000, 5020):
+        query = unit(seed)
+        dense, _ = await store.search(group, query, "", 10)
+        exact = np.argsort(-(matrix @ query), kind="stable")[:10] + 1  # ids count from 1
+        assert [hit for hit, _ in dense] == exact.tolist()
+    await store.close()
 
 
 async def test_postgres_search_finds_what_sqlite_finds(tmp_path: Path, postgres: str) -> None:
