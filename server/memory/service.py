@@ -214,11 +214,12 @@ class MemoryService:
         now = time.time()
         hits = await self._search(group, query, top_k, user_goal, now)
         budget = self.settings.prompt_token_budget
-        lines = [memory_line(hit.memory.text, hit.memory.kind, hit.memory.created_at, now) for hit in hits]
-        _, used = memory_block(lines, budget, count_tokens)  # the best that fit the budget ...
+        line_of = {
+            hit.memory.id: memory_line(hit.memory.text, hit.memory.kind, hit.memory.created_at, now) for hit in hits
+        }
+        _, used = memory_block(list(line_of.values()), budget, count_tokens)  # the best that fit the budget ...
         chosen = prompt_order([hit.memory for hit in hits[:used]])  # ... listed oldest first (cache-stable)
-        chosen_lines = [memory_line(m.text, m.kind, m.created_at, now) for m in chosen]
-        block, shown = memory_block(chosen_lines, budget, count_tokens)
+        block, shown = memory_block([line_of[memory.id] for memory in chosen], budget, count_tokens)
         return Recalled(block, tuple(chosen[:shown]))
 
     # write-back
