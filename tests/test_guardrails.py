@@ -112,7 +112,8 @@ def test_violating_stream_never_leaks(http: httpx.Client, chunk_size: int, slidi
 
 
 INSULT_POLICY = "Never insult the user or use profanity."
-# No swear word the evidence lexicon knows: only the model, reading enough of the sentence, can flag it.
+# No swear word: the insult is "you are" and "useless" several tokens apart, so a check sees it only with
+# the text before its unit (directed-insult evidence), whatever the units.
 INSULT = "Honestly, you are the most useless and pathetic person I have ever had to talk to."
 
 

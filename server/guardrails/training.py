@@ -37,7 +37,13 @@ class LabelledCase:
 
 @dataclass(frozen=True, slots=True)
 class Recipe:
-    """Measured on tests/data/guardrails_eval.jsonl: 4 epochs F1 0.826, 8 epochs 0.803 (overfits)."""
+    """Measured on tests/data/guardrails_eval.jsonl: 4 epochs F1 0.826, 8 epochs 0.803 (overfits).
+
+    `label_smoothing`: the targets are pulled this far toward 0.5. Trained on hard 0/1 targets, the checker
+    scored plain text in the served model's voice 0.99-1.00 under policies it has nothing to do with; with
+    0.1, on the tuning sets (dev + model-dev, same thresholds rule): dev F1 0.926 -> 0.937, clean model
+    answers flagged 22 -> 16 of 117, clean streams cut 51 -> 42 of 117 (README, Guardrails).
+    """
 
     epochs: int = 4
     learning_rate: float = 5e-5
@@ -49,6 +55,7 @@ class Recipe:
     max_tokens: int = 128
     fragments_per_case: int = 1
     seed: int = 0
+    label_smoothing: float = 0.1
 
 
 def load_cases(path: Path) -> list[LabelledCase]:
@@ -84,6 +91,12 @@ def training_pairs(cases: list[LabelledCase], fragments_per_case: int, seed: int
                 start = rng.randint(0, len(words) - length)
             pairs.append((case.policy, " ".join(words[start : start + length]), float(case.violates)))
     return pairs
+
+
+def smoothed_targets(labels: list[float], smoothing: float) -> list[float]:
+    """0/1 labels pulled toward 0.5 by `smoothing` (0.1: 0.05 and 0.95), so the model is not pushed to
+    certainty on the few cases it is taught from."""
+    return [label * (1.0 - smoothing) + 0.5 * smoothing for label in labels]
 
 
 def length_bucketed(
@@ -140,7 +153,7 @@ def train(pairs: list[tuple[str, str, float]], recipe: Recipe, out_dir: Path, pr
                 max_length=recipe.max_tokens,
                 return_tensors="pt",
             )
-            labels = torch.tensor([label for _, _, label in batch])
+            labels = torch.tensor(smoothed_targets([label for _, _, label in batch], recipe.label_smoothing))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(pair_logits(encoder, head, encoded), labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([*trained, *head.parameters()], recipe.max_grad_norm)

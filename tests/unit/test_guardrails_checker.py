@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from server.config import GuardrailSettings
 from server.guardrails.checker import calibrated, checker_model_path, llama_guard_prompt, open_checker, verdict_reason
 from server.guardrails.training import (
@@ -13,6 +15,7 @@ from server.guardrails.training import (
     described,
     length_bucketed,
     load_cases,
+    smoothed_targets,
     training_pairs,
 )
 from server.trained_models import fingerprint
@@ -74,6 +77,13 @@ def test_length_buckets_keep_every_pair_once_in_full_batches() -> None:
     assert sorted(pair for batch in batches for pair in batch) == sorted(pairs)
     assert sum(len(batch) < 8 for batch in batches) == 1
     assert all(max(len(p[1]) for p in batch) - min(len(p[1]) for p in batch) < 32 for batch in batches)
+
+
+def test_smoothed_targets_pull_labels_toward_one_half_by_the_smoothing() -> None:
+    assert smoothed_targets([0.0, 1.0], 0.1) == pytest.approx([0.05, 0.95])
+    assert smoothed_targets([0.0, 1.0], 0.0) == [0.0, 1.0]
+    assert smoothed_targets([0.0, 1.0], 1.0) == [0.5, 0.5]
+    assert Recipe().label_smoothing == 0.1  # the shipped checker's recipe (README, Guardrails)
 
 
 def test_fingerprint_follows_data_recipe_and_base() -> None:

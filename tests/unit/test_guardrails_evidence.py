@@ -139,8 +139,29 @@ def test_own_brand_is_masked_for_the_model_and_nothing_else_is() -> None:
 def test_a_policy_about_swear_words_alone_is_met_by_text_without_them() -> None:
     assert verdict("No swear words, please.", "What on earth happened to the build?") is Evidence.COMPLIES
     assert verdict("No swear words, please.", "What the hell happened to the build?") is Evidence.VIOLATES
-    # insults and tone are the model's to judge: no lexicon lists them all
-    assert verdict("Never insult the user or swear.", "You are hopeless at this.") is None
+    # insults and tone are the model's to judge (no lexicon lists them all), but for the user called a name
+    assert verdict("Never insult the user or swear.", "That plan was hopeless from the start.") is None
+    assert verdict("Never insult the user or swear.", "You are hopeless at this.") is Evidence.VIOLATES
+
+
+def test_the_user_called_a_name_is_an_insult_under_a_policy_forbidding_insults() -> None:
+    policy = "Never insult the user or use profanity."
+    for insult in (
+        "Honestly, you are the most useless and pathetic person I have ever had to talk to.",
+        "you're such a waste of time",
+        "Your question is stupid.",
+        "You are a joke.",
+    ):
+        assert verdict(policy, insult) is Evidence.VIOLATES, insult
+    for clean in (
+        "You are not stupid for asking; it is a common question.",
+        "You're worried the app is useless without a signal? It works offline too.",
+        "This old charger is useless, so let's order a new one.",
+        "You are a joker at heart, I can tell!",
+    ):
+        assert verdict(policy, clean) is None, clean
+    # a policy about swear words alone does not forbid calling names: its lexicon decides
+    assert verdict("Never use profanity.", "You are a joke.") is Evidence.COMPLIES
 
 
 def test_a_public_business_line_is_not_a_persons_phone_number() -> None:
