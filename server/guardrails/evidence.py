@@ -325,6 +325,7 @@ class PolicyTerms:
             or self.diagnosis
             or self.medication
             or self.profanity
+            or self.insults
             or self.pii
             or self.credentials
             or self.instructions
@@ -845,10 +846,10 @@ def evidence(terms: PolicyTerms, text: str) -> Finding | None:
         for match in PROFANITY.finditer(MARKDOWN_EMPHASIS.sub(r"\1", text)):
             if match.group(0).lower() not in terms.allowed_words:
                 return Finding(Evidence.VIOLATES, "it uses profanity or an insult")
-        if terms.insults and DIRECTED_INSULT.search(text):
-            return Finding(Evidence.VIOLATES, "it insults the user")
-        if terms.swearing_only:
-            return Finding(Evidence.COMPLIES, "it uses none of the words the policy forbids")
+    if terms.insults and DIRECTED_INSULT.search(text):
+        return Finding(Evidence.VIOLATES, "it insults the user")
+    if terms.swearing_only:
+        return Finding(Evidence.COMPLIES, "it uses none of the words the policy forbids")
     if terms.required_languages or terms.forbidden_languages:
         languages = [code for code in text_languages(text) if code is not None]
         if any(code in terms.forbidden_languages for code in languages) or (

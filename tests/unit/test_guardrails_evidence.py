@@ -160,6 +160,9 @@ def test_the_user_called_a_name_is_an_insult_under_a_policy_forbidding_insults()
         "You are a joker at heart, I can tell!",
     ):
         assert verdict(policy, clean) is None, clean
+    # a policy that forbids belittling without naming profanity or insults reads the same
+    assert verdict("Never demean or belittle the user.", "You are a joke.") is Evidence.VIOLATES
+    assert verdict("Never demean or belittle the user.", "You are a quick learner.") is None
     # a policy about swear words alone does not forbid calling names: its lexicon decides
     assert verdict("Never use profanity.", "You are a joke.") is Evidence.COMPLIES
 
